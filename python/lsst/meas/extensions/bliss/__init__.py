@@ -1,0 +1,16 @@
+"""BLISS, the Bayesian Light Source Separator, for the Rubin Science Pipelines.
+
+The modules imported here form the pure torch/numpy core (simulation,
+rendering, catalogs); they never import ``lsst.*``.  The Butler-facing
+pipeline layer lives in the ``pipeline`` subpackage.
+"""
+
+from ._catalog import *
+from ._conditions import *
+from ._device import *
+from ._prior import *
+from ._profiles import *
+from ._psf import *
+from ._render import *
+from ._simulate import *
+from .version import __version__

@@ -1,0 +1,273 @@
+"""The prior over light sources: counts, types, fluxes and galaxy shapes."""
+
+from __future__ import annotations
+
+__all__ = ["PriorConfig", "SourcePrior", "sample_truncated_pareto"]
+
+import dataclasses
+import math
+from typing import Any
+
+import torch
+
+from ._catalog import SOURCE_FIELDS, TileCatalog
+from ._conditions import AB_NJY_ZERO_POINT, SurveyConditions, mag_to_flux_njy
+
+
+@dataclasses.dataclass(frozen=True)
+class PriorConfig:
+    """Parameters of the source prior.
+
+    The defaults describe a high-latitude LSST single visit down to about
+    1 mag below its 5-sigma depth: about 55 sources per arcmin^2 (deep
+    r-band galaxy counts near r = 25.5 are ~50 per arcmin^2, plus stars), so
+    that blends occur at their natural rate.
+
+    Attributes
+    ----------
+    source_density_per_arcmin2
+        Mean number of sources per arcmin^2 (Poisson).
+    star_fraction
+        Probability that a source is a star.
+    faint_limit_mag
+        Faintest AB magnitude; ``None`` means 1 mag below the 5-sigma
+        point-source depth of the conditions.
+    bright_limit_mag
+        Brightest AB magnitude (around LSST single-visit saturation).
+    galaxy_flux_alpha, star_flux_alpha
+        Index ``alpha`` of the truncated Pareto flux distributions,
+        ``N(> F) ~ F^-alpha``; the number-count slope ``d log10 N / d m`` is
+        ``0.4 alpha``.
+    size_median_arcsec
+        Median disk half-light radius at ``size_reference_mag``.
+    size_reference_mag
+        Magnitude at which ``size_median_arcsec`` applies.
+    size_mag_slope
+        Size-magnitude relation: median radius scales as
+        ``10^(-size_mag_slope (m - size_reference_mag))``.
+    size_log_scatter
+        Scatter of ln(half-light radius) at fixed magnitude.
+    min_hlr_arcsec, max_hlr_arcsec
+        Range of half-light radii (the log-normal is truncated to it).
+    bulge_size_ratio_range
+        Bulge half-light radius as a fraction of the disk's, uniform in this range.
+    disk_q_range, bulge_q_range
+        Axis ratios, uniform in these ranges.
+    """
+
+    source_density_per_arcmin2: float = 55.0
+    star_fraction: float = 0.1
+    faint_limit_mag: float | None = None
+    bright_limit_mag: float = 16.0
+    galaxy_flux_alpha: float = 0.75
+    star_flux_alpha: float = 0.5
+    size_median_arcsec: float = 0.35
+    size_reference_mag: float = 24.0
+    size_mag_slope: float = 0.12
+    size_log_scatter: float = 0.4
+    min_hlr_arcsec: float = 0.1
+    max_hlr_arcsec: float = 3.0
+    bulge_size_ratio_range: tuple[float, float] = (0.3, 1.0)
+    disk_q_range: tuple[float, float] = (0.2, 1.0)
+    bulge_q_range: tuple[float, float] = (0.5, 1.0)
+
+    def __post_init__(self) -> None:
+        def require(condition: bool, field: str, allowed: str) -> None:
+            if not condition:
+                raise ValueError(f"{field}={getattr(self, field)!r} is out of range; allowed: {allowed}.")
+
+        def finite(value: Any) -> bool:
+            return isinstance(value, int | float) and math.isfinite(value)
+
+        require(finite(self.source_density_per_arcmin2) and self.source_density_per_arcmin2 > 0,
+                "source_density_per_arcmin2", "> 0 sources per arcmin^2")
+        require(finite(self.star_fraction) and 0 <= self.star_fraction <= 1, "star_fraction", "[0, 1]")
+        require(finite(self.bright_limit_mag), "bright_limit_mag", "a finite AB magnitude")
+        require(self.faint_limit_mag is None or (finite(self.faint_limit_mag)
+                                                 and self.faint_limit_mag > self.bright_limit_mag),
+                "faint_limit_mag", "None or a magnitude fainter (larger) than bright_limit_mag")
+        for name in ("galaxy_flux_alpha", "star_flux_alpha", "size_median_arcsec", "size_log_scatter",
+                     "min_hlr_arcsec"):
+            require(finite(getattr(self, name)) and getattr(self, name) > 0, name, "> 0")
+        require(finite(self.size_reference_mag), "size_reference_mag", "a finite AB magnitude")
+        require(finite(self.size_mag_slope), "size_mag_slope", "a finite number")
+        require(finite(self.max_hlr_arcsec) and self.max_hlr_arcsec > self.min_hlr_arcsec,
+                "max_hlr_arcsec", "> min_hlr_arcsec")
+        for name in ("bulge_size_ratio_range", "disk_q_range", "bulge_q_range"):
+            low, high = getattr(self, name)
+            require(finite(low) and finite(high) and 0 < low <= high <= 1, name, "0 < low <= high <= 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serializable representation."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PriorConfig:
+        """Inverse of `to_dict`."""
+        ranges = ("bulge_size_ratio_range", "disk_q_range", "bulge_q_range")
+        return cls(**{k: tuple(v) if k in ranges else v for k, v in data.items()})
+
+
+def sample_truncated_pareto(
+    shape: tuple[int, ...], alpha: float, minimum: float, maximum: float, generator: torch.Generator,
+    device: torch.device, dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Draw from a Pareto distribution ``p(F) ~ F^-(alpha + 1)`` truncated to [minimum, maximum].
+
+    Parameters
+    ----------
+    shape
+        Output shape.
+    alpha
+        Pareto index (> 0).
+    minimum, maximum
+        Truncation bounds, ``0 < minimum < maximum``.
+    generator, device, dtype
+        Random source and output placement.
+
+    Returns
+    -------
+    samples
+        Tensor of ``shape``.
+    """
+    uniform = torch.rand(shape, generator=generator, device=device, dtype=torch.float64)
+    ratio = (minimum / maximum) ** alpha
+    samples = minimum * torch.pow(1.0 - uniform * (1.0 - ratio), -1.0 / alpha)
+    return samples.clamp(max=maximum).to(dtype)
+
+
+def _uniform(
+    shape: tuple[int, ...], low: float, high: float, generator: torch.Generator, device: torch.device,
+    dtype: torch.dtype,
+) -> torch.Tensor:
+    return low + (high - low) * torch.rand(shape, generator=generator, device=device, dtype=dtype)
+
+
+class SourcePrior:
+    """Sampler of per-tile source catalogs.
+
+    Counts per tile are Poisson with mean ``density x tile area``, truncated
+    at ``max_sources_per_tile`` (sources beyond it are not drawn); locations
+    are uniform within the tile; each source is a star with probability
+    ``star_fraction``; fluxes follow truncated Pareto laws; galaxies get a
+    bulge+disk shape with a size-magnitude relation.
+
+    Parameters
+    ----------
+    config
+        Prior parameters.
+    conditions
+        Survey conditions (pixel scale, depth).
+    tile_size
+        Tile side in pixels.
+    max_sources_per_tile
+        ``K``, the most sources a tile can hold.
+    """
+
+    def __init__(
+        self, config: PriorConfig, conditions: SurveyConditions, tile_size: int = 4, max_sources_per_tile: int = 1
+    ) -> None:
+        if tile_size < 1:
+            raise ValueError(f"tile_size={tile_size} is out of range; it must be >= 1 pixel.")
+        if max_sources_per_tile < 1:
+            raise ValueError(f"max_sources_per_tile={max_sources_per_tile} is out of range; it must be >= 1.")
+        self.config = config
+        self.conditions = conditions
+        self.tile_size = tile_size
+        self.max_sources_per_tile = max_sources_per_tile
+        faint = config.faint_limit_mag
+        self.faint_limit_mag = conditions.point_source_depth_mag(5.0) + 1.0 if faint is None else faint
+        if self.faint_limit_mag <= config.bright_limit_mag:
+            raise ValueError(
+                f"faint limit {self.faint_limit_mag:.2f} mag is not fainter than bright_limit_mag="
+                f"{config.bright_limit_mag}; set faint_limit_mag explicitly."
+            )
+        self.min_flux_njy = float(mag_to_flux_njy(self.faint_limit_mag))
+        self.max_flux_njy = float(mag_to_flux_njy(config.bright_limit_mag))
+
+    @property
+    def mean_sources_per_tile(self) -> float:
+        """Poisson mean of the source count per tile (before truncation at ``K``)."""
+        tile_area_arcmin2 = (self.tile_size * self.conditions.pixel_scale_arcsec / 60.0) ** 2
+        return self.config.source_density_per_arcmin2 * tile_area_arcmin2
+
+    def sample(
+        self,
+        batch_size: int,
+        n_tiles_h: int,
+        n_tiles_w: int,
+        generator: torch.Generator,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> TileCatalog:
+        """Draw a batch of tile catalogs.
+
+        Parameters
+        ----------
+        batch_size, n_tiles_h, n_tiles_w
+            Output has ``batch_size`` images of ``n_tiles_h x n_tiles_w`` tiles.
+        generator
+            Seeded generator on ``device``; the draw is reproducible from it.
+        device, dtype
+            Placement and float dtype of the result.
+
+        Returns
+        -------
+        catalog
+            Shape (B, Ht, Wt, K).
+        """
+        config = self.config
+        device = torch.device(device)
+        shape = (batch_size, n_tiles_h, n_tiles_w, self.max_sources_per_tile)
+
+        def uniform(low: float, high: float) -> torch.Tensor:
+            return _uniform(shape, low, high, generator, device, dtype)
+
+        rate = torch.full(shape[:3], self.mean_sources_per_tile, device=device, dtype=torch.float64)
+        counts = torch.poisson(rate, generator=generator).long().clamp(max=self.max_sources_per_tile)
+        locations = torch.rand(shape + (2,), generator=generator, device=device, dtype=dtype)
+        is_galaxy = torch.rand(shape, generator=generator, device=device) >= config.star_fraction
+        galaxy_flux = sample_truncated_pareto(
+            shape, config.galaxy_flux_alpha, self.min_flux_njy, self.max_flux_njy, generator, device, dtype
+        )
+        star_flux = sample_truncated_pareto(
+            shape, config.star_flux_alpha, self.min_flux_njy, self.max_flux_njy, generator, device, dtype
+        )
+        flux = torch.where(is_galaxy, galaxy_flux, star_flux)
+        disk_hlr = self._sample_sizes(flux, generator)
+        bulge_hlr = (disk_hlr * uniform(*config.bulge_size_ratio_range)).clamp(min=config.min_hlr_arcsec)
+        fields = {
+            "flux_njy": flux,
+            "is_galaxy": is_galaxy,
+            "disk_frac": uniform(0.0, 1.0),
+            "disk_hlr_arcsec": disk_hlr,
+            "disk_q": uniform(*config.disk_q_range),
+            "bulge_hlr_arcsec": bulge_hlr,
+            "bulge_q": uniform(*config.bulge_q_range),
+            "position_angle_rad": uniform(0.0, math.pi),
+        }
+        slot = torch.arange(self.max_sources_per_tile, device=device)
+        occupied = slot < counts[..., None]
+        galaxy = occupied & is_galaxy
+        # Padding slots and the galaxy fields of stars carry neutral values.
+        neutral = {"disk_q": 1.0, "bulge_q": 1.0}
+        for name in SOURCE_FIELDS:
+            keep = occupied if name in ("flux_njy", "is_galaxy") else galaxy
+            fields[name] = torch.where(keep, fields[name], torch.full_like(fields[name], neutral.get(name, 0)))
+        locations = torch.where(occupied[..., None], locations, torch.zeros_like(locations))
+        return TileCatalog(self.tile_size, counts, locations, fields)
+
+    def _sample_sizes(self, flux_njy: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Disk half-light radii (arcsec) from a log-normal size-magnitude relation, truncated."""
+        config = self.config
+        mag = AB_NJY_ZERO_POINT - 2.5 * torch.log10(flux_njy.double())
+        log_median = math.log(config.size_median_arcsec) - config.size_mag_slope * math.log(10.0) * (
+            mag - config.size_reference_mag
+        )
+        # Inverse-CDF sampling of a normal truncated to [log min, log max].
+        lower = torch.special.ndtr((math.log(config.min_hlr_arcsec) - log_median) / config.size_log_scatter)
+        upper = torch.special.ndtr((math.log(config.max_hlr_arcsec) - log_median) / config.size_log_scatter)
+        uniform = torch.rand(flux_njy.shape, generator=generator, device=flux_njy.device, dtype=torch.float64)
+        probability = (lower + uniform * (upper - lower)).clamp(1e-12, 1 - 1e-12)
+        log_size = log_median + config.size_log_scatter * torch.special.ndtri(probability)
+        return log_size.exp().clamp(config.min_hlr_arcsec, config.max_hlr_arcsec).to(flux_njy.dtype)

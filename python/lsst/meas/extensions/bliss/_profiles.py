@@ -1,0 +1,201 @@
+"""Fourier transforms of the radial light profiles used by the renderer.
+
+All transforms are normalized to unit flux (value 1 at k = 0) and are
+functions of a dimensionless radial wavenumber: ``k * r`` with ``k`` in
+radians per pixel and ``r`` the profile's scale in pixels.  Profiles without
+a closed-form transform are tabulated once (numerically, with numpy/scipy)
+and interpolated in torch so that evaluation runs on any device.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DEVAUCOULEURS_TRUNCATION_HLR",
+    "EXPONENTIAL_HLR_OVER_SCALE",
+    "devaucouleurs_fourier",
+    "exponential_fourier",
+    "gaussian_fourier",
+    "moffat_fourier",
+    "moffat_alpha_over_fwhm",
+]
+
+import functools
+import math
+
+import numpy as np
+import torch
+from scipy import optimize, special
+
+EXPONENTIAL_HLR_OVER_SCALE: float = 1.6783469900166605
+"""Half-light radius of an exponential profile in units of its scale length."""
+
+DEVAUCOULEURS_TRUNCATION_HLR: float = 5.0
+"""Truncation radius of the de Vaucouleurs bulge, in units of its half-light radius.
+
+The untruncated profile holds about 15% of its light beyond 5 half-light
+radii, which no finite stamp can contain; truncating it (as GalSim's
+``DeVaucouleurs(half_light_radius=hlr, trunc=5 * hlr)`` does) keeps rendered
+fluxes exact.  The half-light radius refers to the truncated profile.
+"""
+
+# Tabulation grid: uniform in s = log(1 + u) with u the dimensionless wavenumber.
+_TABLE_SIZE = 2048
+
+
+class _RadialTable:
+    """Linear interpolation of a radial function tabulated on ``s = log1p(u)``.
+
+    Parameters
+    ----------
+    u_max
+        Largest tabulated argument; the function is taken as zero beyond it.
+    values
+        Function values at ``u = expm1(linspace(0, log1p(u_max), n))``, shape (n,).
+    """
+
+    def __init__(self, u_max: float, values: np.ndarray) -> None:
+        self.s_max = math.log1p(u_max)
+        self.values_cpu = torch.as_tensor(np.append(values, 0.0), dtype=torch.float64)
+        self._per_device: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+
+    def _values(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        key = (device, dtype)
+        if key not in self._per_device:
+            self._per_device[key] = self.values_cpu.to(device=device, dtype=dtype)
+        return self._per_device[key]
+
+    def __call__(self, u: torch.Tensor) -> torch.Tensor:
+        values = self._values(u.device, u.dtype)
+        n_nodes = values.shape[0] - 1
+        position = torch.log1p(u) * ((n_nodes - 1) / self.s_max)
+        position = position.clamp(0.0, float(n_nodes - 1))
+        lower = position.floor().long().clamp(max=n_nodes - 2)
+        weight = position - lower
+        interpolated = values[lower] * (1.0 - weight) + values[lower + 1] * weight
+        return torch.where(u > math.expm1(self.s_max), torch.zeros_like(u), interpolated)
+
+
+def gaussian_fourier(k_sigma: torch.Tensor) -> torch.Tensor:
+    """Fourier transform of a unit-flux circular Gaussian.
+
+    Parameters
+    ----------
+    k_sigma
+        Wavenumber times the Gaussian's standard deviation, any shape.
+
+    Returns
+    -------
+    transform
+        ``exp(-(k sigma)^2 / 2)``, same shape.
+    """
+    return torch.exp(-0.5 * k_sigma.square())
+
+
+def exponential_fourier(k_scale: torch.Tensor) -> torch.Tensor:
+    """Fourier transform of a unit-flux exponential disk.
+
+    Parameters
+    ----------
+    k_scale
+        Wavenumber times the scale length (half-light radius /
+        `EXPONENTIAL_HLR_OVER_SCALE`), any shape.
+
+    Returns
+    -------
+    transform
+        ``(1 + (k r_s)^2)^(-3/2)``, same shape.
+    """
+    return torch.pow(1.0 + k_scale.square(), -1.5)
+
+
+@functools.cache
+def _devaucouleurs_scale_over_hlr() -> float:
+    """Scale radius ``r0`` of ``exp(-(r/r0)^(1/4))`` whose truncated hlr is 1."""
+    cutoff = DEVAUCOULEURS_TRUNCATION_HLR
+
+    def enclosed(radius: float, scale: float) -> float:
+        return float(special.gammainc(8, (radius / scale) ** 0.25))
+
+    def half_light_radius(scale: float) -> float:
+        total = enclosed(cutoff, scale)
+        return optimize.brentq(lambda r: enclosed(r, scale) - 0.5 * total, 1e-12, cutoff, xtol=1e-14)
+
+    return optimize.brentq(lambda s: half_light_radius(s) - 1.0, 1e-8, 1.0, xtol=1e-16)
+
+
+@functools.cache
+def _devaucouleurs_table() -> _RadialTable:
+    # Hankel transform in the variable t = (r / r0)^(1/4), which removes the
+    # cusp at r = 0: r dr = 4 r0^2 t^7 dt and the integrand is smooth in t.
+    scale = _devaucouleurs_scale_over_hlr()
+    t_max = (DEVAUCOULEURS_TRUNCATION_HLR / scale) ** 0.25
+    nodes, weights = special.roots_legendre(4000)
+    t = 0.5 * t_max * (nodes + 1.0)
+    radial_weight = 0.5 * t_max * weights * np.exp(-t) * t**7
+    radius = scale * t**4
+    u_max = 500.0
+    u = np.expm1(np.linspace(0.0, math.log1p(u_max), _TABLE_SIZE))
+    values = np.empty_like(u)
+    for start in range(0, u.size, 256):
+        block = u[start : start + 256, None]
+        values[start : start + 256] = special.j0(block * radius[None, :]) @ radial_weight
+    return _RadialTable(u_max, values / radial_weight.sum())
+
+
+def devaucouleurs_fourier(k_hlr: torch.Tensor) -> torch.Tensor:
+    """Fourier transform of a unit-flux truncated de Vaucouleurs profile.
+
+    The profile is ``exp(-(r/r0)^(1/4))`` truncated at
+    `DEVAUCOULEURS_TRUNCATION_HLR` half-light radii, with ``r0`` such that
+    the truncated profile's half-light radius is the given one.
+
+    Parameters
+    ----------
+    k_hlr
+        Wavenumber times the half-light radius, any shape, non-negative.
+
+    Returns
+    -------
+    transform
+        Tabulated transform, same shape (zero beyond ``k_hlr = 500``).
+    """
+    return _devaucouleurs_table()(k_hlr)
+
+
+def moffat_alpha_over_fwhm(beta: float) -> float:
+    """Scale ``alpha`` of a Moffat profile ``(1 + r^2/alpha^2)^-beta`` per unit FWHM."""
+    return 1.0 / (2.0 * math.sqrt(2.0 ** (1.0 / beta) - 1.0))
+
+
+@functools.cache
+def _moffat_table(beta: float) -> _RadialTable:
+    # Closed form: (u^nu K_nu(u)) 2^(1-nu) / Gamma(nu) with nu = beta - 1.
+    nu = beta - 1.0
+    u_max = 200.0
+    u = np.expm1(np.linspace(0.0, math.log1p(u_max), _TABLE_SIZE))
+    with np.errstate(invalid="ignore", over="ignore"):
+        values = np.power(u, nu) * special.kv(nu, u) * 2.0 ** (1.0 - nu) / special.gamma(nu)
+    values[0] = 1.0
+    return _RadialTable(u_max, np.nan_to_num(values, nan=0.0))
+
+
+def moffat_fourier(k_alpha: torch.Tensor, beta: float) -> torch.Tensor:
+    """Fourier transform of a unit-flux untruncated Moffat profile.
+
+    Parameters
+    ----------
+    k_alpha
+        Wavenumber times the Moffat scale ``alpha`` (FWHM times
+        `moffat_alpha_over_fwhm`), any shape, non-negative.
+    beta
+        Moffat index; must exceed 1.1 so that the untruncated profile has a
+        well-behaved finite flux.
+
+    Returns
+    -------
+    transform
+        Tabulated transform, same shape.
+    """
+    if not beta > 1.1:
+        raise ValueError(f"moffat_beta={beta} is out of range; it must be greater than 1.1.")
+    return _moffat_table(float(beta))(k_alpha)

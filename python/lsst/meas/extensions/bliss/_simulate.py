@@ -1,0 +1,278 @@
+"""Simulated calexp-like images with truth catalogs: prior -> render -> sky -> noise."""
+
+from __future__ import annotations
+
+__all__ = ["MASK_PLANES", "ImageSimulator", "SimulatedBatch", "SimulatorConfig", "catalog_to_render_sources"]
+
+import dataclasses
+import math
+from typing import Any
+
+import torch
+
+from ._catalog import FullCatalog, TileCatalog
+from ._conditions import SurveyConditions
+from ._device import resolve_device
+from ._prior import PriorConfig, SourcePrior
+from ._psf import PointSpreadFunction
+from ._render import RenderSources, render_images
+
+MASK_PLANES: dict[str, int] = {
+    "BAD": 0,
+    "SAT": 1,
+    "INTRP": 2,
+    "CR": 3,
+    "EDGE": 4,
+    "DETECTED": 5,
+    "DETECTED_NEGATIVE": 6,
+    "SUSPECT": 7,
+    "NO_DATA": 8,
+}
+"""Bit of each mask plane in simulated masks (the LSST default bit order)."""
+
+NOISE_MODELS: tuple[str, ...] = ("poisson", "gaussian")
+
+
+@dataclasses.dataclass(frozen=True)
+class SimulatorConfig:
+    """How images are simulated.
+
+    Attributes
+    ----------
+    image_height, image_width
+        Image size in pixels; multiples of ``tile_size``.
+    tile_size
+        Tile side in pixels (the truth catalog's tiling).
+    max_sources_per_tile
+        ``K`` of the truth tile catalog.
+    border_tiles
+        Sources are also drawn in a border of this many tiles around the
+        image, so that light from outside enters it as in real data; they are
+        not in the truth catalogs.
+    noise
+        ``"poisson"`` (photo-electron counts) or ``"gaussian"`` (its normal
+        approximation with the same variance).
+    subtract_background
+        Return background-subtracted images, as calexps are.
+    psf_fwhm_range_arcsec
+        If set, each image draws its PSF FWHM uniformly from this range;
+        otherwise all images use the conditions' FWHM.
+    max_stamp_half_size
+        Largest rendering stamp half-size in pixels.
+    """
+
+    image_height: int = 64
+    image_width: int = 64
+    tile_size: int = 4
+    max_sources_per_tile: int = 1
+    border_tiles: int = 2
+    noise: str = "poisson"
+    subtract_background: bool = True
+    psf_fwhm_range_arcsec: tuple[float, float] | None = None
+    max_stamp_half_size: int = 64
+
+    def __post_init__(self) -> None:
+        if self.tile_size < 1:
+            raise ValueError(f"tile_size={self.tile_size} is out of range; it must be >= 1 pixel.")
+        for name in ("image_height", "image_width"):
+            value = getattr(self, name)
+            if value < self.tile_size or value % self.tile_size:
+                raise ValueError(
+                    f"{name}={value} is out of range; it must be a positive multiple of tile_size={self.tile_size}."
+                )
+        if self.max_sources_per_tile < 1:
+            raise ValueError(f"max_sources_per_tile={self.max_sources_per_tile} is out of range; it must be >= 1.")
+        if self.border_tiles < 0:
+            raise ValueError(f"border_tiles={self.border_tiles} is out of range; it must be >= 0.")
+        if self.noise not in NOISE_MODELS:
+            raise ValueError(f"noise={self.noise!r} is not supported; choose one of {NOISE_MODELS}.")
+        if self.max_stamp_half_size < 4:
+            raise ValueError(f"max_stamp_half_size={self.max_stamp_half_size} is out of range; it must be >= 4.")
+        if self.psf_fwhm_range_arcsec is not None:
+            low, high = self.psf_fwhm_range_arcsec
+            if not (math.isfinite(low) and math.isfinite(high) and 0 < low <= high):
+                raise ValueError(
+                    f"psf_fwhm_range_arcsec={self.psf_fwhm_range_arcsec} is out of range; need 0 < low <= high."
+                )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serializable representation."""
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class SimulatedBatch:
+    """A batch of simulated images and their truth.
+
+    Attributes
+    ----------
+    image
+        Pixel values in nJy (background-subtracted unless configured
+        otherwise), shape (B, H, W).
+    variance
+        Per-pixel variance in nJy^2 (sky, source Poisson and read noise),
+        shape (B, H, W).
+    mask
+        Bit mask with the bits of `MASK_PLANES`, shape (B, H, W), int32.
+    noiseless
+        Noiseless source image in nJy, without sky, shape (B, H, W).
+    background_njy
+        Sky level per pixel in nJy, shape (B,).
+    psf_fwhm_arcsec
+        PSF FWHM of each image, shape (B,).
+    truth_tiles
+        Truth of the sources inside the images, per tile.
+    """
+
+    image: torch.Tensor
+    variance: torch.Tensor
+    mask: torch.Tensor
+    noiseless: torch.Tensor
+    background_njy: torch.Tensor
+    psf_fwhm_arcsec: torch.Tensor
+    truth_tiles: TileCatalog
+
+    @property
+    def truth(self) -> FullCatalog:
+        """Truth of the sources inside the images, as per-image lists."""
+        return self.truth_tiles.to_full_catalog()
+
+
+def catalog_to_render_sources(catalog: FullCatalog, pixel_scale_arcsec: float) -> RenderSources:
+    """Flatten a full catalog into renderer input (image ``b`` uses PSF ``b``).
+
+    Parameters
+    ----------
+    catalog
+        Sources with sizes in arcsec.
+    pixel_scale_arcsec
+        Arcsec per pixel.
+
+    Returns
+    -------
+    sources
+        The valid entries, in pixel units.
+    """
+    valid = catalog.is_valid
+    image_index = torch.arange(catalog.batch_size, device=valid.device)[:, None].expand_as(valid)[valid]
+    fields = {name: value[valid] for name, value in catalog.fields.items()}
+    return RenderSources(
+        x=catalog.x[valid],
+        y=catalog.y[valid],
+        flux=fields["flux_njy"],
+        is_galaxy=fields["is_galaxy"],
+        disk_frac=fields["disk_frac"],
+        disk_hlr_pix=fields["disk_hlr_arcsec"] / pixel_scale_arcsec,
+        disk_q=fields["disk_q"],
+        bulge_hlr_pix=fields["bulge_hlr_arcsec"] / pixel_scale_arcsec,
+        bulge_q=fields["bulge_q"],
+        position_angle_rad=fields["position_angle_rad"],
+        image_index=image_index,
+        psf_index=image_index,
+    )
+
+
+class ImageSimulator:
+    """Draws (image, variance, mask, truth) batches on a device.
+
+    Parameters
+    ----------
+    conditions
+        Survey conditions (pixel scale, PSF, sky, calibration).
+    prior
+        Source prior parameters.
+    config
+        Simulation settings.
+    device
+        ``"auto"``, ``"cpu"`` or ``"cuda"``.
+    """
+
+    def __init__(
+        self,
+        conditions: SurveyConditions,
+        prior: PriorConfig | None = None,
+        config: SimulatorConfig | None = None,
+        device: str | torch.device = "auto",
+    ) -> None:
+        self.conditions = conditions
+        self.config = config or SimulatorConfig()
+        self.prior = SourcePrior(
+            prior or PriorConfig(), conditions, self.config.tile_size, self.config.max_sources_per_tile
+        )
+        self.device = resolve_device(device)
+
+    def sample(self, batch_size: int, seed: int | None = None, generator: torch.Generator | None = None
+               ) -> SimulatedBatch:
+        """Simulate a batch.
+
+        Parameters
+        ----------
+        batch_size
+            Number of images ``B``.
+        seed
+            Seed for a fresh generator (ignored when ``generator`` is given);
+            the same seed gives bit-identical images on the CPU.
+        generator
+            A generator on this simulator's device, for a stream of batches.
+
+        Returns
+        -------
+        batch
+            Images of shape (B, H, W) and their truth.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size={batch_size} is out of range; it must be >= 1.")
+        if generator is None:
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(0 if seed is None else seed)
+        config, conditions = self.config, self.conditions
+        tile, border = config.tile_size, config.border_tiles
+        n_tiles_h = config.image_height // tile + 2 * border
+        n_tiles_w = config.image_width // tile + 2 * border
+        tiles = self.prior.sample(batch_size, n_tiles_h, n_tiles_w, generator, self.device)
+        fwhm = self._sample_psf_fwhm(batch_size, generator)
+        noiseless = self.render(tiles.to_full_catalog(), conditions.psf(fwhm.cpu().numpy()))
+        margin = border * tile
+        noiseless = noiseless[:, margin : margin + config.image_height, margin : margin + config.image_width]
+        image, variance, mask = self._observe(noiseless, generator)
+        background = torch.full((batch_size,), conditions.sky_level_njy, device=self.device)
+        return SimulatedBatch(image, variance, mask, noiseless, background, fwhm, tiles.crop(border))
+
+    def render(self, catalog: FullCatalog, psf: PointSpreadFunction) -> torch.Tensor:
+        """Noiseless images of a catalog, nJy, shape (B, H, W), image ``b`` with PSF ``b``."""
+        sources = catalog_to_render_sources(catalog, self.conditions.pixel_scale_arcsec)
+        return render_images(
+            sources, psf, catalog.batch_size, catalog.height, catalog.width, self.config.max_stamp_half_size
+        )
+
+    def _sample_psf_fwhm(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+        fwhm_range = self.config.psf_fwhm_range_arcsec
+        if fwhm_range is None:
+            return torch.full((batch_size,), self.conditions.psf_fwhm_arcsec, device=self.device)
+        low, high = fwhm_range
+        return low + (high - low) * torch.rand(batch_size, generator=generator, device=self.device)
+
+    def _observe(
+        self, noiseless: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Add sky and noise; return image and variance (nJy, nJy^2) and the mask."""
+        conditions = self.conditions
+        gain = conditions.njy_to_electrons
+        read_variance = conditions.read_noise_e**2
+        expected = (noiseless.clamp(min=0) + conditions.sky_level_njy) * gain
+        if self.config.noise == "poisson":
+            counts = torch.poisson(expected, generator=generator)
+            if read_variance > 0:
+                counts = counts + conditions.read_noise_e * torch.randn(
+                    counts.shape, generator=generator, device=counts.device
+                )
+        else:
+            noise = torch.randn(expected.shape, generator=generator, device=expected.device)
+            counts = expected + torch.sqrt(expected + read_variance) * noise
+        image = counts / gain
+        if self.config.subtract_background:
+            image = image - conditions.sky_level_njy
+        variance = (expected + read_variance) / gain**2
+        saturated = expected > conditions.full_well_e
+        mask = saturated.to(torch.int32) << MASK_PLANES["SAT"]
+        return image, variance, mask
