@@ -89,7 +89,6 @@ class PointSpreadFunction(ABC):
     def n_psf(self) -> int:
         """Number of PSFs in the batch, ``P``."""
 
-    @abstractmethod
     def fourier_grid(
         self, fft_size: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
     ) -> torch.Tensor:
@@ -106,8 +105,18 @@ class PointSpreadFunction(ABC):
         -------
         transform
             Shape (P, N, N // 2 + 1), real or complex, centred on the pixel
-            at index (0, 0) and normalized to 1 at k = 0.
+            at index (0, 0) and normalized to 1 at k = 0.  Cached per grid,
+            so the result must not be modified.
         """
+        cache: dict = self.__dict__.setdefault("_fourier_cache", {})
+        key = (fft_size, torch.device(device), dtype)
+        if key not in cache:
+            cache[key] = self._compute_fourier_grid(fft_size, torch.device(device), dtype)
+        return cache[key]
+
+    @abstractmethod
+    def _compute_fourier_grid(self, fft_size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """Uncached `fourier_grid`."""
 
     @abstractmethod
     def radius_pix(self) -> torch.Tensor:
@@ -135,9 +144,7 @@ class GaussianPsf(PointSpreadFunction):
     def n_psf(self) -> int:
         return self.fwhm_pix.numel()
 
-    def fourier_grid(
-        self, fft_size: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
-    ) -> torch.Tensor:
+    def _compute_fourier_grid(self, fft_size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         ky, kx = rfft_wavenumbers(fft_size, device, dtype)
         sigma = (self.fwhm_pix / FWHM_OVER_SIGMA).to(device=device, dtype=dtype)[:, None, None]
         k = torch.sqrt(kx.square() + ky.square())
@@ -173,9 +180,7 @@ class MoffatPsf(PointSpreadFunction):
         """Moffat scale ``alpha`` in pixels, shape (P,)."""
         return self.fwhm_pix * moffat_alpha_over_fwhm(self.beta)
 
-    def fourier_grid(
-        self, fft_size: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
-    ) -> torch.Tensor:
+    def _compute_fourier_grid(self, fft_size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         ky, kx = rfft_wavenumbers(fft_size, device, dtype)
         alpha = self.alpha_pix.to(device=device, dtype=dtype)[:, None, None]
         k = torch.sqrt(kx.square() + ky.square())
@@ -230,9 +235,7 @@ class ImagePsf(PointSpreadFunction):
     def min_fft_size(self) -> int:
         return self.images.shape[-1]
 
-    def fourier_grid(
-        self, fft_size: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
-    ) -> torch.Tensor:
+    def _compute_fourier_grid(self, fft_size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         size = self.images.shape[-1]
         if fft_size < size:
             raise ValueError(f"fft_size={fft_size} is smaller than the PSF image ({size} pixels).")

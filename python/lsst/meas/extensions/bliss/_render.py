@@ -34,10 +34,12 @@ from collections.abc import Iterator
 
 import torch
 
-from ._profiles import EXPONENTIAL_HLR_OVER_SCALE, devaucouleurs_fourier, exponential_fourier
+from ._profiles import EXPONENTIAL_HLR_OVER_SCALE, devaucouleurs_fourier_squared
 from ._psf import PointSpreadFunction, rfft_wavenumbers
 
-STAMP_HALF_SIZES: tuple[int, ...] = (4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+STAMP_HALF_SIZES: tuple[int, ...] = (
+    4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 28, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256
+)
 """Stamp half-sizes (pixels) that sources are grouped into; a stamp is ``2 h + 1`` pixels wide."""
 
 GALAXY_EXTENT_HLR: float = 5.0
@@ -94,11 +96,11 @@ class RenderSources:
 
 
 def _next_fft_size(minimum: int) -> int:
-    """Smallest even integer >= minimum whose prime factors are 2, 3 and 5."""
+    """Smallest even integer >= minimum whose prime factors are 2, 3, 5 and 7 (fast FFT sizes)."""
     size = max(2, minimum + (minimum % 2))
     while True:
         remainder = size
-        for prime in (2, 3, 5):
+        for prime in (2, 3, 5, 7):
             while remainder % prime == 0:
                 remainder //= prime
         if remainder == 1:
@@ -136,32 +138,39 @@ def stamp_half_size(
 
 
 def _galaxy_fourier(sources: RenderSources, ky: torch.Tensor, kx: torch.Tensor) -> torch.Tensor:
-    """Unit-flux bulge+disk transform, shape (n, N, N // 2 + 1)."""
+    """Bulge+disk transforms scaled by flux, shape (n, N, N // 2 + 1).
+
+    An area-preserving shear to axis ratio q along angle theta maps the
+    round transform's squared argument to ``k_major^2 / q + k_minor^2 q``;
+    with the profile scale r folded in, ``(r^2 / q) k_major^2 + (r^2 q) k_minor^2``.
+    """
 
     def column(values: torch.Tensor) -> torch.Tensor:
-        return values[:, None, None].to(kx.dtype)
+        return values.to(kx.dtype)[:, None, None]
 
     cos_angle = column(torch.cos(sources.position_angle_rad))
     sin_angle = column(torch.sin(sources.position_angle_rad))
-    k_major_sq = (kx * cos_angle + ky * sin_angle).square()
-    k_minor_sq = (ky * cos_angle - kx * sin_angle).square()
+    k_major_sq = torch.add(kx * cos_angle, ky * sin_angle).square_()
+    k_minor_sq = torch.sub(ky * cos_angle, kx * sin_angle).square_()
 
-    def sheared_k(axis_ratio: torch.Tensor) -> torch.Tensor:
-        q = column(axis_ratio)
-        return torch.sqrt(k_major_sq / q + k_minor_sq * q)
+    def sheared_squared(scale: torch.Tensor, axis_ratio: torch.Tensor) -> torch.Tensor:
+        scale_sq, q = column(scale.square()), column(axis_ratio)
+        return torch.addcmul(k_minor_sq * (scale_sq * q), k_major_sq, scale_sq / q)
 
-    disk_scale = column(sources.disk_hlr_pix / EXPONENTIAL_HLR_OVER_SCALE)
-    disk = exponential_fourier(sheared_k(sources.disk_q) * disk_scale)
-    bulge = devaucouleurs_fourier(sheared_k(sources.bulge_q) * column(sources.bulge_hlr_pix))
-    disk_frac = column(sources.disk_frac)
-    return disk_frac * disk + (1.0 - disk_frac) * bulge
+    disk_arg_sq = sheared_squared(sources.disk_hlr_pix / EXPONENTIAL_HLR_OVER_SCALE, sources.disk_q)
+    # Exponential disk: (1 + (k r_s)^2)^(-3/2).
+    disk = disk_arg_sq.add_(1.0).pow_(-1.5)
+    bulge = devaucouleurs_fourier_squared(sheared_squared(sources.bulge_hlr_pix, sources.bulge_q))
+    disk_flux = column(sources.flux * sources.disk_frac)
+    bulge_flux = column(sources.flux * (1.0 - sources.disk_frac))
+    return disk.mul_(disk_flux).addcmul_(bulge, bulge_flux)
 
 
 def render_stamps(
     sources: RenderSources,
     psf: PointSpreadFunction,
     half_size: int,
-    fft_padding: float = 2.0,
+    fft_padding: float = 1.0,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Render each source on a stamp centred on its nearest pixel.
@@ -175,8 +184,10 @@ def render_stamps(
     half_size
         Stamp half-size ``h``; stamps are ``S = 2 h + 1`` pixels wide.
     fft_padding
-        The FFT grid is at least this many times the stamp size, so that
-        light outside the stamp is not folded back into it.
+        The FFT grid is at least this many times the stamp size.  With 1 the
+        little light beyond the stamp (stamps hold >= 99.8% of it, see
+        `stamp_half_size`) folds back onto the stamp's edges; 2 removes
+        that at four times the cost.
     dtype
         Real floating dtype of the computation.
 
@@ -190,17 +201,30 @@ def render_stamps(
     fft_size = _next_fft_size(max(math.ceil(fft_padding * stamp_size), psf.min_fft_size))
     device = sources.x.device
     ky, kx = rfft_wavenumbers(fft_size, device, dtype)
-    transform = psf.fourier_grid(fft_size, device, dtype)[sources.psf_index]
-    transform = transform * sources.flux.to(dtype)[:, None, None]
-    galaxies = sources.is_galaxy.nonzero().squeeze(1)
-    if galaxies.numel() > 0:
-        galaxy_transform = _galaxy_fourier(sources.select(galaxies), ky, kx)
-        transform = transform.index_put((galaxies,), transform[galaxies] * galaxy_transform)
+    n_sources = len(sources)
+    is_galaxy = sources.is_galaxy
+    if bool(is_galaxy.all()):
+        profile = _galaxy_fourier(sources, ky, kx)
+    else:
+        profile = sources.flux.to(dtype)[:, None, None].expand(n_sources, fft_size, kx.shape[-1]).clone()
+        galaxies = is_galaxy.nonzero().squeeze(1)
+        if galaxies.numel() > 0:
+            profile[galaxies] = _galaxy_fourier(sources.select(galaxies), ky, kx)
+    psf_transform = psf.fourier_grid(fft_size, device, dtype)
+    if psf.n_psf > 1:
+        psf_transform = psf_transform[sources.psf_index]
+    # The sub-pixel shift is separable: exp(-i ky y) exp(-i kx x), placing the
+    # source at the grid centre plus its offset from its nearest pixel.
     centre = fft_size // 2
     shift_x = (sources.x - torch.round(sources.x)).to(dtype)[:, None, None] + centre
     shift_y = (sources.y - torch.round(sources.y)).to(dtype)[:, None, None] + centre
-    phase = torch.polar(torch.ones_like(kx), -(kx * shift_x + ky * shift_y))
-    images = torch.fft.irfft2(transform * phase, s=(fft_size, fft_size))
+    phase_x = torch.polar(torch.ones_like(kx * shift_x), -(kx * shift_x))
+    phase_y = torch.polar(torch.ones_like(ky * shift_y), -(ky * shift_y))
+    if psf_transform.is_complex():
+        transform = (profile * phase_y).mul_(psf_transform * phase_x)
+    else:
+        transform = (profile.mul_(psf_transform) * phase_y).mul_(phase_x)
+    images = torch.fft.irfft2(transform, s=(fft_size, fft_size))
     return images[:, centre - half_size : centre + half_size + 1, centre - half_size : centre + half_size + 1]
 
 
@@ -246,7 +270,7 @@ def render_images(
     height: int,
     width: int,
     max_half_size: int = STAMP_HALF_SIZES[-1],
-    fft_padding: float = 2.0,
+    fft_padding: float = 1.0,
     dtype: torch.dtype = torch.float32,
     max_chunk_bytes: int = 256 * 2**20,
 ) -> torch.Tensor:

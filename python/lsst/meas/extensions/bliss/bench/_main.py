@@ -1,0 +1,58 @@
+"""Command-line entry point of ``bliss-bench``."""
+
+from __future__ import annotations
+
+__all__ = ["main"]
+
+import argparse
+import json
+import platform
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import _render_suite
+
+# Suite name -> (description, add-options, run).
+_SUITES: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], dict]]] = {
+    "render": (_render_suite.DESCRIPTION, _render_suite.add_arguments, _render_suite.run),
+}
+
+
+def _environment() -> dict[str, Any]:
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cuda_available": torch.cuda.is_available(),
+        "machine": platform.machine(),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one benchmark suite; returns the process exit code."""
+    parser = argparse.ArgumentParser(prog="bliss-bench", description=__doc__)
+    subparsers = parser.add_subparsers(dest="suite", required=True, metavar="SUITE")
+    for name, (description, add_arguments, _) in _SUITES.items():
+        sub = subparsers.add_parser(name, help=description, description=description)
+        sub.add_argument("--quick", action="store_true", help="smaller run for a fast check")
+        sub.add_argument("--json", type=Path, default=None, metavar="PATH", help="write the results here")
+        sub.add_argument("--seed", type=int, default=12345, help="random seed of the benchmark's inputs")
+        add_arguments(sub)
+    args = parser.parse_args(argv)
+    _, _, run = _SUITES[args.suite]
+    results = {"suite": args.suite, "quick": args.quick, "environment": _environment()}
+    results.update(run(args))
+    summary = results.pop("summary")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        temporary = args.json.with_suffix(args.json.suffix + ".tmp")
+        temporary.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+        temporary.replace(args.json)
+        print(f"wrote {args.json}")
+    print(summary)
+    sys.stdout.flush()
+    return 0

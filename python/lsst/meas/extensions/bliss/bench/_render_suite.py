@@ -1,0 +1,247 @@
+"""``bliss-bench render``: speed and accuracy of the torch renderer against GalSim.
+
+Two parts, both on the same machine in one run:
+
+* accuracy: a grid over half-light radius (0.1"-3"), axis ratio (0.2-1),
+  bulge fraction (0-1), PSF FWHM (0.6"-1.2"), Gaussian and Moffat PSFs, random
+  sub-pixel offsets, at 0.2"/pixel, plus stars; every stamp is drawn by GalSim
+  (tightened accuracy) and by the torch renderer on the same bounds;
+* speed: a set of galaxies drawn from the default LSST prior under the
+  default PSF, rendered by GalSim (default accuracy, one process) and by
+  the torch renderer (batched, CPU threads as configured; GPU when present).
+"""
+
+from __future__ import annotations
+
+__all__ = ["DESCRIPTION", "accuracy_grid", "add_arguments", "compare_with_galsim", "run"]
+
+import argparse
+import itertools
+import math
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._conditions import SurveyConditions
+from .._galsim_reference import render_galsim_stamp
+from .._prior import PriorConfig, SourcePrior
+from .._psf import GaussianPsf, MoffatPsf, PointSpreadFunction
+from .._render import RenderSources, render_stamps, stamp_half_size
+
+DESCRIPTION = "torch renderer vs GalSim: galaxies per second and stamp accuracy"
+
+PIXEL_SCALE_ARCSEC = 0.2
+GRID_HLR_ARCSEC = (0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
+GRID_AXIS_RATIO = (0.2, 0.4, 0.6, 0.8, 1.0)
+GRID_BULGE_FRACTION = (0.0, 0.25, 0.5, 0.75, 1.0)
+GRID_PSF_FWHM_ARCSEC = (0.6, 0.8, 1.0, 1.2)
+GRID_PSF_MODELS = ("gaussian", "moffat")
+STARS_PER_PSF = 4
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the render suite."""
+    parser.add_argument("--n-galaxies", type=int, default=None, help="size of the timing set (default 400, quick 200)")
+    parser.add_argument("--grid-sample", type=int, default=None,
+                        help="accuracy stamps drawn at random from the grid (default: whole grid; quick: 120)")
+
+
+def _sources(columns: dict[str, list[float]], device: torch.device | str = "cpu") -> RenderSources:
+    count = len(columns["x"])
+    as_float = {k: torch.tensor(v, dtype=torch.float64, device=device) for k, v in columns.items()}
+    return RenderSources(
+        x=as_float["x"],
+        y=as_float["y"],
+        flux=as_float["flux"],
+        is_galaxy=torch.tensor(columns["is_galaxy"], dtype=torch.bool, device=device),
+        disk_frac=as_float["disk_frac"],
+        disk_hlr_pix=as_float["disk_hlr_pix"],
+        disk_q=as_float["disk_q"],
+        bulge_hlr_pix=as_float["bulge_hlr_pix"],
+        bulge_q=as_float["bulge_q"],
+        position_angle_rad=as_float["position_angle_rad"],
+        image_index=torch.zeros(count, dtype=torch.long, device=device),
+        psf_index=torch.tensor(columns["psf_index"], dtype=torch.long, device=device),
+    )
+
+
+def accuracy_grid(sample: int | None = None, seed: int = 0) -> list[tuple[PointSpreadFunction, RenderSources]]:
+    """Galaxies and stars of the accuracy grid, grouped by PSF model.
+
+    Parameters
+    ----------
+    sample
+        Keep this many grid points chosen at random (``None``: all of them).
+    seed
+        Seed of the sub-pixel offsets, position angles and the sample.
+
+    Returns
+    -------
+    groups
+        ``(psf, sources)`` pairs; ``psf`` holds one PSF per grid FWHM and
+        ``sources.psf_index`` points into it.  Disk and bulge share the grid
+        radius and axis ratio.
+    """
+    rng = np.random.default_rng(seed)
+    fwhm_pix = np.array(GRID_PSF_FWHM_ARCSEC) / PIXEL_SCALE_ARCSEC
+    points = list(itertools.product(GRID_HLR_ARCSEC, GRID_AXIS_RATIO, GRID_BULGE_FRACTION,
+                                    range(len(fwhm_pix)), GRID_PSF_MODELS))
+    stars = [(0.0, 1.0, 0.0, psf_index, model) for psf_index in range(len(fwhm_pix))
+             for model in GRID_PSF_MODELS for _ in range(STARS_PER_PSF)]
+    if sample is not None and sample < len(points):
+        points = [points[i] for i in rng.choice(len(points), size=sample, replace=False)]
+    groups = []
+    for model in GRID_PSF_MODELS:
+        chosen = [p for p in points + stars if p[4] == model]
+        columns: dict[str, list[float]] = {name: [] for name in (
+            "x", "y", "flux", "is_galaxy", "disk_frac", "disk_hlr_pix", "disk_q", "bulge_hlr_pix", "bulge_q",
+            "position_angle_rad", "psf_index")}
+        for hlr_arcsec, axis_ratio, bulge_fraction, psf_index, _ in chosen:
+            offset = rng.uniform(-0.5, 0.5, size=2)
+            hlr_pix = hlr_arcsec / PIXEL_SCALE_ARCSEC
+            values = {
+                "x": 100.0 + offset[0], "y": 100.0 + offset[1], "flux": 1.0e4, "is_galaxy": hlr_pix > 0,
+                "disk_frac": 1.0 - bulge_fraction, "disk_hlr_pix": hlr_pix, "disk_q": axis_ratio,
+                "bulge_hlr_pix": hlr_pix, "bulge_q": axis_ratio, "position_angle_rad": rng.uniform(0, np.pi),
+                "psf_index": psf_index,
+            }
+            for name, value in values.items():
+                columns[name].append(value)
+        psf = GaussianPsf(fwhm_pix) if model == "gaussian" else MoffatPsf(fwhm_pix, beta=3.5)
+        groups.append((psf, _sources(columns)))
+    return groups
+
+
+def _render_torch(sources: RenderSources, psf: PointSpreadFunction, dtype: torch.dtype) -> list[torch.Tensor]:
+    """Render every source on its own stamp, batched by stamp size; returns stamps in source order."""
+    half_sizes = stamp_half_size(sources, psf)
+    stamps: list[torch.Tensor] = [torch.empty(0)] * len(sources)
+    for half_size in torch.unique(half_sizes).tolist():
+        members = (half_sizes == half_size).nonzero().squeeze(1)
+        rendered = render_stamps(sources.select(members), psf, half_size, dtype=dtype)
+        for member, stamp in zip(members.tolist(), rendered):
+            stamps[member] = stamp
+    return stamps
+
+
+def compare_with_galsim(psf: PointSpreadFunction, sources: RenderSources) -> dict[str, np.ndarray]:
+    """Per-stamp differences between the torch renderer and GalSim.
+
+    Returns
+    -------
+    errors
+        ``max_abs_err_over_peak`` (max |torch - galsim| / galsim peak) and
+        ``flux_rel_err`` (|sum torch / sum galsim - 1|), each of shape (n,).
+    """
+    stamps = _render_torch(sources, psf, torch.float64)
+    peak_errors, flux_errors = [], []
+    for index, stamp in enumerate(stamps):
+        half_size = stamp.shape[-1] // 2
+        reference = render_galsim_stamp(sources, index, psf, half_size)
+        ours = stamp.cpu().numpy()
+        peak_errors.append(np.abs(ours - reference).max() / reference.max())
+        flux_errors.append(abs(ours.sum() / reference.sum() - 1.0))
+    return {"max_abs_err_over_peak": np.array(peak_errors), "flux_rel_err": np.array(flux_errors)}
+
+
+def _timing_set(n_galaxies: int, seed: int) -> tuple[PointSpreadFunction, RenderSources]:
+    """Galaxies from the default LSST prior, default PSF, random sub-pixel positions."""
+    conditions = SurveyConditions.from_survey("LSST", "r")
+    prior = SourcePrior(PriorConfig(star_fraction=0.0), conditions)
+    generator = torch.Generator().manual_seed(seed)
+    # Enough tiles for about twice the wanted number of galaxies.
+    n_tiles = math.ceil(math.sqrt(2.0 * n_galaxies / prior.mean_sources_per_tile))
+    catalog = prior.sample(1, n_tiles, n_tiles, generator, dtype=torch.float64).to_full_catalog()
+    if int(catalog.n_sources[0]) < n_galaxies:
+        raise RuntimeError(f"drew {int(catalog.n_sources[0])} galaxies, fewer than {n_galaxies}; use another seed.")
+    count = n_galaxies
+    fields = {name: value[0, :count] for name, value in catalog.fields.items()}
+    rng = np.random.default_rng(seed)
+    offsets = torch.as_tensor(rng.uniform(-0.5, 0.5, size=(2, count)))
+    scale = conditions.pixel_scale_arcsec
+    sources = RenderSources(
+        x=100.0 + offsets[0], y=100.0 + offsets[1], flux=fields["flux_njy"], is_galaxy=fields["is_galaxy"],
+        disk_frac=fields["disk_frac"], disk_hlr_pix=fields["disk_hlr_arcsec"] / scale, disk_q=fields["disk_q"],
+        bulge_hlr_pix=fields["bulge_hlr_arcsec"] / scale, bulge_q=fields["bulge_q"],
+        position_angle_rad=fields["position_angle_rad"], image_index=torch.zeros(count, dtype=torch.long),
+        psf_index=torch.zeros(count, dtype=torch.long),
+    )
+    return conditions.psf(), sources
+
+
+def _time_torch(sources: RenderSources, psf: PointSpreadFunction, repeats: int = 3) -> float:
+    """Best wall time of rendering all stamps (float32), after a warm-up."""
+    device = sources.x.device
+
+    def synchronize() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    _render_torch(sources, psf, torch.float32)
+    synchronize()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        _render_torch(sources, psf, torch.float32)
+        synchronize()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the suite; returns the JSON results plus a one-line ``summary``."""
+    n_galaxies = args.n_galaxies or (200 if args.quick else 400)
+    grid_sample = args.grid_sample if args.grid_sample is not None else (120 if args.quick else None)
+
+    accuracy = {"max_abs_err_over_peak": [], "flux_rel_err": []}
+    n_grid = 0
+    start = time.perf_counter()
+    for psf, sources in accuracy_grid(grid_sample, args.seed):
+        errors = compare_with_galsim(psf, sources)
+        for name in accuracy:
+            accuracy[name].extend(errors[name].tolist())
+        n_grid += len(sources)
+    accuracy_seconds = time.perf_counter() - start
+    peak_errors = np.array(accuracy["max_abs_err_over_peak"])
+    flux_errors = np.array(accuracy["flux_rel_err"])
+
+    psf, sources = _timing_set(n_galaxies, args.seed)
+    half_sizes = stamp_half_size(sources, psf)
+    start = time.perf_counter()
+    galsim_stamps = [render_galsim_stamp(sources, i, psf, int(half_sizes[i]), accurate=False)
+                     for i in range(len(sources))]
+    galsim_seconds = time.perf_counter() - start
+    torch_seconds = _time_torch(sources, psf)
+    torch_stamps = _render_torch(sources, psf, torch.float32)
+    timing_set_errors = [np.abs(t.numpy() - g).max() / g.max() for t, g in zip(torch_stamps, galsim_stamps)]
+
+    results: dict[str, Any] = {
+        "n_galaxies": len(sources),
+        "galsim_galaxies_per_s": len(sources) / galsim_seconds,
+        "torch_galaxies_per_s": len(sources) / torch_seconds,
+        "speedup_vs_galsim": galsim_seconds / torch_seconds,
+        "torch_threads": torch.get_num_threads(),
+        "timing_set_stamp_half_sizes": {str(h): int((half_sizes == h).sum()) for h in torch.unique(half_sizes).tolist()},
+        "timing_set_max_abs_err_over_peak_vs_galsim_defaults": float(max(timing_set_errors)),
+        "grid_n_stamps": n_grid,
+        "grid_seconds": accuracy_seconds,
+        "max_abs_err_over_peak": float(peak_errors.max()),
+        "median_abs_err_over_peak": float(np.median(peak_errors)),
+        "max_flux_rel_err": float(flux_errors.max()),
+        "grid_fraction_within_tolerance": float(np.mean((peak_errors <= 0.01) & (flux_errors <= 0.005))),
+    }
+    if torch.cuda.is_available():
+        gpu_sources = sources.select(torch.arange(len(sources)))
+        gpu_sources = type(gpu_sources)(**{k: v.cuda() for k, v in vars(gpu_sources).items()})
+        results["torch_gpu_galaxies_per_s"] = len(sources) / _time_torch(gpu_sources, psf)
+    results["summary"] = (
+        f"render: accuracy on {n_grid} grid stamps: max |torch-galsim|/peak = {results['max_abs_err_over_peak']:.2e}, "
+        f"max flux error = {results['max_flux_rel_err']:.2e}\n"
+        f"render: GalSim {results['galsim_galaxies_per_s']:.0f} galaxies/s, torch "
+        f"{results['torch_galaxies_per_s']:.0f} galaxies/s ({results['torch_threads']} CPU threads)"
+        + (f", GPU {results['torch_gpu_galaxies_per_s']:.0f} galaxies/s" if "torch_gpu_galaxies_per_s" in results else "")
+        + f"\nspeedup_vs_galsim = {results['speedup_vs_galsim']:.1f}x (torch CPU vs GalSim, same {len(sources)} galaxies)"
+    )
+    return results
