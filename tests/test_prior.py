@@ -1,0 +1,116 @@
+"""Prior sanity: counts, flux power law, star fraction, shapes, reproducibility, validation."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import optimize
+
+from lsst.meas.extensions.bliss import PriorConfig, SourcePrior, SurveyConditions
+
+CONDITIONS = SurveyConditions.from_survey()
+
+
+def occupied_values(catalog, name: str) -> torch.Tensor:
+    return catalog.fields[name][catalog.is_valid]
+
+
+def pareto_alpha_mle(flux: np.ndarray, minimum: float, maximum: float) -> float:
+    """Maximum-likelihood index of a Pareto law truncated to [minimum, maximum]."""
+    n, log_ratio = flux.size, math.log(minimum / maximum)
+    mean_log = np.log(flux / minimum).mean()
+
+    def score(alpha: float) -> float:
+        ratio = math.exp(alpha * log_ratio)
+        return 1.0 / alpha - mean_log + ratio * log_ratio / (1.0 - ratio)
+
+    return optimize.brentq(score, 0.01, 10.0) if n else math.nan
+
+
+def test_mean_count_per_tile_from_1e5_tiles() -> None:
+    prior = SourcePrior(PriorConfig(), CONDITIONS)
+    catalog = prior.sample(10, 100, 100, torch.Generator().manual_seed(1))
+    rate = prior.mean_sources_per_tile
+    # Default: 55 sources / arcmin^2 on 0.8" tiles.
+    assert rate == pytest.approx(55.0 * (0.8 / 60) ** 2)
+    expected = 1.0 - math.exp(-rate)  # E[min(Poisson(rate), 1)]
+    observed = catalog.n_sources.double().mean().item()
+    standard_error = math.sqrt(expected * (1 - expected) / 1e5)
+    assert abs(observed - expected) < 5 * standard_error
+
+
+def test_flux_slope_and_star_fraction_from_1e5_sources() -> None:
+    config = PriorConfig(source_density_per_arcmin2=20000.0, star_fraction=0.3)
+    prior = SourcePrior(config, CONDITIONS, max_sources_per_tile=4)
+    catalog = prior.sample(4, 100, 100, torch.Generator().manual_seed(2), dtype=torch.float64)
+    is_galaxy = occupied_values(catalog, "is_galaxy")
+    flux = occupied_values(catalog, "flux_njy").numpy()
+    n = is_galaxy.numel()
+    assert n > 100_000
+    star_fraction = 1.0 - is_galaxy.double().mean().item()
+    assert abs(star_fraction - 0.3) < 5 * math.sqrt(0.3 * 0.7 / n)
+    assert flux.min() >= prior.min_flux_njy and flux.max() <= prior.max_flux_njy
+    for mask, alpha in ((is_galaxy.numpy(), config.galaxy_flux_alpha), (~is_galaxy.numpy(), config.star_flux_alpha)):
+        estimate = pareto_alpha_mle(flux[mask], prior.min_flux_njy, prior.max_flux_njy)
+        assert abs(estimate - alpha) < 5 * alpha / math.sqrt(mask.sum())
+
+
+def test_faint_limit_is_one_mag_below_depth() -> None:
+    prior = SourcePrior(PriorConfig(), CONDITIONS)
+    assert prior.faint_limit_mag == pytest.approx(CONDITIONS.point_source_depth_mag() + 1.0)
+
+
+def test_galaxy_shapes_are_in_range_and_stars_are_neutral() -> None:
+    config = PriorConfig(source_density_per_arcmin2=5000.0)
+    catalog = SourcePrior(config, CONDITIONS).sample(2, 50, 50, torch.Generator().manual_seed(3))
+    galaxy = catalog.is_valid & catalog.fields["is_galaxy"]
+    star = catalog.is_valid & ~catalog.fields["is_galaxy"]
+    hlr = catalog.fields["disk_hlr_arcsec"][galaxy]
+    assert hlr.min() >= config.min_hlr_arcsec and hlr.max() <= config.max_hlr_arcsec
+    assert (catalog.fields["bulge_hlr_arcsec"][galaxy] <= hlr + 1e-6).all()
+    q = catalog.fields["disk_q"][galaxy]
+    assert q.min() >= 0.2 and q.max() <= 1.0
+    # Brighter galaxies are larger (size-magnitude relation).
+    flux = catalog.fields["flux_njy"][galaxy]
+    bright = flux > flux.median()
+    assert hlr[bright].median() > hlr[~bright].median()
+    assert (catalog.fields["disk_hlr_arcsec"][star] == 0).all()
+    assert (catalog.fields["disk_q"][star] == 1).all()
+    assert (catalog.locations[catalog.is_valid] >= 0).all() and (catalog.locations[catalog.is_valid] < 1).all()
+
+
+def test_same_seed_same_catalog() -> None:
+    prior = SourcePrior(PriorConfig(source_density_per_arcmin2=2000.0), CONDITIONS)
+    first = prior.sample(2, 16, 16, torch.Generator().manual_seed(11))
+    second = prior.sample(2, 16, 16, torch.Generator().manual_seed(11))
+    third = prior.sample(2, 16, 16, torch.Generator().manual_seed(12))
+    assert torch.equal(first.n_sources, second.n_sources)
+    for name in first.fields:
+        assert torch.equal(first.fields[name], second.fields[name])
+    assert not torch.equal(first.fields["flux_njy"], third.fields["flux_njy"])
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("source_density_per_arcmin2", 0.0),
+        ("source_density_per_arcmin2", -3.0),
+        ("star_fraction", 1.5),
+        ("galaxy_flux_alpha", 0.0),
+        ("faint_limit_mag", 10.0),
+        ("max_hlr_arcsec", 0.05),
+        ("disk_q_range", (0.0, 1.0)),
+        ("bulge_q_range", (0.9, 0.5)),
+    ],
+)
+def test_invalid_prior_parameters_name_the_field(field: str, value) -> None:
+    with pytest.raises(ValueError, match=field):
+        PriorConfig(**{field: value})
+
+
+def test_invalid_tiling_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="tile_size"):
+        SourcePrior(PriorConfig(), CONDITIONS, tile_size=0)
+    with pytest.raises(ValueError, match="max_sources_per_tile"):
+        SourcePrior(PriorConfig(), CONDITIONS, max_sources_per_tile=0)
