@@ -114,13 +114,22 @@ def accuracy_grid(sample: int | None = None, seed: int = 0) -> list[tuple[PointS
     return groups
 
 
-def _render_torch(sources: RenderSources, psf: PointSpreadFunction, dtype: torch.dtype) -> list[torch.Tensor]:
-    """Render every source on its own stamp, batched by stamp size; returns stamps in source order."""
+def _render_groups(
+    sources: RenderSources, psf: PointSpreadFunction, dtype: torch.dtype
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Render every source on its own stamp, batched by stamp size: ``(members, stamps)`` per size."""
     half_sizes = stamp_half_size(sources, psf)
-    stamps: list[torch.Tensor] = [torch.empty(0)] * len(sources)
+    groups = []
     for half_size in torch.unique(half_sizes).tolist():
         members = (half_sizes == half_size).nonzero().squeeze(1)
-        rendered = render_stamps(sources.select(members), psf, half_size, dtype=dtype)
+        groups.append((members, render_stamps(sources.select(members), psf, half_size, dtype=dtype)))
+    return groups
+
+
+def _render_torch(sources: RenderSources, psf: PointSpreadFunction, dtype: torch.dtype) -> list[torch.Tensor]:
+    """Stamps of `_render_groups` in source order."""
+    stamps: list[torch.Tensor] = [torch.empty(0)] * len(sources)
+    for members, rendered in _render_groups(sources, psf, dtype):
         for member, stamp in zip(members.tolist(), rendered):
             stamps[member] = stamp
     return stamps
@@ -153,13 +162,13 @@ def _timing_set(n_galaxies: int, seed: int) -> tuple[PointSpreadFunction, Render
     generator = torch.Generator().manual_seed(seed)
     # Enough tiles for about twice the wanted number of galaxies.
     n_tiles = math.ceil(math.sqrt(2.0 * n_galaxies / prior.mean_sources_per_tile))
-    catalog = prior.sample(1, n_tiles, n_tiles, generator, dtype=torch.float64).to_full_catalog()
+    catalog = prior.sample(1, n_tiles, n_tiles, generator).to_full_catalog()
     if int(catalog.n_sources[0]) < n_galaxies:
         raise RuntimeError(f"drew {int(catalog.n_sources[0])} galaxies, fewer than {n_galaxies}; use another seed.")
     count = n_galaxies
     fields = {name: value[0, :count] for name, value in catalog.fields.items()}
     rng = np.random.default_rng(seed)
-    offsets = torch.as_tensor(rng.uniform(-0.5, 0.5, size=(2, count)))
+    offsets = torch.as_tensor(rng.uniform(-0.5, 0.5, size=(2, count)), dtype=torch.float32)
     scale = conditions.pixel_scale_arcsec
     sources = RenderSources(
         x=100.0 + offsets[0], y=100.0 + offsets[1], flux=fields["flux_njy"], is_galaxy=fields["is_galaxy"],
@@ -179,12 +188,12 @@ def _time_torch(sources: RenderSources, psf: PointSpreadFunction, repeats: int =
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    _render_torch(sources, psf, torch.float32)
+    _render_groups(sources, psf, torch.float32)
     synchronize()
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
-        _render_torch(sources, psf, torch.float32)
+        _render_groups(sources, psf, torch.float32)
         synchronize()
         best = min(best, time.perf_counter() - start)
     return best
