@@ -3,13 +3,16 @@
 import numpy as np
 import pytest
 import torch
-
 from lsst.meas.extensions.bliss import SOURCE_FIELDS, FullCatalog, PriorConfig, SourcePrior, SurveyConditions
 
 
 def random_tile_catalog(seed: int = 3, max_sources_per_tile: int = 2):
-    prior = SourcePrior(PriorConfig(source_density_per_arcmin2=3000.0), SurveyConditions.from_survey(),
-                        tile_size=4, max_sources_per_tile=max_sources_per_tile)
+    prior = SourcePrior(
+        PriorConfig(source_density_per_arcmin2=3000.0),
+        SurveyConditions.from_survey(),
+        tile_size=4,
+        max_sources_per_tile=max_sources_per_tile,
+    )
     return prior.sample(3, 8, 10, torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
@@ -47,8 +50,22 @@ def test_full_to_tile_to_full_round_trip() -> None:
     back = full.to_tile_catalog(4, 4).to_full_catalog()
     for b in range(full.batch_size):
         n = int(full.n_sources[b])
-        ours = sorted(zip(full.x[b, :n].tolist(), full.y[b, :n].tolist(), full.fields["flux_njy"][b, :n].tolist()))
-        theirs = sorted(zip(back.x[b, :n].tolist(), back.y[b, :n].tolist(), back.fields["flux_njy"][b, :n].tolist()))
+        ours = sorted(
+            zip(
+                full.x[b, :n].tolist(),
+                full.y[b, :n].tolist(),
+                full.fields["flux_njy"][b, :n].tolist(),
+                strict=True,
+            )
+        )
+        theirs = sorted(
+            zip(
+                back.x[b, :n].tolist(),
+                back.y[b, :n].tolist(),
+                back.fields["flux_njy"][b, :n].tolist(),
+                strict=True,
+            )
+        )
         np.testing.assert_allclose(np.array(theirs), np.array(ours))
 
 

@@ -5,7 +5,6 @@ import math
 
 import pytest
 import surveycodex
-
 from lsst.meas.extensions.bliss import SurveyConditions, flux_njy_to_mag, mag_to_flux_njy
 
 
@@ -36,7 +35,9 @@ def test_lsst_single_visit_depth_and_noise() -> None:
 
 def test_other_surveys_by_name() -> None:
     hsc = SurveyConditions.from_survey("HSC", "i")
-    assert hsc.pixel_scale_arcsec == pytest.approx(surveycodex.get_survey("HSC").pixel_scale.to_value("arcsec"))
+    assert hsc.pixel_scale_arcsec == pytest.approx(
+        surveycodex.get_survey("HSC").pixel_scale.to_value("arcsec")
+    )
     assert hsc.exposure_time_s > 30.0
     custom = SurveyConditions.from_survey("LSST", "g", exposure_time_s=15.0, psf_model="gaussian")
     assert custom.exposure_time_s == 15.0 and custom.psf_model == "gaussian"

@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from lsst.meas.extensions.bliss import resolve_device
 
 

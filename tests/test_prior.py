@@ -5,9 +5,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy import optimize
-
 from lsst.meas.extensions.bliss import PriorConfig, SourcePrior, SurveyConditions
+from scipy import optimize
 
 CONDITIONS = SurveyConditions.from_survey()
 
@@ -51,7 +50,10 @@ def test_flux_slope_and_star_fraction_from_1e5_sources() -> None:
     star_fraction = 1.0 - is_galaxy.double().mean().item()
     assert abs(star_fraction - 0.3) < 5 * math.sqrt(0.3 * 0.7 / n)
     assert flux.min() >= prior.min_flux_njy and flux.max() <= prior.max_flux_njy
-    for mask, alpha in ((is_galaxy.numpy(), config.galaxy_flux_alpha), (~is_galaxy.numpy(), config.star_flux_alpha)):
+    for mask, alpha in (
+        (is_galaxy.numpy(), config.galaxy_flux_alpha),
+        (~is_galaxy.numpy(), config.star_flux_alpha),
+    ):
         estimate = pareto_alpha_mle(flux[mask], prior.min_flux_njy, prior.max_flux_njy)
         assert abs(estimate - alpha) < 5 * alpha / math.sqrt(mask.sum())
 
@@ -77,7 +79,9 @@ def test_galaxy_shapes_are_in_range_and_stars_are_neutral() -> None:
     assert hlr[bright].median() > hlr[~bright].median()
     assert (catalog.fields["disk_hlr_arcsec"][star] == 0).all()
     assert (catalog.fields["disk_q"][star] == 1).all()
-    assert (catalog.locations[catalog.is_valid] >= 0).all() and (catalog.locations[catalog.is_valid] < 1).all()
+    assert (catalog.locations[catalog.is_valid] >= 0).all() and (
+        catalog.locations[catalog.is_valid] < 1
+    ).all()
 
 
 def test_same_seed_same_catalog() -> None:

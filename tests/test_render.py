@@ -6,7 +6,6 @@ import galsim
 import numpy as np
 import pytest
 import torch
-
 from lsst.meas.extensions.bliss import (
     GaussianPsf,
     ImagePsf,
@@ -24,8 +23,17 @@ FLUX_TOLERANCE = 0.005
 
 def make_sources(n: int, **values: float | list[float]) -> RenderSources:
     defaults = {
-        "x": 20.0, "y": 20.0, "flux": 1000.0, "is_galaxy": False, "disk_frac": 1.0, "disk_hlr_pix": 2.0,
-        "disk_q": 1.0, "bulge_hlr_pix": 1.0, "bulge_q": 1.0, "position_angle_rad": 0.0, "image_index": 0,
+        "x": 20.0,
+        "y": 20.0,
+        "flux": 1000.0,
+        "is_galaxy": False,
+        "disk_frac": 1.0,
+        "disk_hlr_pix": 2.0,
+        "disk_q": 1.0,
+        "bulge_hlr_pix": 1.0,
+        "bulge_q": 1.0,
+        "position_angle_rad": 0.0,
+        "image_index": 0,
         "psf_index": 0,
     }
     defaults.update(values)
@@ -52,8 +60,18 @@ def test_sample_of_accuracy_grid_matches_galsim() -> None:
 
 def test_extreme_galaxy_matches_galsim() -> None:
     # The largest, flattest, bulge-dominated corner of the grid under the narrowest PSF.
-    sources = make_sources(1, x=50.3, y=49.6, is_galaxy=True, disk_frac=0.25, disk_hlr_pix=15.0, disk_q=0.2,
-                           bulge_hlr_pix=15.0, bulge_q=0.2, position_angle_rad=0.7)
+    sources = make_sources(
+        1,
+        x=50.3,
+        y=49.6,
+        is_galaxy=True,
+        disk_frac=0.25,
+        disk_hlr_pix=15.0,
+        disk_q=0.2,
+        bulge_hlr_pix=15.0,
+        bulge_q=0.2,
+        position_angle_rad=0.7,
+    )
     errors = compare_with_galsim(MoffatPsf(3.0), sources)
     assert errors["max_abs_err_over_peak"][0] <= PEAK_TOLERANCE
     assert errors["flux_rel_err"][0] <= FLUX_TOLERANCE
@@ -63,8 +81,17 @@ def test_pixelized_psf_matches_analytic_psf() -> None:
     # An LSST-style kernel image (pixel-convolved PSF) must give what the analytic PSF gives.
     fwhm_pix = 4.0
     kernel = galsim.Moffat(beta=3.5, fwhm=fwhm_pix).drawImage(nx=61, ny=61, scale=1.0).array
-    sources = make_sources(2, x=[20.3, 20.0], y=[19.8, 20.0], is_galaxy=[False, True], disk_frac=0.6,
-                           disk_hlr_pix=3.0, disk_q=0.5, bulge_hlr_pix=1.5, bulge_q=0.8)
+    sources = make_sources(
+        2,
+        x=[20.3, 20.0],
+        y=[19.8, 20.0],
+        is_galaxy=[False, True],
+        disk_frac=0.6,
+        disk_hlr_pix=3.0,
+        disk_q=0.5,
+        bulge_hlr_pix=1.5,
+        bulge_q=0.8,
+    )
     analytic = render_stamps(sources, MoffatPsf(fwhm_pix, beta=3.5), 30, dtype=torch.float64)
     pixelized = render_stamps(sources, ImagePsf(kernel * 3.7), 30, dtype=torch.float64)
     peak = analytic.amax(dim=(-2, -1))

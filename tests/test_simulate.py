@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-
 from lsst.meas.extensions.bliss import (
     MASK_PLANES,
     FullCatalog,
@@ -50,7 +49,9 @@ def test_unsubtracted_images_keep_the_sky() -> None:
 def test_variance_includes_source_poisson_noise() -> None:
     batch = simulator(density=2000.0).sample(2, seed=3)
     expected = (batch.noiseless + CONDITIONS.sky_level_njy) / CONDITIONS.njy_to_electrons
-    assert torch.allclose(batch.variance, expected.clamp(min=CONDITIONS.sky_level_njy / CONDITIONS.njy_to_electrons))
+    assert torch.allclose(
+        batch.variance, expected.clamp(min=CONDITIONS.sky_level_njy / CONDITIONS.njy_to_electrons)
+    )
     residual = (batch.image - batch.noiseless) / batch.variance.sqrt()
     assert residual.std().item() == pytest.approx(1.0, rel=0.03)
 
@@ -64,7 +65,9 @@ def test_truth_catalog_matches_the_light() -> None:
     valid = truth.is_valid
     assert (truth.x[valid] >= -0.5).all() and (truth.x[valid] < 63.5).all()
     # Rendering the truth reproduces the noiseless image exactly (no border sources here).
-    assert torch.allclose(sim.render(truth, CONDITIONS.psf(batch.psf_fwhm_arcsec.numpy())), batch.noiseless, atol=1e-3)
+    assert torch.allclose(
+        sim.render(truth, CONDITIONS.psf(batch.psf_fwhm_arcsec.numpy())), batch.noiseless, atol=1e-3
+    )
 
 
 def test_border_sources_add_light_but_not_truth() -> None:

@@ -13,4 +13,4 @@ from ._profiles import *
 from ._psf import *
 from ._render import *
 from ._simulate import *
-from .version import __version__
+from .version import *

@@ -39,7 +39,9 @@ axis angle counter-clockwise from +x.  Galaxy fields of stars are zero
 (axis ratios one)."""
 
 
-def _empty_fields(shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def _empty_fields(
+    shape: tuple[int, ...], device: torch.device, dtype: torch.dtype
+) -> dict[str, torch.Tensor]:
     fields = {name: torch.zeros(shape, device=device, dtype=dtype) for name in SOURCE_FIELDS}
     fields["is_galaxy"] = torch.zeros(shape, device=device, dtype=torch.bool)
     fields["disk_q"] = torch.ones(shape, device=device, dtype=dtype)
@@ -75,15 +77,17 @@ class FullCatalog:
         shape = self.x.shape
         if self.x.ndim != 2 or self.y.shape != shape or self.n_sources.shape != shape[:1]:
             raise ValueError(
-                f"FullCatalog needs x, y of shape (B, M) and n_sources of shape (B,); got x {tuple(self.x.shape)}, "
-                f"y {tuple(self.y.shape)}, n_sources {tuple(self.n_sources.shape)}."
+                "FullCatalog needs x, y of shape (B, M) and n_sources of shape (B,); got "
+                f"x {tuple(self.x.shape)}, y {tuple(self.y.shape)}, n_sources {tuple(self.n_sources.shape)}."
             )
         missing = set(SOURCE_FIELDS) - set(self.fields)
         if missing:
             raise ValueError(f"FullCatalog is missing field(s) {sorted(missing)}.")
         for name, value in self.fields.items():
             if value.shape != shape:
-                raise ValueError(f"FullCatalog field {name!r} has shape {tuple(value.shape)}; expected {shape}.")
+                raise ValueError(
+                    f"FullCatalog field {name!r} has shape {tuple(value.shape)}; expected {shape}."
+                )
 
     @property
     def batch_size(self) -> int:
@@ -298,7 +302,9 @@ class TileCatalog:
 
         slots = torch.arange(max_sources, device=valid.device)[None, :] < n_sources[:, None]
         padding = _empty_fields((batch, max_sources), valid.device, self.locations.dtype)
-        fields = {name: torch.where(slots, gather(self.fields[name]), padding[name]) for name in SOURCE_FIELDS}
+        fields = {
+            name: torch.where(slots, gather(self.fields[name]), padding[name]) for name in SOURCE_FIELDS
+        }
         zero = torch.zeros((), device=valid.device, dtype=x.dtype)
         return FullCatalog(
             height=self.n_tiles_h * self.tile_size,

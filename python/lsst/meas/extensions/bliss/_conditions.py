@@ -94,9 +94,13 @@ class SurveyConditions:
         if self.psf_model not in PSF_MODELS:
             raise ValueError(f"psf_model={self.psf_model!r} is not supported; choose one of {PSF_MODELS}.")
         if not (math.isfinite(self.moffat_beta) and self.moffat_beta > 1.1):
-            raise ValueError(f"moffat_beta={self.moffat_beta!r} is out of range; it must be finite and > 1.1.")
+            raise ValueError(
+                f"moffat_beta={self.moffat_beta!r} is out of range; it must be finite and > 1.1."
+            )
         if not (math.isfinite(self.read_noise_e) and self.read_noise_e >= 0):
-            raise ValueError(f"read_noise_e={self.read_noise_e!r} is out of range; it must be finite and >= 0.")
+            raise ValueError(
+                f"read_noise_e={self.read_noise_e!r} is out of range; it must be finite and >= 0."
+            )
         for name in ("sky_brightness_mag_per_arcsec2", "zero_point_mag"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value)):
@@ -126,10 +130,14 @@ class SurveyConditions:
             If the survey or band is unknown, or a field is out of range.
         """
         if survey not in surveycodex.available_surveys:
-            raise ValueError(f"survey={survey!r} is unknown; choose one of {sorted(surveycodex.available_surveys)}.")
+            raise ValueError(
+                f"survey={survey!r} is unknown; choose one of {sorted(surveycodex.available_surveys)}."
+            )
         codex = surveycodex.get_survey(survey)
         if band not in codex.available_filters:
-            raise ValueError(f"band={band!r} is not a {survey} filter; choose one of {codex.available_filters}.")
+            raise ValueError(
+                f"band={band!r} is not a {survey} filter; choose one of {codex.available_filters}."
+            )
         filt = codex.get_filter(band)
         if exposure_time_s is None:
             exposure_time_s = (

@@ -34,7 +34,11 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         try:
             resolved = torch.device(device)
         except RuntimeError as err:
-            raise ValueError(f"device={device!r} is not a valid torch device; use 'auto', 'cpu' or 'cuda'.") from err
+            raise ValueError(
+                f"device={device!r} is not a valid torch device; use 'auto', 'cpu' or 'cuda'."
+            ) from err
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} requested but CUDA is not available; use device='auto' or 'cpu'.")
+        raise ValueError(
+            f"device={device!r} requested but CUDA is not available; use device='auto' or 'cpu'."
+        )
     return resolved

@@ -79,20 +79,34 @@ class PriorConfig:
         def finite(value: Any) -> bool:
             return isinstance(value, int | float) and math.isfinite(value)
 
-        require(finite(self.source_density_per_arcmin2) and self.source_density_per_arcmin2 > 0,
-                "source_density_per_arcmin2", "> 0 sources per arcmin^2")
+        require(
+            finite(self.source_density_per_arcmin2) and self.source_density_per_arcmin2 > 0,
+            "source_density_per_arcmin2",
+            "> 0 sources per arcmin^2",
+        )
         require(finite(self.star_fraction) and 0 <= self.star_fraction <= 1, "star_fraction", "[0, 1]")
         require(finite(self.bright_limit_mag), "bright_limit_mag", "a finite AB magnitude")
-        require(self.faint_limit_mag is None or (finite(self.faint_limit_mag)
-                                                 and self.faint_limit_mag > self.bright_limit_mag),
-                "faint_limit_mag", "None or a magnitude fainter (larger) than bright_limit_mag")
-        for name in ("galaxy_flux_alpha", "star_flux_alpha", "size_median_arcsec", "size_log_scatter",
-                     "min_hlr_arcsec"):
+        require(
+            self.faint_limit_mag is None
+            or (finite(self.faint_limit_mag) and self.faint_limit_mag > self.bright_limit_mag),
+            "faint_limit_mag",
+            "None or a magnitude fainter (larger) than bright_limit_mag",
+        )
+        for name in (
+            "galaxy_flux_alpha",
+            "star_flux_alpha",
+            "size_median_arcsec",
+            "size_log_scatter",
+            "min_hlr_arcsec",
+        ):
             require(finite(getattr(self, name)) and getattr(self, name) > 0, name, "> 0")
         require(finite(self.size_reference_mag), "size_reference_mag", "a finite AB magnitude")
         require(finite(self.size_mag_slope), "size_mag_slope", "a finite number")
-        require(finite(self.max_hlr_arcsec) and self.max_hlr_arcsec > self.min_hlr_arcsec,
-                "max_hlr_arcsec", "> min_hlr_arcsec")
+        require(
+            finite(self.max_hlr_arcsec) and self.max_hlr_arcsec > self.min_hlr_arcsec,
+            "max_hlr_arcsec",
+            "> min_hlr_arcsec",
+        )
         for name in ("bulge_size_ratio_range", "disk_q_range", "bulge_q_range"):
             low, high = getattr(self, name)
             require(finite(low) and finite(high) and 0 < low <= high <= 1, name, "0 < low <= high <= 1")
@@ -109,8 +123,13 @@ class PriorConfig:
 
 
 def sample_truncated_pareto(
-    shape: tuple[int, ...], alpha: float, minimum: float, maximum: float, generator: torch.Generator,
-    device: torch.device, dtype: torch.dtype = torch.float32,
+    shape: tuple[int, ...],
+    alpha: float,
+    minimum: float,
+    maximum: float,
+    generator: torch.Generator,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Draw from a Pareto distribution ``p(F) ~ F^-(alpha + 1)`` truncated to [minimum, maximum].
 
@@ -137,7 +156,11 @@ def sample_truncated_pareto(
 
 
 def _uniform(
-    shape: tuple[int, ...], low: float, high: float, generator: torch.Generator, device: torch.device,
+    shape: tuple[int, ...],
+    low: float,
+    high: float,
+    generator: torch.Generator,
+    device: torch.device,
     dtype: torch.dtype,
 ) -> torch.Tensor:
     return low + (high - low) * torch.rand(shape, generator=generator, device=device, dtype=dtype)
@@ -165,7 +188,11 @@ class SourcePrior:
     """
 
     def __init__(
-        self, config: PriorConfig, conditions: SurveyConditions, tile_size: int = 4, max_sources_per_tile: int = 1
+        self,
+        config: PriorConfig,
+        conditions: SurveyConditions,
+        tile_size: int = 4,
+        max_sources_per_tile: int = 1,
     ) -> None:
         if tile_size < 1:
             raise ValueError(f"tile_size={tile_size} is out of range; it must be >= 1 pixel.")
@@ -253,7 +280,9 @@ class SourcePrior:
         neutral = {"disk_q": 1.0, "bulge_q": 1.0}
         for name in SOURCE_FIELDS:
             keep = occupied if name in ("flux_njy", "is_galaxy") else galaxy
-            fields[name] = torch.where(keep, fields[name], torch.full_like(fields[name], neutral.get(name, 0)))
+            fields[name] = torch.where(
+                keep, fields[name], torch.full_like(fields[name], neutral.get(name, 0))
+            )
         locations = torch.where(occupied[..., None], locations, torch.zeros_like(locations))
         return TileCatalog(self.tile_size, counts, locations, fields)
 

@@ -38,7 +38,31 @@ from ._profiles import EXPONENTIAL_HLR_OVER_SCALE, devaucouleurs_fourier_squared
 from ._psf import PointSpreadFunction, rfft_wavenumbers
 
 STAMP_HALF_SIZES: tuple[int, ...] = (
-    4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 28, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256
+    4,
+    6,
+    8,
+    10,
+    12,
+    14,
+    16,
+    18,
+    20,
+    22,
+    24,
+    28,
+    32,
+    40,
+    48,
+    56,
+    64,
+    80,
+    96,
+    112,
+    128,
+    160,
+    192,
+    224,
+    256,
 )
 """Stamp half-sizes (pixels) that sources are grouped into; a stamp is ``2 h + 1`` pixels wide."""
 

@@ -78,21 +78,27 @@ class SimulatorConfig:
             value = getattr(self, name)
             if value < self.tile_size or value % self.tile_size:
                 raise ValueError(
-                    f"{name}={value} is out of range; it must be a positive multiple of tile_size={self.tile_size}."
+                    f"{name}={value} is out of range; it must be a positive multiple of "
+                    f"tile_size={self.tile_size}."
                 )
         if self.max_sources_per_tile < 1:
-            raise ValueError(f"max_sources_per_tile={self.max_sources_per_tile} is out of range; it must be >= 1.")
+            raise ValueError(
+                f"max_sources_per_tile={self.max_sources_per_tile} is out of range; it must be >= 1."
+            )
         if self.border_tiles < 0:
             raise ValueError(f"border_tiles={self.border_tiles} is out of range; it must be >= 0.")
         if self.noise not in NOISE_MODELS:
             raise ValueError(f"noise={self.noise!r} is not supported; choose one of {NOISE_MODELS}.")
         if self.max_stamp_half_size < 4:
-            raise ValueError(f"max_stamp_half_size={self.max_stamp_half_size} is out of range; it must be >= 4.")
+            raise ValueError(
+                f"max_stamp_half_size={self.max_stamp_half_size} is out of range; it must be >= 4."
+            )
         if self.psf_fwhm_range_arcsec is not None:
             low, high = self.psf_fwhm_range_arcsec
             if not (math.isfinite(low) and math.isfinite(high) and 0 < low <= high):
                 raise ValueError(
-                    f"psf_fwhm_range_arcsec={self.psf_fwhm_range_arcsec} is out of range; need 0 < low <= high."
+                    f"psf_fwhm_range_arcsec={self.psf_fwhm_range_arcsec} is out of range; "
+                    "need 0 < low <= high."
                 )
 
     def to_dict(self) -> dict[str, Any]:
@@ -201,8 +207,9 @@ class ImageSimulator:
         )
         self.device = resolve_device(device)
 
-    def sample(self, batch_size: int, seed: int | None = None, generator: torch.Generator | None = None
-               ) -> SimulatedBatch:
+    def sample(
+        self, batch_size: int, seed: int | None = None, generator: torch.Generator | None = None
+    ) -> SimulatedBatch:
         """Simulate a batch.
 
         Parameters

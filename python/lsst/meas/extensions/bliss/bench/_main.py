@@ -17,7 +17,9 @@ import torch
 from . import _render_suite
 
 # Suite name -> (description, add-options, run).
-_SUITES: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], dict]]] = {
+_SUITES: dict[
+    str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], dict]]
+] = {
     "render": (_render_suite.DESCRIPTION, _render_suite.add_arguments, _render_suite.run),
 }
 

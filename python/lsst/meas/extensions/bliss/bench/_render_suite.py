@@ -43,9 +43,15 @@ STARS_PER_PSF = 4
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the render suite."""
-    parser.add_argument("--n-galaxies", type=int, default=None, help="size of the timing set (default 400, quick 200)")
-    parser.add_argument("--grid-sample", type=int, default=None,
-                        help="accuracy stamps drawn at random from the grid (default: whole grid; quick: 120)")
+    parser.add_argument(
+        "--n-galaxies", type=int, default=None, help="size of the timing set (default 400, quick 200)"
+    )
+    parser.add_argument(
+        "--grid-sample",
+        type=int,
+        default=None,
+        help="accuracy stamps drawn at random from the grid (default: whole grid; quick: 120)",
+    )
 
 
 def _sources(columns: dict[str, list[float]], device: torch.device | str = "cpu") -> RenderSources:
@@ -67,7 +73,9 @@ def _sources(columns: dict[str, list[float]], device: torch.device | str = "cpu"
     )
 
 
-def accuracy_grid(sample: int | None = None, seed: int = 0) -> list[tuple[PointSpreadFunction, RenderSources]]:
+def accuracy_grid(
+    sample: int | None = None, seed: int = 0
+) -> list[tuple[PointSpreadFunction, RenderSources]]:
     """Galaxies and stars of the accuracy grid, grouped by PSF model.
 
     Parameters
@@ -86,25 +94,52 @@ def accuracy_grid(sample: int | None = None, seed: int = 0) -> list[tuple[PointS
     """
     rng = np.random.default_rng(seed)
     fwhm_pix = np.array(GRID_PSF_FWHM_ARCSEC) / PIXEL_SCALE_ARCSEC
-    points = list(itertools.product(GRID_HLR_ARCSEC, GRID_AXIS_RATIO, GRID_BULGE_FRACTION,
-                                    range(len(fwhm_pix)), GRID_PSF_MODELS))
-    stars = [(0.0, 1.0, 0.0, psf_index, model) for psf_index in range(len(fwhm_pix))
-             for model in GRID_PSF_MODELS for _ in range(STARS_PER_PSF)]
+    points = list(
+        itertools.product(
+            GRID_HLR_ARCSEC, GRID_AXIS_RATIO, GRID_BULGE_FRACTION, range(len(fwhm_pix)), GRID_PSF_MODELS
+        )
+    )
+    stars = [
+        (0.0, 1.0, 0.0, psf_index, model)
+        for psf_index in range(len(fwhm_pix))
+        for model in GRID_PSF_MODELS
+        for _ in range(STARS_PER_PSF)
+    ]
     if sample is not None and sample < len(points):
         points = [points[i] for i in rng.choice(len(points), size=sample, replace=False)]
     groups = []
     for model in GRID_PSF_MODELS:
         chosen = [p for p in points + stars if p[4] == model]
-        columns: dict[str, list[float]] = {name: [] for name in (
-            "x", "y", "flux", "is_galaxy", "disk_frac", "disk_hlr_pix", "disk_q", "bulge_hlr_pix", "bulge_q",
-            "position_angle_rad", "psf_index")}
+        columns: dict[str, list[float]] = {
+            name: []
+            for name in (
+                "x",
+                "y",
+                "flux",
+                "is_galaxy",
+                "disk_frac",
+                "disk_hlr_pix",
+                "disk_q",
+                "bulge_hlr_pix",
+                "bulge_q",
+                "position_angle_rad",
+                "psf_index",
+            )
+        }
         for hlr_arcsec, axis_ratio, bulge_fraction, psf_index, _ in chosen:
             offset = rng.uniform(-0.5, 0.5, size=2)
             hlr_pix = hlr_arcsec / PIXEL_SCALE_ARCSEC
             values = {
-                "x": 100.0 + offset[0], "y": 100.0 + offset[1], "flux": 1.0e4, "is_galaxy": hlr_pix > 0,
-                "disk_frac": 1.0 - bulge_fraction, "disk_hlr_pix": hlr_pix, "disk_q": axis_ratio,
-                "bulge_hlr_pix": hlr_pix, "bulge_q": axis_ratio, "position_angle_rad": rng.uniform(0, np.pi),
+                "x": 100.0 + offset[0],
+                "y": 100.0 + offset[1],
+                "flux": 1.0e4,
+                "is_galaxy": hlr_pix > 0,
+                "disk_frac": 1.0 - bulge_fraction,
+                "disk_hlr_pix": hlr_pix,
+                "disk_q": axis_ratio,
+                "bulge_hlr_pix": hlr_pix,
+                "bulge_q": axis_ratio,
+                "position_angle_rad": rng.uniform(0, np.pi),
                 "psf_index": psf_index,
             }
             for name, value in values.items():
@@ -130,7 +165,7 @@ def _render_torch(sources: RenderSources, psf: PointSpreadFunction, dtype: torch
     """Stamps of `_render_groups` in source order."""
     stamps: list[torch.Tensor] = [torch.empty(0)] * len(sources)
     for members, rendered in _render_groups(sources, psf, dtype):
-        for member, stamp in zip(members.tolist(), rendered):
+        for member, stamp in zip(members.tolist(), rendered, strict=True):
             stamps[member] = stamp
     return stamps
 
@@ -164,17 +199,26 @@ def _timing_set(n_galaxies: int, seed: int) -> tuple[PointSpreadFunction, Render
     n_tiles = math.ceil(math.sqrt(2.0 * n_galaxies / prior.mean_sources_per_tile))
     catalog = prior.sample(1, n_tiles, n_tiles, generator).to_full_catalog()
     if int(catalog.n_sources[0]) < n_galaxies:
-        raise RuntimeError(f"drew {int(catalog.n_sources[0])} galaxies, fewer than {n_galaxies}; use another seed.")
+        raise RuntimeError(
+            f"drew {int(catalog.n_sources[0])} galaxies, fewer than {n_galaxies}; use another seed."
+        )
     count = n_galaxies
     fields = {name: value[0, :count] for name, value in catalog.fields.items()}
     rng = np.random.default_rng(seed)
     offsets = torch.as_tensor(rng.uniform(-0.5, 0.5, size=(2, count)), dtype=torch.float32)
     scale = conditions.pixel_scale_arcsec
     sources = RenderSources(
-        x=100.0 + offsets[0], y=100.0 + offsets[1], flux=fields["flux_njy"], is_galaxy=fields["is_galaxy"],
-        disk_frac=fields["disk_frac"], disk_hlr_pix=fields["disk_hlr_arcsec"] / scale, disk_q=fields["disk_q"],
-        bulge_hlr_pix=fields["bulge_hlr_arcsec"] / scale, bulge_q=fields["bulge_q"],
-        position_angle_rad=fields["position_angle_rad"], image_index=torch.zeros(count, dtype=torch.long),
+        x=100.0 + offsets[0],
+        y=100.0 + offsets[1],
+        flux=fields["flux_njy"],
+        is_galaxy=fields["is_galaxy"],
+        disk_frac=fields["disk_frac"],
+        disk_hlr_pix=fields["disk_hlr_arcsec"] / scale,
+        disk_q=fields["disk_q"],
+        bulge_hlr_pix=fields["bulge_hlr_arcsec"] / scale,
+        bulge_q=fields["bulge_q"],
+        position_angle_rad=fields["position_angle_rad"],
+        image_index=torch.zeros(count, dtype=torch.long),
         psf_index=torch.zeros(count, dtype=torch.long),
     )
     return conditions.psf(), sources
@@ -219,12 +263,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     psf, sources = _timing_set(n_galaxies, args.seed)
     half_sizes = stamp_half_size(sources, psf)
     start = time.perf_counter()
-    galsim_stamps = [render_galsim_stamp(sources, i, psf, int(half_sizes[i]), accurate=False)
-                     for i in range(len(sources))]
+    galsim_stamps = [
+        render_galsim_stamp(sources, i, psf, int(half_sizes[i]), accurate=False) for i in range(len(sources))
+    ]
     galsim_seconds = time.perf_counter() - start
     torch_seconds = _time_torch(sources, psf)
     torch_stamps = _render_torch(sources, psf, torch.float32)
-    timing_set_errors = [np.abs(t.numpy() - g).max() / g.max() for t, g in zip(torch_stamps, galsim_stamps)]
+    timing_set_errors = [
+        np.abs(t.numpy() - g).max() / g.max() for t, g in zip(torch_stamps, galsim_stamps, strict=True)
+    ]
 
     results: dict[str, Any] = {
         "n_galaxies": len(sources),
@@ -232,7 +279,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "torch_galaxies_per_s": len(sources) / torch_seconds,
         "speedup_vs_galsim": galsim_seconds / torch_seconds,
         "torch_threads": torch.get_num_threads(),
-        "timing_set_stamp_half_sizes": {str(h): int((half_sizes == h).sum()) for h in torch.unique(half_sizes).tolist()},
+        "timing_set_stamp_half_sizes": {
+            str(h): int((half_sizes == h).sum()) for h in torch.unique(half_sizes).tolist()
+        },
         "timing_set_max_abs_err_over_peak_vs_galsim_defaults": float(max(timing_set_errors)),
         "grid_n_stamps": n_grid,
         "grid_seconds": accuracy_seconds,
@@ -245,12 +294,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         gpu_sources = sources.select(torch.arange(len(sources)))
         gpu_sources = type(gpu_sources)(**{k: v.cuda() for k, v in vars(gpu_sources).items()})
         results["torch_gpu_galaxies_per_s"] = len(sources) / _time_torch(gpu_sources, psf)
-    results["summary"] = (
-        f"render: accuracy on {n_grid} grid stamps: max |torch-galsim|/peak = {results['max_abs_err_over_peak']:.2e}, "
-        f"max flux error = {results['max_flux_rel_err']:.2e}\n"
-        f"render: GalSim {results['galsim_galaxies_per_s']:.0f} galaxies/s, torch "
-        f"{results['torch_galaxies_per_s']:.0f} galaxies/s ({results['torch_threads']} CPU threads)"
-        + (f", GPU {results['torch_gpu_galaxies_per_s']:.0f} galaxies/s" if "torch_gpu_galaxies_per_s" in results else "")
-        + f"\nspeedup_vs_galsim = {results['speedup_vs_galsim']:.1f}x (torch CPU vs GalSim, same {len(sources)} galaxies)"
+    gpu = (
+        f", GPU {results['torch_gpu_galaxies_per_s']:.0f} galaxies/s"
+        if "torch_gpu_galaxies_per_s" in results
+        else ""
+    )
+    results["summary"] = "\n".join(
+        [
+            f"render: accuracy on {n_grid} grid stamps: max |torch-galsim|/peak = "
+            f"{results['max_abs_err_over_peak']:.2e}, max flux error = {results['max_flux_rel_err']:.2e}",
+            f"render: GalSim {results['galsim_galaxies_per_s']:.0f} galaxies/s, torch "
+            f"{results['torch_galaxies_per_s']:.0f} galaxies/s ({results['torch_threads']} CPU threads){gpu}",
+            f"speedup_vs_galsim = {results['speedup_vs_galsim']:.1f}x "
+            f"(torch CPU vs GalSim, same {len(sources)} galaxies)",
+        ]
     )
     return results
