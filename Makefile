@@ -1,0 +1,36 @@
+# Developer entry points.  `make test` bootstraps .venv with Python 3.12 on a fresh machine.
+
+VENV := .venv
+STAMP := $(VENV)/.installed
+# A working Python 3.12: `python3.12` on PATH if it runs (pyenv shims may not),
+# else the newest pyenv 3.12 interpreter.  Override with `make PYTHON=/path/to/python3.12`.
+PYTHON ?= $(shell for candidate in python3.12 $$(ls -d $$HOME/.pyenv/versions/3.12*/bin/python3.12 2>/dev/null | sort -V -r); do \
+	  if $$candidate -c 'import sys; assert sys.version_info[:2] == (3, 12)' >/dev/null 2>&1; then command -v $$candidate; break; fi; \
+	done)
+
+.PHONY: venv test lint bench-render clean
+
+venv: $(STAMP)
+
+# Editable install in compat mode puts python/ on sys.path, which the pkgutil-style lsst
+# namespace shared with the Rubin middleware needs.
+
+$(STAMP): pyproject.toml
+	@if [ -z "$(PYTHON)" ]; then echo "error: no working Python 3.12 found; install it or run 'make PYTHON=/path/to/python3.12'" >&2; exit 1; fi
+	@if [ ! -x $(VENV)/bin/python ]; then echo "creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); fi
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -e '.[test]' --config-settings editable_mode=compat
+	@touch $(STAMP)
+
+test: venv
+	$(VENV)/bin/python -m pytest
+
+lint: venv
+	$(VENV)/bin/ruff check python tests bin.src
+	$(VENV)/bin/ruff format --check python tests bin.src
+
+bench-render: venv
+	$(VENV)/bin/bliss-bench render --quick --json bench-render.json
+
+clean:
+	rm -rf $(VENV) build *.egg-info python/*.egg-info .pytest_cache .ruff_cache
