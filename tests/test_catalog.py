@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+
 from lsst.meas.extensions.bliss import SOURCE_FIELDS, FullCatalog, PriorConfig, SourcePrior, SurveyConditions
 
 

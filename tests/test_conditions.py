@@ -5,6 +5,7 @@ import math
 
 import pytest
 import surveycodex
+
 from lsst.meas.extensions.bliss import SurveyConditions, flux_njy_to_mag, mag_to_flux_njy
 
 

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+
 from lsst.meas.extensions.bliss import resolve_device
 
 

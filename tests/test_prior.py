@@ -5,8 +5,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from lsst.meas.extensions.bliss import PriorConfig, SourcePrior, SurveyConditions
 from scipy import optimize
+
+from lsst.meas.extensions.bliss import PriorConfig, SourcePrior, SurveyConditions
 
 CONDITIONS = SurveyConditions.from_survey()
 

@@ -6,6 +6,7 @@ import galsim
 import numpy as np
 import pytest
 import torch
+
 from lsst.meas.extensions.bliss import (
     GaussianPsf,
     ImagePsf,

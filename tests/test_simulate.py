@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+
 from lsst.meas.extensions.bliss import (
     MASK_PLANES,
     FullCatalog,

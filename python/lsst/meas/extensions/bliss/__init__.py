@@ -8,9 +8,14 @@ pipeline layer lives in the ``pipeline`` subpackage.
 from ._catalog import *
 from ._conditions import *
 from ._device import *
+from ._encoder import *
+from ._factors import *
+from ._model_io import *
+from ._normalize import *
 from ._prior import *
 from ._profiles import *
 from ._psf import *
 from ._render import *
 from ._simulate import *
+from ._training import *
 from .version import *

@@ -39,32 +39,33 @@ from ._psf import PointSpreadFunction, rfft_wavenumbers
 
 STAMP_HALF_SIZES: tuple[int, ...] = (
     4,
-    6,
-    8,
-    10,
-    12,
-    14,
-    16,
-    18,
-    20,
-    22,
-    24,
-    28,
-    32,
-    40,
-    48,
-    56,
-    64,
-    80,
-    96,
-    112,
-    128,
-    160,
-    192,
-    224,
-    256,
+    7,
+    9,
+    11,
+    13,
+    15,
+    17,
+    19,
+    23,
+    27,
+    31,
+    39,
+    47,
+    55,
+    63,
+    79,
+    95,
+    111,
+    127,
+    159,
+    191,
+    223,
+    255,
 )
-"""Stamp half-sizes (pixels) that sources are grouped into; a stamp is ``2 h + 1`` pixels wide."""
+"""Stamp half-sizes (pixels) that sources are grouped into; a stamp is ``2 h + 1`` pixels wide.
+
+Each is one less than half a fast FFT size (2, 3, 5 and 7 its only prime factors), so that an
+unpadded stamp fills its FFT grid."""
 
 GALAXY_EXTENT_HLR: float = 5.0
 """Radius, in (major-axis) half-light radii, that a galaxy stamp must contain.

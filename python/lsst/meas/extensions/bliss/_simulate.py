@@ -105,6 +105,12 @@ class SimulatorConfig:
         """JSON-serializable representation."""
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SimulatorConfig:
+        """Inverse of `to_dict`."""
+        fwhm_range = data.get("psf_fwhm_range_arcsec")
+        return cls(**{**data, "psf_fwhm_range_arcsec": None if fwhm_range is None else tuple(fwhm_range)})
+
 
 @dataclasses.dataclass
 class SimulatedBatch:

@@ -268,6 +268,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ]
     galsim_seconds = time.perf_counter() - start
     torch_seconds = _time_torch(sources, psf)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch_one_thread_seconds = _time_torch(sources, psf)
+    finally:
+        torch.set_num_threads(threads)
     torch_stamps = _render_torch(sources, psf, torch.float32)
     timing_set_errors = [
         np.abs(t.numpy() - g).max() / g.max() for t, g in zip(torch_stamps, galsim_stamps, strict=True)
@@ -278,7 +284,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "galsim_galaxies_per_s": len(sources) / galsim_seconds,
         "torch_galaxies_per_s": len(sources) / torch_seconds,
         "speedup_vs_galsim": galsim_seconds / torch_seconds,
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": threads,
+        "torch_1thread_galaxies_per_s": len(sources) / torch_one_thread_seconds,
+        "speedup_vs_galsim_1thread": galsim_seconds / torch_one_thread_seconds,
         "timing_set_stamp_half_sizes": {
             str(h): int((half_sizes == h).sum()) for h in torch.unique(half_sizes).tolist()
         },

@@ -1,0 +1,359 @@
+"""The BLISS encoder: image -> per-tile variational posterior, with the checkerboard.
+
+A fully convolutional backbone turns the normalized image (see
+`prepare_inputs`) into features at tile resolution.  Tiles are split into
+colour groups (a checkerboard); a shared head predicts the variational
+parameters of group ``k`` from the features and a *context* map of the
+sources already decided in groups ``< k`` (the truth in training, i.e.
+teacher forcing, and the posterior's own samples or modes at inference).  A
+source near a tile boundary thus conditions its neighbours' predictions,
+which removes the dip of detection probability at tile edges.
+"""
+
+from __future__ import annotations
+
+__all__ = ["BlissEncoder", "EncoderConfig", "TilePosterior", "checkerboard_groups", "make_tile_truth"]
+
+import dataclasses
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._catalog import TileCatalog
+from ._factors import Factor, TileTruth, make_factors
+from ._normalize import N_INPUT_CHANNELS, NetworkInputs
+
+DEFAULT_FACTORS: tuple[str, ...] = (
+    "detection",
+    "location",
+    "galaxy",
+    "flux",
+    "disk_frac",
+    "disk_hlr",
+    "bulge_hlr",
+    "bulge_q",
+    "disk_ellipticity",
+)
+
+CONTEXT_CHANNELS = 6
+"""Context per tile: decided, present, location x and y (centred), asinh(flux), galaxy."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EncoderConfig:
+    """Architecture of the encoder.
+
+    Attributes
+    ----------
+    tile_size
+        Tile side in pixels; a power of two (the backbone halves the
+        resolution log2(tile_size) times).
+    factors
+        Names of the variational factors (see `FACTORS`).
+    checkerboard_groups
+        1 (no checkerboard), 2 or 4 colour groups.
+    pixel_channels
+        Channels at each resolution from full to tile resolution; length
+        ``log2(tile_size) + 1``.
+    tile_blocks
+        Residual blocks at tile resolution (dilations 1, 2, 4, ...).
+    head_channels
+        Width of the checkerboard head.
+    """
+
+    tile_size: int = 4
+    factors: tuple[str, ...] = DEFAULT_FACTORS
+    checkerboard_groups: int = 2
+    pixel_channels: tuple[int, ...] = (16, 32, 64)
+    tile_blocks: int = 3
+    head_channels: int = 64
+
+    def __post_init__(self) -> None:
+        if self.tile_size < 1 or self.tile_size & (self.tile_size - 1):
+            raise ValueError(f"tile_size={self.tile_size} is out of range; it must be a power of two.")
+        if self.checkerboard_groups not in (1, 2, 4):
+            raise ValueError(f"checkerboard_groups={self.checkerboard_groups} must be 1, 2 or 4.")
+        expected = int(math.log2(self.tile_size)) + 1
+        if len(self.pixel_channels) != expected or min(self.pixel_channels) < 1:
+            raise ValueError(
+                f"pixel_channels={self.pixel_channels} must list {expected} positive widths "
+                f"(full resolution down to tile_size={self.tile_size})."
+            )
+        if self.tile_blocks < 0 or self.head_channels < 1:
+            raise ValueError("tile_blocks must be >= 0 and head_channels >= 1.")
+        make_factors(self.factors)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serializable representation."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EncoderConfig:
+        """Inverse of `to_dict`."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+    @property
+    def context_pixels(self) -> int:
+        """Pixels of context the backbone sees beyond a tile on each side (receptive-field radius)."""
+        radius = 1 + 2  # stem and the full-resolution residual block
+        scale = 1
+        for _ in self.pixel_channels[1:]:
+            scale *= 2
+            radius += scale * 3  # strided conv and residual block at the new resolution
+        radius += sum(2 * 2**i * self.tile_size for i in range(self.tile_blocks))
+        return radius
+
+
+def checkerboard_groups(
+    n_tiles_h: int, n_tiles_w: int, n_groups: int, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """Colour group of each tile, shape (Ht, Wt), int64 in [0, n_groups)."""
+    rows = torch.arange(n_tiles_h, device=device)[:, None]
+    cols = torch.arange(n_tiles_w, device=device)[None, :]
+    if n_groups == 1:
+        return torch.zeros(n_tiles_h, n_tiles_w, dtype=torch.long, device=device)
+    if n_groups == 2:
+        return (rows + cols) % 2
+    return 2 * (rows % 2) + cols % 2
+
+
+class _ResidualBlock(nn.Module):
+    def __init__(self, channels: int, dilation: int = 1) -> None:
+        super().__init__()
+        self.first = nn.Conv2d(channels, channels, 3, padding=dilation, dilation=dilation)
+        self.second = nn.Conv2d(channels, channels, 3, padding=dilation, dilation=dilation)
+        # Start as the identity so that deep stacks train stably without normalization layers.
+        nn.init.zeros_(self.second.weight)
+        nn.init.zeros_(self.second.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.silu(x + self.second(nn.functional.silu(self.first(x))))
+
+
+@dataclasses.dataclass
+class TilePosterior:
+    """Variational parameters and decided values of every tile.
+
+    Attributes
+    ----------
+    params
+        Raw parameters per factor name, (B, Ht, Wt, n_params): for each tile,
+        those of its colour group given the decisions of earlier groups.
+    values
+        Decided value per factor name, (B, Ht, Wt, d) (modes or one sample).
+    flux_scale_njy
+        Flux unit of each image, shape (B,).
+    """
+
+    params: dict[str, torch.Tensor]
+    values: dict[str, torch.Tensor]
+    flux_scale_njy: torch.Tensor
+
+
+class BlissEncoder(nn.Module):
+    """Convolutional encoder with checkerboard heads.
+
+    Parameters
+    ----------
+    config
+        Architecture.
+    """
+
+    def __init__(self, config: EncoderConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or EncoderConfig()
+        self.factors: list[Factor] = make_factors(self.config.factors)
+        channels = self.config.pixel_channels
+        layers: list[nn.Module] = [
+            nn.Conv2d(N_INPUT_CHANNELS, channels[0], 3, padding=1),
+            nn.SiLU(),
+            _ResidualBlock(channels[0]),
+        ]
+        for previous, current in zip(channels[:-1], channels[1:], strict=True):
+            layers += [
+                nn.Conv2d(previous, current, 3, stride=2, padding=1),
+                nn.SiLU(),
+                _ResidualBlock(current),
+            ]
+        layers += [_ResidualBlock(channels[-1], dilation=2**i) for i in range(self.config.tile_blocks)]
+        self.backbone = nn.Sequential(*layers)
+        width = self.config.head_channels
+        self.context_embedding = nn.Sequential(nn.Conv2d(CONTEXT_CHANNELS, width // 2, 1), nn.SiLU())
+        self.head = nn.Sequential(
+            nn.Conv2d(channels[-1] + width // 2, width, 3, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(width, width, 3, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(width, sum(f.n_params for f in self.factors), 1),
+        )
+
+    @property
+    def factor_names(self) -> list[str]:
+        return [factor.name for factor in self.factors]
+
+    def features(self, inputs: NetworkInputs) -> torch.Tensor:
+        """Backbone features, shape (B, C, Ht, Wt), for inputs of shape (B, 3, H, W).
+
+        Raises
+        ------
+        ValueError
+            If H or W is not a multiple of the tile size.
+        """
+        tile = self.config.tile_size
+        height, width = inputs.tensor.shape[-2:]
+        if height % tile or width % tile or height == 0 or width == 0:
+            raise ValueError(
+                f"Image size {height}x{width} is not a positive multiple of tile_size={tile}; "
+                "pad it to whole tiles."
+            )
+        return self.backbone(inputs.tensor)
+
+    def _context(self, values: dict[str, torch.Tensor], decided: torch.Tensor) -> torch.Tensor:
+        """Context map (B, 6, Ht, Wt) of decided tiles (``decided`` (Ht, Wt) bool)."""
+        present = values["detection"][..., 0]
+        batch, n_rows, n_cols = present.shape
+        zeros = present.new_zeros(batch, n_rows, n_cols)
+
+        def channel(name: str, index: int = 0) -> torch.Tensor:
+            return values[name][..., index] if name in values else zeros
+
+        location = values["location"] - 0.5
+        channels = [
+            decided.to(present.dtype).expand(batch, n_rows, n_cols),
+            present,
+            location[..., 0] * present,
+            location[..., 1] * present,
+            torch.asinh(channel("flux")) * present,
+            channel("galaxy") * present,
+        ]
+        return torch.stack(channels, dim=1) * decided.to(present.dtype)
+
+    def _group_params(self, features: torch.Tensor, context: torch.Tensor) -> dict[str, torch.Tensor]:
+        raw = self.head(torch.cat([features, self.context_embedding(context)], dim=1)).permute(0, 2, 3, 1)
+        params, start = {}, 0
+        for factor in self.factors:
+            params[factor.name] = raw[..., start : start + factor.n_params]
+            start += factor.n_params
+        return params
+
+    def _groups(self, features: torch.Tensor) -> torch.Tensor:
+        return checkerboard_groups(*features.shape[-2:], self.config.checkerboard_groups, features.device)
+
+    def log_prob(self, inputs: NetworkInputs, truth: TileTruth) -> dict[str, torch.Tensor]:
+        """Log-probability of the truth under the posterior (teacher forcing).
+
+        Parameters
+        ----------
+        inputs
+            Normalized images, (B, 3, H, W).
+        truth
+            Truth per tile from `make_tile_truth`, values (B, Ht, Wt, d).
+
+        Returns
+        -------
+        log_prob
+            Per factor, the gated log-probability summed over tiles, shape (B,).
+        """
+        features = self.features(inputs)
+        groups = self._groups(features)
+        totals = {factor.name: features.new_zeros(features.shape[0]) for factor in self.factors}
+        gates = {"always": torch.ones_like(truth.present), "source": truth.present, "galaxy": truth.is_galaxy}
+        for group in range(self.config.checkerboard_groups):
+            context = self._context(truth.values, groups < group)
+            params = self._group_params(features, context)
+            in_group = groups == group
+            for factor in self.factors:
+                term = factor.log_prob(params[factor.name], truth.values[factor.name])
+                weight = (gates[factor.gate] & in_group).to(term.dtype)
+                totals[factor.name] = totals[factor.name] + (term * weight).sum(dim=(1, 2))
+        return totals
+
+    def loss(self, inputs: NetworkInputs, truth: TileTruth) -> tuple[torch.Tensor, dict[str, float]]:
+        """Forward-KL (NPE) loss: ``-log q(truth)`` summed over tiles, averaged over images.
+
+        Returns
+        -------
+        loss
+            Scalar tensor.
+        terms
+            Each factor's contribution (mean over images), for logging.
+        """
+        log_prob = self.log_prob(inputs, truth)
+        terms = {name: -float(value.detach().mean()) for name, value in log_prob.items()}
+        return -torch.stack(list(log_prob.values())).sum(0).mean(), terms
+
+    @torch.no_grad()
+    def posterior(
+        self,
+        inputs: NetworkInputs,
+        sample: bool = False,
+        generator: torch.Generator | None = None,
+        features: torch.Tensor | None = None,
+    ) -> TilePosterior:
+        """Decide every tile group by group, conditioning on earlier groups.
+
+        Parameters
+        ----------
+        inputs
+            Normalized images, (B, 3, H, W).
+        sample
+            Draw each group's values from the posterior (one catalog sample);
+            otherwise use modes (detection where the probability > 0.5).
+        generator
+            Random source for ``sample``.
+        features
+            Precomputed `features` (to draw several samples cheaply).
+
+        Returns
+        -------
+        posterior
+            Parameters and decided values of every tile.
+        """
+        features = self.features(inputs) if features is None else features
+        groups = self._groups(features)
+        batch, _, n_rows, n_cols = features.shape
+        values: dict[str, torch.Tensor] = {}
+        params_out: dict[str, torch.Tensor] = {}
+        for group in range(self.config.checkerboard_groups):
+            if group == 0:
+                context = features.new_zeros(batch, CONTEXT_CHANNELS, n_rows, n_cols)
+            else:
+                context = self._context(values, groups < group)
+            params = self._group_params(features, context)
+            in_group = groups == group
+            for factor in self.factors:
+                chosen = (
+                    factor.sample(params[factor.name], generator)
+                    if sample
+                    else factor.mode(params[factor.name])
+                )
+                if factor.name not in values:
+                    values[factor.name] = torch.zeros_like(chosen)
+                    params_out[factor.name] = torch.zeros_like(params[factor.name])
+                values[factor.name] = torch.where(in_group[..., None], chosen, values[factor.name])
+                params_out[factor.name] = torch.where(
+                    in_group[..., None], params[factor.name], params_out[factor.name]
+                )
+        return TilePosterior(params=params_out, values=values, flux_scale_njy=inputs.flux_scale_njy)
+
+
+def make_tile_truth(
+    encoder: BlissEncoder, catalog: TileCatalog, flux_scale_njy: torch.Tensor, pixel_scale_arcsec: float
+) -> TileTruth:
+    """Truth of a one-source-per-tile catalog in the encoder's factor representation.
+
+    Raises
+    ------
+    ValueError
+        If the catalog's tiling differs from the encoder's or allows more than one source per tile.
+    """
+    if catalog.tile_size != encoder.config.tile_size or catalog.max_sources_per_tile != 1:
+        raise ValueError(
+            f"Truth catalog has tile_size={catalog.tile_size} and max_sources_per_tile="
+            f"{catalog.max_sources_per_tile}; the encoder needs tile_size={encoder.config.tile_size} and 1."
+        )
+    values = {f.name: f.truth(catalog, flux_scale_njy, pixel_scale_arcsec) for f in encoder.factors}
+    present = catalog.n_sources > 0
+    return TileTruth(values=values, present=present, is_galaxy=present & catalog.fields["is_galaxy"][..., 0])

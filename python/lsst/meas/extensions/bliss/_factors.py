@@ -1,0 +1,311 @@
+"""Variational factors of the per-tile posterior.
+
+Each factor is one conditional distribution of the approximate posterior
+``q(sources in tile | image)``: whether a source is present, where it is in
+the tile, whether it is a galaxy, its flux and its galaxy shape.  A factor
+knows how many raw network outputs it needs, how to turn them into a
+distribution, how to read its truth from a `TileCatalog`, and which truth
+gates its loss term (a location only exists where a source is present, a
+shape only for galaxies).  The encoder is built from a list of factor names;
+`FACTORS` is the one place where factors are registered.
+
+All factors here describe one source per tile (``max_sources_per_tile = 1``).
+Shapes: raw parameters ``(B, Ht, Wt, n_params)``; truths ``(B, Ht, Wt, d)``;
+log-probabilities ``(B, Ht, Wt)``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "FACTORS",
+    "DetectionFactor",
+    "Factor",
+    "GalaxyFactor",
+    "LogNormalFactor",
+    "LocationFactor",
+    "LogitNormalFactor",
+    "EllipticityFactor",
+    "TileTruth",
+    "REQUIRED_FACTORS",
+    "make_factors",
+]
+
+import dataclasses
+import math
+from abc import ABC, abstractmethod
+
+import torch
+
+from ._catalog import TileCatalog
+
+_EPS = 1e-4
+_LOG_SIGMA_RANGE = (-7.0, 3.0)
+
+
+@dataclasses.dataclass
+class TileTruth:
+    """Per-tile truth in the representation the factors use (one source per tile).
+
+    Attributes
+    ----------
+    values
+        Named tensors of shape (B, Ht, Wt, d); see each factor's ``truth``.
+    present
+        Source present, shape (B, Ht, Wt), bool.
+    is_galaxy
+        Present and a galaxy, shape (B, Ht, Wt), bool.
+    """
+
+    values: dict[str, torch.Tensor]
+    present: torch.Tensor
+    is_galaxy: torch.Tensor
+
+
+def _log_sigma(raw: torch.Tensor) -> torch.Tensor:
+    return raw.clamp(*_LOG_SIGMA_RANGE)
+
+
+def _normal_log_prob(value: torch.Tensor, mean: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
+    return -0.5 * ((value - mean) * torch.exp(-log_sigma)).square() - log_sigma - 0.5 * math.log(2 * math.pi)
+
+
+class Factor(ABC):
+    """One factor of the per-tile variational distribution.
+
+    Attributes
+    ----------
+    name
+        Key of the factor's truth and outputs.
+    n_params
+        Number of raw network outputs per tile.
+    gate
+        ``"always"``, ``"source"`` (term counts where a source is present) or
+        ``"galaxy"`` (where a galaxy is present).
+    """
+
+    name: str
+    n_params: int
+    gate: str
+
+    @abstractmethod
+    def truth(
+        self, catalog: TileCatalog, flux_scale_njy: torch.Tensor, pixel_scale_arcsec: float
+    ) -> torch.Tensor:
+        """The factor's truth, shape (B, Ht, Wt, d), from a one-source-per-tile catalog."""
+
+    @abstractmethod
+    def log_prob(self, params: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+        """``log q(truth)``, shape (B, Ht, Wt); ``params`` (B, Ht, Wt, n_params)."""
+
+    @abstractmethod
+    def mode(self, params: torch.Tensor) -> torch.Tensor:
+        """Most probable value, shape (B, Ht, Wt, d)."""
+
+    @abstractmethod
+    def sample(self, params: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """One draw, shape (B, Ht, Wt, d)."""
+
+
+class _BernoulliFactor(Factor):
+    n_params = 1
+
+    def log_prob(self, params: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+        logit = params[..., 0]
+        return -torch.nn.functional.binary_cross_entropy_with_logits(logit, truth[..., 0], reduction="none")
+
+    def probability(self, params: torch.Tensor) -> torch.Tensor:
+        """Probability of the event, shape (B, Ht, Wt)."""
+        return torch.sigmoid(params[..., 0])
+
+    def mode(self, params: torch.Tensor) -> torch.Tensor:
+        return (params[..., :1] > 0).to(params.dtype)
+
+    def sample(self, params: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        uniform = torch.rand(params.shape[:-1], generator=generator, device=params.device, dtype=params.dtype)
+        return (uniform < self.probability(params)).to(params.dtype)[..., None]
+
+
+class DetectionFactor(_BernoulliFactor):
+    """Source present in the tile (Bernoulli); truth ``n_sources`` in {0, 1}."""
+
+    name = "detection"
+    gate = "always"
+
+    def truth(
+        self, catalog: TileCatalog, flux_scale_njy: torch.Tensor, pixel_scale_arcsec: float
+    ) -> torch.Tensor:
+        return (catalog.n_sources > 0).to(catalog.locations.dtype)[..., None]
+
+
+class GalaxyFactor(_BernoulliFactor):
+    """Source is a galaxy (Bernoulli), given a source."""
+
+    name = "galaxy"
+    gate = "source"
+
+    def truth(
+        self, catalog: TileCatalog, flux_scale_njy: torch.Tensor, pixel_scale_arcsec: float
+    ) -> torch.Tensor:
+        return catalog.fields["is_galaxy"][..., 0].to(catalog.locations.dtype)[..., None]
+
+
+class _NormalFactor(Factor):
+    """Diagonal normal in a transformed space; subclasses define the transform."""
+
+    dims: int = 1
+
+    @property
+    def n_params(self) -> int:  # type: ignore[override]
+        return 2 * self.dims
+
+    def _split(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return params[..., : self.dims], _log_sigma(params[..., self.dims :])
+
+    @abstractmethod
+    def to_latent(self, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Transformed value and the log-Jacobian ``log |d latent / d value|`` summed over dims."""
+
+    @abstractmethod
+    def from_latent(self, latent: torch.Tensor) -> torch.Tensor:
+        """Inverse transform."""
+
+    def log_prob(self, params: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+        mean, log_sigma = self._split(params)
+        latent, log_jacobian = self.to_latent(truth)
+        return _normal_log_prob(latent, mean, log_sigma).sum(-1) + log_jacobian
+
+    def mode(self, params: torch.Tensor) -> torch.Tensor:
+        # The median in value space (the latent mean mapped back), robust to the transform.
+        return self.from_latent(self._split(params)[0])
+
+    def sample(self, params: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        mean, log_sigma = self._split(params)
+        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+        return self.from_latent(mean + noise * log_sigma.exp())
+
+    def sigma(self, params: torch.Tensor) -> torch.Tensor:
+        """Standard deviation of the latent normal, shape (B, Ht, Wt, d)."""
+        return self._split(params)[1].exp()
+
+    def latent_mean(self, params: torch.Tensor) -> torch.Tensor:
+        """Mean of the latent normal, shape (B, Ht, Wt, d)."""
+        return self._split(params)[0]
+
+
+class LogitNormalFactor(_NormalFactor):
+    """A quantity in (0, 1) (or a catalog field mapped there) with a logit-normal law."""
+
+    def __init__(self, name: str, field: str, gate: str = "galaxy") -> None:
+        self.name, self.field, self.gate = name, field, gate
+
+    def truth(
+        self, catalog: TileCatalog, flux_scale_njy: torch.Tensor, pixel_scale_arcsec: float
+    ) -> torch.Tensor:
+        return catalog.fields[self.field][..., :1]
+
+    def to_latent(self, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        value = value.clamp(_EPS, 1 - _EPS)
+        return torch.logit(value), (-torch.log(value) - torch.log1p(-value)).sum(-1)
+
+    def from_latent(self, latent: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(latent)
+
+
+class LocationFactor(LogitNormalFactor):
+    """Position within the tile, ``(x_frac, y_frac)`` in [0, 1)^2, logit-normal, given a source."""
+
+    dims = 2
+
+    def __init__(self) -> None:
+        super().__init__("location", "", gate="source")
+
+    def truth(
+        self, catalog: TileCatalog, flux_scale_njy: torch.Tensor, pixel_scale_arcsec: float
+    ) -> torch.Tensor:
+        return catalog.locations[..., 0, :]
+
+
+class LogNormalFactor(_NormalFactor):
+    """A positive quantity with a log-normal law, relative to a reference scale.
+
+    ``"flux"``: flux in units of the image's noise scale (``flux_scale_njy``,
+    one per image), given a source.  Radii: half-light radius in pixels,
+    given a galaxy.
+    """
+
+    def __init__(self, name: str, field: str, gate: str) -> None:
+        self.name, self.field, self.gate = name, field, gate
+
+    def truth(
+        self, catalog: TileCatalog, flux_scale_njy: torch.Tensor, pixel_scale_arcsec: float
+    ) -> torch.Tensor:
+        value = catalog.fields[self.field][..., :1]
+        if self.field == "flux_njy":
+            return value / flux_scale_njy[:, None, None, None]
+        return value / pixel_scale_arcsec
+
+    def to_latent(self, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        log_value = torch.log(value.clamp(min=_EPS))
+        return log_value, -log_value.sum(-1)
+
+    def from_latent(self, latent: torch.Tensor) -> torch.Tensor:
+        return torch.exp(latent)
+
+
+class EllipticityFactor(_NormalFactor):
+    """Disk ellipticity ``(e1, e2)``, ``|e| = (1 - q) / (1 + q)`` at twice the position angle; normal."""
+
+    dims = 2
+    name = "disk_ellipticity"
+    gate = "galaxy"
+
+    def truth(
+        self, catalog: TileCatalog, flux_scale_njy: torch.Tensor, pixel_scale_arcsec: float
+    ) -> torch.Tensor:
+        q = catalog.fields["disk_q"][..., 0]
+        angle = catalog.fields["position_angle_rad"][..., 0]
+        modulus = (1 - q) / (1 + q)
+        return torch.stack([modulus * torch.cos(2 * angle), modulus * torch.sin(2 * angle)], dim=-1)
+
+    def to_latent(self, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return value, torch.zeros(value.shape[:-1], device=value.device, dtype=value.dtype)
+
+    def from_latent(self, latent: torch.Tensor) -> torch.Tensor:
+        # Keep |e| < 1 so that the axis ratio stays positive.
+        modulus = latent.norm(dim=-1, keepdim=True)
+        return latent * (modulus.clamp(max=0.99) / modulus.clamp(min=1e-12))
+
+
+FACTORS: dict[str, tuple[type[Factor], tuple[str, ...]]] = {
+    "detection": (DetectionFactor, ()),
+    "location": (LocationFactor, ()),
+    "galaxy": (GalaxyFactor, ()),
+    "flux": (LogNormalFactor, ("flux", "flux_njy", "source")),
+    "disk_frac": (LogitNormalFactor, ("disk_frac", "disk_frac", "galaxy")),
+    "disk_hlr": (LogNormalFactor, ("disk_hlr", "disk_hlr_arcsec", "galaxy")),
+    "bulge_hlr": (LogNormalFactor, ("bulge_hlr", "bulge_hlr_arcsec", "galaxy")),
+    "bulge_q": (LogitNormalFactor, ("bulge_q", "bulge_q", "galaxy")),
+    "disk_ellipticity": (EllipticityFactor, ()),
+}
+"""Registered factors: name -> (class, constructor arguments)."""
+
+REQUIRED_FACTORS: tuple[str, ...] = ("detection", "location")
+
+
+def make_factors(names: tuple[str, ...] | list[str]) -> list[Factor]:
+    """Instantiate factors by name, in order.
+
+    Raises
+    ------
+    ValueError
+        If a name is unknown, repeated, or a required factor is missing.
+    """
+    unknown = [name for name in names if name not in FACTORS]
+    if unknown:
+        raise ValueError(f"Unknown variational factor(s) {unknown}; known: {sorted(FACTORS)}.")
+    if len(set(names)) != len(names):
+        raise ValueError(f"Variational factors repeat a name: {list(names)}.")
+    missing = [name for name in REQUIRED_FACTORS if name not in names]
+    if missing:
+        raise ValueError(f"Variational factors must include {missing}.")
+    return [FACTORS[name][0](*FACTORS[name][1]) for name in names]

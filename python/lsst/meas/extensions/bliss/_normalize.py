@@ -1,0 +1,137 @@
+"""Survey-agnostic network inputs: noise units, validity, PSF conditioning."""
+
+from __future__ import annotations
+
+__all__ = [
+    "DEFAULT_INVALID_MASK_PLANES",
+    "NetworkInputs",
+    "invalid_mask_bits",
+    "prepare_inputs",
+]
+
+import dataclasses
+
+import torch
+
+from ._simulate import MASK_PLANES
+
+DEFAULT_INVALID_MASK_PLANES: tuple[str, ...] = ("NO_DATA", "BAD", "SAT", "EDGE", "CR", "INTRP", "SUSPECT")
+"""Mask planes whose pixels are invalid network inputs by default."""
+
+N_INPUT_CHANNELS = 3
+PSF_FWHM_REFERENCE_PIX = 4.0
+PSF_FWHM_SCALE_PIX = 1.0
+
+
+def invalid_mask_bits(planes: tuple[str, ...] | list[str], bits: dict[str, int] | None = None) -> int:
+    """Bit mask of the named mask planes.
+
+    Parameters
+    ----------
+    planes
+        Mask plane names.
+    bits
+        Plane name -> bit index; default `MASK_PLANES` (simulated images).
+
+    Raises
+    ------
+    ValueError
+        If a plane is not in ``bits``.
+    """
+    bits = MASK_PLANES if bits is None else bits
+    unknown = [plane for plane in planes if plane not in bits]
+    if unknown:
+        raise ValueError(f"Unknown mask plane(s) {unknown}; known planes: {sorted(bits)}.")
+    value = 0
+    for plane in planes:
+        value |= 1 << bits[plane]
+    return value
+
+
+@dataclasses.dataclass
+class NetworkInputs:
+    """Normalized network inputs of a batch of images.
+
+    Attributes
+    ----------
+    tensor
+        Shape (B, 3, H, W): ``asinh(image / sqrt(variance))`` (zero where
+        invalid), the validity of each pixel (0 or 1), and the PSF FWHM in
+        pixels, standardized, as a constant plane.
+    flux_scale_njy
+        Median per-pixel noise of each image in nJy, shape (B,); fluxes are
+        predicted in these units, which makes the network independent of the
+        photometric calibration.
+    valid
+        Valid pixels, shape (B, H, W), bool.
+    """
+
+    tensor: torch.Tensor
+    flux_scale_njy: torch.Tensor
+    valid: torch.Tensor
+
+    @property
+    def n_valid(self) -> torch.Tensor:
+        """Number of valid pixels per image, shape (B,)."""
+        return self.valid.sum(dim=(-2, -1))
+
+
+def prepare_inputs(
+    image: torch.Tensor,
+    variance: torch.Tensor,
+    mask: torch.Tensor | None,
+    psf_fwhm_pix: torch.Tensor | float,
+    invalid_bits: int | None = None,
+) -> NetworkInputs:
+    """Normalize images for the encoder.
+
+    Pixels are invalid where the image or variance is not finite, the
+    variance is not positive, or the mask has any of ``invalid_bits`` set;
+    invalid pixels are zero in the data channel and flagged in the validity
+    channel, so NaNs never reach the network.
+
+    Parameters
+    ----------
+    image
+        Background-subtracted image in nJy, shape (B, H, W).
+    variance
+        Variance in nJy^2, shape (B, H, W).
+    mask
+        Integer bit mask, shape (B, H, W), or None.
+    psf_fwhm_pix
+        PSF FWHM in pixels, scalar or shape (B,).
+    invalid_bits
+        Mask bits that make a pixel invalid; default the bits of
+        `DEFAULT_INVALID_MASK_PLANES` in `MASK_PLANES`.
+
+    Returns
+    -------
+    inputs
+        The normalized inputs.
+
+    Raises
+    ------
+    ValueError
+        If the shapes of image, variance and mask differ.
+    """
+    if image.ndim != 3:
+        raise ValueError(f"image must have shape (B, H, W); got {tuple(image.shape)}.")
+    for name, other in (("variance", variance), ("mask", mask)):
+        if other is not None and other.shape != image.shape:
+            raise ValueError(
+                f"image and {name} shapes differ: image {tuple(image.shape)}, {name} {tuple(other.shape)}."
+            )
+    if invalid_bits is None:
+        invalid_bits = invalid_mask_bits(DEFAULT_INVALID_MASK_PLANES)
+    valid = torch.isfinite(image) & torch.isfinite(variance) & (variance > 0)
+    if mask is not None:
+        valid &= (mask.long() & invalid_bits) == 0
+    noise = torch.where(valid, variance, torch.ones_like(variance)).sqrt()
+    signal = torch.where(valid, image / noise, torch.zeros_like(image))
+    flux_scale = torch.stack(
+        [n[v].median() if bool(v.any()) else n.new_tensor(1.0) for n, v in zip(noise, valid, strict=True)]
+    )
+    fwhm = torch.as_tensor(psf_fwhm_pix, dtype=image.dtype, device=image.device).expand(image.shape[0])
+    psf_plane = ((fwhm - PSF_FWHM_REFERENCE_PIX) / PSF_FWHM_SCALE_PIX)[:, None, None].expand_as(image)
+    tensor = torch.stack([torch.asinh(signal), valid.to(image.dtype), psf_plane], dim=1)
+    return NetworkInputs(tensor=tensor, flux_scale_njy=flux_scale, valid=valid)

@@ -1,0 +1,363 @@
+"""Training the encoder on simulations drawn on the fly (pure torch)."""
+
+from __future__ import annotations
+
+__all__ = ["TrainingConfig", "TrainingRun", "train"]
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ._conditions import SurveyConditions
+from ._device import resolve_device
+from ._encoder import BlissEncoder, EncoderConfig, make_tile_truth
+from ._model_io import BlissModel
+from ._normalize import prepare_inputs
+from ._prior import PriorConfig
+from ._simulate import ImageSimulator, SimulatedBatch, SimulatorConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig:
+    """Optimization settings.
+
+    Attributes
+    ----------
+    seed
+        Seed of the network initialization and of the training simulations.
+    validation_seed
+        Seed of the fixed held-out validation images (must differ from ``seed``).
+    n_steps
+        Optimizer steps (each on a fresh simulated batch).
+    batch_size
+        Images per step.
+    learning_rate
+        Peak Adam learning rate (linear warm-up, then cosine decay to 5% of it).
+    warmup_steps
+        Steps of linear warm-up.
+    grad_clip_norm
+        Gradient-norm clipping threshold.
+    validation_images
+        Size of the validation set.
+    validation_every, checkpoint_every, log_every
+        Intervals in steps.
+    max_minutes
+        Optional wall-time budget; training stops at the end of the step
+        that exceeds it, saving a checkpoint and the model.
+    device
+        ``"auto"``, ``"cpu"`` or ``"cuda"``.
+    """
+
+    seed: int = 0
+    validation_seed: int = 1_000_003
+    n_steps: int = 10_000
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    warmup_steps: int = 200
+    grad_clip_norm: float = 10.0
+    validation_images: int = 256
+    validation_every: int = 500
+    checkpoint_every: int = 500
+    log_every: int = 50
+    max_minutes: float | None = None
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.seed == self.validation_seed:
+            raise ValueError("validation_seed must differ from seed so that validation images are held out.")
+        for name in (
+            "n_steps",
+            "batch_size",
+            "validation_images",
+            "validation_every",
+            "checkpoint_every",
+            "log_every",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} is out of range; it must be >= 1.")
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            raise ValueError(f"learning_rate={self.learning_rate} is out of range; it must be > 0.")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps={self.warmup_steps} is out of range; it must be >= 0.")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ValueError(f"max_minutes={self.max_minutes} is out of range; it must be > 0 or None.")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingRun:
+    """Everything that defines a training run (the content of a ``bliss-train`` config file)."""
+
+    conditions: SurveyConditions
+    prior: PriorConfig = dataclasses.field(default_factory=PriorConfig)
+    simulator: SimulatorConfig = dataclasses.field(
+        default_factory=lambda: SimulatorConfig(psf_fwhm_range_arcsec=(0.6, 1.2))
+    )
+    encoder: EncoderConfig = dataclasses.field(default_factory=EncoderConfig)
+    training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
+
+    def __post_init__(self) -> None:
+        if self.simulator.tile_size != self.encoder.tile_size:
+            raise ValueError(
+                f"simulator.tile_size={self.simulator.tile_size} differs from encoder.tile_size="
+                f"{self.encoder.tile_size}; they must agree."
+            )
+        if self.simulator.max_sources_per_tile != 1:
+            raise ValueError(
+                "simulator.max_sources_per_tile must be 1: the encoder's factors model one source."
+            )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainingRun:
+        """Build from a mapping with optional sections ``conditions`` (``survey``, ``band`` and
+        overrides for `SurveyConditions.from_survey`), ``prior``, ``simulator``, ``encoder``,
+        ``training``.
+
+        Raises
+        ------
+        ValueError
+            For unknown sections or fields.
+        """
+        unknown = set(data) - {"conditions", "prior", "simulator", "encoder", "training"}
+        if unknown:
+            raise ValueError(f"Unknown training config section(s) {sorted(unknown)}.")
+        conditions = dict(data.get("conditions") or {})
+        survey, band = conditions.pop("survey", "LSST"), conditions.pop("band", "r")
+
+        def section(kind: type, name: str, defaults: dict[str, Any] | None = None) -> Any:
+            fields = {**(defaults or {}), **(data.get(name) or {})}
+            extra = set(fields) - {f.name for f in dataclasses.fields(kind)}
+            if extra:
+                raise ValueError(f"Unknown field(s) {sorted(extra)} in section '{name}'.")
+            return kind.from_dict(fields) if hasattr(kind, "from_dict") else kind(**fields)
+
+        return cls(
+            conditions=SurveyConditions.from_survey(survey, band, **conditions),
+            prior=section(PriorConfig, "prior"),
+            simulator=section(SimulatorConfig, "simulator", {"psf_fwhm_range_arcsec": (0.6, 1.2)}),
+            encoder=section(EncoderConfig, "encoder"),
+            training=section(TrainingConfig, "training"),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serializable representation (round-trips through `from_dict`)."""
+        return {
+            "conditions": self.conditions.to_dict(),
+            "prior": self.prior.to_dict(),
+            "simulator": self.simulator.to_dict(),
+            "encoder": self.encoder.to_dict(),
+            "training": dataclasses.asdict(self.training),
+        }
+
+
+def _learning_rate_factor(step: int, config: TrainingConfig) -> float:
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.n_steps - config.warmup_steps)
+    return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+class _Trainer:
+    def __init__(self, run: TrainingRun, output_dir: Path, log: Callable[[str], None]) -> None:
+        self.run, self.output_dir, self.log = run, output_dir, log
+        config = run.training
+        self.device = resolve_device(config.device)
+        torch.manual_seed(config.seed)
+        self.encoder = BlissEncoder(run.encoder).to(self.device)
+        self.simulator = ImageSimulator(run.conditions, run.prior, run.simulator, self.device)
+        self.optimizer = torch.optim.Adam(self.encoder.parameters(), lr=config.learning_rate)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: _learning_rate_factor(step, config)
+        )
+        self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
+        self.step = 0
+        self.elapsed_s = 0.0
+        self.history: list[dict[str, float]] = []
+        self.validation = self._validation_set()
+
+    def _validation_set(self) -> list[SimulatedBatch]:
+        config = self.run.training
+        generator = torch.Generator(device=self.device).manual_seed(config.validation_seed)
+        batches, remaining = [], config.validation_images
+        while remaining > 0:
+            size = min(config.batch_size, remaining)
+            batches.append(self.simulator.sample(size, generator=generator))
+            remaining -= size
+        return batches
+
+    def _loss(self, batch: SimulatedBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        pixel_scale = self.run.conditions.pixel_scale_arcsec
+        inputs = prepare_inputs(batch.image, batch.variance, batch.mask, batch.psf_fwhm_arcsec / pixel_scale)
+        truth = make_tile_truth(self.encoder, batch.truth_tiles, inputs.flux_scale_njy, pixel_scale)
+        return self.encoder.loss(inputs, truth)
+
+    @torch.no_grad()
+    def validate(self) -> float:
+        self.encoder.eval()
+        total, count = 0.0, 0
+        for batch in self.validation:
+            loss, _ = self._loss(batch)
+            total += float(loss) * batch.image.shape[0]
+            count += batch.image.shape[0]
+        self.encoder.train()
+        return total / count
+
+    # Checkpoints: weights and optimizer moments in safetensors, counters and RNG state in JSON.
+    def _checkpoint_paths(self) -> tuple[Path, Path]:
+        return self.output_dir / "checkpoint.safetensors", self.output_dir / "checkpoint.json"
+
+    def save_checkpoint(self) -> None:
+        weights_path, state_path = self._checkpoint_paths()
+        tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in self.encoder.state_dict().items()}
+        optimizer_state = self.optimizer.state_dict()
+        for index, state in optimizer_state["state"].items():
+            for key, value in state.items():
+                tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+        tensors["generator_state"] = self.generator.get_state().cpu()
+        state = {
+            "step": self.step,
+            "elapsed_s": self.elapsed_s,
+            "history": self.history,
+            "param_groups": optimizer_state["param_groups"],
+            "scheduler": self.scheduler.state_dict(),
+            "run": self.run.to_dict(),
+        }
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        save_file(tensors, str(weights_path) + ".partial")
+        Path(str(state_path) + ".partial").write_text(json.dumps(state, indent=1))
+        Path(str(weights_path) + ".partial").replace(weights_path)
+        Path(str(state_path) + ".partial").replace(state_path)
+
+    def load_checkpoint(self) -> None:
+        weights_path, state_path = self._checkpoint_paths()
+        state = json.loads(state_path.read_text())
+        if state["run"] != json.loads(json.dumps(self.run.to_dict())):
+            raise ValueError(
+                f"The checkpoint in {self.output_dir} was written by a different training config; "
+                "resume with the same config or use a new output directory."
+            )
+        tensors = load_file(str(weights_path))
+        self.encoder.load_state_dict(
+            {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+        )
+        optimizer_state: dict[str, Any] = {"state": {}, "param_groups": state["param_groups"]}
+        for name, value in tensors.items():
+            if name.startswith("optimizer."):
+                _, index, key = name.split(".", 2)
+                optimizer_state["state"].setdefault(int(index), {})[key] = value.to(self.device)
+        for entry in optimizer_state["state"].values():
+            entry["step"] = entry["step"].cpu()
+        self.optimizer.load_state_dict(optimizer_state)
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(tensors["generator_state"])
+        self.step, self.elapsed_s, self.history = state["step"], state["elapsed_s"], state["history"]
+        self.log(f"resumed from step {self.step} ({self.elapsed_s / 60:.1f} min of training so far)")
+
+    def fit(self) -> None:
+        config = self.run.training
+        self.encoder.train()
+        window_start, window_images, window_loss = time.perf_counter(), 0, 0.0
+        while self.step < config.n_steps:
+            start = time.perf_counter()
+            batch = self.simulator.sample(config.batch_size, generator=self.generator)
+            loss, terms = self._loss(batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.encoder.parameters(), config.grad_clip_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.step += 1
+            self.elapsed_s += time.perf_counter() - start
+            window_images += config.batch_size
+            window_loss += loss.item()
+            if self.step % config.log_every == 0 or self.step == config.n_steps:
+                rate = window_images / (time.perf_counter() - window_start)
+                steps = max(1, window_images // config.batch_size)
+                self.log(
+                    f"step {self.step}/{config.n_steps} loss {window_loss / steps:.3f} "
+                    f"lr {self.scheduler.get_last_lr()[0]:.2e} {rate:.1f} images/s "
+                    f"elapsed {self.elapsed_s / 60:.1f} min"
+                )
+                window_start, window_images, window_loss = time.perf_counter(), 0, 0.0
+            out_of_time = config.max_minutes is not None and self.elapsed_s > 60 * config.max_minutes
+            if self.step % config.validation_every == 0 or self.step == config.n_steps or out_of_time:
+                validation_loss = self.validate()
+                self.history.append(
+                    {
+                        "step": self.step,
+                        "train_loss": float(loss),
+                        "validation_loss": validation_loss,
+                        "elapsed_s": self.elapsed_s,
+                        **{f"train_{k}": v for k, v in terms.items()},
+                    }
+                )
+                self.log(f"step {self.step}: validation loss {validation_loss:.3f}")
+            if self.step % config.checkpoint_every == 0 or self.step == config.n_steps or out_of_time:
+                self.save_checkpoint()
+            if out_of_time:
+                self.log(f"stopping at step {self.step}: max_minutes={config.max_minutes} reached")
+                break
+
+
+def train(
+    run: TrainingRun,
+    output_dir: str | Path,
+    resume: bool = False,
+    log: Callable[[str], None] = print,
+    command: str | None = None,
+) -> BlissModel:
+    """Train an encoder and write ``model.safetensors`` to ``output_dir``.
+
+    Parameters
+    ----------
+    run
+        The full training definition.
+    output_dir
+        Directory for checkpoints and the final model.
+    resume
+        Continue from the checkpoint in ``output_dir`` (same config required).
+    log
+        Receives progress lines.
+    command
+        The command line, recorded in the model's training summary.
+
+    Returns
+    -------
+    model
+        The trained model, also saved as ``output_dir / "model.safetensors"``.
+    """
+    output_dir = Path(output_dir)
+    trainer = _Trainer(run, output_dir, log)
+    if resume:
+        if not trainer._checkpoint_paths()[0].exists():
+            raise FileNotFoundError(f"No checkpoint to resume from in {output_dir}.")
+        trainer.load_checkpoint()
+    log(
+        f"training on {trainer.device}: {sum(p.numel() for p in trainer.encoder.parameters())} parameters, "
+        f"{run.training.n_steps} steps of {run.training.batch_size} images "
+        f"{run.simulator.image_height}x{run.simulator.image_width}"
+    )
+    trainer.fit()
+    summary = {
+        "command": command,
+        "seed": run.training.seed,
+        "validation_seed": run.training.validation_seed,
+        "steps": trainer.step,
+        "images_seen": trainer.step * run.training.batch_size,
+        "wall_time_s": trainer.elapsed_s,
+        "device": str(trainer.device),
+        "torch_threads": torch.get_num_threads(),
+        "final_validation_loss": trainer.history[-1]["validation_loss"] if trainer.history else None,
+        "history": trainer.history,
+        "run": run.to_dict(),
+    }
+    trainer.encoder.eval()
+    model = BlissModel(trainer.encoder.cpu(), run.conditions, run.prior, run.simulator, summary)
+    model.save(output_dir / "model.safetensors")
+    return model

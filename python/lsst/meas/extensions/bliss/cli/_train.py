@@ -1,0 +1,70 @@
+"""``bliss-train``: train the encoder on simulations from a config file."""
+
+from __future__ import annotations
+
+__all__ = ["train_main"]
+
+import argparse
+import dataclasses
+import json
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+
+from .._training import TrainingRun, train
+
+
+def load_run_config(path: Path) -> TrainingRun:
+    """Read a YAML or JSON training config file.
+
+    Raises
+    ------
+    ValueError
+        If the file cannot be parsed or its content is not a valid training config.
+    """
+    if not path.is_file():
+        raise ValueError(f"Training config {path} does not exist.")
+    text = path.read_text()
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        raise ValueError(f"Cannot parse training config {path}: {err}") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"Training config {path} must be a mapping of sections; got {type(data).__name__}.")
+    return TrainingRun.from_dict(data)
+
+
+def train_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``bliss-train``; returns the exit code."""
+    parser = argparse.ArgumentParser(
+        prog="bliss-train",
+        description="Train the BLISS encoder on simulated images and write a model package "
+        "(OUTPUT/model.safetensors with its JSON description).",
+    )
+    parser.add_argument(
+        "config",
+        type=Path,
+        help="YAML or JSON file with sections conditions, prior, simulator, encoder, training (all optional)",
+    )
+    parser.add_argument("--output", type=Path, required=True, help="directory for checkpoints and the model")
+    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in OUTPUT")
+    parser.add_argument("--device", default=None, help="override training.device ('auto', 'cpu', 'cuda')")
+    args = parser.parse_args(argv)
+    try:
+        run = load_run_config(args.config)
+    except ValueError as err:
+        print(f"bliss-train: error: {err}", file=sys.stderr)
+        return 2
+    if args.device is not None:
+        run = dataclasses.replace(run, training=dataclasses.replace(run.training, device=args.device))
+    command = "bliss-train " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    model = train(run, args.output, resume=args.resume, command=command)
+    summary = model.training
+    print(
+        f"wrote {args.output / 'model.safetensors'}: {summary['steps']} steps, "
+        f"{summary['wall_time_s'] / 60:.1f} min, validation loss {summary['final_validation_loss']:.3f}"
+    )
+    return 0
