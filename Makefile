@@ -12,14 +12,16 @@ PYTHON ?= $(shell for candidate in python3.12 $$(ls -d $$HOME/.pyenv/versions/3.
 
 venv: $(STAMP)
 
-# Editable install in compat mode puts python/ on sys.path, which the pkgutil-style lsst
-# namespace shared with the Rubin middleware needs.
+# The lsst namespace is pkgutil-style (shared with the Rubin middleware wheels), so the editable
+# install must put python/ itself on sys.path.  setuptools does that with a plain .pth file for
+# this layout (every package under python/ at its dotted path); the import-boundary test fails
+# if it ever stops doing so.  (The old `editable_mode=compat` is deprecated.)
 
 $(STAMP): pyproject.toml
 	@if [ -z "$(PYTHON)" ]; then echo "error: no working Python 3.12 found; install it or run 'make PYTHON=/path/to/python3.12'" >&2; exit 1; fi
 	@if [ ! -x $(VENV)/bin/python ]; then echo "creating $(VENV) with $(PYTHON)"; $(PYTHON) -m venv $(VENV); fi
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -e '.[test]' --config-settings editable_mode=compat
+	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
 	@touch $(STAMP)
 
 test: venv
