@@ -237,7 +237,13 @@ class _Trainer:
     def load_checkpoint(self) -> None:
         weights_path, state_path = self._checkpoint_paths()
         state = json.loads(state_path.read_text())
-        if state["run"] != json.loads(json.dumps(self.run.to_dict())):
+
+        def defining(run: dict[str, Any]) -> dict[str, Any]:
+            # The time budget and device decide when and where, not what, a run computes.
+            training = {k: v for k, v in run["training"].items() if k not in ("max_minutes", "device")}
+            return {**run, "training": training}
+
+        if defining(state["run"]) != defining(json.loads(json.dumps(self.run.to_dict()))):
             raise ValueError(
                 f"The checkpoint in {self.output_dir} was written by a different training config; "
                 "resume with the same config or use a new output directory."
@@ -291,7 +297,7 @@ class _Trainer:
                 self.history.append(
                     {
                         "step": self.step,
-                        "train_loss": float(loss),
+                        "train_loss": loss.item(),
                         "validation_loss": validation_loss,
                         "elapsed_s": self.elapsed_s,
                         **{f"train_{k}": v for k, v in terms.items()},

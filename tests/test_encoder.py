@@ -1,0 +1,186 @@
+"""Variational factors, input normalization, encoder, checkerboard and training loss."""
+
+import math
+
+import pytest
+import torch
+
+from lsst.meas.extensions.bliss import (
+    MASK_PLANES,
+    BlissEncoder,
+    EncoderConfig,
+    ImageSimulator,
+    PriorConfig,
+    SimulatorConfig,
+    SurveyConditions,
+    checkerboard_groups,
+    make_factors,
+    make_tile_truth,
+    prepare_inputs,
+)
+
+CONDITIONS = SurveyConditions.from_survey()
+TINY = EncoderConfig(pixel_channels=(8, 8, 16), tile_blocks=1, head_channels=16)
+
+
+def simulated_batch(seed: int = 0, size: int = 32, batch: int = 4, density: float = 2000.0):
+    simulator = ImageSimulator(
+        CONDITIONS,
+        PriorConfig(source_density_per_arcmin2=density),
+        SimulatorConfig(image_height=size, image_width=size, psf_fwhm_range_arcsec=(0.6, 1.2)),
+        device="cpu",
+    )
+    return simulator.sample(batch, seed=seed)
+
+
+def inputs_and_truth(encoder: BlissEncoder, batch):
+    inputs = prepare_inputs(batch.image, batch.variance, batch.mask, batch.psf_fwhm_arcsec / 0.2)
+    return inputs, make_tile_truth(encoder, batch.truth_tiles, inputs.flux_scale_njy, 0.2)
+
+
+def test_each_factor_has_consistent_shapes_and_finite_log_prob() -> None:
+    torch.manual_seed(0)
+    encoder = BlissEncoder(TINY)
+    batch = simulated_batch()
+    _, truth = inputs_and_truth(encoder, batch)
+    for factor in encoder.factors:
+        value = truth.values[factor.name]
+        assert value.shape[:3] == (4, 8, 8)
+        params = torch.randn(4, 8, 8, factor.n_params)
+        log_prob = factor.log_prob(params, value)
+        assert log_prob.shape == (4, 8, 8) and torch.isfinite(log_prob).all(), factor.name
+        assert factor.mode(params).shape == value.shape
+        assert factor.sample(params, torch.Generator().manual_seed(1)).shape == value.shape
+
+
+def test_loss_terms_are_gated_on_the_truth() -> None:
+    torch.manual_seed(0)
+    encoder = BlissEncoder(TINY)
+    empty = simulated_batch(density=1e-6)
+    inputs, truth = inputs_and_truth(encoder, empty)
+    assert not truth.present.any()
+    log_prob = encoder.log_prob(inputs, truth)
+    for name, value in log_prob.items():
+        if name == "detection":
+            assert (value < 0).all()
+        else:
+            assert torch.equal(value, torch.zeros_like(value)), name  # no source: only detection counts
+    stars = simulated_batch(density=3000.0)
+    stars.truth_tiles.fields["is_galaxy"].zero_()
+    inputs, truth = inputs_and_truth(encoder, stars)
+    log_prob = encoder.log_prob(inputs, truth)
+    assert (log_prob["flux"] != 0).any() and torch.equal(log_prob["disk_hlr"], torch.zeros(4))
+
+
+def test_factor_registry_validation() -> None:
+    with pytest.raises(ValueError, match="Unknown variational factor"):
+        make_factors(["detection", "location", "colour"])
+    with pytest.raises(ValueError, match="must include"):
+        make_factors(["detection", "flux"])
+    minimal = BlissEncoder(
+        EncoderConfig(
+            factors=("detection", "location", "flux"),
+            pixel_channels=(4, 4, 8),
+            tile_blocks=0,
+            head_channels=8,
+        )
+    )
+    assert minimal.factor_names == ["detection", "location", "flux"]
+
+
+def test_checkerboard_groups_layout() -> None:
+    two = checkerboard_groups(3, 4, 2)
+    assert two.tolist() == [[0, 1, 0, 1], [1, 0, 1, 0], [0, 1, 0, 1]]
+    four = checkerboard_groups(2, 2, 4)
+    assert sorted(four.flatten().tolist()) == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("n_groups", [2, 4])
+def test_checkerboard_never_looks_at_later_groups(n_groups: int) -> None:
+    torch.manual_seed(0)
+    encoder = BlissEncoder(
+        EncoderConfig(
+            pixel_channels=(8, 8, 16), tile_blocks=1, head_channels=16, checkerboard_groups=n_groups
+        )
+    )
+    batch = simulated_batch(density=3000.0)
+    inputs, truth = inputs_and_truth(encoder, batch)
+    features = encoder.features(inputs)
+    groups = checkerboard_groups(8, 8, n_groups)
+    for group in range(n_groups):
+        reference = encoder._group_params(features, encoder._context(truth.values, groups < group))
+        perturbed_values = {k: v.clone() for k, v in truth.values.items()}
+        later = (groups >= group)[None, :, :, None]
+        for name, value in perturbed_values.items():
+            perturbed_values[name] = torch.where(later, torch.rand_like(value) + 0.3, value)
+        perturbed = encoder._group_params(features, encoder._context(perturbed_values, groups < group))
+        for name in reference:
+            assert torch.equal(reference[name], perturbed[name]), (group, name)
+    # Earlier groups do matter (the conditioning is real).
+    last = n_groups - 1
+    base = encoder._group_params(features, encoder._context(truth.values, groups < last))
+    flipped = dict(truth.values, detection=1.0 - truth.values["detection"])
+    changed = encoder._group_params(features, encoder._context(flipped, groups < last))
+    assert not torch.equal(base["detection"], changed["detection"])
+
+
+def test_tiny_model_loss_decreases() -> None:
+    torch.manual_seed(0)
+    encoder = BlissEncoder(TINY)
+    optimizer = torch.optim.Adam(encoder.parameters(), lr=3e-3)
+    batch = simulated_batch(seed=3, batch=8)
+    inputs, truth = inputs_and_truth(encoder, batch)
+    first, _ = encoder.loss(inputs, truth)
+    for _ in range(30):
+        loss, _ = encoder.loss(inputs, truth)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.7 * first.item()
+
+
+def test_invalid_pixels_never_propagate_nan() -> None:
+    torch.manual_seed(0)
+    encoder = BlissEncoder(TINY)
+    batch = simulated_batch()
+    image, variance, mask = batch.image.clone(), batch.variance.clone(), batch.mask.clone()
+    image[0, 3, :] = math.nan
+    image[0, 5, 5] = math.inf
+    variance[1, :, 7] = 0.0
+    variance[1, 2, 2] = -4.0
+    mask[2, 10:20, 10:20] |= 1 << MASK_PLANES["CR"]
+    mask[3] |= 1 << MASK_PLANES["NO_DATA"]  # all masked
+    inputs = prepare_inputs(image, variance, mask, 4.0)
+    assert torch.isfinite(inputs.tensor).all()
+    assert not inputs.valid[0, 3].any() and not inputs.valid[1, :, 7].any() and not inputs.valid[2, 15, 15]
+    assert inputs.n_valid[3] == 0 and torch.isfinite(inputs.flux_scale_njy).all()
+    posterior = encoder.posterior(inputs)
+    for name, value in posterior.params.items():
+        assert torch.isfinite(value).all(), name
+
+
+def test_bad_shapes_and_sizes_are_clear_errors() -> None:
+    encoder = BlissEncoder(TINY)
+    image = torch.zeros(1, 30, 32)
+    with pytest.raises(ValueError, match="image and variance shapes differ"):
+        prepare_inputs(image, torch.ones(1, 30, 31), None, 4.0)
+    with pytest.raises(ValueError, match="multiple of tile_size=4"):
+        encoder.features(prepare_inputs(image, torch.ones(1, 30, 32), None, 4.0))
+    with pytest.raises(ValueError, match="Unknown mask plane"):
+        from lsst.meas.extensions.bliss import invalid_mask_bits
+
+        invalid_mask_bits(["BAD", "COSMIC"])
+    with pytest.raises(ValueError, match="checkerboard_groups"):
+        EncoderConfig(checkerboard_groups=3)
+    with pytest.raises(ValueError, match="power of two"):
+        EncoderConfig(tile_size=6)
+
+
+def test_posterior_sampling_is_seeded() -> None:
+    torch.manual_seed(0)
+    encoder = BlissEncoder(TINY)
+    inputs, _ = inputs_and_truth(encoder, simulated_batch())
+    first = encoder.posterior(inputs, sample=True, generator=torch.Generator().manual_seed(5))
+    second = encoder.posterior(inputs, sample=True, generator=torch.Generator().manual_seed(5))
+    for name in first.values:
+        assert torch.equal(first.values[name], second.values[name])

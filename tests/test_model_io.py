@@ -1,0 +1,116 @@
+"""Model package: round trip and clear errors for broken files."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save as save_safetensors_bytes
+
+from lsst.meas.extensions.bliss import (
+    BlissEncoder,
+    BlissModel,
+    EncoderConfig,
+    ModelFormatError,
+    PriorConfig,
+    SimulatorConfig,
+    SurveyConditions,
+    prepare_inputs,
+)
+
+TINY = EncoderConfig(pixel_channels=(8, 8, 16), tile_blocks=1, head_channels=16)
+
+
+def make_model() -> BlissModel:
+    torch.manual_seed(0)
+    return BlissModel(
+        BlissEncoder(TINY).eval(),
+        SurveyConditions.from_survey(),
+        PriorConfig(),
+        SimulatorConfig(psf_fwhm_range_arcsec=(0.6, 1.2)),
+        {"seed": 0, "steps": 0},
+    )
+
+
+def test_round_trip_gives_bit_identical_outputs(tmp_path) -> None:
+    model = make_model()
+    path = model.save(tmp_path / "model.safetensors")
+    loaded = BlissModel.load(path)
+    assert loaded.conditions == model.conditions and loaded.prior == model.prior
+    assert loaded.simulator == model.simulator and loaded.encoder.config == model.encoder.config
+    generator = torch.Generator().manual_seed(1)
+    image = torch.randn(2, 32, 32, generator=generator) * 20
+    inputs = prepare_inputs(image, torch.full_like(image, 400.0), None, 4.0)
+    ours, theirs = model.encoder.posterior(inputs), loaded.encoder.posterior(inputs)
+    for name in ours.params:
+        assert torch.equal(ours.params[name], theirs.params[name])
+
+
+def test_truncated_file(tmp_path) -> None:
+    path = make_model().save(tmp_path / "model.safetensors")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelFormatError, match="truncated"):
+        BlissModel.load(path)
+
+
+def test_tampered_weights(tmp_path) -> None:
+    path = make_model().save(tmp_path / "model.safetensors")
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelFormatError, match="digest"):
+        BlissModel.load(path)
+
+
+def rewrite_document(path, change) -> None:
+    data = path.read_bytes()
+    header_length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + header_length])
+    document = json.loads(header["__metadata__"]["bliss_model"])
+    change(document)
+    from safetensors.torch import load
+
+    tensors = load(data)
+    path.write_bytes(save_safetensors_bytes(tensors, metadata={"bliss_model": json.dumps(document)}))
+
+
+def test_missing_key_version_and_architecture_mismatch(tmp_path) -> None:
+    path = make_model().save(tmp_path / "model.safetensors")
+    rewrite_document(path, lambda d: d.pop("conditions"))
+    with pytest.raises(ModelFormatError, match="lacks key"):
+        BlissModel.load(path)
+
+    path = make_model().save(tmp_path / "model.safetensors")
+    rewrite_document(path, lambda d: d.update(format_version=99))
+    with pytest.raises(ModelFormatError, match="format version 99"):
+        BlissModel.load(path)
+
+    path = make_model().save(tmp_path / "model.safetensors")
+    rewrite_document(path, lambda d: d["encoder"].update(head_channels=32))
+    with pytest.raises(ModelFormatError, match="do not fit the recorded architecture"):
+        BlissModel.load(path)
+
+
+def test_not_a_model(tmp_path) -> None:
+    path = tmp_path / "other.safetensors"
+    path.write_bytes(save_safetensors_bytes({"x": torch.zeros(2)}))
+    with pytest.raises(ModelFormatError, match="not a BLISS model"):
+        BlissModel.load(path)
+    with pytest.raises(FileNotFoundError, match="No BLISS model file"):
+        BlissModel.load(tmp_path / "missing.safetensors")
+    with pytest.raises(ValueError, match=r"must end in \.safetensors"):
+        make_model().save(tmp_path / "model.pt")
+
+
+def test_failed_save_keeps_the_previous_model(tmp_path, monkeypatch) -> None:
+    model = make_model()
+    path = model.save(tmp_path / "model.safetensors")
+    before = path.read_bytes()
+
+    def fail(self):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(BlissModel, "to_bytes", fail)
+    with pytest.raises(RuntimeError):
+        model.save(path)
+    assert path.read_bytes() == before

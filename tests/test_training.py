@@ -1,0 +1,74 @@
+"""Training loop: config parsing, checkpoints and resume, the bliss-train command."""
+
+import pytest
+import torch
+import yaml
+
+from lsst.meas.extensions.bliss import BlissModel, TrainingRun, train
+from lsst.meas.extensions.bliss.cli import train_main
+
+TINY = {
+    "simulator": {"image_height": 32, "image_width": 32},
+    "encoder": {"pixel_channels": [8, 8, 16], "tile_blocks": 1, "head_channels": 16},
+    "prior": {"source_density_per_arcmin2": 1000.0},
+    "training": {
+        "n_steps": 6,
+        "batch_size": 4,
+        "validation_images": 8,
+        "validation_every": 3,
+        "checkpoint_every": 3,
+        "log_every": 3,
+        "device": "cpu",
+    },
+}
+
+
+def test_config_round_trip_and_validation() -> None:
+    run = TrainingRun.from_dict(TINY)
+    assert TrainingRun.from_dict(run.to_dict()) == run
+    assert run.simulator.psf_fwhm_range_arcsec == (0.6, 1.2)
+    with pytest.raises(ValueError, match="Unknown training config section"):
+        TrainingRun.from_dict({"optimizer": {}})
+    with pytest.raises(ValueError, match="Unknown field"):
+        TrainingRun.from_dict({"training": {"epochs": 3}})
+    with pytest.raises(ValueError, match="validation_seed must differ"):
+        TrainingRun.from_dict({"training": {"seed": 5, "validation_seed": 5}})
+    with pytest.raises(ValueError, match="tile_size"):
+        TrainingRun.from_dict({"simulator": {"tile_size": 8}})
+
+
+def test_resume_continues_bit_identically(tmp_path) -> None:
+    run = TrainingRun.from_dict(TINY)
+    straight = train(run, tmp_path / "straight", log=lambda _: None)
+    # A time budget that runs out after the first step stops training with a checkpoint ...
+    budget = {**TINY, "training": {**TINY["training"], "max_minutes": 1e-9}}
+    interrupted = train(TrainingRun.from_dict(budget), tmp_path / "resumed", log=lambda _: None)
+    assert interrupted.training["steps"] == 1
+    # ... and resuming (without the budget) reaches the same weights as the uninterrupted run.
+    resumed = train(run, tmp_path / "resumed", resume=True, log=lambda _: None)
+    assert resumed.training["steps"] == 6
+    for name, value in straight.encoder.state_dict().items():
+        assert torch.equal(value, resumed.encoder.state_dict()[name]), name
+
+
+def test_resume_needs_the_same_config_and_a_checkpoint(tmp_path) -> None:
+    run = TrainingRun.from_dict(TINY)
+    short = TrainingRun.from_dict({**TINY, "training": {**TINY["training"], "n_steps": 3}})
+    train(short, tmp_path / "b", log=lambda _: None)
+    with pytest.raises(ValueError, match="different training config"):
+        train(run, tmp_path / "b", resume=True, log=lambda _: None)
+    with pytest.raises(FileNotFoundError, match="No checkpoint"):
+        train(run, tmp_path / "c", resume=True, log=lambda _: None)
+
+
+def test_bliss_train_command_writes_a_loadable_model(tmp_path, capsys) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(TINY))
+    assert train_main([str(config), "--output", str(tmp_path / "out")]) == 0
+    model = BlissModel.load(tmp_path / "out" / "model.safetensors")
+    assert model.training["steps"] == 6 and model.training["command"].startswith("bliss-train ")
+    assert (tmp_path / "out" / "checkpoint.safetensors").exists()
+    assert "wrote" in capsys.readouterr().out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("training: [1, 2")
+    assert train_main([str(bad), "--output", str(tmp_path / "x")]) == 2
