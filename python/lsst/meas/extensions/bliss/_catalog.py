@@ -40,9 +40,10 @@ axis angle counter-clockwise from +x.  Galaxy fields of stars are zero
 
 
 def _empty_fields(
-    shape: tuple[int, ...], device: torch.device, dtype: torch.dtype
+    shape: tuple[int, ...], device: torch.device, dtype: torch.dtype, names: tuple[str, ...] = SOURCE_FIELDS
 ) -> dict[str, torch.Tensor]:
-    fields = {name: torch.zeros(shape, device=device, dtype=dtype) for name in SOURCE_FIELDS}
+    """Padding values: zeros, False for ``is_galaxy`` and one for axis ratios."""
+    fields = {name: torch.zeros(shape, device=device, dtype=dtype) for name in names}
     fields["is_galaxy"] = torch.zeros(shape, device=device, dtype=torch.bool)
     fields["disk_q"] = torch.ones(shape, device=device, dtype=dtype)
     fields["bulge_q"] = torch.ones(shape, device=device, dtype=dtype)
@@ -63,7 +64,8 @@ class FullCatalog:
     x, y
         Positions in pixels, shape (B, M).
     fields
-        `SOURCE_FIELDS` tensors of shape (B, M).
+        `SOURCE_FIELDS` tensors of shape (B, M), plus any others (e.g. the
+        uncertainties of an estimated catalog), which conversions carry along.
     """
 
     height: int
@@ -168,8 +170,9 @@ class FullCatalog:
             flat[target] = values[inside][source].to(flat.dtype)
             return flat.reshape(shape)
 
-        fields = _empty_fields(shape, device, self.x.dtype)
-        fields = {name: scatter(self.fields[name], fields[name]) for name in SOURCE_FIELDS}
+        names = tuple(self.fields)
+        fields = _empty_fields(shape, device, self.x.dtype, names)
+        fields = {name: scatter(self.fields[name], fields[name]) for name in names}
         zeros = torch.zeros(total_slots, device=device, dtype=self.x.dtype).reshape(shape)
         loc_x = scatter(tile_x / tile_size - col, zeros)
         loc_y = scatter(tile_y / tile_size - row, zeros)
@@ -301,10 +304,8 @@ class TileCatalog:
             return torch.gather(values.reshape(batch, -1), 1, order)
 
         slots = torch.arange(max_sources, device=valid.device)[None, :] < n_sources[:, None]
-        padding = _empty_fields((batch, max_sources), valid.device, self.locations.dtype)
-        fields = {
-            name: torch.where(slots, gather(self.fields[name]), padding[name]) for name in SOURCE_FIELDS
-        }
+        padding = _empty_fields((batch, max_sources), valid.device, self.locations.dtype, tuple(self.fields))
+        fields = {name: torch.where(slots, gather(self.fields[name]), padding[name]) for name in self.fields}
         zero = torch.zeros((), device=valid.device, dtype=x.dtype)
         return FullCatalog(
             height=self.n_tiles_h * self.tile_size,

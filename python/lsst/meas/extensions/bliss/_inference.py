@@ -1,0 +1,308 @@
+"""From images to probabilistic catalogs with a trained encoder (whole images).
+
+`estimate_catalog` gives one catalog of point estimates with uncertainties
+(detections where the detection probability exceeds a threshold);
+`sample_catalogs` gives posterior catalog samples through the checkerboard.
+Images of any size are padded with invalid pixels to whole tiles.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ESTIMATE_FIELDS",
+    "estimate_catalog",
+    "posterior_to_tile_catalog",
+    "run_encoder",
+    "sample_catalogs",
+]
+
+import contextlib
+import math
+from collections.abc import Iterator
+
+import torch
+
+from ._catalog import FullCatalog, TileCatalog
+from ._encoder import BlissEncoder, TilePosterior
+from ._factors import LocationFactor, LogNormalFactor
+from ._normalize import NetworkInputs, prepare_inputs
+
+ESTIMATE_FIELDS: tuple[str, ...] = (
+    "detection_prob",
+    "galaxy_prob",
+    "flux_err_njy",
+    "flux_q16_njy",
+    "flux_q84_njy",
+    "x_err",
+    "y_err",
+)
+"""Fields of an estimated catalog beyond `SOURCE_FIELDS`.
+
+``detection_prob``: posterior probability that the tile holds a source;
+``galaxy_prob``: probability that it is a galaxy; ``flux_err_njy``: standard
+deviation of the log-normal flux posterior; ``flux_q16_njy``/``flux_q84_njy``:
+its 16% and 84% quantiles; ``x_err``/``y_err``: position standard deviations
+in pixels (delta method through the logit-normal)."""
+
+
+def _pad_to_tiles(tensor: torch.Tensor, tile_size: int, value: float) -> torch.Tensor:
+    height, width = tensor.shape[-2:]
+    pad_h, pad_w = -height % tile_size, -width % tile_size
+    if pad_h == 0 and pad_w == 0:
+        return tensor
+    return torch.nn.functional.pad(tensor, (0, pad_w, 0, pad_h), value=value)
+
+
+def run_encoder(
+    encoder: BlissEncoder,
+    image: torch.Tensor,
+    variance: torch.Tensor,
+    mask: torch.Tensor | None,
+    psf_fwhm_pix: torch.Tensor | float,
+    sample: bool = False,
+    generator: torch.Generator | None = None,
+) -> TilePosterior:
+    """Normalize images (padding them to whole tiles) and run the encoder.
+
+    Parameters
+    ----------
+    encoder
+        Trained encoder.
+    image, variance
+        nJy and nJy^2, shape (B, H, W).
+    mask
+        Bit mask (B, H, W) or None.
+    psf_fwhm_pix
+        PSF FWHM in pixels, scalar or (B,).
+    sample, generator
+        See `BlissEncoder.posterior`.
+
+    Returns
+    -------
+    posterior
+        Per-tile parameters and decided values on the padded tile grid.
+
+    Raises
+    ------
+    ValueError
+        If the shapes of image, variance and mask differ.
+    """
+    inputs = _normalized_inputs(encoder, image, variance, mask, psf_fwhm_pix)
+    with _evaluation_mode(encoder):
+        return encoder.posterior(inputs, sample=sample, generator=generator)
+
+
+@contextlib.contextmanager
+def _evaluation_mode(encoder: BlissEncoder) -> Iterator[None]:
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        yield
+    finally:
+        encoder.train(was_training)
+
+
+def _normalized_inputs(
+    encoder: BlissEncoder,
+    image: torch.Tensor,
+    variance: torch.Tensor,
+    mask: torch.Tensor | None,
+    psf_fwhm_pix: torch.Tensor | float,
+) -> NetworkInputs:
+    tile = encoder.config.tile_size
+    if variance.shape != image.shape:
+        raise ValueError(
+            f"image and variance shapes differ: image {tuple(image.shape)}, variance {tuple(variance.shape)}."
+        )
+    image = _pad_to_tiles(image, tile, 0.0)
+    variance = _pad_to_tiles(variance, tile, math.nan)
+    mask = None if mask is None else _pad_to_tiles(mask, tile, 0)
+    return prepare_inputs(image, variance, mask, psf_fwhm_pix)
+
+
+def posterior_to_tile_catalog(
+    posterior: TilePosterior,
+    encoder: BlissEncoder,
+    pixel_scale_arcsec: float,
+    detection_threshold: float | None = 0.5,
+) -> TileCatalog:
+    """Turn decided tile values into a tile catalog with uncertainty fields.
+
+    Parameters
+    ----------
+    posterior
+        Output of `BlissEncoder.posterior`.
+    encoder
+        The encoder (for its factors and tile size).
+    pixel_scale_arcsec
+        Arcsec per pixel, to express radii in arcsec.
+    detection_threshold
+        A tile holds a source where its detection probability exceeds this;
+        ``None`` uses the decided (sampled) detection instead.
+
+    Returns
+    -------
+    catalog
+        Shape (B, Ht, Wt, 1), fields `SOURCE_FIELDS` + `ESTIMATE_FIELDS`.
+    """
+    values, params = posterior.values, posterior.params
+    factors = {factor.name: factor for factor in encoder.factors}
+    detection_prob = torch.sigmoid(params["detection"][..., 0])
+    if detection_threshold is None:
+        present = values["detection"][..., 0] > 0.5
+    else:
+        present = detection_prob > detection_threshold
+    zeros = torch.zeros_like(detection_prob)
+    ones = torch.ones_like(detection_prob)
+    scale = posterior.flux_scale_njy[:, None, None]
+    fields: dict[str, torch.Tensor] = {"detection_prob": detection_prob}
+    galaxy_prob = torch.sigmoid(params["galaxy"][..., 0]) if "galaxy" in params else zeros
+    fields["galaxy_prob"] = galaxy_prob
+    fields["is_galaxy"] = (values["galaxy"][..., 0] > 0.5) if "galaxy" in values else zeros.bool()
+    if "flux" in params:
+        flux_factor = factors["flux"]
+        assert isinstance(flux_factor, LogNormalFactor)
+        mean = flux_factor.latent_mean(params["flux"])[..., 0]
+        sigma = flux_factor.sigma(params["flux"])[..., 0]
+        fields["flux_njy"] = values["flux"][..., 0] * scale
+        # Standard deviation of a log-normal: exp(mu + s^2/2) sqrt(exp(s^2) - 1).
+        fields["flux_err_njy"] = (
+            torch.exp(mean + 0.5 * sigma.square()) * torch.sqrt(torch.expm1(sigma.square())) * scale
+        )
+        fields["flux_q16_njy"] = torch.exp(mean - sigma) * scale
+        fields["flux_q84_njy"] = torch.exp(mean + sigma) * scale
+    location_factor = factors["location"]
+    assert isinstance(location_factor, LocationFactor)
+    location = values["location"]
+    # d location / d logit = p (1 - p); in pixels times the tile size.
+    location_sigma = location_factor.sigma(params["location"]) * location * (1 - location)
+    fields["x_err"] = location_sigma[..., 0] * encoder.config.tile_size
+    fields["y_err"] = location_sigma[..., 1] * encoder.config.tile_size
+    if "disk_frac" in values:
+        fields["disk_frac"] = values["disk_frac"][..., 0]
+    for name in ("disk_hlr", "bulge_hlr"):
+        if name in values:
+            fields[f"{name}_arcsec"] = values[name][..., 0] * pixel_scale_arcsec
+    if "bulge_q" in values:
+        fields["bulge_q"] = values["bulge_q"][..., 0]
+    if "disk_ellipticity" in values:
+        e1, e2 = values["disk_ellipticity"].unbind(-1)
+        modulus = torch.sqrt(e1.square() + e2.square())
+        fields["disk_q"] = (1 - modulus) / (1 + modulus)
+        fields["position_angle_rad"] = torch.remainder(0.5 * torch.atan2(e2, e1), math.pi)
+    neutral = {"disk_q": ones, "bulge_q": ones}
+    for name in (
+        "flux_njy",
+        "flux_err_njy",
+        "flux_q16_njy",
+        "flux_q84_njy",
+        "disk_frac",
+        "disk_hlr_arcsec",
+        "bulge_hlr_arcsec",
+        "disk_q",
+        "bulge_q",
+        "position_angle_rad",
+    ):
+        fields.setdefault(name, neutral.get(name, zeros))
+    galaxy_only = (
+        "disk_frac",
+        "disk_hlr_arcsec",
+        "bulge_hlr_arcsec",
+        "disk_q",
+        "bulge_q",
+        "position_angle_rad",
+    )
+    for name in galaxy_only:
+        fields[name] = torch.where(fields["is_galaxy"], fields[name], neutral.get(name, zeros))
+    return TileCatalog(
+        tile_size=encoder.config.tile_size,
+        n_sources=present.long(),
+        locations=location[..., None, :],
+        fields={name: value[..., None] for name, value in fields.items()},
+    )
+
+
+def _crop(catalog: FullCatalog, height: int, width: int) -> FullCatalog:
+    """Drop sources that fall in the padding beyond ``height x width``."""
+    inside = catalog.is_valid & (catalog.x < width - 0.5) & (catalog.y < height - 0.5)
+    order = torch.argsort((~inside).to(torch.uint8), dim=1, stable=True)
+    n_sources = inside.sum(dim=1)
+
+    def take(values: torch.Tensor) -> torch.Tensor:
+        return torch.gather(values, 1, order)
+
+    return FullCatalog(
+        height,
+        width,
+        n_sources,
+        take(catalog.x),
+        take(catalog.y),
+        {name: take(value) for name, value in catalog.fields.items()},
+    )
+
+
+def estimate_catalog(
+    encoder: BlissEncoder,
+    image: torch.Tensor,
+    variance: torch.Tensor,
+    mask: torch.Tensor | None,
+    psf_fwhm_pix: torch.Tensor | float,
+    pixel_scale_arcsec: float,
+    detection_threshold: float = 0.5,
+) -> FullCatalog:
+    """Point-estimate catalog of each image (modes through the checkerboard).
+
+    Parameters
+    ----------
+    encoder
+        Trained encoder.
+    image, variance, mask
+        Shape (B, H, W); nJy, nJy^2, bit mask (or None).
+    psf_fwhm_pix
+        PSF FWHM in pixels, scalar or (B,).
+    pixel_scale_arcsec
+        Arcsec per pixel.
+    detection_threshold
+        Minimum detection probability of a reported source.
+
+    Returns
+    -------
+    catalog
+        Per-image lists with `SOURCE_FIELDS` and `ESTIMATE_FIELDS`.
+    """
+    posterior = run_encoder(encoder, image, variance, mask, psf_fwhm_pix)
+    tiles = posterior_to_tile_catalog(posterior, encoder, pixel_scale_arcsec, detection_threshold)
+    return _crop(tiles.to_full_catalog(), *image.shape[-2:])
+
+
+def sample_catalogs(
+    encoder: BlissEncoder,
+    image: torch.Tensor,
+    variance: torch.Tensor,
+    mask: torch.Tensor | None,
+    psf_fwhm_pix: torch.Tensor | float,
+    pixel_scale_arcsec: float,
+    n_samples: int = 16,
+    seed: int = 0,
+) -> list[FullCatalog]:
+    """Posterior catalog samples, each drawn group by group through the checkerboard.
+
+    The same seed gives the same samples.
+
+    Returns
+    -------
+    samples
+        ``n_samples`` catalogs of shape (B, M_k).
+    """
+    generator = torch.Generator(device=image.device).manual_seed(seed)
+    inputs = _normalized_inputs(encoder, image, variance, mask, psf_fwhm_pix)
+    samples = []
+    with _evaluation_mode(encoder), torch.no_grad():
+        features = encoder.features(inputs)
+        for _ in range(n_samples):
+            posterior = encoder.posterior(inputs, sample=True, generator=generator, features=features)
+            tiles = posterior_to_tile_catalog(
+                posterior, encoder, pixel_scale_arcsec, detection_threshold=None
+            )
+            samples.append(_crop(tiles.to_full_catalog(), *image.shape[-2:]))
+    return samples
