@@ -184,3 +184,19 @@ def test_posterior_sampling_is_seeded() -> None:
     second = encoder.posterior(inputs, sample=True, generator=torch.Generator().manual_seed(5))
     for name in first.values:
         assert torch.equal(first.values[name], second.values[name])
+
+
+def test_inference_pads_any_size_and_rejects_too_small_images() -> None:
+    from lsst.meas.extensions.bliss import estimate_catalog
+
+    torch.manual_seed(0)
+    encoder = BlissEncoder(TINY)
+    batch = simulated_batch()
+    image, variance = batch.image[:, :29, :31], batch.variance[:, :29, :31]
+    catalog = estimate_catalog(encoder, image, variance, None, 4.0, 0.2, detection_threshold=0.0)
+    valid = catalog.is_valid
+    assert (catalog.x[valid] < 30.5).all() and (catalog.y[valid] < 28.5).all()
+    with pytest.raises(ValueError, match="at least one tile"):
+        estimate_catalog(encoder, image[:, :3, :3], variance[:, :3, :3], None, 4.0, 0.2)
+    with pytest.raises(ValueError, match="shapes differ"):
+        estimate_catalog(encoder, image, variance[:, :, :30], None, 4.0, 0.2)

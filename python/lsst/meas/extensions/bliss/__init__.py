@@ -11,12 +11,14 @@ from ._device import *
 from ._encoder import *
 from ._factors import *
 from ._inference import *
+from ._metrics import *
 from ._model_io import *
 from ._normalize import *
 from ._prior import *
 from ._profiles import *
 from ._psf import *
 from ._render import *
+from ._sep_baseline import *
 from ._simulate import *
 from ._training import *
 from .version import *

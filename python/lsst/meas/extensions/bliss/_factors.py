@@ -39,7 +39,8 @@ import torch
 from ._catalog import TileCatalog
 
 _EPS = 1e-4
-_LOG_SIGMA_RANGE = (-7.0, 3.0)
+# The floor (sigma >= 0.7%) keeps a rare confident miss from producing a huge loss spike.
+_LOG_SIGMA_RANGE = (-5.0, 3.0)
 
 
 @dataclasses.dataclass

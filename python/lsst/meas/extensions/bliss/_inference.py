@@ -110,6 +110,12 @@ def _normalized_inputs(
     psf_fwhm_pix: torch.Tensor | float,
 ) -> NetworkInputs:
     tile = encoder.config.tile_size
+    if image.ndim != 3 or min(image.shape[-2:]) < tile:
+        raise ValueError(
+            f"Image of shape {tuple(image.shape)} is not a batch (B, H, W) of images at least one tile "
+            f"({tile} pixels) on a side; the network needs at least that (beyond the image edges it sees "
+            "invalid pixels)."
+        )
     if variance.shape != image.shape:
         raise ValueError(
             f"image and variance shapes differ: image {tuple(image.shape)}, variance {tuple(variance.shape)}."

@@ -251,6 +251,34 @@ class ImageSimulator:
         background = torch.full((batch_size,), conditions.sky_level_njy, device=self.device)
         return SimulatedBatch(image, variance, mask, noiseless, background, fwhm, tiles.crop(border))
 
+    def simulate_catalog(
+        self, catalog: FullCatalog, generator: torch.Generator, psf_fwhm_arcsec: torch.Tensor | None = None
+    ) -> SimulatedBatch:
+        """Observe a given catalog (e.g. a controlled test scene) with sky and noise.
+
+        Parameters
+        ----------
+        catalog
+            Sources to render; its image size is the output size (a multiple of the tile size).
+        generator
+            Random source of the noise (and of the PSF FWHM if drawn).
+        psf_fwhm_arcsec
+            PSF FWHM per image, shape (B,); default drawn as in `sample`.
+
+        Returns
+        -------
+        batch
+            Images of shape (B, H, W); the truth is the catalog (sources beyond
+            ``max_sources_per_tile`` in a tile are dropped from the tile truth).
+        """
+        batch_size = catalog.batch_size
+        fwhm = self._sample_psf_fwhm(batch_size, generator) if psf_fwhm_arcsec is None else psf_fwhm_arcsec
+        noiseless = self.render(catalog, self.conditions.psf(fwhm.cpu().numpy()))
+        image, variance, mask = self._observe(noiseless, generator)
+        background = torch.full((batch_size,), self.conditions.sky_level_njy, device=self.device)
+        truth = catalog.to_tile_catalog(self.config.tile_size, self.config.max_sources_per_tile)
+        return SimulatedBatch(image, variance, mask, noiseless, background, fwhm.to(self.device), truth)
+
     def render(self, catalog: FullCatalog, psf: PointSpreadFunction) -> torch.Tensor:
         """Noiseless images of a catalog, nJy, shape (B, H, W), image ``b`` with PSF ``b``."""
         sources = catalog_to_render_sources(catalog, self.conditions.pixel_scale_arcsec)

@@ -279,7 +279,6 @@ class _Trainer:
             self.optimizer.step()
             self.scheduler.step()
             self.step += 1
-            self.elapsed_s += time.perf_counter() - start
             window_images += config.batch_size
             window_loss += loss.item()
             if self.step % config.log_every == 0 or self.step == config.n_steps:
@@ -291,7 +290,8 @@ class _Trainer:
                     f"elapsed {self.elapsed_s / 60:.1f} min"
                 )
                 window_start, window_images, window_loss = time.perf_counter(), 0, 0.0
-            out_of_time = config.max_minutes is not None and self.elapsed_s > 60 * config.max_minutes
+            running_s = self.elapsed_s + time.perf_counter() - start
+            out_of_time = config.max_minutes is not None and running_s > 60 * config.max_minutes
             if self.step % config.validation_every == 0 or self.step == config.n_steps or out_of_time:
                 validation_loss = self.validate()
                 self.history.append(
@@ -306,6 +306,8 @@ class _Trainer:
                 self.log(f"step {self.step}: validation loss {validation_loss:.3f}")
             if self.step % config.checkpoint_every == 0 or self.step == config.n_steps or out_of_time:
                 self.save_checkpoint()
+            # Wall time of whole steps, validation and checkpoints included.
+            self.elapsed_s += time.perf_counter() - start
             if out_of_time:
                 self.log(f"stopping at step {self.step}: max_minutes={config.max_minutes} reached")
                 break

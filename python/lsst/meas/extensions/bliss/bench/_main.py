@@ -14,13 +14,14 @@ from typing import Any
 
 import torch
 
-from . import _render_suite
+from . import _render_suite, _science_suite
 
 # Suite name -> (description, add-options, run).
 _SUITES: dict[
     str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], dict]]
 ] = {
     "render": (_render_suite.DESCRIPTION, _render_suite.add_arguments, _render_suite.run),
+    "science": (_science_suite.DESCRIPTION, _science_suite.add_arguments, _science_suite.run),
 }
 
 

@@ -1,0 +1,328 @@
+"""``bliss-bench science``: the shipped model against SEP on held-out simulated scenes.
+
+Scenes are drawn from the model's own prior and conditions with a seed that
+differs from its training and validation seeds; BLISS (point estimates, detection
+probability > 0.5) and SEP (thresh 1.5, minarea 5, 32 deblend levels, contrast
+0.005) run on the same background-subtracted images, and every figure comes
+from `_metrics` (see ``shared/docs/science-yardsticks.md``).  A second
+experiment places isolated stars at tile centres, edges and corners to measure
+the tile-boundary dip of the detection probability.
+"""
+
+from __future__ import annotations
+
+__all__ = ["DESCRIPTION", "add_arguments", "run", "tile_position_sweep"]
+
+import argparse
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._catalog import SOURCE_FIELDS, FullCatalog
+from .._conditions import flux_njy_to_mag
+from .._inference import estimate_catalog, sample_catalogs
+from .._metrics import (
+    classification_accuracy,
+    detection_metrics,
+    match_sources,
+    robust_scatter,
+    source_snr_and_blendedness,
+)
+from .._model_io import BlissModel, load_default_model
+from .._sep_baseline import run_sep_batch
+from .._simulate import ImageSimulator, SimulatorConfig
+
+DESCRIPTION = "BLISS model vs SEP on held-out scenes: F1, recall/precision, classification, flux, calibration"
+SCENE_SIZE = 128
+TILE_PLACEMENTS: dict[str, tuple[float, float]] = {
+    "centre": (0.5, 0.5),
+    "edge_x": (0.0, 0.5),
+    "edge_y": (0.5, 0.0),
+    "corner": (0.0, 0.0),
+}
+"""Position of the star within its tile (fractions of the tile side); 0 is the tile boundary."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the science suite."""
+    parser.add_argument("--model", type=Path, default=None, help="model file (default: the packaged model)")
+    parser.add_argument("--n-scenes", type=int, default=None, help="128x128 scenes (default 200, quick 40)")
+    parser.add_argument("--batch-size", type=int, default=8, help="scenes per inference batch")
+    parser.add_argument(
+        "--sweep-trials",
+        type=int,
+        default=None,
+        help="stars per tile placement in the tile-boundary sweep (default 200, quick 50)",
+    )
+
+
+def _mag(flux_njy: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(flux_njy > 0, flux_njy_to_mag(np.clip(flux_njy, 1e-30, None)), np.nan)
+
+
+def _valid_rows(catalog: FullCatalog, index: int) -> dict[str, np.ndarray]:
+    count = int(catalog.n_sources[index])
+    rows = {"x": catalog.x[index, :count], "y": catalog.y[index, :count]}
+    rows.update({name: value[index, :count] for name, value in catalog.fields.items()})
+    return {name: value.detach().cpu().numpy() for name, value in rows.items()}
+
+
+def tile_position_sweep(
+    model: BlissModel,
+    n_trials: int,
+    seed: int,
+    snr_range: tuple[float, float] = (10, 30),
+    n_samples: int = 16,
+) -> dict[str, float]:
+    """Detection probability of isolated stars at tile centres, edges and corners.
+
+    Each trial is a 32 x 32 image holding one star of SNR drawn uniformly in
+    ``snr_range`` near its centre.  The star's detection probability is the
+    fraction of posterior catalog samples (drawn through the checkerboard)
+    that hold a source within 1 pixel of it: the probability under the whole
+    posterior, whichever tile claims the star.
+
+    Returns
+    -------
+    results
+        Mean probability per placement (`TILE_PLACEMENTS`) and ``edge_dip``,
+        the largest minus the smallest of them.
+    """
+    conditions, tile = model.conditions, model.encoder.config.tile_size
+    size = 32
+    simulator = ImageSimulator(
+        conditions,
+        model.prior,
+        SimulatorConfig(image_height=size, image_width=size, tile_size=tile, border_tiles=0),
+        device="cpu",
+    )
+    generator = torch.Generator().manual_seed(seed)
+    sigma_psf = conditions.psf_fwhm_pix / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+    flux_per_snr = conditions.background_noise_njy * math.sqrt(4.0 * math.pi * sigma_psf**2)
+    results: dict[str, float] = {}
+    for placement_index, (name, (frac_x, frac_y)) in enumerate(TILE_PLACEMENTS.items()):
+        snr = snr_range[0] + (snr_range[1] - snr_range[0]) * torch.rand(n_trials, 1, generator=generator)
+        centre_tile = size // (2 * tile)
+        x = torch.full((n_trials, 1), (centre_tile + frac_x) * tile - 0.5)
+        y = torch.full((n_trials, 1), (centre_tile + frac_y) * tile - 0.5)
+        fields = {field: torch.zeros(n_trials, 1) for field in SOURCE_FIELDS}
+        fields["is_galaxy"] = torch.zeros(n_trials, 1, dtype=torch.bool)
+        fields["disk_q"] = torch.ones(n_trials, 1)
+        fields["bulge_q"] = torch.ones(n_trials, 1)
+        fields["flux_njy"] = snr * flux_per_snr
+        catalog = FullCatalog(size, size, torch.ones(n_trials, dtype=torch.long), x, y, fields)
+        fwhm = torch.full((n_trials,), conditions.psf_fwhm_arcsec)
+        batch = simulator.simulate_catalog(catalog, generator, fwhm)
+        samples = sample_catalogs(
+            model.encoder,
+            batch.image,
+            batch.variance,
+            batch.mask,
+            conditions.psf_fwhm_pix,
+            conditions.pixel_scale_arcsec,
+            n_samples,
+            seed=seed + placement_index,
+        )
+        detected = np.zeros(n_trials)
+        for sample in samples:
+            for index in range(n_trials):
+                rows = _valid_rows(sample, index)
+                match = match_sources(x[index].numpy(), y[index].numpy(), rows["x"], rows["y"], 1.0)
+                detected[index] += match.n_matched / n_samples
+        results[name] = float(detected.mean())
+    results["edge_dip"] = max(results.values()) - min(results.values())
+    return results
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the suite; returns the JSON results plus a one-line ``summary``."""
+    model = BlissModel.load(args.model) if args.model is not None else load_default_model()
+    n_scenes = args.n_scenes or (40 if args.quick else 200)
+    sweep_trials = args.sweep_trials or (50 if args.quick else 200)
+    training_seeds = {model.training.get("seed"), model.training.get("validation_seed")}
+    if args.seed in training_seeds:
+        raise ValueError(f"--seed {args.seed} was used to train or validate this model; pick another.")
+    conditions = model.conditions
+    simulator = ImageSimulator(
+        conditions,
+        model.prior,
+        SimulatorConfig(
+            image_height=SCENE_SIZE, image_width=SCENE_SIZE, tile_size=model.encoder.config.tile_size
+        ),
+        device="cpu",
+    )
+    generator = torch.Generator().manual_seed(args.seed)
+    per_image: dict[str, list[np.ndarray]] = {}
+
+    def keep(name: str, values: np.ndarray) -> None:
+        per_image.setdefault(name, []).append(values)
+
+    seconds = {"bliss": 0.0, "sep": 0.0}
+    done = 0
+    while done < n_scenes:
+        size = min(args.batch_size, n_scenes - done)
+        batch = simulator.sample(size, generator=generator)
+        truth = batch.truth
+        snr, blendedness = source_snr_and_blendedness(
+            truth, conditions.psf(batch.psf_fwhm_arcsec.numpy()), conditions, batch.noiseless
+        )
+        start = time.perf_counter()
+        estimate = estimate_catalog(
+            model.encoder,
+            batch.image,
+            batch.variance,
+            batch.mask,
+            batch.psf_fwhm_arcsec / conditions.pixel_scale_arcsec,
+            conditions.pixel_scale_arcsec,
+        )
+        seconds["bliss"] += time.perf_counter() - start
+        start = time.perf_counter()
+        sep_catalogs = run_sep_batch(batch.image, batch.variance, batch.mask)
+        seconds["sep"] += time.perf_counter() - start
+        for index in range(size):
+            true_rows, est_rows, sep = (
+                _valid_rows(truth, index),
+                _valid_rows(estimate, index),
+                sep_catalogs[index],
+            )
+            count = len(true_rows["x"])
+            keep("true_x", true_rows["x"])
+            keep("true_y", true_rows["y"])
+            keep("true_flux", true_rows["flux_njy"])
+            keep("true_is_galaxy", true_rows["is_galaxy"])
+            keep("true_snr", snr[index, :count])
+            keep("true_blendedness", blendedness[index, :count])
+            for name in ("x", "y", "flux_njy", "flux_err_njy", "flux_q16_njy", "flux_q84_njy", "galaxy_prob"):
+                keep(f"bliss_{name}", est_rows[name])
+            keep("sep_x", sep.x)
+            keep("sep_y", sep.y)
+            keep("sep_flux_njy", sep.flux_njy)
+            keep("sep_snr", sep.snr)
+        done += size
+
+    true_mag = [_mag(f) for f in per_image["true_flux"]]
+    bliss_snr = [
+        f / np.clip(e, 1e-30, None)
+        for f, e in zip(per_image["bliss_flux_njy"], per_image["bliss_flux_err_njy"], strict=True)
+    ]
+    common = {
+        "true_x": per_image["true_x"],
+        "true_y": per_image["true_y"],
+        "true_snr": per_image["true_snr"],
+        "true_mag": true_mag,
+        "true_blendedness": per_image["true_blendedness"],
+    }
+    bliss_detection = detection_metrics(
+        est_x=per_image["bliss_x"],
+        est_y=per_image["bliss_y"],
+        est_snr=bliss_snr,
+        est_mag=[_mag(f) for f in per_image["bliss_flux_njy"]],
+        **common,
+    )
+    sep_detection = detection_metrics(
+        est_x=per_image["sep_x"],
+        est_y=per_image["sep_y"],
+        est_snr=per_image["sep_snr"],
+        est_mag=[_mag(f) for f in per_image["sep_flux_njy"]],
+        **common,
+    )
+    pairs = {
+        method: _matched_pairs(per_image, method, bliss_snr if method == "bliss" else per_image["sep_snr"])
+        for method in ("bliss", "sep")
+    }
+    results: dict[str, Any] = {
+        "model": str(args.model) if args.model is not None else "packaged default",
+        "n_scenes": n_scenes,
+        "scene_size": SCENE_SIZE,
+        "n_true_sources": int(sum(len(v) for v in per_image["true_x"])),
+        "bliss_seconds": seconds["bliss"],
+        "sep_seconds": seconds["sep"],
+        "bliss_detection": bliss_detection.to_dict(),
+        "sep_detection": sep_detection.to_dict(),
+    }
+    for method, detection in (("bliss", bliss_detection), ("sep", sep_detection)):
+        results[f"{method}_f1"] = detection.f1
+        results[f"{method}_precision"] = detection.precision
+        results[f"{method}_recall"] = detection.recall
+        results.update(_pair_figures(method, pairs[method]))
+    results.update({f"bliss_{k}": v for k, v in _calibration(pairs["bliss"]).items()})
+    sweep = tile_position_sweep(model, sweep_trials, args.seed + 1)
+    results["bliss_edge_dip"] = sweep.pop("edge_dip")
+    results["bliss_tile_position_detection_prob"] = sweep
+    r = results
+    results["summary"] = "\n".join(
+        [
+            f"science: {n_scenes} scenes {SCENE_SIZE}x{SCENE_SIZE}, {r['n_true_sources']} true sources",
+            f"science: recall(SNR>=10) {r['bliss_recall_snr10']:.3f}, precision(SNR>=10) "
+            f"{r['bliss_precision_snr10']:.3f}, class acc(SNR>=10) {r['bliss_class_acc_snr10']:.3f}",
+            f"science: isolated-star flux bias {r['bliss_flux_bias']:+.3f}, scatter/CRB "
+            f"{r['bliss_flux_scatter_over_crb']:.2f}, cov68 {r['bliss_flux_cov68']:.3f}, "
+            f"edge dip {r['bliss_edge_dip']:.3f}",
+            f"bliss_f1 = {r['bliss_f1']:.3f}, sep_f1 = {r['sep_f1']:.3f}",
+        ]
+    )
+    return results
+
+
+def _matched_pairs(
+    per_image: dict[str, list[np.ndarray]], method: str, est_snr: list[np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Attributes of the 1-pixel matches of one method, concatenated over images."""
+    columns: dict[str, list[np.ndarray]] = {}
+    n_images = len(per_image["true_x"])
+    for index in range(n_images):
+        match = match_sources(
+            per_image["true_x"][index],
+            per_image["true_y"][index],
+            per_image[f"{method}_x"][index],
+            per_image[f"{method}_y"][index],
+            1.0,
+        )
+        t, e = match.true_index, match.est_index
+        for name in ("true_flux", "true_is_galaxy", "true_snr", "true_blendedness"):
+            columns.setdefault(name, []).append(per_image[name][index][t])
+        columns.setdefault("est_flux", []).append(per_image[f"{method}_flux_njy"][index][e])
+        columns.setdefault("est_snr", []).append(est_snr[index][e])
+        if method == "bliss":
+            for name in ("flux_q16_njy", "flux_q84_njy", "galaxy_prob"):
+                columns.setdefault(name, []).append(per_image[f"bliss_{name}"][index][e])
+        columns.setdefault("n_true_snr10", []).append(np.array([np.sum(per_image["true_snr"][index] >= 10)]))
+        columns.setdefault("n_est_snr10", []).append(np.array([np.sum(est_snr[index] >= 10)]))
+    return {name: np.concatenate(values) for name, values in columns.items()}
+
+
+def _pair_figures(method: str, pairs: dict[str, np.ndarray]) -> dict[str, float]:
+    snr = pairs["true_snr"]
+    n_true, n_est = pairs["n_true_snr10"].sum(), pairs["n_est_snr10"].sum()
+    figures = {
+        f"{method}_recall_snr10": float(np.sum(snr >= 10) / n_true) if n_true else math.nan,
+        f"{method}_precision_snr10": float(np.sum(pairs["est_snr"] >= 10) / n_est) if n_est else math.nan,
+    }
+    if "galaxy_prob" in pairs:
+        scores = classification_accuracy(pairs["true_is_galaxy"], pairs["galaxy_prob"], snr, min_snr=10)
+        figures[f"{method}_class_acc_snr10"] = scores.accuracy
+    # Isolated stars with SNR 10-50: relative flux bias and scatter in units of the Cramér-Rao
+    # bound, which for a source of known profile is flux / SNR.
+    stars = (
+        (~pairs["true_is_galaxy"].astype(bool))
+        & (snr >= 10)
+        & (snr <= 50)
+        & (pairs["true_blendedness"] < 0.01)
+    )
+    relative = (pairs["est_flux"][stars] - pairs["true_flux"][stars]) / pairs["true_flux"][stars]
+    figures[f"{method}_flux_n_isolated_stars"] = int(stars.sum())
+    figures[f"{method}_flux_bias"] = float(np.median(relative)) if stars.any() else math.nan
+    figures[f"{method}_flux_scatter_over_crb"] = (
+        robust_scatter(relative * snr[stars]) if stars.any() else math.nan
+    )
+    return figures
+
+
+def _calibration(pairs: dict[str, np.ndarray]) -> dict[str, float]:
+    inside = (pairs["true_flux"] >= pairs["flux_q16_njy"]) & (pairs["true_flux"] <= pairs["flux_q84_njy"])
+    return {"flux_cov68": float(inside.mean()) if inside.size else math.nan}

@@ -1,0 +1,73 @@
+"""``bliss-bench science`` runs end to end on a small untrained model and reports its keys.
+
+The figures of the shipped model come from running the benchmark itself, not from this test.
+"""
+
+import json
+
+import pytest
+import torch
+
+from lsst.meas.extensions.bliss import (
+    BlissEncoder,
+    BlissModel,
+    EncoderConfig,
+    PriorConfig,
+    SimulatorConfig,
+    SurveyConditions,
+)
+from lsst.meas.extensions.bliss.bench import main
+
+REQUIRED_KEYS = {
+    "bliss_f1",
+    "sep_f1",
+    "bliss_recall_snr10",
+    "bliss_precision_snr10",
+    "bliss_class_acc_snr10",
+    "bliss_flux_bias",
+    "bliss_flux_scatter_over_crb",
+    "bliss_flux_cov68",
+    "bliss_edge_dip",
+}
+
+
+@pytest.fixture
+def tiny_model_path(tmp_path):
+    torch.manual_seed(0)
+    encoder = BlissEncoder(EncoderConfig(pixel_channels=(8, 8, 16), tile_blocks=1, head_channels=16)).eval()
+    model = BlissModel(
+        encoder,
+        SurveyConditions.from_survey(),
+        PriorConfig(),
+        SimulatorConfig(),
+        {"seed": 0, "validation_seed": 1},
+    )
+    return model.save(tmp_path / "tiny.safetensors")
+
+
+def test_science_suite_reports_bliss_and_sep(tiny_model_path, tmp_path, capsys) -> None:
+    path = tmp_path / "science.json"
+    argv = [
+        "science",
+        "--quick",
+        "--model",
+        str(tiny_model_path),
+        "--n-scenes",
+        "4",
+        "--sweep-trials",
+        "4",
+        "--json",
+        str(path),
+    ]
+    assert main(argv) == 0
+    results = json.loads(path.read_text())
+    assert REQUIRED_KEYS <= results.keys()
+    assert results["n_scenes"] == 4 and results["n_true_sources"] > 0
+    assert 0.0 <= results["sep_f1"] <= 1.0
+    assert set(results["bliss_tile_position_detection_prob"]) == {"centre", "edge_x", "edge_y", "corner"}
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("bliss_f1 = ")
+
+
+def test_science_suite_refuses_a_training_seed(tiny_model_path) -> None:
+    with pytest.raises(ValueError, match="used to train or validate"):
+        main(["science", "--model", str(tiny_model_path), "--seed", "0", "--n-scenes", "1"])
