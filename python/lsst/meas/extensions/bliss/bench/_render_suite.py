@@ -24,11 +24,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from .._catalog import FullCatalog
 from .._conditions import SurveyConditions
 from .._galsim_reference import render_galsim_stamp
 from .._prior import PriorConfig, SourcePrior
 from .._psf import GaussianPsf, MoffatPsf, PointSpreadFunction
 from .._render import RenderSources, render_stamps, stamp_half_size
+from .._simulate import catalog_to_render_sources
 
 DESCRIPTION = "torch renderer vs GalSim: galaxies per second and stamp accuracy"
 
@@ -203,24 +205,18 @@ def _timing_set(n_galaxies: int, seed: int) -> tuple[PointSpreadFunction, Render
             f"drew {int(catalog.n_sources[0])} galaxies, fewer than {n_galaxies}; use another seed."
         )
     count = n_galaxies
-    fields = {name: value[0, :count] for name, value in catalog.fields.items()}
     rng = np.random.default_rng(seed)
-    offsets = torch.as_tensor(rng.uniform(-0.5, 0.5, size=(2, count)), dtype=torch.float32)
-    scale = conditions.pixel_scale_arcsec
-    sources = RenderSources(
-        x=100.0 + offsets[0],
-        y=100.0 + offsets[1],
-        flux=fields["flux_njy"],
-        is_galaxy=fields["is_galaxy"],
-        disk_frac=fields["disk_frac"],
-        disk_hlr_pix=fields["disk_hlr_arcsec"] / scale,
-        disk_q=fields["disk_q"],
-        bulge_hlr_pix=fields["bulge_hlr_arcsec"] / scale,
-        bulge_q=fields["bulge_q"],
-        position_angle_rad=fields["position_angle_rad"],
-        image_index=torch.zeros(count, dtype=torch.long),
-        psf_index=torch.zeros(count, dtype=torch.long),
+    offsets = torch.as_tensor(rng.uniform(-0.5, 0.5, size=(2, 1, count)), dtype=torch.float32)
+    # All on one 200x200 image, centred near a pixel: only the sub-pixel offsets matter here.
+    selection = FullCatalog(
+        200,
+        200,
+        torch.tensor([count]),
+        100.0 + offsets[0],
+        100.0 + offsets[1],
+        {name: value[:, :count] for name, value in catalog.fields.items()},
     )
+    sources = catalog_to_render_sources(selection, conditions.pixel_scale_arcsec)
     return conditions.psf(), sources
 
 
