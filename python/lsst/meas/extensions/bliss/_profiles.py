@@ -15,6 +15,7 @@ __all__ = [
     "devaucouleurs_fourier",
     "devaucouleurs_fourier_squared",
     "exponential_fourier",
+    "exponential_fourier_squared",
     "gaussian_fourier",
     "moffat_fourier",
     "moffat_alpha_over_fwhm",
@@ -123,7 +124,16 @@ def exponential_fourier(k_scale: torch.Tensor) -> torch.Tensor:
     transform
         ``(1 + (k r_s)^2)^(-3/2)``, same shape.
     """
-    return torch.pow(1.0 + k_scale.square(), -1.5)
+    return exponential_fourier_squared(k_scale.square())
+
+
+def exponential_fourier_squared(k_scale_squared: torch.Tensor) -> torch.Tensor:
+    """`exponential_fourier` of ``sqrt(k_scale_squared)``; overwrites its argument.
+
+    Uses ``rsqrt`` because fractional powers are several times slower on the CPU.
+    """
+    inverse_root = k_scale_squared.add_(1.0).rsqrt_()
+    return inverse_root.square().mul_(inverse_root)
 
 
 @functools.cache

@@ -34,7 +34,7 @@ from collections.abc import Iterator
 
 import torch
 
-from ._profiles import EXPONENTIAL_HLR_OVER_SCALE, devaucouleurs_fourier_squared
+from ._profiles import EXPONENTIAL_HLR_OVER_SCALE, devaucouleurs_fourier_squared, exponential_fourier_squared
 from ._psf import PointSpreadFunction, rfft_wavenumbers
 
 STAMP_HALF_SIZES: tuple[int, ...] = (
@@ -183,9 +183,7 @@ def _galaxy_fourier(sources: RenderSources, ky: torch.Tensor, kx: torch.Tensor) 
         return torch.addcmul(k_minor_sq * (scale_sq * q), k_major_sq, scale_sq / q)
 
     disk_arg_sq = sheared_squared(sources.disk_hlr_pix / EXPONENTIAL_HLR_OVER_SCALE, sources.disk_q)
-    # Exponential disk: (1 + (k r_s)^2)^(-3/2), with rsqrt because fractional powers are slow.
-    inverse_root = disk_arg_sq.add_(1.0).rsqrt_()
-    disk = inverse_root.square().mul_(inverse_root)
+    disk = exponential_fourier_squared(disk_arg_sq)
     bulge = devaucouleurs_fourier_squared(sheared_squared(sources.bulge_hlr_pix, sources.bulge_q))
     disk_flux = column(sources.flux * sources.disk_frac)
     bulge_flux = column(sources.flux * (1.0 - sources.disk_frac))
