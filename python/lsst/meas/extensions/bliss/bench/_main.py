@@ -37,7 +37,11 @@ def _environment() -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one benchmark suite; returns the process exit code."""
-    parser = argparse.ArgumentParser(prog="bliss-bench", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="bliss-bench",
+        description="Run one of the project's benchmark suites; --json writes its figures to a file and "
+        "the last printed line states the headline result.",
+    )
     subparsers = parser.add_subparsers(dest="suite", required=True, metavar="SUITE")
     for name, (description, add_arguments, _) in _SUITES.items():
         sub = subparsers.add_parser(name, help=description, description=description)
