@@ -22,7 +22,7 @@ from collections.abc import Iterator
 
 import torch
 
-from ._catalog import FullCatalog, TileCatalog
+from ._catalog import SOURCE_FIELDS, FullCatalog, TileCatalog, _empty_fields
 from ._encoder import BlissEncoder, TilePosterior
 from ._factors import LocationFactor, LogNormalFactor
 from ._normalize import NetworkInputs, prepare_inputs
@@ -158,13 +158,15 @@ def posterior_to_tile_catalog(
         present = values["detection"][..., 0] > 0.5
     else:
         present = detection_prob > detection_threshold
-    zeros = torch.zeros_like(detection_prob)
-    ones = torch.ones_like(detection_prob)
+    # Padding values of catalogs (zeros, False, unit axis ratios) for whatever the factors leave out.
+    padding = _empty_fields(
+        detection_prob.shape, detection_prob.device, detection_prob.dtype, SOURCE_FIELDS + ESTIMATE_FIELDS
+    )
     scale = posterior.flux_scale_njy[:, None, None]
     fields: dict[str, torch.Tensor] = {"detection_prob": detection_prob}
-    galaxy_prob = torch.sigmoid(params["galaxy"][..., 0]) if "galaxy" in params else zeros
-    fields["galaxy_prob"] = galaxy_prob
-    fields["is_galaxy"] = (values["galaxy"][..., 0] > 0.5) if "galaxy" in values else zeros.bool()
+    if "galaxy" in params:
+        fields["galaxy_prob"] = torch.sigmoid(params["galaxy"][..., 0])
+        fields["is_galaxy"] = values["galaxy"][..., 0] > 0.5
     if "flux" in params:
         flux_factor = factors["flux"]
         assert isinstance(flux_factor, LogNormalFactor)
@@ -196,30 +198,12 @@ def posterior_to_tile_catalog(
         modulus = torch.sqrt(e1.square() + e2.square())
         fields["disk_q"] = (1 - modulus) / (1 + modulus)
         fields["position_angle_rad"] = torch.remainder(0.5 * torch.atan2(e2, e1), math.pi)
-    neutral = {"disk_q": ones, "bulge_q": ones}
-    for name in (
-        "flux_njy",
-        "flux_err_njy",
-        "flux_q16_njy",
-        "flux_q84_njy",
-        "disk_frac",
-        "disk_hlr_arcsec",
-        "bulge_hlr_arcsec",
-        "disk_q",
-        "bulge_q",
-        "position_angle_rad",
-    ):
-        fields.setdefault(name, neutral.get(name, zeros))
-    galaxy_only = (
-        "disk_frac",
-        "disk_hlr_arcsec",
-        "bulge_hlr_arcsec",
-        "disk_q",
-        "bulge_q",
-        "position_angle_rad",
-    )
-    for name in galaxy_only:
-        fields[name] = torch.where(fields["is_galaxy"], fields[name], neutral.get(name, zeros))
+    for name, value in padding.items():
+        fields.setdefault(name, value)
+    # Stars carry no galaxy shape.
+    for name in SOURCE_FIELDS:
+        if name not in ("flux_njy", "is_galaxy"):
+            fields[name] = torch.where(fields["is_galaxy"], fields[name], padding[name])
     return TileCatalog(
         tile_size=encoder.config.tile_size,
         n_sources=present.long(),

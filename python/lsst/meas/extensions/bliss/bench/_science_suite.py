@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._catalog import SOURCE_FIELDS, FullCatalog
+from .._catalog import FullCatalog, _empty_fields
 from .._conditions import flux_njy_to_mag
 from .._inference import estimate_catalog, sample_catalogs
 from .._metrics import (
@@ -110,10 +110,7 @@ def tile_position_sweep(
         centre_tile = size // (2 * tile)
         x = torch.full((n_trials, 1), (centre_tile + frac_x) * tile - 0.5)
         y = torch.full((n_trials, 1), (centre_tile + frac_y) * tile - 0.5)
-        fields = {field: torch.zeros(n_trials, 1) for field in SOURCE_FIELDS}
-        fields["is_galaxy"] = torch.zeros(n_trials, 1, dtype=torch.bool)
-        fields["disk_q"] = torch.ones(n_trials, 1)
-        fields["bulge_q"] = torch.ones(n_trials, 1)
+        fields = _empty_fields((n_trials, 1), torch.device("cpu"), torch.float32)
         fields["flux_njy"] = snr * flux_per_snr
         catalog = FullCatalog(size, size, torch.ones(n_trials, dtype=torch.long), x, y, fields)
         fwhm = torch.full((n_trials,), conditions.psf_fwhm_arcsec)
