@@ -181,8 +181,11 @@ class BlissEncoder(nn.Module):
         self.backbone = nn.Sequential(*layers)
         width = self.config.head_channels
         self.context_embedding = nn.Sequential(nn.Conv2d(CONTEXT_CHANNELS, width // 2, 1), nn.SiLU())
+        # The head's first convolution acts on [features, context]; it is split in its two linear parts
+        # so that the feature part runs once and only the context part once per colour group.
+        self.head_features = nn.Conv2d(channels[-1], width, 3, padding=1)
+        self.head_context = nn.Conv2d(width // 2, width, 3, padding=1, bias=False)
         self.head = nn.Sequential(
-            nn.Conv2d(channels[-1] + width // 2, width, 3, padding=1),
             nn.SiLU(),
             nn.Conv2d(width, width, 3, padding=1),
             nn.SiLU(),
@@ -194,7 +197,7 @@ class BlissEncoder(nn.Module):
         return [factor.name for factor in self.factors]
 
     def features(self, inputs: NetworkInputs) -> torch.Tensor:
-        """Backbone features, shape (B, C, Ht, Wt), for inputs of shape (B, 3, H, W).
+        """Backbone features, shape (B, C, Ht, Wt), for inputs of shape (B, N_INPUT_CHANNELS, H, W).
 
         Raises
         ------
@@ -230,8 +233,10 @@ class BlissEncoder(nn.Module):
         ]
         return torch.stack(channels, dim=1) * decided.to(present.dtype)
 
-    def _group_params(self, features: torch.Tensor, context: torch.Tensor) -> dict[str, torch.Tensor]:
-        raw = self.head(torch.cat([features, self.context_embedding(context)], dim=1)).permute(0, 2, 3, 1)
+    def _group_params(self, projected: torch.Tensor, context: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Raw parameters per factor, (B, Ht, Wt, n); ``projected`` is ``head_features(features)``."""
+        hidden = projected + self.head_context(self.context_embedding(context))
+        raw = self.head(hidden).permute(0, 2, 3, 1)
         params, start = {}, 0
         for factor in self.factors:
             params[factor.name] = raw[..., start : start + factor.n_params]
@@ -247,7 +252,7 @@ class BlissEncoder(nn.Module):
         Parameters
         ----------
         inputs
-            Normalized images, (B, 3, H, W).
+            Normalized images, (B, N_INPUT_CHANNELS, H, W).
         truth
             Truth per tile from `make_tile_truth`, values (B, Ht, Wt, d).
 
@@ -257,12 +262,13 @@ class BlissEncoder(nn.Module):
             Per factor, the gated log-probability summed over tiles, shape (B,).
         """
         features = self.features(inputs)
+        projected = self.head_features(features)
         groups = self._groups(features)
         totals = {factor.name: features.new_zeros(features.shape[0]) for factor in self.factors}
         gates = {"always": torch.ones_like(truth.present), "source": truth.present, "galaxy": truth.is_galaxy}
         for group in range(self.config.checkerboard_groups):
             context = self._context(truth.values, groups < group)
-            params = self._group_params(features, context)
+            params = self._group_params(projected, context)
             in_group = groups == group
             for factor in self.factors:
                 term = factor.log_prob(params[factor.name], truth.values[factor.name])
@@ -297,7 +303,7 @@ class BlissEncoder(nn.Module):
         Parameters
         ----------
         inputs
-            Normalized images, (B, 3, H, W).
+            Normalized images, (B, N_INPUT_CHANNELS, H, W).
         sample
             Draw each group's values from the posterior (one catalog sample);
             otherwise use modes (detection where the probability > 0.5).
@@ -312,6 +318,7 @@ class BlissEncoder(nn.Module):
             Parameters and decided values of every tile.
         """
         features = self.features(inputs) if features is None else features
+        projected = self.head_features(features)
         groups = self._groups(features)
         batch, _, n_rows, n_cols = features.shape
         values: dict[str, torch.Tensor] = {}
@@ -321,7 +328,7 @@ class BlissEncoder(nn.Module):
                 context = features.new_zeros(batch, CONTEXT_CHANNELS, n_rows, n_cols)
             else:
                 context = self._context(values, groups < group)
-            params = self._group_params(features, context)
+            params = self._group_params(projected, context)
             in_group = groups == group
             for factor in self.factors:
                 chosen = (

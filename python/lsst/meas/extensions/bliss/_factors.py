@@ -41,6 +41,10 @@ from ._catalog import TileCatalog
 _EPS = 1e-4
 # The floor (sigma >= 0.7%) keeps a rare confident miss from producing a huge loss spike.
 _LOG_SIGMA_RANGE = (-5.0, 3.0)
+# Location sigma in tile sides: from 0.03 px to several tiles on a 4-pixel tile.
+_LOCATION_LOG_SIGMA_RANGE = (-5.0, 1.0)
+# Latent means are bounded softly to +-_MEAN_BOUND so that one confident outlier cannot blow up the loss.
+_MEAN_BOUND = 30.0
 
 
 @dataclasses.dataclass
@@ -64,6 +68,24 @@ class TileTruth:
 
 def _log_sigma(raw: torch.Tensor) -> torch.Tensor:
     return raw.clamp(*_LOG_SIGMA_RANGE)
+
+
+def _bounded_mean(raw: torch.Tensor) -> torch.Tensor:
+    return _MEAN_BOUND * torch.tanh(raw / _MEAN_BOUND)
+
+
+def _normal_cdf(x: torch.Tensor) -> torch.Tensor:
+    # erfc keeps relative precision in the lower tail, where torch.special.ndtr underflows early in float32.
+    return 0.5 * torch.special.erfc(-x * (1.0 / math.sqrt(2.0)))
+
+
+def _log_normal_mass(lower: torch.Tensor, upper: torch.Tensor) -> torch.Tensor:
+    """``log(Phi(upper) - Phi(lower))`` for standardized bounds, accurate in both tails."""
+    reflect = lower + upper > 0
+    low = torch.where(reflect, -upper, lower)
+    high = torch.where(reflect, -lower, upper)
+    log_cdf_high = torch.special.log_ndtr(high)
+    return log_cdf_high + torch.log(-torch.expm1(torch.special.log_ndtr(low) - log_cdf_high))
 
 
 def _normal_log_prob(value: torch.Tensor, mean: torch.Tensor, log_sigma: torch.Tensor) -> torch.Tensor:
@@ -160,7 +182,7 @@ class _NormalFactor(Factor):
         return 2 * self.dims
 
     def _split(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return params[..., : self.dims], _log_sigma(params[..., self.dims :])
+        return _bounded_mean(params[..., : self.dims]), _log_sigma(params[..., self.dims :])
 
     @abstractmethod
     def to_latent(self, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -212,18 +234,72 @@ class LogitNormalFactor(_NormalFactor):
         return torch.sigmoid(latent)
 
 
-class LocationFactor(LogitNormalFactor):
-    """Position within the tile, ``(x_frac, y_frac)`` in [0, 1)^2, logit-normal, given a source."""
+class LocationFactor(Factor):
+    """Position within the tile, ``(x_frac, y_frac)`` in [0, 1)^2, given a source.
 
+    Each coordinate is a normal truncated to the tile.  The truncation lets the
+    posterior of a source near a tile boundary pile up against that boundary,
+    which a logit-normal (whose density vanishes there) cannot do.  The mean
+    may lie outside the tile, in (-0.5, 1.5); the standard deviation is in
+    units of the tile side.
+    """
+
+    name = "location"
+    n_params = 4
+    gate = "source"
     dims = 2
-
-    def __init__(self) -> None:
-        super().__init__("location", "", gate="source")
 
     def truth(
         self, catalog: TileCatalog, flux_scale_njy: torch.Tensor, pixel_scale_arcsec: float
     ) -> torch.Tensor:
         return catalog.locations[..., 0, :]
+
+    def _split(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = 0.5 + torch.tanh(params[..., :2])
+        return mean, params[..., 2:].clamp(*_LOCATION_LOG_SIGMA_RANGE).exp()
+
+    @staticmethod
+    def _reflected(mean: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        # Standardized bounds, reflected so that the interval lies where the normal CDF is accurate
+        # (its lower tail); ``sign`` maps a reflected standard value back.
+        lower, upper = -mean / sigma, (1.0 - mean) / sigma
+        sign = torch.where(lower + upper > 0, -1.0, 1.0).to(mean.dtype)
+        reflected_lower = torch.where(sign > 0, lower, -upper)
+        reflected_upper = torch.where(sign > 0, upper, -lower)
+        return reflected_lower, reflected_upper, sign
+
+    def log_prob(self, params: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+        mean, sigma = self._split(params)
+        log_mass = _log_normal_mass(-mean / sigma, (1.0 - mean) / sigma)
+        return (_normal_log_prob(truth, mean, sigma.log()) - log_mass).sum(-1)
+
+    def quantile(self, params: torch.Tensor, level: torch.Tensor | float) -> torch.Tensor:
+        """Per-coordinate quantile at ``level`` in (0, 1), shape (B, Ht, Wt, 2)."""
+        mean, sigma = self._split(params)
+        lower, upper, sign = self._reflected(mean, sigma)
+        cdf_lower, cdf_upper = _normal_cdf(lower), _normal_cdf(upper)
+        level = torch.as_tensor(level, dtype=mean.dtype, device=mean.device)
+        level = torch.where(sign > 0, level, 1.0 - level)
+        standard = torch.special.ndtri((cdf_lower + level * (cdf_upper - cdf_lower)).clamp(1e-30, 1.0 - 1e-7))
+        return (mean + sign * sigma * standard).clamp(0.0, 1.0 - _EPS)
+
+    def mode(self, params: torch.Tensor) -> torch.Tensor:
+        # The median, as for the other continuous factors.
+        return self.quantile(params, 0.5)
+
+    def sample(self, params: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        uniform = torch.rand(params.shape[:-1] + (2,), generator=generator, device=params.device)
+        return self.quantile(params, uniform.to(params.dtype))
+
+    def std(self, params: torch.Tensor) -> torch.Tensor:
+        """Half the central 68.3% interval of each coordinate (tile sides), shape (B, Ht, Wt, 2).
+
+        Equal to the standard deviation for an untruncated normal; unlike the
+        moment formula it stays accurate when the mass is squeezed against a
+        tile boundary.
+        """
+        levels = torch.special.ndtr(torch.tensor([-1.0, 1.0], dtype=params.dtype, device=params.device))
+        return 0.5 * (self.quantile(params, levels[1]) - self.quantile(params, levels[0]))
 
 
 class LogNormalFactor(_NormalFactor):

@@ -42,7 +42,7 @@ ESTIMATE_FIELDS: tuple[str, ...] = (
 ``galaxy_prob``: probability that it is a galaxy; ``flux_err_njy``: standard
 deviation of the log-normal flux posterior; ``flux_q16_njy``/``flux_q84_njy``:
 its 16% and 84% quantiles; ``x_err``/``y_err``: position standard deviations
-in pixels (delta method through the logit-normal)."""
+in pixels (half the central 68% interval of the truncated-normal posterior)."""
 
 
 def _pad_to_tiles(tensor: torch.Tensor, tile_size: int, value: float) -> torch.Tensor:
@@ -182,8 +182,7 @@ def posterior_to_tile_catalog(
     location_factor = factors["location"]
     assert isinstance(location_factor, LocationFactor)
     location = values["location"]
-    # d location / d logit = p (1 - p); in pixels times the tile size.
-    location_sigma = location_factor.sigma(params["location"]) * location * (1 - location)
+    location_sigma = location_factor.std(params["location"])
     fields["x_err"] = location_sigma[..., 0] * encoder.config.tile_size
     fields["y_err"] = location_sigma[..., 1] * encoder.config.tile_size
     if "disk_frac" in values:

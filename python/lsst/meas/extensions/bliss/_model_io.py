@@ -35,7 +35,7 @@ from ._prior import PriorConfig
 from ._simulate import SimulatorConfig
 from .version import __version__
 
-MODEL_FORMAT_VERSION = 1
+MODEL_FORMAT_VERSION = 2
 _METADATA_KEY = "bliss_model"
 _REQUIRED_KEYS = (
     "format_version",

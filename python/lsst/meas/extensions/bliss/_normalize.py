@@ -18,7 +18,10 @@ from ._simulate import MASK_PLANES
 DEFAULT_INVALID_MASK_PLANES: tuple[str, ...] = ("NO_DATA", "BAD", "SAT", "EDGE", "CR", "INTRP", "SUSPECT")
 """Mask planes whose pixels are invalid network inputs by default."""
 
-N_INPUT_CHANNELS = 3
+ASINH_SOFTENING = (1.0, 10.0)
+"""Softening scales (noise units) of the ``asinh`` data channels: the first resolves faint sources,
+the second stays nearly linear up to bright peaks so that their fluxes are not compressed away."""
+N_INPUT_CHANNELS = len(ASINH_SOFTENING) + 2
 PSF_FWHM_REFERENCE_PIX = 4.0
 PSF_FWHM_SCALE_PIX = 1.0
 
@@ -55,9 +58,10 @@ class NetworkInputs:
     Attributes
     ----------
     tensor
-        Shape (B, 3, H, W): ``asinh(image / sqrt(variance))`` (zero where
-        invalid), the validity of each pixel (0 or 1), and the PSF FWHM in
-        pixels, standardized, as a constant plane.
+        Shape (B, N_INPUT_CHANNELS, H, W): ``asinh(image / (s sqrt(variance)))``
+        for each softening ``s`` of `ASINH_SOFTENING` (zero where invalid), the
+        validity of each pixel (0 or 1), and the PSF FWHM in pixels,
+        standardized, as a constant plane.
     flux_scale_njy
         Median per-pixel noise of each image in nJy, shape (B,); fluxes are
         predicted in these units, which makes the network independent of the
@@ -133,5 +137,6 @@ def prepare_inputs(
     )
     fwhm = torch.as_tensor(psf_fwhm_pix, dtype=image.dtype, device=image.device).expand(image.shape[0])
     psf_plane = ((fwhm - PSF_FWHM_REFERENCE_PIX) / PSF_FWHM_SCALE_PIX)[:, None, None].expand_as(image)
-    tensor = torch.stack([torch.asinh(signal), valid.to(image.dtype), psf_plane], dim=1)
+    data = [torch.asinh(signal / softening) for softening in ASINH_SOFTENING]
+    tensor = torch.stack([*data, valid.to(image.dtype), psf_plane], dim=1)
     return NetworkInputs(tensor=tensor, flux_scale_njy=flux_scale, valid=valid)
