@@ -13,6 +13,7 @@ from lsst.meas.extensions.bliss import (
     PriorConfig,
     SimulatorConfig,
     SurveyConditions,
+    TileRandomness,
     checkerboard_groups,
     make_factors,
     make_tile_truth,
@@ -50,7 +51,9 @@ def test_each_factor_has_consistent_shapes_and_finite_log_prob() -> None:
         log_prob = factor.log_prob(params, value)
         assert log_prob.shape == (4, 8, 8) and torch.isfinite(log_prob).all(), factor.name
         assert factor.mode(params).shape == value.shape
-        assert factor.sample(params, torch.Generator().manual_seed(1)).shape == value.shape
+        uniform = torch.rand(4, 8, 8, factor.dims, generator=torch.Generator().manual_seed(1))
+        sample = factor.sample(params, uniform)
+        assert sample.shape == value.shape and torch.isfinite(sample).all(), factor.name
 
 
 def test_loss_terms_are_gated_on_the_truth() -> None:
@@ -180,8 +183,8 @@ def test_posterior_sampling_is_seeded() -> None:
     torch.manual_seed(0)
     encoder = BlissEncoder(TINY)
     inputs, _ = inputs_and_truth(encoder, simulated_batch())
-    first = encoder.posterior(inputs, sample=True, generator=torch.Generator().manual_seed(5))
-    second = encoder.posterior(inputs, sample=True, generator=torch.Generator().manual_seed(5))
+    first = encoder.posterior(inputs, randomness=TileRandomness(5))
+    second = encoder.posterior(inputs, randomness=TileRandomness(5))
     for name in first.values:
         assert torch.equal(first.values[name], second.values[name])
 
@@ -200,3 +203,35 @@ def test_inference_pads_any_size_and_rejects_too_small_images() -> None:
         estimate_catalog(encoder, image[:, :3, :3], variance[:, :3, :3], None, 4.0, 0.2)
     with pytest.raises(ValueError, match="shapes differ"):
         estimate_catalog(encoder, image, variance[:, :, :30], None, 4.0, 0.2)
+
+
+def test_tile_randomness_is_uniform_keyed_by_global_tile_and_seeded() -> None:
+    whole = TileRandomness(7, sample_index=2).uniform(3, (2, 40, 50), 2, torch.device("cpu"), torch.float64)
+    assert whole.shape == (2, 40, 50, 2)
+    assert ((whole > 0) & (whole < 1)).all()
+    # Uniform: mean 1/2, variance 1/12, no correlation between neighbouring tiles or components.
+    assert abs(float(whole.mean()) - 0.5) < 0.01 and abs(float(whole.var()) - 1 / 12) < 0.005
+    assert (
+        abs(
+            float(
+                torch.corrcoef(torch.stack([whole[:, 1:, :, 0].flatten(), whole[:, :-1, :, 0].flatten()]))[
+                    0, 1
+                ]
+            )
+        )
+        < 0.05
+    )
+    assert (
+        abs(float(torch.corrcoef(torch.stack([whole[..., 0].flatten(), whole[..., 1].flatten()]))[0, 1]))
+        < 0.05
+    )
+    # A chunk starting at tile (10, 20) gets exactly the numbers of those tiles in the whole grid.
+    chunk = TileRandomness(7, 2, tile_origin=(10, 20)).uniform(
+        3, (2, 12, 9), 2, torch.device("cpu"), torch.float64
+    )
+    assert torch.equal(chunk, whole[:, 10:22, 20:29])
+    for other in (TileRandomness(8, 2), TileRandomness(7, 3)):
+        assert not torch.equal(other.uniform(3, (2, 40, 50), 2, torch.device("cpu"), torch.float64), whole)
+    assert not torch.equal(
+        TileRandomness(7, 2).uniform(4, (2, 40, 50), 2, torch.device("cpu"), torch.float64), whole
+    )

@@ -17,6 +17,7 @@ from ._normalize import *
 from ._prior import *
 from ._profiles import *
 from ._psf import *
+from ._random import *
 from ._render import *
 from ._sep_baseline import *
 from ._simulate import *

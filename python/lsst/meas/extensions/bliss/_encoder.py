@@ -24,6 +24,7 @@ from torch import nn
 from ._catalog import TileCatalog
 from ._factors import Factor, TileTruth, make_factors
 from ._normalize import N_INPUT_CHANNELS, NetworkInputs
+from ._random import TileRandomness
 
 DEFAULT_FACTORS: tuple[str, ...] = (
     "detection",
@@ -294,9 +295,9 @@ class BlissEncoder(nn.Module):
     def posterior(
         self,
         inputs: NetworkInputs,
-        sample: bool = False,
-        generator: torch.Generator | None = None,
+        randomness: TileRandomness | None = None,
         features: torch.Tensor | None = None,
+        checkerboard: bool = True,
     ) -> TilePosterior:
         """Decide every tile group by group, conditioning on earlier groups.
 
@@ -304,13 +305,16 @@ class BlissEncoder(nn.Module):
         ----------
         inputs
             Normalized images, (B, N_INPUT_CHANNELS, H, W).
-        sample
-            Draw each group's values from the posterior (one catalog sample);
-            otherwise use modes (detection where the probability > 0.5).
-        generator
-            Random source for ``sample``.
+        randomness
+            Draw each group's values from the posterior (one catalog sample)
+            with these tile-keyed random numbers; None uses modes (detection
+            where the probability > 0.5).
         features
             Precomputed `features` (to draw several samples cheaply).
+        checkerboard
+            False decides every tile in one pass with the first group's empty
+            context, as if the network had no checkerboard: an ablation that
+            shows what the conditioning buys at tile boundaries.
 
         Returns
         -------
@@ -320,22 +324,27 @@ class BlissEncoder(nn.Module):
         features = self.features(inputs) if features is None else features
         projected = self.head_features(features)
         groups = self._groups(features)
+        n_groups = self.config.checkerboard_groups
+        if not checkerboard:
+            groups, n_groups = torch.zeros_like(groups), 1
         batch, _, n_rows, n_cols = features.shape
         values: dict[str, torch.Tensor] = {}
         params_out: dict[str, torch.Tensor] = {}
-        for group in range(self.config.checkerboard_groups):
+        for group in range(n_groups):
             if group == 0:
                 context = features.new_zeros(batch, CONTEXT_CHANNELS, n_rows, n_cols)
             else:
                 context = self._context(values, groups < group)
             params = self._group_params(projected, context)
             in_group = groups == group
-            for factor in self.factors:
-                chosen = (
-                    factor.sample(params[factor.name], generator)
-                    if sample
-                    else factor.mode(params[factor.name])
-                )
+            for stream, factor in enumerate(self.factors):
+                if randomness is None:
+                    chosen = factor.mode(params[factor.name])
+                else:
+                    uniform = randomness.uniform(
+                        stream, (batch, n_rows, n_cols), factor.dims, features.device, features.dtype
+                    )
+                    chosen = factor.sample(params[factor.name], uniform)
                 if factor.name not in values:
                     values[factor.name] = torch.zeros_like(chosen)
                     params_out[factor.name] = torch.zeros_like(params[factor.name])

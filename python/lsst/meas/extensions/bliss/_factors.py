@@ -101,6 +101,8 @@ class Factor(ABC):
         Key of the factor's truth and outputs.
     n_params
         Number of raw network outputs per tile.
+    dims
+        Dimension ``d`` of the factor's value (and of the uniform numbers a draw uses).
     gate
         ``"always"``, ``"source"`` (term counts where a source is present) or
         ``"galaxy"`` (where a galaxy is present).
@@ -108,6 +110,7 @@ class Factor(ABC):
 
     name: str
     n_params: int
+    dims: int = 1
     gate: str
 
     @abstractmethod
@@ -125,8 +128,13 @@ class Factor(ABC):
         """Most probable value, shape (B, Ht, Wt, d)."""
 
     @abstractmethod
-    def sample(self, params: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """One draw, shape (B, Ht, Wt, d)."""
+    def sample(self, params: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+        """One draw, shape (B, Ht, Wt, d), from uniform numbers in (0, 1) of the same shape.
+
+        Draws are deterministic functions of ``uniform`` (inverse-CDF
+        sampling), so that counter-based random numbers (`TileRandomness`)
+        make samples independent of how an image is chunked.
+        """
 
 
 class _BernoulliFactor(Factor):
@@ -143,9 +151,8 @@ class _BernoulliFactor(Factor):
     def mode(self, params: torch.Tensor) -> torch.Tensor:
         return (params[..., :1] > 0).to(params.dtype)
 
-    def sample(self, params: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        uniform = torch.rand(params.shape[:-1], generator=generator, device=params.device, dtype=params.dtype)
-        return (uniform < self.probability(params)).to(params.dtype)[..., None]
+    def sample(self, params: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+        return (uniform[..., 0] < self.probability(params)).to(params.dtype)[..., None]
 
 
 class DetectionFactor(_BernoulliFactor):
@@ -175,8 +182,6 @@ class GalaxyFactor(_BernoulliFactor):
 class _NormalFactor(Factor):
     """Diagonal normal in a transformed space; subclasses define the transform."""
 
-    dims: int = 1
-
     @property
     def n_params(self) -> int:  # type: ignore[override]
         return 2 * self.dims
@@ -201,10 +206,9 @@ class _NormalFactor(Factor):
         # The median in value space (the latent mean mapped back), robust to the transform.
         return self.from_latent(self._split(params)[0])
 
-    def sample(self, params: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    def sample(self, params: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
         mean, log_sigma = self._split(params)
-        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-        return self.from_latent(mean + noise * log_sigma.exp())
+        return self.from_latent(mean + torch.special.ndtri(uniform) * log_sigma.exp())
 
     def sigma(self, params: torch.Tensor) -> torch.Tensor:
         """Standard deviation of the latent normal, shape (B, Ht, Wt, d)."""
@@ -259,7 +263,9 @@ class LocationFactor(Factor):
         return mean, params[..., 2:].clamp(*_LOCATION_LOG_SIGMA_RANGE).exp()
 
     @staticmethod
-    def _reflected(mean: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _reflected(
+        mean: torch.Tensor, sigma: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         # Standardized bounds, reflected so that the interval lies where the normal CDF is accurate
         # (its lower tail); ``sign`` maps a reflected standard value back.
         lower, upper = -mean / sigma, (1.0 - mean) / sigma
@@ -287,9 +293,8 @@ class LocationFactor(Factor):
         # The median, as for the other continuous factors.
         return self.quantile(params, 0.5)
 
-    def sample(self, params: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        uniform = torch.rand(params.shape[:-1] + (2,), generator=generator, device=params.device)
-        return self.quantile(params, uniform.to(params.dtype))
+    def sample(self, params: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+        return self.quantile(params, uniform)
 
     def std(self, params: torch.Tensor) -> torch.Tensor:
         """Half the central 68.3% interval of each coordinate (tile sides), shape (B, Ht, Wt, 2).

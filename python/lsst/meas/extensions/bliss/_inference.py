@@ -26,6 +26,7 @@ from ._catalog import SOURCE_FIELDS, FullCatalog, TileCatalog, _empty_fields
 from ._encoder import BlissEncoder, TilePosterior
 from ._factors import LocationFactor, LogNormalFactor
 from ._normalize import NetworkInputs, prepare_inputs
+from ._random import TileRandomness
 
 ESTIMATE_FIELDS: tuple[str, ...] = (
     "detection_prob",
@@ -59,8 +60,7 @@ def run_encoder(
     variance: torch.Tensor,
     mask: torch.Tensor | None,
     psf_fwhm_pix: torch.Tensor | float,
-    sample: bool = False,
-    generator: torch.Generator | None = None,
+    randomness: TileRandomness | None = None,
 ) -> TilePosterior:
     """Normalize images (padding them to whole tiles) and run the encoder.
 
@@ -74,8 +74,8 @@ def run_encoder(
         Bit mask (B, H, W) or None.
     psf_fwhm_pix
         PSF FWHM in pixels, scalar or (B,).
-    sample, generator
-        See `BlissEncoder.posterior`.
+    randomness
+        See `BlissEncoder.posterior` (None: modes).
 
     Returns
     -------
@@ -89,7 +89,7 @@ def run_encoder(
     """
     inputs = _normalized_inputs(encoder, image, variance, mask, psf_fwhm_pix)
     with _evaluation_mode(encoder):
-        return encoder.posterior(inputs, sample=sample, generator=generator)
+        return encoder.posterior(inputs, randomness=randomness)
 
 
 @contextlib.contextmanager
@@ -273,23 +273,27 @@ def sample_catalogs(
     pixel_scale_arcsec: float,
     n_samples: int = 16,
     seed: int = 0,
+    checkerboard: bool = True,
 ) -> list[FullCatalog]:
     """Posterior catalog samples, each drawn group by group through the checkerboard.
 
-    The same seed gives the same samples.
+    The same seed gives the same samples; ``checkerboard=False`` is the
+    ablation of `BlissEncoder.posterior`.
 
     Returns
     -------
     samples
         ``n_samples`` catalogs of shape (B, M_k).
     """
-    generator = torch.Generator(device=image.device).manual_seed(seed)
     inputs = _normalized_inputs(encoder, image, variance, mask, psf_fwhm_pix)
     samples = []
     with _evaluation_mode(encoder), torch.no_grad():
         features = encoder.features(inputs)
-        for _ in range(n_samples):
-            posterior = encoder.posterior(inputs, sample=True, generator=generator, features=features)
+        for index in range(n_samples):
+            randomness = TileRandomness(seed, sample_index=index)
+            posterior = encoder.posterior(
+                inputs, randomness=randomness, features=features, checkerboard=checkerboard
+            )
             tiles = posterior_to_tile_catalog(
                 posterior, encoder, pixel_scale_arcsec, detection_threshold=None
             )

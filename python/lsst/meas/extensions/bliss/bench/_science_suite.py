@@ -78,6 +78,7 @@ def tile_position_sweep(
     seed: int,
     snr_range: tuple[float, float] = (10, 30),
     n_samples: int = 16,
+    checkerboard: bool = True,
 ) -> dict[str, float]:
     """Detection probability of isolated stars at tile centres, edges and corners.
 
@@ -85,7 +86,8 @@ def tile_position_sweep(
     ``snr_range`` near its centre.  The star's detection probability is the
     fraction of posterior catalog samples (drawn through the checkerboard)
     that hold a source within 1 pixel of it: the probability under the whole
-    posterior, whichever tile claims the star.
+    posterior, whichever tile claims the star.  ``checkerboard=False`` samples
+    every tile independently (the ablation of `BlissEncoder.posterior`).
 
     Returns
     -------
@@ -124,6 +126,7 @@ def tile_position_sweep(
             conditions.pixel_scale_arcsec,
             n_samples,
             seed=seed + placement_index,
+            checkerboard=checkerboard,
         )
         detected = np.zeros(n_trials)
         for sample in samples:

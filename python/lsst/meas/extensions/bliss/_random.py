@@ -1,0 +1,81 @@
+"""Counter-based random numbers keyed by tile, so that posterior samples do not depend on chunking.
+
+A sequential generator hands out numbers in the order tiles are visited, so
+the sample a tile receives would change with the chunk layout of a large
+image.  Here every uniform number is a hash of (seed, sample index, image,
+global tile row, global tile column, stream, component): the same tile gets
+the same numbers whether the image is processed whole or in chunks, on any
+device.
+"""
+
+from __future__ import annotations
+
+__all__ = ["TileRandomness"]
+
+import dataclasses
+
+import torch
+
+_MASK32 = 0xFFFFFFFF
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (the "lowbias32" finalizer) on int64 tensors holding values < 2**32."""
+    # Products may wrap around int64; masking keeps their exact low 32 bits.
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _MASK32
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & _MASK32
+    return x ^ (x >> 16)
+
+
+@dataclasses.dataclass(frozen=True)
+class TileRandomness:
+    """Uniform random numbers per tile, reproducible from a seed.
+
+    Attributes
+    ----------
+    seed
+        Seed of the whole draw.
+    sample_index
+        Which posterior sample (each gets independent numbers).
+    tile_origin
+        Global ``(row, col)`` tile index of the first tile of the tensors
+        being sampled (non-zero for a chunk of a larger image).
+    """
+
+    seed: int
+    sample_index: int = 0
+    tile_origin: tuple[int, int] = (0, 0)
+
+    def uniform(
+        self, stream: int, shape: tuple[int, int, int], n: int, device: torch.device, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """Uniform numbers in (0, 1), shape ``shape + (n,)``.
+
+        Parameters
+        ----------
+        stream
+            Index of the consumer (a factor), so that consumers are independent.
+        shape
+            ``(B, Ht, Wt)``: images and tiles.
+        n
+            Numbers per tile.
+        """
+        batch, n_rows, n_cols = shape
+        key = _mix32(torch.tensor([self.seed & _MASK32], dtype=torch.int64, device=device))
+        for value in (self.seed >> 32, self.sample_index, stream):
+            key = _mix32(key ^ (value & _MASK32))
+        images = torch.arange(batch, dtype=torch.int64, device=device)[:, None, None, None]
+        rows = (
+            torch.arange(n_rows, dtype=torch.int64, device=device)[None, :, None, None] + self.tile_origin[0]
+        )
+        cols = (
+            torch.arange(n_cols, dtype=torch.int64, device=device)[None, None, :, None] + self.tile_origin[1]
+        )
+        components = torch.arange(n, dtype=torch.int64, device=device)[None, None, None, :]
+        bits = key
+        for counter in (images, rows, cols, components):
+            bits = _mix32(bits ^ (counter & _MASK32))
+        # 24 random bits, centred in their interval so that 0 and 1 never occur.
+        return ((bits >> 8).to(dtype) + 0.5) * (1.0 / 2**24)
