@@ -10,6 +10,7 @@ from ._conditions import *
 from ._device import *
 from ._encoder import *
 from ._factors import *
+from ._frame import *
 from ._inference import *
 from ._metrics import *
 from ._model_io import *

@@ -103,7 +103,8 @@ def prepare_inputs(
     mask
         Integer bit mask, shape (B, H, W), or None.
     psf_fwhm_pix
-        PSF FWHM in pixels, scalar or shape (B,).
+        PSF FWHM in pixels: scalar, shape (B,), or a per-pixel map of shape
+        (B, H, W) for a PSF that varies across the image.
     invalid_bits
         Mask bits that make a pixel invalid; default the bits of
         `DEFAULT_INVALID_MASK_PLANES` in `MASK_PLANES`.
@@ -116,7 +117,7 @@ def prepare_inputs(
     Raises
     ------
     ValueError
-        If the shapes of image, variance and mask differ.
+        If the shapes of image, variance, mask and a PSF FWHM map differ.
     """
     if image.ndim != 3:
         raise ValueError(f"image must have shape (B, H, W); got {tuple(image.shape)}.")
@@ -135,8 +136,15 @@ def prepare_inputs(
     flux_scale = torch.stack(
         [n[v].median() if bool(v.any()) else n.new_tensor(1.0) for n, v in zip(noise, valid, strict=True)]
     )
-    fwhm = torch.as_tensor(psf_fwhm_pix, dtype=image.dtype, device=image.device).expand(image.shape[0])
-    psf_plane = ((fwhm - PSF_FWHM_REFERENCE_PIX) / PSF_FWHM_SCALE_PIX)[:, None, None].expand_as(image)
+    fwhm = torch.as_tensor(psf_fwhm_pix, dtype=image.dtype, device=image.device)
+    if fwhm.ndim == 3:
+        if fwhm.shape != image.shape:
+            raise ValueError(
+                f"PSF FWHM map shape {tuple(fwhm.shape)} differs from the image shape {tuple(image.shape)}."
+            )
+    else:
+        fwhm = fwhm.reshape(-1, 1, 1).expand_as(image)
+    psf_plane = (fwhm - PSF_FWHM_REFERENCE_PIX) / PSF_FWHM_SCALE_PIX
     data = [torch.asinh(signal / softening) for softening in ASINH_SOFTENING]
     tensor = torch.stack([*data, valid.to(image.dtype), psf_plane], dim=1)
     return NetworkInputs(tensor=tensor, flux_scale_njy=flux_scale, valid=valid)

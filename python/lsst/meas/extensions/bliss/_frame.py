@@ -1,0 +1,461 @@
+"""Full-frame inference: images of any size, masks, a spatially varying PSF, posterior samples.
+
+A detector image (4k x 4k for LSST) is normalized once as a whole, then cut
+into overlapping chunks whose origins lie on the tile grid and on the
+checkerboard's period.  Each chunk carries a halo at least as wide as
+everything a core tile's decision depends on (the backbone's receptive field
+plus two tiles per colour group, through which decisions propagate), so every
+tile is decided exactly as it would be in one pass over the whole image:
+chunking changes neither the catalog nor the posterior samples, whose random
+numbers are keyed by the global tile (`TileRandomness`).
+"""
+
+from __future__ import annotations
+
+__all__ = ["FRAME_FLAGS", "FrameConfig", "FrameResult", "PsfModel", "infer_frame", "psf_kernel_fwhm_pix"]
+
+import copy
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from ._catalog import FullCatalog, _empty_fields
+from ._conditions import SurveyConditions
+from ._device import resolve_device
+from ._encoder import BlissEncoder, TilePosterior
+from ._inference import ESTIMATE_FIELDS, _evaluation_mode, posterior_to_tile_catalog
+from ._model_io import BlissModel
+from ._normalize import DEFAULT_INVALID_MASK_PLANES, invalid_mask_bits, prepare_inputs
+from ._random import TileRandomness
+
+PsfModel = float | Callable[[float, float], "float | np.ndarray"]
+"""A PSF FWHM in pixels for the whole image, or a callable ``(x, y) -> FWHM in pixels or a kernel image``."""
+
+FRAME_FLAGS: tuple[str, ...] = ("flag_masked", "flag_image_edge")
+"""Boolean catalog fields: the source's footprint (a box of half-side ``2 FWHM + 2 hlr``) holds
+invalid pixels (masked, non-finite or with non-positive variance), or reaches beyond the image."""
+
+_BYTES_PER_PIXEL = 300
+"""Peak memory of the encoder per chunk pixel on the CPU (float32 activations), for the chunk size."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FrameConfig:
+    """Options of `infer_frame`.
+
+    Attributes
+    ----------
+    detection_threshold
+        Minimum detection probability of a catalog source.
+    n_samples
+        Posterior catalog samples to draw (0 for none).
+    seed
+        Seed of the samples; the same seed gives the same samples.
+    invalid_mask_planes
+        Mask planes whose pixels are invalid network inputs.
+    chunk_pixels
+        Side of a chunk's core in pixels; None derives it from
+        ``memory_budget_gb``.
+    memory_budget_gb
+        Memory the encoder may use for one chunk.
+    psf_grid_pixels
+        Spacing of the grid on which a PSF callable is evaluated; the FWHM is
+        interpolated bilinearly in between.
+    device
+        Torch device; ``"auto"`` uses CUDA when available.
+    """
+
+    detection_threshold: float = 0.5
+    n_samples: int = 16
+    seed: int = 0
+    invalid_mask_planes: tuple[str, ...] = DEFAULT_INVALID_MASK_PLANES
+    chunk_pixels: int | None = None
+    memory_budget_gb: float = 1.0
+    psf_grid_pixels: int = 128
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.detection_threshold < 1.0:
+            raise ValueError(f"detection_threshold={self.detection_threshold} must lie in (0, 1).")
+        if self.n_samples < 0:
+            raise ValueError(f"n_samples={self.n_samples} must be >= 0.")
+        if self.chunk_pixels is not None and self.chunk_pixels < 1:
+            raise ValueError(f"chunk_pixels={self.chunk_pixels} must be positive (or None).")
+        if self.memory_budget_gb <= 0 or self.psf_grid_pixels < 1:
+            raise ValueError("memory_budget_gb and psf_grid_pixels must be positive.")
+
+
+@dataclasses.dataclass
+class FrameResult:
+    """Probabilistic catalog of one image.
+
+    Attributes
+    ----------
+    status
+        ``"ok"``, or ``"no_valid_pixels"`` when no pixel is a valid input
+        (then the catalog and samples are empty and ``tile_params`` too).
+    catalog
+        Point estimates of the sources with detection probability above the
+        threshold, batch of one image, fields `SOURCE_FIELDS`,
+        `ESTIMATE_FIELDS` and `FRAME_FLAGS`; ordered by tile (row-major).
+    samples
+        ``n_samples`` posterior catalog samples, each like ``catalog``
+        without the flags.
+    tile_params
+        Raw variational parameters of every tile per factor, shape
+        (Ht, Wt, n_params), on the image's tile grid (the last row and column
+        of tiles may extend beyond the image); interpret them with the
+        encoder's factors (fluxes in units of ``flux_scale_njy``).
+    flux_scale_njy
+        Flux unit of the network (median per-pixel noise of the image), nJy.
+    timings
+        Seconds spent per stage.
+    """
+
+    status: str
+    catalog: FullCatalog
+    samples: list[FullCatalog]
+    tile_params: dict[str, torch.Tensor]
+    flux_scale_njy: float
+    timings: dict[str, float]
+
+
+def psf_kernel_fwhm_pix(kernel: np.ndarray, conditions: SurveyConditions) -> float:
+    """FWHM (pixels) of the model's PSF family with the same effective area as a kernel image.
+
+    The effective area ``1 / sum(p^2)`` of the normalized kernel sets the
+    noise of point-source photometry; matching it maps any PSF image onto the
+    one-parameter family (Moffat or Gaussian, see `SurveyConditions.psf`) the
+    network was trained on.
+
+    Raises
+    ------
+    ValueError
+        If the kernel is not a finite 2-d image with a positive sum.
+    """
+    kernel = np.asarray(kernel, dtype=np.float64)
+    if kernel.ndim != 2 or not np.isfinite(kernel).all() or kernel.sum() <= 0:
+        raise ValueError(
+            f"PSF kernel image of shape {kernel.shape} must be a finite 2-d image with a positive sum."
+        )
+    kernel = kernel / kernel.sum()
+    area = 1.0 / float(np.square(kernel).sum())
+    fwhm_grid, area_grid = _effective_area_table(conditions)
+    return float(np.interp(area, area_grid, fwhm_grid))
+
+
+def _effective_area_table(conditions: SurveyConditions) -> tuple[np.ndarray, np.ndarray]:
+    fwhm_pix = np.linspace(0.5, 20.0, 196)
+    psf = conditions.psf(fwhm_pix * conditions.pixel_scale_arcsec)
+    size = 128
+    transform = psf.fourier_grid(size, dtype=torch.float64)
+    images = torch.fft.irfft2(transform.to(torch.complex128), s=(size, size))
+    area = 1.0 / images.square().sum(dim=(-2, -1))
+    return fwhm_pix, area.numpy()
+
+
+def _psf_fwhm_map(
+    psf: PsfModel, height: int, width: int, grid_pixels: int, conditions: SurveyConditions
+) -> torch.Tensor:
+    """Per-pixel PSF FWHM (H, W) in pixels, bilinear between evaluations on a grid."""
+    if not callable(psf):
+        fwhm = float(psf)
+        if not math.isfinite(fwhm) or fwhm <= 0:
+            raise ValueError(f"PSF FWHM {fwhm} pixels must be finite and positive.")
+        return torch.full((height, width), fwhm, dtype=torch.float32)
+
+    def nodes(size: int) -> np.ndarray:
+        return np.unique(np.append(np.arange(0, size, grid_pixels), size - 1)).astype(np.float64)
+
+    node_x, node_y = nodes(width), nodes(height)
+    values = np.empty((node_y.size, node_x.size))
+    for i, y in enumerate(node_y):
+        for j, x in enumerate(node_x):
+            try:
+                result = psf(float(x), float(y))
+                fwhm = (
+                    float(result)
+                    if np.ndim(result) == 0
+                    else psf_kernel_fwhm_pix(np.asarray(result), conditions)
+                )
+            except Exception as err:
+                raise ValueError(f"The PSF model failed at (x, y) = ({x:g}, {y:g}): {err}") from err
+            if not math.isfinite(fwhm) or fwhm <= 0:
+                raise ValueError(
+                    f"The PSF model gave a FWHM of {fwhm} pixels at (x, y) = ({x:g}, {y:g}); "
+                    "it must be finite and positive."
+                )
+            values[i, j] = fwhm
+    along_x = np.stack([np.interp(np.arange(width), node_x, row) for row in values])
+    eye = np.eye(node_y.size)
+    weights_y = np.stack([np.interp(np.arange(height), node_y, column) for column in eye], axis=1)
+    return torch.from_numpy((weights_y @ along_x).astype(np.float32))
+
+
+@dataclasses.dataclass(frozen=True)
+class _ChunkLayout:
+    """Chunks on the tile grid: core tile ranges and the halo around them."""
+
+    n_tiles_h: int
+    n_tiles_w: int
+    core_tiles: int
+    halo_tiles: int
+
+    def chunks(self) -> list[tuple[int, int, int, int]]:
+        """``(row0, row1, col0, col1)`` core tile ranges, in raster order."""
+        return [
+            (r, min(r + self.core_tiles, self.n_tiles_h), c, min(c + self.core_tiles, self.n_tiles_w))
+            for r in range(0, self.n_tiles_h, self.core_tiles)
+            for c in range(0, self.n_tiles_w, self.core_tiles)
+        ]
+
+    def window(self, start: int, stop: int, size: int) -> tuple[int, int]:
+        """Tile range of the chunk (core plus halo, clipped to the image)."""
+        return max(0, start - self.halo_tiles), min(size, stop + self.halo_tiles)
+
+
+def _layout(encoder: BlissEncoder, n_tiles_h: int, n_tiles_w: int, config: FrameConfig) -> _ChunkLayout:
+    tile, groups = encoder.config.tile_size, encoder.config.checkerboard_groups
+    # Decisions reach two tiles further with each colour group (the head's two 3x3 convolutions).
+    halo = math.ceil(encoder.config.context_pixels / tile) + 2 * groups
+    period = 2  # origins on even tiles keep every tile's checkerboard colour
+    halo = period * math.ceil(halo / period)
+    if config.chunk_pixels is None:
+        side = math.sqrt(config.memory_budget_gb * 1e9 / _BYTES_PER_PIXEL) / tile
+        core = max(period, int(side) - 2 * halo)
+    else:
+        core = max(period, config.chunk_pixels // tile)
+    core = period * max(1, core // period)
+    return _ChunkLayout(n_tiles_h, n_tiles_w, core, halo)
+
+
+def _crop_posterior(posterior: TilePosterior, rows: slice, cols: slice) -> TilePosterior:
+    def crop(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {name: value[:, rows, cols] for name, value in tensors.items()}
+
+    return TilePosterior(crop(posterior.params), crop(posterior.values), posterior.flux_scale_njy)
+
+
+def _catalog_rows(
+    posterior: TilePosterior,
+    encoder: BlissEncoder,
+    pixel_scale_arcsec: float,
+    detection_threshold: float | None,
+    tile_origin: tuple[int, int],
+    n_tiles_w: int,
+) -> dict[str, torch.Tensor]:
+    """Sources of one chunk's core as flat rows, with global positions and tile index."""
+    tiles = posterior_to_tile_catalog(posterior, encoder, pixel_scale_arcsec, detection_threshold)
+    present = tiles.n_sources[0] > 0
+    tile_rows, tile_cols = torch.nonzero(present, as_tuple=True)
+    x, y = tiles.pixel_positions()
+    offset_y, offset_x = (origin * tiles.tile_size for origin in tile_origin)
+    rows = {
+        "x": x[0, tile_rows, tile_cols, 0] + offset_x,
+        "y": y[0, tile_rows, tile_cols, 0] + offset_y,
+        "tile_index": (tile_rows + tile_origin[0]) * n_tiles_w + tile_cols + tile_origin[1],
+    }
+    rows.update({name: value[0, tile_rows, tile_cols, 0] for name, value in tiles.fields.items()})
+    return rows
+
+
+def _assemble(
+    parts: list[dict[str, torch.Tensor]], names: tuple[str, ...], height: int, width: int
+) -> FullCatalog:
+    """One-image catalog from chunk rows: sorted by tile, without sources beyond the image."""
+    padding = _empty_fields((0,), torch.device("cpu"), torch.float32, names)
+    rows = {
+        name: torch.cat([part[name].cpu() for part in parts]) if parts else padding.get(name, torch.empty(0))
+        for name in ("x", "y", "tile_index", *names)
+    }
+    if rows["tile_index"].dtype != torch.long:
+        rows["tile_index"] = rows["tile_index"].long()
+    inside = (rows["x"] < width - 0.5) & (rows["y"] < height - 0.5)
+    order = torch.argsort(rows["tile_index"][inside], stable=True)
+    kept = {name: value[inside][order] for name, value in rows.items()}
+    return FullCatalog(
+        height,
+        width,
+        torch.tensor([order.numel()]),
+        kept["x"][None],
+        kept["y"][None],
+        {name: kept[name][None] for name in names},
+    )
+
+
+def _footprint_flags(
+    catalog: FullCatalog, valid: torch.Tensor, fwhm_map: torch.Tensor, pixel_scale_arcsec: float
+) -> dict[str, torch.Tensor]:
+    """`FRAME_FLAGS` of each source, from an integral image of the invalid pixels."""
+    height, width = valid.shape
+    x, y = catalog.x[0], catalog.y[0]
+    if x.numel() == 0:
+        empty = torch.zeros(1, 0, dtype=torch.bool)
+        return {"flag_masked": empty, "flag_image_edge": empty}
+    col = x.round().long().clamp(0, width - 1)
+    row = y.round().long().clamp(0, height - 1)
+    hlr_pix = torch.maximum(catalog.fields["disk_hlr_arcsec"][0], catalog.fields["bulge_hlr_arcsec"][0])
+    radius = torch.ceil(2.0 * fwhm_map[row, col] + 2.0 * hlr_pix / pixel_scale_arcsec).long()
+    top, bottom, left, right = row - radius, row + radius, col - radius, col + radius
+    edge = (top < 0) | (left < 0) | (bottom >= height) | (right >= width)
+    invalid = torch.zeros(height + 1, width + 1, dtype=torch.int32)
+    invalid[1:, 1:] = (~valid).to(torch.int32).cumsum(0).cumsum(1)
+    top, left = top.clamp(0, height), left.clamp(0, width)
+    bottom, right = (bottom + 1).clamp(0, height), (right + 1).clamp(0, width)
+    count = invalid[bottom, right] - invalid[top, right] - invalid[bottom, left] + invalid[top, left]
+    return {"flag_masked": (count > 0)[None], "flag_image_edge": edge[None]}
+
+
+def _as_frame_tensor(name: str, array: np.ndarray | torch.Tensor | None) -> torch.Tensor | None:
+    if array is None:
+        return None
+    tensor = torch.as_tensor(np.asarray(array) if not isinstance(array, torch.Tensor) else array)
+    if tensor.ndim != 2:
+        raise ValueError(f"{name} must be a 2-d image (H, W); got shape {tuple(tensor.shape)}.")
+    return tensor
+
+
+def infer_frame(
+    model: BlissModel,
+    image: np.ndarray | torch.Tensor,
+    variance: np.ndarray | torch.Tensor,
+    mask: np.ndarray | torch.Tensor | None,
+    psf: PsfModel,
+    config: FrameConfig | None = None,
+    mask_plane_bits: dict[str, int] | None = None,
+) -> FrameResult:
+    """Probabilistic catalog of one image of any size.
+
+    Parameters
+    ----------
+    model
+        Trained model (its pixel scale and PSF family are assumed).
+    image
+        Background-subtracted image in nJy, shape (H, W).
+    variance
+        Variance in nJy^2, shape (H, W).
+    mask
+        Integer bit mask, shape (H, W), or None.
+    psf
+        PSF FWHM in pixels, or a callable ``(x, y) -> FWHM in pixels or a
+        PSF kernel image`` evaluated on a grid (``config.psf_grid_pixels``).
+    config
+        Options; default `FrameConfig()`.
+    mask_plane_bits
+        Mask plane name -> bit index of ``mask`` (an LSST mask's plane
+        dictionary); default that of the simulated images.
+
+    Returns
+    -------
+    result
+        Catalog, posterior samples, per-tile parameters and timings.
+
+    Raises
+    ------
+    ValueError
+        If the shapes of image, variance and mask differ, the image is
+        smaller than one tile, or the PSF model fails or gives a non-finite
+        or non-positive FWHM (the message names the position).
+    """
+    config = config or FrameConfig()
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    encoder = model.encoder
+    tile = encoder.config.tile_size
+    image_t, variance_t = _as_frame_tensor("image", image), _as_frame_tensor("variance", variance)
+    mask_t = _as_frame_tensor("mask", mask)
+    assert image_t is not None and variance_t is not None
+    shapes = {"image": image_t.shape, "variance": variance_t.shape}
+    if mask_t is not None:
+        shapes["mask"] = mask_t.shape
+    if len(set(shapes.values())) > 1:
+        described = ", ".join(f"{name} {tuple(shape)}" for name, shape in shapes.items())
+        raise ValueError(f"image, variance and mask must have the same shape; got {described}.")
+    height, width = image_t.shape
+    if min(height, width) < tile:
+        raise ValueError(
+            f"Image of {height}x{width} pixels is smaller than one tile ({tile} pixels); "
+            "the network needs at least one whole tile."
+        )
+    invalid_bits = invalid_mask_bits(config.invalid_mask_planes, mask_plane_bits)
+    pixel_scale = model.conditions.pixel_scale_arcsec
+    fwhm_map = _psf_fwhm_map(psf, height, width, config.psf_grid_pixels, model.conditions)
+
+    pad_h, pad_w = -height % tile, -width % tile
+
+    def padded(tensor: torch.Tensor, value: float) -> torch.Tensor:
+        return torch.nn.functional.pad(tensor[None, None], (0, pad_w, 0, pad_h), value=value)[0]
+
+    inputs = prepare_inputs(
+        padded(image_t.to(torch.float32), 0.0),
+        padded(variance_t.to(torch.float32), math.nan),
+        None if mask_t is None else padded(mask_t.to(torch.int64), 0),
+        torch.nn.functional.pad(fwhm_map[None, None], (0, pad_w, 0, pad_h), mode="replicate")[0],
+        invalid_bits,
+    )
+    valid = inputs.valid[0, :height, :width]
+    flux_scale = float(inputs.flux_scale_njy[0])
+    timings["normalize"] = time.perf_counter() - start
+    names = tuple(_empty_fields((0,), torch.device("cpu"), torch.float32)) + ESTIMATE_FIELDS
+    if not bool(valid.any()):
+        empty = _assemble([], names, height, width)
+        flags = {flag: torch.zeros(1, 0, dtype=torch.bool) for flag in FRAME_FLAGS}
+        catalog = dataclasses.replace(empty, fields={**empty.fields, **flags})
+        samples = [_assemble([], names, height, width) for _ in range(config.n_samples)]
+        return FrameResult("no_valid_pixels", catalog, samples, {}, flux_scale, timings)
+
+    device = resolve_device(config.device)
+    if next(encoder.parameters()).device != device:
+        encoder = copy.deepcopy(encoder).to(device)
+    n_tiles_h, n_tiles_w = inputs.tensor.shape[-2] // tile, inputs.tensor.shape[-1] // tile
+    layout = _layout(encoder, n_tiles_h, n_tiles_w, config)
+    tile_params: dict[str, torch.Tensor] = {
+        factor.name: torch.zeros(n_tiles_h, n_tiles_w, factor.n_params) for factor in encoder.factors
+    }
+    estimate_parts: list[dict[str, torch.Tensor]] = []
+    sample_parts: list[list[dict[str, torch.Tensor]]] = [[] for _ in range(config.n_samples)]
+    timings["network"] = timings["samples"] = 0.0
+    with _evaluation_mode(encoder), torch.no_grad():
+        for row0, row1, col0, col1 in layout.chunks():
+            tick = time.perf_counter()
+            win_r0, win_r1 = layout.window(row0, row1, n_tiles_h)
+            win_c0, win_c1 = layout.window(col0, col1, n_tiles_w)
+            chunk_inputs = dataclasses.replace(
+                inputs,
+                tensor=inputs.tensor[..., win_r0 * tile : win_r1 * tile, win_c0 * tile : win_c1 * tile].to(
+                    device
+                ),
+                flux_scale_njy=inputs.flux_scale_njy.to(device),
+            )
+            core = (slice(row0 - win_r0, row1 - win_r0), slice(col0 - win_c0, col1 - win_c0))
+            features = encoder.features(chunk_inputs)
+            estimate = _crop_posterior(encoder.posterior(chunk_inputs, features=features), *core)
+            for name, params in estimate.params.items():
+                tile_params[name][row0:row1, col0:col1] = params[0].cpu()
+            estimate_parts.append(
+                _catalog_rows(
+                    estimate, encoder, pixel_scale, config.detection_threshold, (row0, col0), n_tiles_w
+                )
+            )
+            timings["network"] += time.perf_counter() - tick
+            tick = time.perf_counter()
+            for index in range(config.n_samples):
+                randomness = TileRandomness(config.seed, sample_index=index, tile_origin=(win_r0, win_c0))
+                sample = encoder.posterior(chunk_inputs, randomness=randomness, features=features)
+                sample_parts[index].append(
+                    _catalog_rows(
+                        _crop_posterior(sample, *core), encoder, pixel_scale, None, (row0, col0), n_tiles_w
+                    )
+                )
+            timings["samples"] += time.perf_counter() - tick
+    tick = time.perf_counter()
+    catalog = _assemble(estimate_parts, names, height, width)
+    catalog.fields.update(_footprint_flags(catalog, valid, fwhm_map, pixel_scale))
+    samples = [_assemble(parts, names, height, width) for parts in sample_parts]
+    timings["catalog"] = time.perf_counter() - tick
+    timings["total"] = time.perf_counter() - start
+    return FrameResult("ok", catalog, samples, tile_params, flux_scale, timings)

@@ -1,0 +1,215 @@
+"""Full-frame inference: chunking without seams, masks and flags, varying PSF, samples, bad input."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lsst.meas.extensions.bliss import (
+    MASK_PLANES,
+    BlissEncoder,
+    BlissModel,
+    EncoderConfig,
+    FrameConfig,
+    ImageSimulator,
+    PriorConfig,
+    SimulatorConfig,
+    SurveyConditions,
+    infer_frame,
+    psf_kernel_fwhm_pix,
+)
+
+CONDITIONS = SurveyConditions.from_survey()
+FWHM_PIX = CONDITIONS.psf_fwhm_pix
+
+
+def random_model() -> BlissModel:
+    """An untrained encoder whose every weight is random (the zero-initialized residual branches too),
+    so that its decisions depend on its whole receptive field, and with enough detections to compare."""
+    torch.manual_seed(0)
+    encoder = BlissEncoder(EncoderConfig(checkerboard_groups=4, pixel_channels=(8, 16, 32), head_channels=32))
+    for module in encoder.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            fan_in = module.in_channels * module.kernel_size[0] * module.kernel_size[1]
+            torch.nn.init.normal_(module.weight, std=math.sqrt(1.0 / fan_in))
+    return BlissModel(encoder.eval(), CONDITIONS, PriorConfig(), SimulatorConfig(), {})
+
+
+def scene(height: int, width: int, seed: int = 3) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    size = 4 * math.ceil(max(height, width) / 4)
+    simulator = ImageSimulator(
+        CONDITIONS, PriorConfig(), SimulatorConfig(image_height=size, image_width=size), device="cpu"
+    )
+    batch = simulator.sample(1, seed=seed)
+    return batch.image[0, :height, :width], batch.variance[0, :height, :width], batch.mask[0, :height, :width]
+
+
+def assert_same_catalog(first, second) -> None:
+    assert torch.equal(first.n_sources, second.n_sources)
+    torch.testing.assert_close(first.x, second.x)
+    torch.testing.assert_close(first.y, second.y)
+    for name, value in first.fields.items():
+        torch.testing.assert_close(value, second.fields[name], msg=name)
+
+
+def test_chunked_and_single_chunk_runs_agree() -> None:
+    model = random_model()
+    image, variance, mask = scene(512, 509)
+    mask[200:230, 100:104] |= 1 << MASK_PLANES["BAD"]
+    options = {"n_samples": 3, "seed": 7, "device": "cpu"}
+    chunked = infer_frame(model, image, variance, mask, FWHM_PIX, FrameConfig(chunk_pixels=96, **options))
+    whole = infer_frame(model, image, variance, mask, FWHM_PIX, FrameConfig(chunk_pixels=1024, **options))
+    assert chunked.status == whole.status == "ok"
+    assert int(whole.catalog.n_sources[0]) > 50  # the comparison covers chunk boundaries
+    assert_same_catalog(chunked.catalog, whole.catalog)
+    for first, second in zip(chunked.samples, whole.samples, strict=True):
+        assert_same_catalog(first, second)
+    for name, params in whole.tile_params.items():
+        torch.testing.assert_close(chunked.tile_params[name], params, msg=name)
+    assert whole.tile_params["detection"].shape == (128, 128, 1)  # 509 columns -> 128 tiles
+    assert (whole.catalog.x < 508.5).all() and (whole.catalog.y < 511.5).all()
+
+
+def test_too_small_a_halo_would_show_seams() -> None:
+    """The halo is needed: a layout with half of it changes the parameters of tiles near chunk edges."""
+    from lsst.meas.extensions.bliss import _frame
+
+    model = random_model()
+    image, variance, mask = scene(256, 256)
+    reference = infer_frame(model, image, variance, mask, FWHM_PIX, FrameConfig(n_samples=0, device="cpu"))
+    original = _frame._layout
+
+    def half_halo(*args, **kwargs):
+        layout = original(*args, **kwargs)
+        return _frame._ChunkLayout(
+            layout.n_tiles_h, layout.n_tiles_w, layout.core_tiles, layout.halo_tiles // 2
+        )
+
+    _frame._layout = half_halo
+    try:
+        seamed = infer_frame(
+            model, image, variance, mask, FWHM_PIX, FrameConfig(n_samples=0, chunk_pixels=64, device="cpu")
+        )
+    finally:
+        _frame._layout = original
+    difference = (seamed.tile_params["detection"] - reference.tile_params["detection"]).abs().max()
+    assert difference > 1e-6  # chunked runs with the full halo agree exactly (see above)
+
+
+def test_samples_are_reproducible_and_seeded() -> None:
+    model = random_model()
+    image, variance, mask = scene(128, 128)
+    first = infer_frame(
+        model, image, variance, mask, FWHM_PIX, FrameConfig(n_samples=2, seed=1, device="cpu")
+    )
+    again = infer_frame(
+        model, image, variance, mask, FWHM_PIX, FrameConfig(n_samples=2, seed=1, device="cpu")
+    )
+    other = infer_frame(
+        model, image, variance, mask, FWHM_PIX, FrameConfig(n_samples=2, seed=2, device="cpu")
+    )
+    for sample, repeat in zip(first.samples, again.samples, strict=True):
+        assert_same_catalog(sample, repeat)
+    assert not torch.equal(first.samples[0].x, other.samples[0].x)
+    assert not torch.equal(first.samples[0].x, first.samples[1].x)
+
+
+def test_sources_near_invalid_pixels_and_the_image_edge_are_flagged() -> None:
+    model = random_model()
+    image, variance, mask = scene(128, 128)
+    mask[40:80, 60:62] |= 1 << MASK_PLANES["SAT"]
+    variance[10:12, 10:12] = 0.0
+    image[100, 100] = float("nan")
+    result = infer_frame(model, image, variance, mask, FWHM_PIX, FrameConfig(n_samples=0, device="cpu"))
+    catalog = result.catalog
+    x, y = catalog.x[0], catalog.y[0]
+    masked, edge = catalog.fields["flag_masked"][0], catalog.fields["flag_image_edge"][0]
+    assert torch.isfinite(x).all() and torch.isfinite(catalog.fields["flux_njy"]).all()
+    reach = 2 * FWHM_PIX + 2 * catalog.fields["disk_hlr_arcsec"][0].clamp(min=0) / 0.2 + 1
+    near_saturated = (x > 60 - reach) & (x < 61 + reach) & (y > 40 - reach) & (y < 79 + reach)
+    far_from_all = (
+        ~near_saturated
+        & ((x - 10.5).abs() > reach + 2)
+        & ((y - 10.5).abs() > reach + 2)
+        & (((x - 100).abs() > reach + 1) | ((y - 100).abs() > reach + 1))
+    )
+    strictly_near = (x > 58) & (x < 63) & (y > 42) & (y < 77)
+    assert strictly_near.any() and masked[strictly_near].all()
+    assert far_from_all.any() and not masked[far_from_all].any()
+    inner = (x > 20) & (x < 107) & (y > 20) & (y < 107) & (catalog.fields["disk_hlr_arcsec"][0] < 0.5)
+    assert edge[(x < 2) | (y < 2)].all() and not edge[inner].any()
+
+
+def test_configured_mask_planes_decide_what_is_invalid() -> None:
+    model = random_model()
+    image, variance, mask = scene(64, 64)
+    mask[:, :] |= 1 << MASK_PLANES["CR"]
+    default = infer_frame(model, image, variance, mask, FWHM_PIX, FrameConfig(n_samples=0, device="cpu"))
+    assert default.status == "no_valid_pixels"
+    without_cr = FrameConfig(n_samples=0, device="cpu", invalid_mask_planes=("BAD", "SAT"))
+    assert infer_frame(model, image, variance, mask, FWHM_PIX, without_cr).status == "ok"
+    with pytest.raises(ValueError, match="Unknown mask plane"):
+        infer_frame(model, image, variance, mask, FWHM_PIX, FrameConfig(invalid_mask_planes=("NOPE",)))
+
+
+def test_all_invalid_pixels_give_an_empty_catalog_with_a_status() -> None:
+    model = random_model()
+    image = torch.full((64, 80), float("nan"))
+    result = infer_frame(model, image, torch.ones(64, 80), None, FWHM_PIX, FrameConfig(n_samples=2))
+    assert result.status == "no_valid_pixels"
+    assert int(result.catalog.n_sources[0]) == 0 and "flag_masked" in result.catalog.fields
+    assert len(result.samples) == 2 and all(int(s.n_sources[0]) == 0 for s in result.samples)
+
+
+def test_bad_shapes_and_sizes_are_named() -> None:
+    model = random_model()
+    with pytest.raises(ValueError, match=r"image \(64, 64\), variance \(64, 60\)"):
+        infer_frame(model, torch.zeros(64, 64), torch.ones(64, 60), None, FWHM_PIX)
+    with pytest.raises(ValueError, match=r"mask \(32, 32\)"):
+        infer_frame(model, torch.zeros(64, 64), torch.ones(64, 64), torch.zeros(32, 32), FWHM_PIX)
+    with pytest.raises(ValueError, match="smaller than one tile"):
+        infer_frame(model, torch.zeros(3, 64), torch.ones(3, 64), None, FWHM_PIX)
+    with pytest.raises(ValueError, match="2-d image"):
+        infer_frame(model, torch.zeros(1, 64, 64), torch.ones(1, 64, 64), None, FWHM_PIX)
+
+
+def test_a_failing_psf_model_is_named_with_its_position() -> None:
+    model = random_model()
+    image, variance, mask = scene(64, 64)
+
+    def broken(x: float, y: float) -> float:
+        if x > 50:
+            raise RuntimeError("no PSF model here")
+        return FWHM_PIX
+
+    with pytest.raises(ValueError, match=r"failed at \(x, y\) = \(63, 0\).*no PSF model here"):
+        infer_frame(model, image, variance, mask, broken, FrameConfig(psf_grid_pixels=32))
+    with pytest.raises(ValueError, match=r"FWHM of nan pixels at \(x, y\) = \(0, 0\)"):
+        infer_frame(model, image, variance, mask, lambda x, y: float("nan"))
+
+
+def test_psf_kernels_map_to_the_model_family_and_vary_across_the_image() -> None:
+    for fwhm_arcsec in (0.6, 0.9, 1.2):
+        psf = CONDITIONS.psf(fwhm_arcsec)
+        size = 41
+        kernel = torch.fft.irfft2(
+            psf.fourier_grid(size, dtype=torch.float64).to(torch.complex128), s=(size, size)
+        )
+        kernel = torch.roll(kernel[0], shifts=(size // 2, size // 2), dims=(0, 1)).numpy()
+        assert psf_kernel_fwhm_pix(kernel, CONDITIONS) == pytest.approx(fwhm_arcsec / 0.2, rel=0.01)
+    with pytest.raises(ValueError, match="finite 2-d image"):
+        psf_kernel_fwhm_pix(np.full((5, 5), np.nan), CONDITIONS)
+
+    model = random_model()
+    image, variance, mask = scene(128, 256)
+
+    def varying(x: float, y: float) -> float:
+        return 3.0 + 3.0 * max(0.0, x - 128.0) / 127.0
+
+    config = FrameConfig(n_samples=0, device="cpu", psf_grid_pixels=16)
+    constant = infer_frame(model, image, variance, mask, 3.0, config)
+    varied = infer_frame(model, image, variance, mask, varying, config)
+    # Beyond the receptive field of the ramp the conditioning is unchanged; on the ramp it follows the PSF.
+    assert torch.equal(constant.tile_params["flux"][:, :4], varied.tile_params["flux"][:, :4])
+    assert (constant.tile_params["flux"][:, -4:] - varied.tile_params["flux"][:, -4:]).abs().max() > 1e-3
