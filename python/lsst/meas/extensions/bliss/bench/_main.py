@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from . import _render_suite, _science_suite
+from . import _infer_suite, _render_suite, _science_suite
 
 # Suite name -> (description, add-options, run).
 _SUITES: dict[
@@ -22,6 +22,7 @@ _SUITES: dict[
 ] = {
     "render": (_render_suite.DESCRIPTION, _render_suite.add_arguments, _render_suite.run),
     "science": (_science_suite.DESCRIPTION, _science_suite.add_arguments, _science_suite.run),
+    "infer": (_infer_suite.DESCRIPTION, _infer_suite.add_arguments, _infer_suite.run),
 }
 
 

@@ -1,0 +1,188 @@
+"""``bliss-bench infer``: full-frame inference speed and memory against SEP on one simulated detector.
+
+A 4096 x 4096 single-visit scene is simulated at the model's default
+conditions with LSST-like defects: bad columns, saturated cores, cosmic rays,
+a NO_DATA corner and EDGE pixels at the border.  `infer_frame` (catalog plus
+``n_samples`` posterior samples, PSF from a callable) runs in a fresh
+process per image size, so that its peak resident memory is its own; SEP
+(the science suite's settings) runs on the same image in this process.
+Times at a quarter, half and the whole side (1k, 2k and 4k) give the
+scaling exponent of time with pixels.
+"""
+
+from __future__ import annotations
+
+__all__ = ["DESCRIPTION", "add_arguments", "run"]
+
+import argparse
+import multiprocessing
+import resource
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._frame import FrameConfig, infer_frame
+from .._model_io import BlissModel, load_default_model
+from .._normalize import DEFAULT_INVALID_MASK_PLANES, invalid_mask_bits
+from .._sep_baseline import run_sep
+from .._simulate import MASK_PLANES, ImageSimulator, SimulatorConfig
+
+DESCRIPTION = "full-frame BLISS inference vs SEP on a simulated 4k x 4k detector: time, memory, scaling"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the inference suite."""
+    parser.add_argument("--model", type=Path, default=None, help="model file (default: the packaged model)")
+    parser.add_argument(
+        "--size", type=int, default=None, help="largest image side, pixels (default 4096; quick 2048)"
+    )
+    parser.add_argument("--n-samples", type=int, default=16, help="posterior catalog samples (default 16)")
+    parser.add_argument("--no-gpu", action="store_true", help="skip the GPU timing even if CUDA is available")
+
+
+def _add_defects(mask: np.ndarray, image: np.ndarray, generator: np.random.Generator) -> None:
+    """LSST-like defects in place: bad columns, saturated cores, cosmic rays, NO_DATA and EDGE."""
+    height, width = mask.shape
+    for column in generator.choice(width, size=max(1, width // 512), replace=False):
+        mask[:, column] |= 1 << MASK_PLANES["BAD"]
+    for _ in range(max(1, height * width // 2**21)):
+        row, col = generator.integers(20, height - 20), generator.integers(20, width - 20)
+        mask[row - 6 : row + 7, col - 3 : col + 4] |= 1 << MASK_PLANES["SAT"]
+    for _ in range(height * width // 2**16):
+        row, col = generator.integers(0, height - 3), generator.integers(0, width - 3)
+        mask[row : row + 3, col : col + 1] |= 1 << MASK_PLANES["CR"]
+    mask[: height // 16, : width // 16] |= 1 << MASK_PLANES["NO_DATA"]
+    image[: height // 16, : width // 16] = np.nan
+    edge = 1 << MASK_PLANES["EDGE"]
+    mask[:8, :] |= edge
+    mask[-8:, :] |= edge
+    mask[:, :8] |= edge
+    mask[:, -8:] |= edge
+
+
+def _simulate_scene(model: BlissModel, size: int, seed: int) -> dict[str, np.ndarray]:
+    simulator = ImageSimulator(
+        model.conditions,
+        model.prior,
+        SimulatorConfig(image_height=size, image_width=size, tile_size=model.encoder.config.tile_size),
+        device="cpu",
+    )
+    batch = simulator.sample(1, seed=seed)
+    image = batch.image[0].numpy().copy()
+    mask = batch.mask[0].numpy().astype(np.int32)
+    _add_defects(mask, image, np.random.default_rng(seed))
+    return {
+        "image": image,
+        "variance": batch.variance[0].numpy(),
+        "mask": mask,
+        "psf_fwhm_pix": np.float64(float(batch.psf_fwhm_arcsec[0]) / model.conditions.pixel_scale_arcsec),
+        "n_true_sources": np.int64(int(batch.truth.n_sources[0])),
+    }
+
+
+def _infer_in_child(scene_path: str, model_path: str | None, size: int, n_samples: int, device: str) -> dict:
+    """Run `infer_frame` on the top-left ``size x size`` crop; executed in a fresh process."""
+    model = BlissModel.load(Path(model_path)) if model_path else load_default_model()
+    scene = np.load(scene_path)
+    window = (slice(0, size), slice(0, size))
+    fwhm = float(scene["psf_fwhm_pix"])
+    config = FrameConfig(n_samples=n_samples, device=device)
+    start = time.perf_counter()
+    result = infer_frame(
+        model,
+        scene["image"][window],
+        scene["variance"][window],
+        scene["mask"][window],
+        lambda x, y: fwhm,  # a PSF model evaluated over the frame, as for a real detector
+        config,
+    )
+    if device != "cpu":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    return {
+        "seconds": seconds,
+        "timings": result.timings,
+        "n_detected": int(result.catalog.n_sources[0]),
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9,
+    }
+
+
+def _run_child(*args: Any) -> dict:
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(1) as pool:
+        return pool.apply(_infer_in_child, args)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the suite; returns the JSON results plus a one-line ``summary``."""
+    model = BlissModel.load(args.model) if args.model is not None else load_default_model()
+    largest = args.size or (2048 if args.quick else 4096)
+    if largest < 64 or largest % 4:
+        raise ValueError(f"--size {largest} must be a multiple of 4 and at least 64.")
+    sizes = [largest // 4, largest // 2, largest]
+    invalid_bits = invalid_mask_bits(DEFAULT_INVALID_MASK_PLANES)
+    results: dict[str, Any] = {"model": str(args.model) if args.model else "packaged default"}
+    with tempfile.TemporaryDirectory() as workdir:
+        start = time.perf_counter()
+        scene = _simulate_scene(model, largest, args.seed)
+        results["simulation_s"] = time.perf_counter() - start
+        results["n_true_sources"] = int(scene["n_true_sources"])
+        scene_path = str(Path(workdir) / "scene.npz")
+        np.savez(scene_path, **scene)
+        model_path = str(args.model) if args.model else None
+        per_size: dict[str, dict[str, Any]] = {}
+        for size in sizes:
+            window = (slice(0, size), slice(0, size))
+            start = time.perf_counter()
+            sep = run_sep(
+                scene["image"][window],
+                scene["variance"][window],
+                (scene["mask"][window] & invalid_bits) != 0,
+            )
+            sep_seconds = time.perf_counter() - start
+            bliss = _run_child(scene_path, model_path, size, args.n_samples, "cpu")
+            per_size[str(size)] = {
+                "bliss_s": bliss["seconds"],
+                "sep_s": sep_seconds,
+                "bliss_stage_s": bliss["timings"],
+                "bliss_n_detected": bliss["n_detected"],
+                "sep_n_detected": len(sep),
+                "bliss_peak_rss_gb": bliss["peak_rss_gb"],
+            }
+        if torch.cuda.is_available() and not args.no_gpu:
+            gpu = _run_child(scene_path, model_path, largest, args.n_samples, "cuda")
+            results[f"gpu_s_{largest // 1024}k"] = gpu["seconds"]
+            results["gpu_stage_s"] = gpu["timings"]
+    label = f"{largest // 1024}k" if largest % 1024 == 0 else f"{largest}px"
+    top = per_size[str(largest)]
+    pixels = np.array([float(size) ** 2 for size in sizes])
+    seconds = np.array([per_size[str(size)]["bliss_s"] for size in sizes])
+    exponent = float(np.polyfit(np.log(pixels), np.log(seconds), 1)[0])
+    results.update(
+        {
+            "sizes": sizes,
+            "n_samples": args.n_samples,
+            "per_size": per_size,
+            f"bliss_s_{label}": top["bliss_s"],
+            f"sep_s_{label}": top["sep_s"],
+            "ratio_vs_sep": top["bliss_s"] / top["sep_s"],
+            "mpix_per_s": largest**2 / 1e6 / top["bliss_s"],
+            "peak_rss_gb": max(entry["bliss_peak_rss_gb"] for entry in per_size.values()),
+            "scaling_exponent": exponent,
+        }
+    )
+    stages = ", ".join(f"{name} {value:.1f}s" for name, value in top["bliss_stage_s"].items())
+    results["summary"] = "\n".join(
+        [
+            f"infer: {label} ({largest}x{largest}, {results['n_true_sources']} true sources), "
+            f"{args.n_samples} samples; BLISS stages: {stages}",
+            f"bliss_s_{label} = {top['bliss_s']:.1f}, sep_s_{label} = {top['sep_s']:.1f}, "
+            f"ratio_vs_sep = {results['ratio_vs_sep']:.2f}, mpix_per_s = {results['mpix_per_s']:.3f}, "
+            f"peak_rss_gb = {results['peak_rss_gb']:.2f}, scaling_exponent = {exponent:.3f}",
+        ]
+    )
+    return results

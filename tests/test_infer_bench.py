@@ -1,0 +1,41 @@
+"""The ``bliss-bench infer`` suite runs and reports its keys (figures come from the real benchmark)."""
+
+import json
+
+import torch
+
+from lsst.meas.extensions.bliss import (
+    BlissEncoder,
+    BlissModel,
+    EncoderConfig,
+    PriorConfig,
+    SimulatorConfig,
+    SurveyConditions,
+)
+from lsst.meas.extensions.bliss.bench import main
+
+REQUIRED_KEYS = {
+    "bliss_s_256px",
+    "sep_s_256px",
+    "ratio_vs_sep",
+    "mpix_per_s",
+    "peak_rss_gb",
+    "scaling_exponent",
+    "per_size",
+}
+
+
+def test_infer_suite_times_bliss_and_sep_at_three_sizes(tmp_path, capsys) -> None:
+    torch.manual_seed(0)
+    encoder = BlissEncoder(EncoderConfig(pixel_channels=(8, 8, 16), tile_blocks=1, head_channels=16)).eval()
+    model = BlissModel(encoder, SurveyConditions.from_survey(), PriorConfig(), SimulatorConfig(), {"seed": 0})
+    model_path = model.save(tmp_path / "tiny.safetensors")
+    path = tmp_path / "infer.json"
+    argv = ["infer", "--model", str(model_path), "--size", "256", "--n-samples", "2", "--json", str(path)]
+    assert main(argv) == 0
+    results = json.loads(path.read_text())
+    assert REQUIRED_KEYS <= results.keys()
+    assert results["sizes"] == [64, 128, 256] and results["n_true_sources"] > 0
+    assert results["per_size"]["256"]["bliss_stage_s"]["samples"] > 0
+    assert 0 < results["peak_rss_gb"] < 4 and results["ratio_vs_sep"] > 0
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("bliss_s_256px = ")
