@@ -12,7 +12,14 @@ which removes the dip of detection probability at tile edges.
 
 from __future__ import annotations
 
-__all__ = ["BlissEncoder", "EncoderConfig", "TilePosterior", "checkerboard_groups", "make_tile_truth"]
+__all__ = [
+    "BlissEncoder",
+    "EncodedImage",
+    "EncoderConfig",
+    "TilePosterior",
+    "checkerboard_groups",
+    "make_tile_truth",
+]
 
 import dataclasses
 import math
@@ -153,6 +160,26 @@ class TilePosterior:
     flux_scale_njy: torch.Tensor
 
 
+@dataclasses.dataclass
+class EncodedImage:
+    """What every posterior pass over the same images shares.
+
+    Attributes
+    ----------
+    features
+        Backbone features, (B, C, Ht, Wt).
+    projected
+        The head's feature convolution of them, (B, head_channels, Ht, Wt).
+    hidden_empty
+        The head's first hidden layer with an empty context (no tile
+        decided), (B, head_channels, Ht, Wt): the first colour group's input.
+    """
+
+    features: torch.Tensor
+    projected: torch.Tensor
+    hidden_empty: torch.Tensor
+
+
 class BlissEncoder(nn.Module):
     """Convolutional encoder with checkerboard heads.
 
@@ -244,6 +271,48 @@ class BlissEncoder(nn.Module):
             start += factor.n_params
         return params
 
+    def encode(self, inputs: NetworkInputs) -> EncodedImage:
+        """Backbone and the context-free part of the head, to be shared by several posterior passes."""
+        features = self.features(inputs)
+        projected = self.head_features(features)
+        batch, _, n_rows, n_cols = features.shape
+        empty = features.new_zeros(batch, CONTEXT_CHANNELS, n_rows, n_cols)
+        return EncodedImage(features, projected, projected + self.head_context(self.context_embedding(empty)))
+
+    def _raw_to_params(self, raw: torch.Tensor) -> dict[str, torch.Tensor]:
+        params, start = {}, 0
+        raw = raw.permute(0, 2, 3, 1)
+        for factor in self.factors:
+            params[factor.name] = raw[..., start : start + factor.n_params]
+            start += factor.n_params
+        return params
+
+    def _head_on_sublattice(self, hidden: torch.Tensor, row: int, col: int) -> dict[str, torch.Tensor]:
+        """`head` evaluated only at tiles ``(row + 2 i, col + 2 j)``: params (B, h, w, n)."""
+        _, conv, _, output = self.head
+        padded = nn.functional.pad(nn.functional.silu(hidden), (1, 1, 1, 1))[..., row:, col:]
+        return self._raw_to_params(
+            output(nn.functional.silu(nn.functional.conv2d(padded, conv.weight, conv.bias, stride=2)))
+        )
+
+    def _context_update(
+        self, values: dict[str, torch.Tensor], row: int, col: int, shape: tuple[int, int]
+    ) -> torch.Tensor:
+        """Change of ``head_context(context_embedding(context))`` when the tiles ``(row + 2 i, col + 2 j)``
+        become decided with ``values`` (given on that sublattice), (B, head_channels, Ht, Wt).
+
+        The context embedding changes only on the sublattice, so its convolution is a stride-2
+        transposed convolution of the sublattice (a quarter of the dense cost)."""
+        embedding = self.context_embedding
+        context = self._context(values, values["detection"].new_ones(values["detection"].shape[1:3]).bool())
+        empty = embedding(torch.zeros_like(context[:, :, :1, :1]))
+        change = embedding(context) - empty
+        weight = self.head_context.weight.flip(-2, -1).transpose(0, 1)
+        update = nn.functional.conv_transpose2d(change, weight, stride=2, padding=(1 - row, 1 - col))
+        n_rows, n_cols = shape
+        update = update[..., :n_rows, :n_cols]
+        return nn.functional.pad(update, (0, n_cols - update.shape[-1], 0, n_rows - update.shape[-2]))
+
     def _groups(self, features: torch.Tensor) -> torch.Tensor:
         return checkerboard_groups(*features.shape[-2:], self.config.checkerboard_groups, features.device)
 
@@ -296,7 +365,7 @@ class BlissEncoder(nn.Module):
         self,
         inputs: NetworkInputs,
         randomness: TileRandomness | None = None,
-        features: torch.Tensor | None = None,
+        encoded: EncodedImage | None = None,
         checkerboard: bool = True,
     ) -> TilePosterior:
         """Decide every tile group by group, conditioning on earlier groups.
@@ -309,8 +378,8 @@ class BlissEncoder(nn.Module):
             Draw each group's values from the posterior (one catalog sample)
             with these tile-keyed random numbers; None uses modes (detection
             where the probability > 0.5).
-        features
-            Precomputed `features` (to draw several samples cheaply).
+        encoded
+            Precomputed `encode` of ``inputs`` (to draw several samples cheaply).
         checkerboard
             False decides every tile in one pass with the first group's empty
             context, as if the network had no checkerboard: an ablation that
@@ -321,38 +390,92 @@ class BlissEncoder(nn.Module):
         posterior
             Parameters and decided values of every tile.
         """
-        features = self.features(inputs) if features is None else features
-        projected = self.head_features(features)
-        groups = self._groups(features)
+        encoded = self.encode(inputs) if encoded is None else encoded
+        if checkerboard and self.config.checkerboard_groups == 4:
+            return self._posterior_on_sublattices(encoded, randomness, inputs.flux_scale_njy)
+        return self._posterior_dense(encoded, randomness, inputs.flux_scale_njy, checkerboard)
+
+    def _posterior_dense(
+        self,
+        encoded: EncodedImage,
+        randomness: TileRandomness | None,
+        flux_scale_njy: torch.Tensor,
+        checkerboard: bool = True,
+    ) -> TilePosterior:
+        """`posterior` with the head evaluated on every tile for every colour group."""
+        groups = self._groups(encoded.features)
         n_groups = self.config.checkerboard_groups
         if not checkerboard:
             groups, n_groups = torch.zeros_like(groups), 1
-        batch, _, n_rows, n_cols = features.shape
+        batch, _, n_rows, n_cols = encoded.features.shape
         values: dict[str, torch.Tensor] = {}
         params_out: dict[str, torch.Tensor] = {}
         for group in range(n_groups):
             if group == 0:
-                context = features.new_zeros(batch, CONTEXT_CHANNELS, n_rows, n_cols)
+                params = self._raw_to_params(self.head(encoded.hidden_empty))
             else:
-                context = self._context(values, groups < group)
-            params = self._group_params(projected, context)
+                params = self._group_params(encoded.projected, self._context(values, groups < group))
             in_group = groups == group
-            for stream, factor in enumerate(self.factors):
-                if randomness is None:
-                    chosen = factor.mode(params[factor.name])
-                else:
-                    uniform = randomness.uniform(
-                        stream, (batch, n_rows, n_cols), factor.dims, features.device, features.dtype
-                    )
-                    chosen = factor.sample(params[factor.name], uniform)
-                if factor.name not in values:
-                    values[factor.name] = torch.zeros_like(chosen)
-                    params_out[factor.name] = torch.zeros_like(params[factor.name])
-                values[factor.name] = torch.where(in_group[..., None], chosen, values[factor.name])
-                params_out[factor.name] = torch.where(
-                    in_group[..., None], params[factor.name], params_out[factor.name]
+            chosen = self._decide(params, randomness, (0, 0), 1)
+            for name, value in chosen.items():
+                if name not in values:
+                    values[name] = torch.zeros_like(value)
+                    params_out[name] = torch.zeros_like(params[name])
+                values[name] = torch.where(in_group[..., None], value, values[name])
+                params_out[name] = torch.where(in_group[..., None], params[name], params_out[name])
+        return TilePosterior(params=params_out, values=values, flux_scale_njy=flux_scale_njy)
+
+    def _decide(
+        self,
+        params: dict[str, torch.Tensor],
+        randomness: TileRandomness | None,
+        offset: tuple[int, int],
+        stride: int,
+    ) -> dict[str, torch.Tensor]:
+        """Modes, or samples for tiles ``offset + stride * (i, j)`` of the tensors ``randomness`` covers."""
+        chosen = {}
+        for stream, factor in enumerate(self.factors):
+            if randomness is None:
+                chosen[factor.name] = factor.mode(params[factor.name])
+            else:
+                reference = params[factor.name]
+                uniform = randomness.uniform(
+                    stream,
+                    reference.shape[:3],
+                    factor.dims,
+                    reference.device,
+                    reference.dtype,
+                    offset,
+                    stride,
                 )
-        return TilePosterior(params=params_out, values=values, flux_scale_njy=inputs.flux_scale_njy)
+                chosen[factor.name] = factor.sample(params[factor.name], uniform)
+        return chosen
+
+    def _posterior_on_sublattices(
+        self, encoded: EncodedImage, randomness: TileRandomness | None, flux_scale_njy: torch.Tensor
+    ) -> TilePosterior:
+        """`posterior` with four colour groups, each a stride-2 sublattice of tiles.
+
+        The same computation as the dense loop, with the head's last convolutions evaluated only
+        on the group being decided and the context convolution updated only where tiles were
+        decided: about four times fewer operations per pass."""
+        batch, _, n_rows, n_cols = encoded.features.shape
+        hidden = encoded.hidden_empty
+        values: dict[str, torch.Tensor] = {}
+        params_out: dict[str, torch.Tensor] = {}
+        for group in range(4):
+            row, col = divmod(group, 2)
+            params = self._head_on_sublattice(hidden, row, col)
+            chosen = self._decide(params, randomness, (row, col), 2)
+            for name, value in chosen.items():
+                if name not in values:
+                    values[name] = value.new_zeros(batch, n_rows, n_cols, value.shape[-1])
+                    params_out[name] = value.new_zeros(batch, n_rows, n_cols, params[name].shape[-1])
+                values[name][:, row::2, col::2] = value
+                params_out[name][:, row::2, col::2] = params[name]
+            if group < 3:
+                hidden = hidden + self._context_update(chosen, row, col, (n_rows, n_cols))
+        return TilePosterior(params=params_out, values=values, flux_scale_njy=flux_scale_njy)
 
 
 def make_tile_truth(

@@ -432,8 +432,8 @@ def infer_frame(
                 flux_scale_njy=inputs.flux_scale_njy.to(device),
             )
             core = (slice(row0 - win_r0, row1 - win_r0), slice(col0 - win_c0, col1 - win_c0))
-            features = encoder.features(chunk_inputs)
-            estimate = _crop_posterior(encoder.posterior(chunk_inputs, features=features), *core)
+            encoded = encoder.encode(chunk_inputs)
+            estimate = _crop_posterior(encoder.posterior(chunk_inputs, encoded=encoded), *core)
             for name, params in estimate.params.items():
                 tile_params[name][row0:row1, col0:col1] = params[0].cpu()
             estimate_parts.append(
@@ -445,7 +445,7 @@ def infer_frame(
             tick = time.perf_counter()
             for index in range(config.n_samples):
                 randomness = TileRandomness(config.seed, sample_index=index, tile_origin=(win_r0, win_c0))
-                sample = encoder.posterior(chunk_inputs, randomness=randomness, features=features)
+                sample = encoder.posterior(chunk_inputs, randomness=randomness, encoded=encoded)
                 sample_parts[index].append(
                     _catalog_rows(
                         _crop_posterior(sample, *core), encoder, pixel_scale, None, (row0, col0), n_tiles_w

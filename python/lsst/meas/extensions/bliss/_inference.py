@@ -288,11 +288,11 @@ def sample_catalogs(
     inputs = _normalized_inputs(encoder, image, variance, mask, psf_fwhm_pix)
     samples = []
     with _evaluation_mode(encoder), torch.no_grad():
-        features = encoder.features(inputs)
+        encoded = encoder.encode(inputs)
         for index in range(n_samples):
             randomness = TileRandomness(seed, sample_index=index)
             posterior = encoder.posterior(
-                inputs, randomness=randomness, features=features, checkerboard=checkerboard
+                inputs, randomness=randomness, encoded=encoded, checkerboard=checkerboard
             )
             tiles = posterior_to_tile_catalog(
                 posterior, encoder, pixel_scale_arcsec, detection_threshold=None

@@ -49,7 +49,14 @@ class TileRandomness:
     tile_origin: tuple[int, int] = (0, 0)
 
     def uniform(
-        self, stream: int, shape: tuple[int, int, int], n: int, device: torch.device, dtype: torch.dtype
+        self,
+        stream: int,
+        shape: tuple[int, int, int],
+        n: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        offset: tuple[int, int] = (0, 0),
+        stride: int = 1,
     ) -> torch.Tensor:
         """Uniform numbers in (0, 1), shape ``shape + (n,)``.
 
@@ -61,17 +68,20 @@ class TileRandomness:
             ``(B, Ht, Wt)``: images and tiles.
         n
             Numbers per tile.
+        offset, stride
+            The tiles are ``offset + stride * (i, j)`` of the tensors this
+            object's ``tile_origin`` refers to (a sublattice of them).
         """
         batch, n_rows, n_cols = shape
         key = _mix32(torch.tensor([self.seed & _MASK32], dtype=torch.int64, device=device))
         for value in (self.seed >> 32, self.sample_index, stream):
             key = _mix32(key ^ (value & _MASK32))
         images = torch.arange(batch, dtype=torch.int64, device=device)[:, None, None, None]
-        rows = (
-            torch.arange(n_rows, dtype=torch.int64, device=device)[None, :, None, None] + self.tile_origin[0]
+        rows = torch.arange(n_rows, dtype=torch.int64, device=device)[None, :, None, None] * stride + (
+            self.tile_origin[0] + offset[0]
         )
-        cols = (
-            torch.arange(n_cols, dtype=torch.int64, device=device)[None, None, :, None] + self.tile_origin[1]
+        cols = torch.arange(n_cols, dtype=torch.int64, device=device)[None, None, :, None] * stride + (
+            self.tile_origin[1] + offset[1]
         )
         components = torch.arange(n, dtype=torch.int64, device=device)[None, None, None, :]
         bits = key
