@@ -1,5 +1,6 @@
 """Full-frame inference: chunking without seams, masks and flags, varying PSF, samples, bad input."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -71,30 +72,32 @@ def test_chunked_and_single_chunk_runs_agree() -> None:
     assert (whole.catalog.x < 508.5).all() and (whole.catalog.y < 511.5).all()
 
 
-def test_too_small_a_halo_would_show_seams() -> None:
-    """The halo is needed: a layout with half of it changes the parameters of tiles near chunk edges."""
+@pytest.mark.parametrize("shrunk", ["halo_tiles", "head_margin"])
+def test_too_small_a_halo_or_head_margin_would_show_seams(shrunk: str) -> None:
+    """Both margins are needed: half of either changes tiles near chunk edges (with the checkerboard
+    head's margin, the posterior samples)."""
     from lsst.meas.extensions.bliss import _frame
 
     model = random_model()
     image, variance, mask = scene(256, 256)
-    reference = infer_frame(model, image, variance, mask, FWHM_PIX, FrameConfig(n_samples=0, device="cpu"))
+    options = {"n_samples": 1, "seed": 3, "device": "cpu"}
+    reference = infer_frame(model, image, variance, mask, FWHM_PIX, FrameConfig(**options))
     original = _frame._layout
 
-    def half_halo(*args, **kwargs):
+    def shrink(*args, **kwargs):
         layout = original(*args, **kwargs)
-        return _frame._ChunkLayout(
-            layout.n_tiles_h, layout.n_tiles_w, layout.core_tiles, layout.halo_tiles // 2
-        )
+        return dataclasses.replace(layout, **{shrunk: getattr(layout, shrunk) // 2})
 
-    _frame._layout = half_halo
+    _frame._layout = shrink
     try:
-        seamed = infer_frame(
-            model, image, variance, mask, FWHM_PIX, FrameConfig(n_samples=0, chunk_pixels=64, device="cpu")
-        )
+        seamed = infer_frame(model, image, variance, mask, FWHM_PIX, FrameConfig(chunk_pixels=64, **options))
     finally:
         _frame._layout = original
-    difference = (seamed.tile_params["detection"] - reference.tile_params["detection"]).abs().max()
-    assert difference > 1e-6  # chunked runs with the full halo agree exactly (see above)
+    # Chunked runs with the full margins agree exactly (see above).
+    differences = [
+        (seamed.tile_params[name] - reference.tile_params[name]).abs().max() for name in reference.tile_params
+    ]
+    assert max(differences) > 1e-6
 
 
 def test_samples_are_reproducible_and_seeded() -> None:

@@ -26,7 +26,7 @@ import torch
 from ._catalog import FullCatalog, _empty_fields
 from ._conditions import SurveyConditions
 from ._device import resolve_device
-from ._encoder import BlissEncoder, TilePosterior
+from ._encoder import BlissEncoder, EncodedImage, TilePosterior
 from ._inference import ESTIMATE_FIELDS, _evaluation_mode, posterior_to_tile_catalog
 from ._model_io import BlissModel
 from ._normalize import DEFAULT_INVALID_MASK_PLANES, invalid_mask_bits, prepare_inputs
@@ -204,6 +204,7 @@ class _ChunkLayout:
     n_tiles_w: int
     core_tiles: int
     halo_tiles: int
+    head_margin: int
 
     def chunks(self) -> list[tuple[int, int, int, int]]:
         """``(row0, row1, col0, col1)`` core tile ranges, in raster order."""
@@ -220,17 +221,25 @@ class _ChunkLayout:
 
 def _layout(encoder: BlissEncoder, n_tiles_h: int, n_tiles_w: int, config: FrameConfig) -> _ChunkLayout:
     tile, groups = encoder.config.tile_size, encoder.config.checkerboard_groups
-    # Decisions reach two tiles further with each colour group (the head's two 3x3 convolutions).
-    halo = math.ceil(encoder.config.context_pixels / tile) + 2 * groups
     period = 2  # origins on even tiles keep every tile's checkerboard colour
-    halo = period * math.ceil(halo / period)
+    # Decisions reach two tiles further with each colour group (the head's two 3x3 convolutions).
+    head_margin = period * math.ceil(2 * groups / period)
+    halo = period * math.ceil(encoder.config.context_pixels / tile / period) + head_margin
     if config.chunk_pixels is None:
         side = math.sqrt(config.memory_budget_gb * 1e9 / _BYTES_PER_PIXEL) / tile
         core = max(period, int(side) - 2 * halo)
     else:
         core = max(period, config.chunk_pixels // tile)
     core = period * max(1, core // period)
-    return _ChunkLayout(n_tiles_h, n_tiles_w, core, halo)
+    return _ChunkLayout(n_tiles_h, n_tiles_w, core, halo, head_margin)
+
+
+def _crop_encoded(encoded: EncodedImage, rows: slice, cols: slice) -> EncodedImage:
+    return EncodedImage(
+        encoded.features[..., rows, cols],
+        encoded.projected[..., rows, cols],
+        encoded.hidden_empty[..., rows, cols],
+    )
 
 
 def _crop_posterior(posterior: TilePosterior, rows: slice, cols: slice) -> TilePosterior:
@@ -431,8 +440,16 @@ def infer_frame(
                 ),
                 flux_scale_njy=inputs.flux_scale_njy.to(device),
             )
-            core = (slice(row0 - win_r0, row1 - win_r0), slice(col0 - win_c0, col1 - win_c0))
-            encoded = encoder.encode(chunk_inputs)
+            # The posterior passes need only the core and the tiles its decisions depend on through
+            # the colour groups; the rest of the halo served the backbone's receptive field.
+            head_r0, head_r1 = max(win_r0, row0 - layout.head_margin), min(win_r1, row1 + layout.head_margin)
+            head_c0, head_c1 = max(win_c0, col0 - layout.head_margin), min(win_c1, col1 + layout.head_margin)
+            encoded = _crop_encoded(
+                encoder.encode(chunk_inputs),
+                slice(head_r0 - win_r0, head_r1 - win_r0),
+                slice(head_c0 - win_c0, head_c1 - win_c0),
+            )
+            core = (slice(row0 - head_r0, row1 - head_r0), slice(col0 - head_c0, col1 - head_c0))
             estimate = _crop_posterior(encoder.posterior(chunk_inputs, encoded=encoded), *core)
             for name, params in estimate.params.items():
                 tile_params[name][row0:row1, col0:col1] = params[0].cpu()
@@ -444,7 +461,7 @@ def infer_frame(
             timings["network"] += time.perf_counter() - tick
             tick = time.perf_counter()
             for index in range(config.n_samples):
-                randomness = TileRandomness(config.seed, sample_index=index, tile_origin=(win_r0, win_c0))
+                randomness = TileRandomness(config.seed, sample_index=index, tile_origin=(head_r0, head_c0))
                 sample = encoder.posterior(chunk_inputs, randomness=randomness, encoded=encoded)
                 sample_parts[index].append(
                     _catalog_rows(
