@@ -26,7 +26,7 @@ import torch
 from ._catalog import FullCatalog, _empty_fields
 from ._conditions import SurveyConditions
 from ._device import resolve_device
-from ._encoder import BlissEncoder, EncodedImage, TilePosterior
+from ._encoder import BlissEncoder, TilePosterior
 from ._inference import ESTIMATE_FIELDS, _evaluation_mode, posterior_to_tile_catalog
 from ._model_io import BlissModel
 from ._normalize import DEFAULT_INVALID_MASK_PLANES, invalid_mask_bits, prepare_inputs
@@ -234,14 +234,6 @@ def _layout(encoder: BlissEncoder, n_tiles_h: int, n_tiles_w: int, config: Frame
     return _ChunkLayout(n_tiles_h, n_tiles_w, core, halo, head_margin)
 
 
-def _crop_encoded(encoded: EncodedImage, rows: slice, cols: slice) -> EncodedImage:
-    return EncodedImage(
-        encoded.features[..., rows, cols],
-        encoded.projected[..., rows, cols],
-        encoded.hidden_empty[..., rows, cols],
-    )
-
-
 def _crop_posterior(posterior: TilePosterior, rows: slice, cols: slice) -> TilePosterior:
     def crop(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {name: value[:, rows, cols] for name, value in tensors.items()}
@@ -444,10 +436,8 @@ def infer_frame(
             # the colour groups; the rest of the halo served the backbone's receptive field.
             head_r0, head_r1 = max(win_r0, row0 - layout.head_margin), min(win_r1, row1 + layout.head_margin)
             head_c0, head_c1 = max(win_c0, col0 - layout.head_margin), min(win_c1, col1 + layout.head_margin)
-            encoded = _crop_encoded(
-                encoder.encode(chunk_inputs),
-                slice(head_r0 - win_r0, head_r1 - win_r0),
-                slice(head_c0 - win_c0, head_c1 - win_c0),
+            encoded = encoder.encode(chunk_inputs).crop(
+                slice(head_r0 - win_r0, head_r1 - win_r0), slice(head_c0 - win_c0, head_c1 - win_c0)
             )
             core = (slice(row0 - head_r0, row1 - head_r0), slice(col0 - head_c0, col1 - head_c0))
             estimate = _crop_posterior(encoder.posterior(chunk_inputs, encoded=encoded), *core)

@@ -73,19 +73,53 @@ class TileRandomness:
             object's ``tile_origin`` refers to (a sublattice of them).
         """
         batch, n_rows, n_cols = shape
-        key = _mix32(torch.tensor([self.seed & _MASK32], dtype=torch.int64, device=device))
-        for value in (self.seed >> 32, self.sample_index, stream):
-            key = _mix32(key ^ (value & _MASK32))
         images = torch.arange(batch, dtype=torch.int64, device=device)[:, None, None, None]
-        rows = torch.arange(n_rows, dtype=torch.int64, device=device)[None, :, None, None] * stride + (
-            self.tile_origin[0] + offset[0]
+        rows = (
+            torch.arange(n_rows, dtype=torch.int64, device=device)[None, :, None, None] * stride + offset[0]
         )
-        cols = torch.arange(n_cols, dtype=torch.int64, device=device)[None, None, :, None] * stride + (
-            self.tile_origin[1] + offset[1]
+        cols = (
+            torch.arange(n_cols, dtype=torch.int64, device=device)[None, None, :, None] * stride + offset[1]
         )
         components = torch.arange(n, dtype=torch.int64, device=device)[None, None, None, :]
+        return self._uniform(stream, images, rows, cols, components, dtype)
+
+    def uniform_at(
+        self,
+        stream: int,
+        images: torch.Tensor,
+        rows: torch.Tensor,
+        cols: torch.Tensor,
+        n: int,
+        dtype: torch.dtype,
+    ) -> torch.Tensor:
+        """The numbers `uniform` gives the listed tiles, shape (P, n).
+
+        Parameters
+        ----------
+        stream
+            Index of the consumer (a factor).
+        images, rows, cols
+            Image index and tile row and column (of the tensors ``tile_origin``
+            refers to) of each of ``P`` tiles, int64, shape (P,).
+        n
+            Numbers per tile.
+        """
+        components = torch.arange(n, dtype=torch.int64, device=rows.device)[None, :]
+        return self._uniform(stream, images[:, None], rows[:, None], cols[:, None], components, dtype)
+
+    def _uniform(
+        self,
+        stream: int,
+        images: torch.Tensor,
+        rows: torch.Tensor,
+        cols: torch.Tensor,
+        components: torch.Tensor,
+        dtype: torch.dtype,
+    ) -> torch.Tensor:
+        key = _mix32(torch.tensor([self.seed & _MASK32], dtype=torch.int64, device=rows.device))
+        for value in (self.seed >> 32, self.sample_index, stream):
+            key = _mix32(key ^ (value & _MASK32))
         bits = key
-        for counter in (images, rows, cols, components):
+        for counter in (images, rows + self.tile_origin[0], cols + self.tile_origin[1], components):
             bits = _mix32(bits ^ (counter & _MASK32))
-        # 24 random bits, centred in their interval so that 0 and 1 never occur.
         return ((bits >> 8).to(dtype) + 0.5) * (1.0 / 2**24)
