@@ -191,6 +191,13 @@ def sparse_posterior(
             )
             decided = detection.sample(group_detection, uniform)
         values["detection"][:, row::2, col::2] = decided
+        if randomness is None:
+            # Modes of every tile (cheap), so that a catalog may use a detection threshold below 0.5.
+            for factor in encoder.factors:
+                if factor.name != "detection":
+                    values[factor.name][:, row::2, col::2] = factor.mode(
+                        params[factor.name][:, row::2, col::2]
+                    )
         images, sub_rows, sub_cols = torch.nonzero(decided[..., 0] > 0.5, as_tuple=True)
         if images.numel() == 0:
             continue
@@ -200,14 +207,13 @@ def sparse_posterior(
         for factor in encoder.factors:
             if factor.name == "detection":
                 continue
-            tile_params = params[factor.name][images, rows, cols]
             if randomness is None:
-                chosen[factor.name] = factor.mode(tile_params)
-            else:
-                uniform = randomness.uniform_at(
-                    streams[factor.name], images, rows, cols, factor.dims, reference.dtype
-                )
-                chosen[factor.name] = factor.sample(tile_params, uniform)
+                chosen[factor.name] = values[factor.name][images, rows, cols]
+                continue
+            uniform = randomness.uniform_at(
+                streams[factor.name], images, rows, cols, factor.dims, reference.dtype
+            )
+            chosen[factor.name] = factor.sample(params[factor.name][images, rows, cols], uniform)
             values[factor.name][images, rows, cols] = chosen[factor.name]
         if group < N_GROUPS - 1:
             _add_context(encoder, change, chosen, images, rows, cols)
