@@ -321,7 +321,10 @@ def run_sep(
     seg_id = np.arange(1, len(objects) + 1, dtype=np.int32)
     shape_ok = np.isfinite(a) & np.isfinite(b) & np.isfinite(theta) & (a > 0) & (b > 0)
     safe_a, safe_b = np.where(shape_ok, a, 1.0), np.where(shape_ok, b, 1.0)
-    safe_theta = np.where(shape_ok, theta, 0.0)
+    # SEP rejects apertures with b > a or |theta| > pi/2, which float32 rounding of its own output
+    # can produce (theta = pi/2 rounds up to 1.5707964); such an error would end the whole image.
+    safe_b = np.minimum(safe_b, safe_a)
+    safe_theta = np.clip(np.where(shape_ok, theta, 0.0), -np.pi / 2, np.pi / 2)
 
     kron_radius, kron_flag = sep.kron_radius(
         data,
