@@ -282,13 +282,7 @@ class BlissEncoder(nn.Module):
 
     def _group_params(self, projected: torch.Tensor, context: torch.Tensor) -> dict[str, torch.Tensor]:
         """Raw parameters per factor, (B, Ht, Wt, n); ``projected`` is ``head_features(features)``."""
-        hidden = projected + self.head_context(self.context_embedding(context))
-        raw = self.head(hidden).permute(0, 2, 3, 1)
-        params, start = {}, 0
-        for factor in self.factors:
-            params[factor.name] = raw[..., start : start + factor.n_params]
-            start += factor.n_params
-        return params
+        return self._raw_to_params(self.head(projected + self.head_context(self.context_embedding(context))))
 
     def encode(self, inputs: NetworkInputs) -> EncodedImage:
         """Backbone and the context-free part of the head, to be shared by several posterior passes."""
@@ -301,8 +295,12 @@ class BlissEncoder(nn.Module):
         return EncodedImage(features, projected, hidden_empty, absent)
 
     def _raw_to_params(self, raw: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Split the head's output (B, n_total, Ht, Wt) into raw parameters per factor, (B, Ht, Wt, n)."""
+        return self._split_params(raw.permute(0, 2, 3, 1))
+
+    def _split_params(self, raw: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Split raw parameters (..., n_total) per factor, (..., n)."""
         params, start = {}, 0
-        raw = raw.permute(0, 2, 3, 1)
         for factor in self.factors:
             params[factor.name] = raw[..., start : start + factor.n_params]
             start += factor.n_params
@@ -428,7 +426,6 @@ class BlissEncoder(nn.Module):
         n_groups = self.config.checkerboard_groups
         if not checkerboard:
             groups, n_groups = torch.zeros_like(groups), 1
-        batch, _, n_rows, n_cols = encoded.features.shape
         values: dict[str, torch.Tensor] = {}
         params_out: dict[str, torch.Tensor] = {}
         for group in range(n_groups):
@@ -437,7 +434,7 @@ class BlissEncoder(nn.Module):
             else:
                 params = self._group_params(encoded.projected, self._context(values, groups < group))
             in_group = groups == group
-            chosen = self._decide(params, randomness, (0, 0), 1)
+            chosen = self._decide(params, randomness)
             for name, value in chosen.items():
                 if name not in values:
                     values[name] = torch.zeros_like(value)
@@ -447,29 +444,17 @@ class BlissEncoder(nn.Module):
         return TilePosterior(params=params_out, values=values, flux_scale_njy=flux_scale_njy)
 
     def _decide(
-        self,
-        params: dict[str, torch.Tensor],
-        randomness: TileRandomness | None,
-        offset: tuple[int, int],
-        stride: int,
+        self, params: dict[str, torch.Tensor], randomness: TileRandomness | None
     ) -> dict[str, torch.Tensor]:
-        """Modes, or samples for tiles ``offset + stride * (i, j)`` of the tensors ``randomness`` covers."""
+        """Modes of every tile, or one sample with the tile-keyed numbers of ``randomness``."""
         chosen = {}
         for stream, factor in enumerate(self.factors):
+            value = params[factor.name]
             if randomness is None:
-                chosen[factor.name] = factor.mode(params[factor.name])
+                chosen[factor.name] = factor.mode(value)
             else:
-                reference = params[factor.name]
-                uniform = randomness.uniform(
-                    stream,
-                    reference.shape[:3],
-                    factor.dims,
-                    reference.device,
-                    reference.dtype,
-                    offset,
-                    stride,
-                )
-                chosen[factor.name] = factor.sample(params[factor.name], uniform)
+                uniform = randomness.uniform(stream, value.shape[:3], factor.dims, value.device, value.dtype)
+                chosen[factor.name] = factor.sample(value, uniform)
         return chosen
 
 

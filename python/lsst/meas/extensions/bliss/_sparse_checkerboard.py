@@ -101,12 +101,7 @@ def _head_at(
     activated = nn.functional.silu(hidden[index] + change[index]) * inside[..., None].to(hidden.dtype)
     weight = conv.weight.permute(0, 2, 3, 1).reshape(conv.out_channels, 9 * channels)
     layer = nn.functional.silu(nn.functional.linear(activated.reshape(-1, 9 * channels), weight, conv.bias))
-    raw = nn.functional.linear(layer, output.weight[:, :, 0, 0], output.bias)
-    params, start = {}, 0
-    for factor in encoder.factors:
-        params[factor.name] = raw[:, start : start + factor.n_params]
-        start += factor.n_params
-    return params
+    return encoder._split_params(nn.functional.linear(layer, output.weight[:, :, 0, 0], output.bias))
 
 
 def _add_context(
