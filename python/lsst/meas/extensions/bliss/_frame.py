@@ -16,6 +16,7 @@ __all__ = ["FRAME_FLAGS", "FrameConfig", "FrameResult", "PsfModel", "infer_frame
 
 import copy
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -144,13 +145,22 @@ def psf_kernel_fwhm_pix(kernel: np.ndarray, conditions: SurveyConditions) -> flo
         )
     kernel = kernel / kernel.sum()
     area = 1.0 / float(np.square(kernel).sum())
-    fwhm_grid, area_grid = _effective_area_table(conditions)
+    family = (conditions.psf_model, conditions.moffat_beta, conditions.pixel_scale_arcsec)
+    fwhm_grid, area_grid = _effective_area_table(*family)
     return float(np.interp(area, area_grid, fwhm_grid))
 
 
-def _effective_area_table(conditions: SurveyConditions) -> tuple[np.ndarray, np.ndarray]:
+@functools.lru_cache(maxsize=8)
+def _effective_area_table(
+    psf_model: str, moffat_beta: float, pixel_scale_arcsec: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Effective area of the PSF family (pixelized) on a grid of FWHM in pixels; cached because a PSF
+    callable is evaluated at hundreds of positions of a detector."""
     fwhm_pix = np.linspace(0.5, 20.0, 196)
-    psf = conditions.psf(fwhm_pix * conditions.pixel_scale_arcsec)
+    conditions = SurveyConditions.from_survey().replace(
+        psf_model=psf_model, moffat_beta=moffat_beta, pixel_scale_arcsec=pixel_scale_arcsec
+    )
+    psf = conditions.psf(fwhm_pix * pixel_scale_arcsec)
     size = 128
     transform = psf.fourier_grid(size, dtype=torch.float64)
     images = torch.fft.irfft2(transform.to(torch.complex128), s=(size, size))
