@@ -259,18 +259,27 @@ def _catalog_rows(
     tile_origin: tuple[int, int],
     n_tiles_w: int,
 ) -> dict[str, torch.Tensor]:
-    """Sources of one chunk's core as flat rows, with global positions and tile index."""
-    tiles = posterior_to_tile_catalog(posterior, encoder, pixel_scale_arcsec, detection_threshold)
-    present = tiles.n_sources[0] > 0
+    """Sources of one chunk's core (a batch of one) as flat rows, with global positions and tile index."""
+    if detection_threshold is None:
+        present = posterior.values["detection"][0, ..., 0] > 0.5
+    else:
+        present = torch.sigmoid(posterior.params["detection"][0, ..., 0]) > detection_threshold
     tile_rows, tile_cols = torch.nonzero(present, as_tuple=True)
-    x, y = tiles.pixel_positions()
-    offset_y, offset_x = (origin * tiles.tile_size for origin in tile_origin)
+    # The catalog fields of the selected tiles only, laid out as a one-row tile grid (1, 1, P).
+    selected = TilePosterior(
+        {name: value[:, tile_rows, tile_cols][:, None] for name, value in posterior.params.items()},
+        {name: value[:, tile_rows, tile_cols][:, None] for name, value in posterior.values.items()},
+        posterior.flux_scale_njy,
+    )
+    tiles = posterior_to_tile_catalog(selected, encoder, pixel_scale_arcsec, detection_threshold)
+    location = tiles.locations[0, 0, :, 0]
+    tile = tiles.tile_size
     rows = {
-        "x": x[0, tile_rows, tile_cols, 0] + offset_x,
-        "y": y[0, tile_rows, tile_cols, 0] + offset_y,
+        "x": (tile_cols + tile_origin[1] + location[:, 0]) * tile - 0.5,
+        "y": (tile_rows + tile_origin[0] + location[:, 1]) * tile - 0.5,
         "tile_index": (tile_rows + tile_origin[0]) * n_tiles_w + tile_cols + tile_origin[1],
     }
-    rows.update({name: value[0, tile_rows, tile_cols, 0] for name, value in tiles.fields.items()})
+    rows.update({name: value[0, 0, :, 0] for name, value in tiles.fields.items()})
     return rows
 
 
