@@ -28,9 +28,9 @@ from ._catalog import FullCatalog, _empty_fields
 from ._conditions import SurveyConditions
 from ._device import resolve_device
 from ._encoder import BlissEncoder, TilePosterior
-from ._inference import ESTIMATE_FIELDS, _evaluation_mode, posterior_to_tile_catalog
+from ._inference import ESTIMATE_FIELDS, _evaluation_mode, _normalized_inputs, posterior_to_tile_catalog
 from ._model_io import BlissModel
-from ._normalize import DEFAULT_INVALID_MASK_PLANES, invalid_mask_bits, prepare_inputs
+from ._normalize import DEFAULT_INVALID_MASK_PLANES, invalid_mask_bits
 from ._random import TileRandomness
 
 PsfModel = float | Callable[[float, float], "float | np.ndarray"]
@@ -405,16 +405,12 @@ def infer_frame(
     pixel_scale = model.conditions.pixel_scale_arcsec
     fwhm_map = _psf_fwhm_map(psf, height, width, config.psf_grid_pixels, model.conditions)
 
-    pad_h, pad_w = -height % tile, -width % tile
-
-    def padded(tensor: torch.Tensor, value: float) -> torch.Tensor:
-        return torch.nn.functional.pad(tensor[None, None], (0, pad_w, 0, pad_h), value=value)[0]
-
-    inputs = prepare_inputs(
-        padded(image_t.to(torch.float32), 0.0),
-        padded(variance_t.to(torch.float32), math.nan),
-        None if mask_t is None else padded(mask_t.to(torch.int64), 0),
-        torch.nn.functional.pad(fwhm_map[None, None], (0, pad_w, 0, pad_h), mode="replicate")[0],
+    inputs = _normalized_inputs(
+        encoder,
+        image_t.to(torch.float32)[None],
+        variance_t.to(torch.float32)[None],
+        None if mask_t is None else mask_t.to(torch.int64)[None],
+        fwhm_map[None],
         invalid_bits,
     )
     valid = inputs.valid[0, :height, :width]

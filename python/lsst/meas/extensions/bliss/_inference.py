@@ -108,7 +108,10 @@ def _normalized_inputs(
     variance: torch.Tensor,
     mask: torch.Tensor | None,
     psf_fwhm_pix: torch.Tensor | float,
+    invalid_bits: int | None = None,
 ) -> NetworkInputs:
+    """`prepare_inputs` of images padded with invalid pixels to whole tiles (a per-pixel PSF FWHM
+    map (B, H, W) is extended with its edge values)."""
     tile = encoder.config.tile_size
     if image.ndim != 3 or min(image.shape[-2:]) < tile:
         raise ValueError(
@@ -123,7 +126,12 @@ def _normalized_inputs(
     image = _pad_to_tiles(image, tile, 0.0)
     variance = _pad_to_tiles(variance, tile, math.nan)
     mask = None if mask is None else _pad_to_tiles(mask, tile, 0)
-    return prepare_inputs(image, variance, mask, psf_fwhm_pix)
+    if isinstance(psf_fwhm_pix, torch.Tensor) and psf_fwhm_pix.ndim == 3:
+        pad_h, pad_w = image.shape[-2] - psf_fwhm_pix.shape[-2], image.shape[-1] - psf_fwhm_pix.shape[-1]
+        psf_fwhm_pix = torch.nn.functional.pad(psf_fwhm_pix[:, None], (0, pad_w, 0, pad_h), mode="replicate")[
+            :, 0
+        ]
+    return prepare_inputs(image, variance, mask, psf_fwhm_pix, invalid_bits)
 
 
 def posterior_to_tile_catalog(

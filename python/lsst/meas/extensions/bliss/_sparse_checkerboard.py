@@ -114,14 +114,13 @@ def _add_context(
 ) -> None:
     """Add to ``change`` (B, Ht, Wt, C) what tiles decided to hold sources add to the hidden layer,
     relative to their being decided empty."""
-    embedding = encoder.context_embedding[0]
     source = torch.cat([torch.ones_like(chosen["detection"]), encoder._source_context(chosen)], dim=-1)
     empty_source = torch.zeros_like(source[:1])
     empty_source[:, 0] = 1.0
-    linear_weight = embedding.weight[:, :, 0, 0]
 
     def embed(context: torch.Tensor) -> torch.Tensor:
-        return nn.functional.silu(nn.functional.linear(context, linear_weight, embedding.bias))
+        """`context_embedding` of context rows (P, 6), as 1 x 1 maps."""
+        return encoder.context_embedding(context[:, :, None, None])[:, :, 0, 0]
 
     difference = embed(source) - embed(empty_source)
     # Output (y, x) of a 3x3 convolution takes input (y + ky - 1, x + kx - 1) with weight (ky, kx).
