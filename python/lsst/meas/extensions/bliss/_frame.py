@@ -347,6 +347,7 @@ def infer_frame(
     psf: PsfModel,
     config: FrameConfig | None = None,
     mask_plane_bits: dict[str, int] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> FrameResult:
     """Probabilistic catalog of one image of any size.
 
@@ -368,6 +369,9 @@ def infer_frame(
     mask_plane_bits
         Mask plane name -> bit index of ``mask`` (an LSST mask's plane
         dictionary); default that of the simulated images.
+    progress
+        Called as ``progress(chunks_done, n_chunks)`` after each chunk (for
+        progress logs on large images).
 
     Returns
     -------
@@ -435,8 +439,9 @@ def infer_frame(
     estimate_parts: list[dict[str, torch.Tensor]] = []
     sample_parts: list[list[dict[str, torch.Tensor]]] = [[] for _ in range(config.n_samples)]
     timings["network"] = timings["samples"] = 0.0
+    chunks = layout.chunks()
     with _evaluation_mode(encoder), torch.no_grad():
-        for row0, row1, col0, col1 in layout.chunks():
+        for chunk_index, (row0, row1, col0, col1) in enumerate(chunks):
             tick = time.perf_counter()
             win_r0, win_r1 = layout.window(row0, row1, n_tiles_h)
             win_c0, win_c1 = layout.window(col0, col1, n_tiles_w)
@@ -474,6 +479,8 @@ def infer_frame(
                     )
                 )
             timings["samples"] += time.perf_counter() - tick
+            if progress is not None:
+                progress(chunk_index + 1, len(chunks))
     tick = time.perf_counter()
     catalog = _assemble(estimate_parts, names, height, width)
     catalog.fields.update(_footprint_flags(catalog, valid, fwhm_map, pixel_scale))

@@ -1,0 +1,13 @@
+"""Butler-facing layer of BLISS: PipelineTasks, the model dataset, adapters and table writers.
+
+Unlike the core package, the modules here import the Rubin middleware
+(``lsst.pipe.base``, ``lsst.daf.butler``, ``lsst.images``).
+"""
+
+from ._compatibility import *
+from ._deblend_task import *
+from ._exposure import *
+from ._ids import *
+from ._model_dataset import *
+from ._tables import *
+from ._train_task import *

@@ -1,0 +1,186 @@
+"""The ``bliss_model`` Butler dataset: storage class, formatter, repo registration and ingestion.
+
+A model is one safetensors file (weights plus the JSON description written
+by `BlissModel.to_bytes`); the formatter reads it without unpickling anything.
+A Butler repo learns the ``BlissModel`` storage class from its own
+``butler.yaml``, which `register_bliss_storage_class` edits in place, so every
+later process (``pipetask run``, ``butler query-datasets``) sees it without
+environment variables.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DEFAULT_MODEL_DATASET_TYPE",
+    "DEFAULT_MODEL_RUN",
+    "MODEL_STORAGE_CLASS",
+    "BlissModelFormatter",
+    "ingest_model",
+    "register_bliss_storage_class",
+    "storage_class_config",
+]
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lsst.daf.butler import Butler, DatasetRef, DatasetType, FormatterV2
+
+from .._model_io import BlissModel, load_default_model
+
+MODEL_STORAGE_CLASS = "BlissModel"
+"""Name of the storage class of trained BLISS models."""
+
+DEFAULT_MODEL_DATASET_TYPE = "bliss_model"
+"""Default dataset type name of a trained model (no dimensions)."""
+
+DEFAULT_MODEL_RUN = "bliss/models/default"
+"""RUN collection that receives the packaged default model."""
+
+_FORMATTER_NAME = "lsst.meas.extensions.bliss.pipeline.BlissModelFormatter"
+
+
+class BlissModelFormatter(FormatterV2):
+    """Reads and writes `BlissModel` datasets as safetensors files.
+
+    The file is exactly what `BlissModel.save` writes, so a dataset can be
+    copied out of a datastore and loaded with `BlissModel.load`.
+    """
+
+    default_extension = ".safetensors"
+    supported_extensions = frozenset({".safetensors"})
+    can_read_from_local_file = True
+
+    def read_from_local_file(self, path: str, component: str | None = None, expected_size: int = -1) -> Any:
+        # Errors name the dataset, not only the datastore path, so a user knows what to re-ingest.
+        return BlissModel.from_bytes(Path(path).read_bytes(), source=f"dataset {self.dataset_ref} ({path})")
+
+    def to_bytes(self, in_memory_dataset: Any) -> bytes:
+        if not isinstance(in_memory_dataset, BlissModel):
+            raise TypeError(
+                f"The {MODEL_STORAGE_CLASS} formatter writes BlissModel objects, "
+                f"not {type(in_memory_dataset).__name__}."
+            )
+        return in_memory_dataset.to_bytes()
+
+
+def storage_class_config() -> dict[str, Any]:
+    """The ``butler.yaml`` sections that define the storage class and its formatter."""
+    return {
+        "storageClasses": {MODEL_STORAGE_CLASS: {"pytype": "lsst.meas.extensions.bliss.BlissModel"}},
+        "datastore": {"formatters": {MODEL_STORAGE_CLASS: _FORMATTER_NAME}},
+    }
+
+
+def _add_formatter(datastore: dict[str, Any]) -> None:
+    """Map the storage class to its formatter in one datastore config (chained ones recursively)."""
+    children = datastore.get("datastores")
+    if children:
+        # A chained datastore lists its members as {"datastore": {...}} entries.
+        for child in children:
+            if isinstance(child, dict):
+                _add_formatter(child.get("datastore", child))
+        return
+    datastore.setdefault("formatters", {})[MODEL_STORAGE_CLASS] = _FORMATTER_NAME
+
+
+def register_bliss_storage_class(repo: str | Path) -> bool:
+    """Teach a Butler repo the ``BlissModel`` storage class (idempotent).
+
+    Parameters
+    ----------
+    repo
+        Root directory of an existing local repo (made by ``butler create``
+        or `Butler.makeRepo`).
+
+    Returns
+    -------
+    changed
+        False if the repo already knew the storage class.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``repo`` holds no ``butler.yaml``.
+    ValueError
+        If ``butler.yaml`` is not a YAML mapping.
+
+    Notes
+    -----
+    The file is rewritten atomically (temporary file and rename), so an
+    interrupted registration leaves the original untouched.
+    """
+    config_path = Path(repo) / "butler.yaml"
+    if not config_path.is_file():
+        raise FileNotFoundError(
+            f"No Butler repo at {repo} (no butler.yaml); create one first with 'butler create {repo}'."
+        )
+    document = yaml.safe_load(config_path.read_text())
+    if not isinstance(document, dict):
+        raise ValueError(f"{config_path} is not a YAML mapping; cannot register the storage class.")
+    storage_classes = document.setdefault("storageClasses", {})
+    datastore = document.setdefault("datastore", {})
+    wanted_pytype = storage_class_config()["storageClasses"][MODEL_STORAGE_CLASS]
+    already = storage_classes.get(MODEL_STORAGE_CLASS) == wanted_pytype and (
+        datastore.get("formatters", {}).get(MODEL_STORAGE_CLASS) == _FORMATTER_NAME
+        or bool(datastore.get("datastores"))
+    )
+    if already:
+        return False
+    storage_classes[MODEL_STORAGE_CLASS] = wanted_pytype
+    _add_formatter(datastore)
+    handle, temporary = tempfile.mkstemp(prefix=".butler.yaml.", dir=config_path.parent)
+    with os.fdopen(handle, "w") as stream:
+        yaml.safe_dump(document, stream, sort_keys=False)
+    os.replace(temporary, config_path)
+    return True
+
+
+def ingest_model(
+    repo: str | Path,
+    model: BlissModel | str | Path | None = None,
+    run: str = DEFAULT_MODEL_RUN,
+    dataset_type_name: str = DEFAULT_MODEL_DATASET_TYPE,
+) -> DatasetRef:
+    """Put a model into a RUN collection of a repo, registering what is needed.
+
+    Parameters
+    ----------
+    repo
+        Root directory of the repo.
+    model
+        The model, a path to a ``.safetensors`` model file, or None for the
+        packaged default model.
+    run
+        RUN collection to write to (created if needed).
+    dataset_type_name
+        Dataset type (empty dimensions, storage class ``BlissModel``).
+
+    Returns
+    -------
+    ref
+        The stored dataset.
+
+    Raises
+    ------
+    lsst.daf.butler.registry.ConflictingDefinitionError
+        If ``run`` already holds a model of that dataset type (choose another
+        RUN collection; models are never overwritten).
+    """
+    register_bliss_storage_class(repo)
+    if model is None:
+        model = load_default_model()
+    elif not isinstance(model, BlissModel):
+        model = BlissModel.load(model)
+    butler = Butler.from_config(str(repo), writeable=True, run=run)
+    try:
+        dataset_type = DatasetType(
+            dataset_type_name, butler.dimensions.empty, MODEL_STORAGE_CLASS, universe=butler.dimensions
+        )
+        butler.registry.registerDatasetType(dataset_type)
+        return butler.put(model, dataset_type_name, dataId={})
+    finally:
+        butler.close()
