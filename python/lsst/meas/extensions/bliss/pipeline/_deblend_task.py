@@ -1,0 +1,396 @@
+"""`BlissDeblendMeasureTask`: probabilistic detection, deblending and measurement of one calexp."""
+
+from __future__ import annotations
+
+__all__ = [
+    "BlissDeblendMeasureConfig",
+    "BlissDeblendMeasureConnections",
+    "BlissDeblendMeasureTask",
+    "IncompatibleExposureError",
+    "NonFiniteOutputError",
+]
+
+import time
+from typing import Any
+
+import numpy as np
+from astropy.table import Table
+
+from lsst.images import VisitImage
+from lsst.pex.config import ChoiceField, ConfigField, Field, FieldValidationError, ListField
+from lsst.pipe.base import (
+    AlgorithmError,
+    AnnotatedPartialOutputsError,
+    InputQuantizedConnection,
+    NoWorkFound,
+    OutputQuantizedConnection,
+    PipelineTask,
+    PipelineTaskConfig,
+    PipelineTaskConnections,
+    QuantumContext,
+    Struct,
+    UnprocessableDataError,
+)
+from lsst.pipe.base import connectionTypes as cT
+
+from .._frame import FrameConfig, FrameResult, infer_frame
+from .._model_io import BlissModel
+from .._normalize import DEFAULT_INVALID_MASK_PLANES
+from ._compatibility import ExposureConditions, compatibility_problems, measure_exposure_conditions
+from ._exposure import exposure_pixels, psf_kernel_function
+from ._ids import SourceIdGenerator, SourceIdGeneratorConfig
+from ._model_dataset import DEFAULT_MODEL_DATASET_TYPE, MODEL_STORAGE_CLASS
+from ._tables import samples_table, source_table
+
+_INVALID_PLANE = "BLISS_INVALID"
+"""Single plane of the boolean invalid-pixel map handed to the core."""
+
+
+class IncompatibleExposureError(UnprocessableDataError):
+    """The exposure differs from the conditions the model was trained for."""
+
+
+class NonFiniteOutputError(AlgorithmError):
+    """An output table holds non-finite values where none are allowed."""
+
+    def __init__(self, dataset: str, columns: list[str]) -> None:
+        super().__init__(f"{dataset} has non-finite values in column(s) {columns}.")
+        self._metadata = {"dataset": dataset, "columns": ",".join(columns)}
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return self._metadata
+
+
+class BlissDeblendMeasureConnections(PipelineTaskConnections, dimensions=("instrument", "visit", "detector")):
+    calexp = cT.Input(
+        doc="Calibrated single-visit image (image in nJy, mask, variance, PSF, WCS).",
+        name="calexp",
+        storageClass="VisitImage",
+        dimensions=("instrument", "visit", "detector"),
+    )
+    bliss_model = cT.PrerequisiteInput(
+        doc="Trained BLISS model; chosen by putting its RUN collection (e.g. bliss/models/default) in -i.",
+        name=DEFAULT_MODEL_DATASET_TYPE,
+        storageClass=MODEL_STORAGE_CLASS,
+        dimensions=(),
+    )
+    bliss_source = cT.Output(
+        doc="Detected sources: posterior point estimates, uncertainties, probabilities and flags.",
+        name="bliss_source",
+        storageClass="ArrowAstropy",
+        dimensions=("instrument", "visit", "detector"),
+    )
+    bliss_catalog_samples = cT.Output(
+        doc="Posterior catalog samples, stacked with a 'sample' column.",
+        name="bliss_catalog_samples",
+        storageClass="ArrowAstropy",
+        dimensions=("instrument", "visit", "detector"),
+    )
+
+    def __init__(self, *, config: BlissDeblendMeasureConfig | None = None) -> None:
+        super().__init__(config=config)
+        if config is not None and config.n_samples == 0:
+            del self.bliss_catalog_samples
+
+
+class BlissDeblendMeasureConfig(PipelineTaskConfig, pipelineConnections=BlissDeblendMeasureConnections):
+    """Configuration of `BlissDeblendMeasureTask`."""
+
+    detection_threshold = Field[float](
+        doc="Minimum posterior detection probability of a source in bliss_source.", default=0.5
+    )
+    n_samples = Field[int](
+        doc="Posterior catalog samples to write to bliss_catalog_samples (0: no samples dataset).",
+        default=16,
+    )
+    seed = Field[int](
+        doc="Seed of the posterior samples; combined with visit and detector, so reruns reproduce them.",
+        default=0,
+    )
+    invalid_mask_planes = ListField[str](
+        doc="Mask planes whose pixels are invalid network inputs (sources touching them are flagged). "
+        "Planes the exposure's mask lacks are ignored (logged).",
+        default=list(DEFAULT_INVALID_MASK_PLANES),
+    )
+    memory_budget_gb = Field[float](
+        doc="Memory the network may use for one chunk of the image; sets the chunk size.", default=1.0
+    )
+    chunk_pixels = Field[int](
+        doc="Side of a chunk's core in pixels; overrides memory_budget_gb when set.",
+        default=None,
+        optional=True,
+    )
+    psf_grid_pixels = Field[int](
+        doc="Spacing (pixels) of the grid on which the PSF is evaluated to condition the network.",
+        default=128,
+    )
+    device = Field[str](
+        doc="Torch device: 'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'.", default="auto"
+    )
+    compatibility = ChoiceField[str](
+        doc="What to do when the exposure differs from the conditions the model was trained for.",
+        default="error",
+        allowed={
+            "error": "Refuse the exposure (UnprocessableDataError) and say what differs.",
+            "warn": "Log a warning, record it in the task metadata and proceed.",
+        },
+    )
+    pixel_scale_rtol = Field[float](
+        doc="Accepted relative difference between the exposure's and the model's pixel scale.", default=0.02
+    )
+    psf_fwhm_margin_arcsec = Field[float](
+        doc="Accepted excursion (arcsec) of the exposure's PSF FWHM beyond the model's trained range.",
+        default=0.05,
+    )
+    extra_bands = ListField[str](doc="Bands accepted besides the model's own.", default=[])
+    progress_interval_s = Field[float](
+        doc="Minimum seconds between progress log lines on large images.", default=30.0
+    )
+    id_generator = ConfigField[SourceIdGeneratorConfig](doc="Source ID packing.")
+
+    def validate(self) -> None:
+        super().validate()
+        cls = type(self)
+        if not 0.0 < self.detection_threshold < 1.0:
+            raise FieldValidationError(cls.detection_threshold, self, "must lie strictly between 0 and 1")
+        if self.n_samples < 0:
+            raise FieldValidationError(cls.n_samples, self, "must be >= 0")
+        if self.memory_budget_gb <= 0:
+            raise FieldValidationError(cls.memory_budget_gb, self, "must be positive")
+        if self.chunk_pixels is not None and self.chunk_pixels < 1:
+            raise FieldValidationError(cls.chunk_pixels, self, "must be positive or None")
+        if self.psf_grid_pixels < 1:
+            raise FieldValidationError(cls.psf_grid_pixels, self, "must be positive")
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise FieldValidationError(cls.device, self, "must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+        if self.pixel_scale_rtol < 0 or self.psf_fwhm_margin_arcsec < 0:
+            raise FieldValidationError(
+                cls.pixel_scale_rtol, self, "pixel_scale_rtol and psf_fwhm_margin_arcsec must be >= 0"
+            )
+        if len(set(self.invalid_mask_planes)) != len(self.invalid_mask_planes):
+            raise FieldValidationError(cls.invalid_mask_planes, self, "lists a mask plane more than once")
+
+    def frame_config(self, seed: int) -> FrameConfig:
+        """The core's inference options for one exposure."""
+        return FrameConfig(
+            detection_threshold=self.detection_threshold,
+            n_samples=self.n_samples,
+            seed=seed,
+            invalid_mask_planes=(_INVALID_PLANE,),
+            chunk_pixels=self.chunk_pixels,
+            memory_budget_gb=self.memory_budget_gb,
+            psf_grid_pixels=self.psf_grid_pixels,
+            device=self.device,
+        )
+
+
+class BlissDeblendMeasureTask(PipelineTask):
+    """Detect, deblend and measure the sources of a calexp with a BLISS model.
+
+    The model's encoder gives, for every 4x4-pixel tile, an approximate
+    posterior over the source it holds (presence, position, star/galaxy,
+    flux, galaxy shape).  ``bliss_source`` lists the tiles whose detection
+    probability passes ``detection_threshold`` with posterior point
+    estimates and uncertainties; ``bliss_catalog_samples`` holds whole
+    catalogs drawn from the posterior, for propagating uncertainty.
+    """
+
+    ConfigClass = BlissDeblendMeasureConfig
+    _DefaultName = "blissDeblendMeasure"
+    config: BlissDeblendMeasureConfig
+
+    def runQuantum(
+        self,
+        butlerQC: QuantumContext,
+        inputRefs: InputQuantizedConnection,
+        outputRefs: OutputQuantizedConnection,
+    ) -> None:
+        inputs = butlerQC.get(inputRefs)
+        data_id = butlerQC.quantum.dataId
+        assert data_id is not None
+        id_generator = self.config.id_generator.apply(data_id)
+        visit, detector = int(data_id["visit"]), int(data_id["detector"])
+        frame = self.infer(inputs["calexp"], inputs["bliss_model"], visit=visit, detector=detector)
+        sources = self.make_source_table(frame, inputs["calexp"], id_generator, visit, detector)
+        butlerQC.put(sources, outputRefs.bliss_source)
+        if self.config.n_samples == 0:
+            return
+        try:
+            samples = self.make_samples_table(frame, inputs["calexp"], visit, detector)
+        except AlgorithmError as err:
+            # bliss_source is written and complete; only the samples are missing.
+            raise AnnotatedPartialOutputsError.annotate(err, self, log=self.log) from err
+        butlerQC.put(samples, outputRefs.bliss_catalog_samples)
+
+    def run(
+        self,
+        calexp: VisitImage,
+        bliss_model: BlissModel,
+        id_generator: SourceIdGenerator | None = None,
+        visit: int = 0,
+        detector: int = 0,
+    ) -> Struct:
+        """Run on one exposure outside a Butler.
+
+        Parameters
+        ----------
+        calexp
+            Calibrated image (nJy) with mask, variance, PSF and WCS.
+        bliss_model
+            Trained model.
+        id_generator
+            Source IDs; default numbers the sources 1..n.
+        visit, detector
+            Data ID values stored in the tables and used to seed the samples.
+
+        Returns
+        -------
+        result
+            ``bliss_source`` and ``bliss_catalog_samples`` (None when
+            ``n_samples`` is 0) tables, and ``frame``, the core's `FrameResult`.
+
+        Raises
+        ------
+        NoWorkFound
+            If no pixel of the image is a valid input.
+        IncompatibleExposureError
+            If the exposure differs from the model's training conditions and
+            ``compatibility`` is ``"error"``, or its pixels are not in flux units.
+        NonFiniteOutputError
+            If a table would hold non-finite values.
+        """
+        frame = self.infer(calexp, bliss_model, visit=visit, detector=detector)
+        id_generator = id_generator or SourceIdGenerator(0, 0)
+        sources = self.make_source_table(frame, calexp, id_generator, visit, detector)
+        samples = None
+        if self.config.n_samples:
+            samples = self.make_samples_table(frame, calexp, visit, detector)
+        return Struct(bliss_source=sources, bliss_catalog_samples=samples, frame=frame)
+
+    def check_compatibility(self, calexp: VisitImage, model: BlissModel) -> ExposureConditions:
+        """Compare the exposure with the model's training conditions (see the ``compatibility`` option).
+
+        Raises
+        ------
+        IncompatibleExposureError
+            On a mismatch when ``compatibility`` is ``"error"``.
+        """
+        try:
+            conditions = measure_exposure_conditions(calexp, model.conditions)
+        except ValueError as err:
+            raise IncompatibleExposureError(f"Cannot characterize the exposure: {err}") from err
+        problems = compatibility_problems(
+            model,
+            conditions,
+            self.config.pixel_scale_rtol,
+            self.config.psf_fwhm_margin_arcsec,
+            tuple(self.config.extra_bands),
+        )
+        self.metadata["pixel_scale_arcsec"] = conditions.pixel_scale_arcsec
+        self.metadata["psf_fwhm_min_arcsec"] = conditions.psf_fwhm_arcsec[0]
+        self.metadata["psf_fwhm_max_arcsec"] = conditions.psf_fwhm_arcsec[1]
+        self.metadata["compatibility_problems"] = len(problems)
+        if problems:
+            message = "The exposure differs from the model's training conditions: " + "; ".join(problems)
+            if self.config.compatibility == "error":
+                raise IncompatibleExposureError(
+                    message + ". Widen the named config field, or set compatibility='warn' to proceed."
+                )
+            self.log.warning("%s. Proceeding because compatibility='warn'.", message)
+        return conditions
+
+    def infer(self, calexp: VisitImage, model: BlissModel, visit: int = 0, detector: int = 0) -> FrameResult:
+        """Check compatibility and run the core's full-frame inference.
+
+        Raises
+        ------
+        NoWorkFound
+            If no pixel is a valid input.
+        IncompatibleExposureError
+            See `check_compatibility`; also if the pixels are not in flux units.
+        """
+        self.check_compatibility(calexp, model)
+        try:
+            pixels = exposure_pixels(calexp, self.config.invalid_mask_planes)
+        except ValueError as err:
+            raise IncompatibleExposureError(str(err)) from err
+        if pixels.missing_planes:
+            self.log.info("Mask planes %s are not in the exposure's mask; ignored.", pixels.missing_planes)
+        seed = int(np.random.SeedSequence([self.config.seed, visit, detector]).generate_state(1)[0])
+        height, width = pixels.image.shape
+        self.log.info("Running BLISS on a %dx%d image (%d samples).", width, height, self.config.n_samples)
+        last_log = [time.monotonic()]
+
+        def progress(done: int, total: int) -> None:
+            now = time.monotonic()
+            if now - last_log[0] >= self.config.progress_interval_s and done < total:
+                self.log.info("BLISS inference: %d of %d chunks done.", done, total)
+                last_log[0] = now
+
+        frame = infer_frame(
+            model,
+            pixels.image,
+            pixels.variance,
+            pixels.invalid.astype(np.uint8),
+            psf_kernel_function(calexp),
+            self.config.frame_config(seed),
+            mask_plane_bits={_INVALID_PLANE: 0},
+            progress=progress,
+        )
+        invalid_fraction = float(pixels.invalid.mean())
+        self.metadata["invalid_pixel_fraction"] = invalid_fraction
+        for stage, seconds in frame.timings.items():
+            self.metadata[f"time_{stage}_s"] = seconds
+        if frame.status == "no_valid_pixels":
+            raise NoWorkFound(
+                f"No valid pixel in the {width}x{height} image (all masked in "
+                f"{list(self.config.invalid_mask_planes)}, non-finite or with non-positive variance)."
+            )
+        n_sources = int(frame.catalog.n_sources[0])
+        self.metadata["n_sources"] = n_sources
+        self.metadata["n_samples"] = len(frame.samples)
+        if frame.samples:
+            self.metadata["mean_sources_per_sample"] = float(
+                np.mean([int(sample.n_sources[0]) for sample in frame.samples])
+            )
+        self.log.info(
+            "BLISS found %d sources (detection probability > %.2f) in %.1f s; %.1f%% of pixels invalid.",
+            n_sources,
+            self.config.detection_threshold,
+            frame.timings.get("total", float("nan")),
+            100 * invalid_fraction,
+        )
+        return frame
+
+    def make_source_table(
+        self,
+        frame: FrameResult,
+        calexp: VisitImage,
+        id_generator: SourceIdGenerator,
+        visit: int,
+        detector: int,
+    ) -> Table:
+        """The ``bliss_source`` table (see `source_table`); raises `NonFiniteOutputError`."""
+        x0, y0 = int(calexp.bbox.x.start), int(calexp.bbox.y.start)
+        ids = id_generator.arange(int(frame.catalog.n_sources[0]))
+        table = source_table(frame, ids, x0, y0, calexp.sky_projection.pixel_to_sky, visit, detector)
+        _check_finite(table, "bliss_source")
+        return table
+
+    def make_samples_table(self, frame: FrameResult, calexp: VisitImage, visit: int, detector: int) -> Table:
+        """The ``bliss_catalog_samples`` table (see `samples_table`); raises `NonFiniteOutputError`."""
+        x0, y0 = int(calexp.bbox.x.start), int(calexp.bbox.y.start)
+        table = samples_table(frame, x0, y0, calexp.sky_projection.pixel_to_sky, visit, detector)
+        _check_finite(table, "bliss_catalog_samples")
+        return table
+
+
+def _check_finite(table: Table, dataset: str) -> None:
+    bad = [
+        name
+        for name in table.colnames
+        if table[name].dtype.kind == "f" and not np.isfinite(np.asarray(table[name])).all()
+    ]
+    if bad:
+        raise NonFiniteOutputError(dataset, bad)

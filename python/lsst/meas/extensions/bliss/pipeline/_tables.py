@@ -1,0 +1,231 @@
+"""Astropy tables of the ``bliss_source`` and ``bliss_catalog_samples`` datasets.
+
+Column names follow the DPDD/SDM where a quantity has a name there (``id``,
+``coord_ra``, ``x``, ``xErr``, ``*_flag``) and carry a ``bliss_`` prefix
+otherwise.  Every column has a unit (None for dimensionless numbers) and a
+description.
+"""
+
+from __future__ import annotations
+
+__all__ = ["SAMPLE_COLUMNS", "SOURCE_COLUMNS", "samples_table", "source_table"]
+
+import math
+from collections.abc import Callable
+
+import astropy.units as u
+import numpy as np
+import torch
+from astropy.coordinates import SkyCoord
+from astropy.table import Table
+
+from .._catalog import FullCatalog
+from .._frame import FrameResult
+
+# (column, unit, description, value of a catalog) with the catalog's positions already in parent pixels.
+_ColumnSpec = tuple[str, u.UnitBase | None, str, Callable[[FullCatalog], np.ndarray]]
+
+
+def _field(name: str, scale: float = 1.0) -> Callable[[FullCatalog], np.ndarray]:
+    def value(catalog: FullCatalog) -> np.ndarray:
+        n = int(catalog.n_sources[0])
+        return catalog.fields[name][0, :n].double().numpy() * scale
+
+    return value
+
+
+def _position(axis: str) -> Callable[[FullCatalog], np.ndarray]:
+    def value(catalog: FullCatalog) -> np.ndarray:
+        n = int(catalog.n_sources[0])
+        return getattr(catalog, axis)[0, :n].double().numpy()
+
+    return value
+
+
+def _flag(name: str) -> Callable[[FullCatalog], np.ndarray]:
+    def value(catalog: FullCatalog) -> np.ndarray:
+        n = int(catalog.n_sources[0])
+        return catalog.fields[name][0, :n].bool().numpy()
+
+    return value
+
+
+_SHAPE_COLUMNS: tuple[_ColumnSpec, ...] = (
+    ("bliss_disk_frac", None, "Fraction of a galaxy's flux in its exponential disk.", _field("disk_frac")),
+    ("bliss_disk_hlr", u.arcsec, "Half-light radius of the galaxy's disk.", _field("disk_hlr_arcsec")),
+    ("bliss_disk_q", None, "Axis ratio (minor/major) of the galaxy's disk.", _field("disk_q")),
+    ("bliss_bulge_hlr", u.arcsec, "Half-light radius of the galaxy's bulge.", _field("bulge_hlr_arcsec")),
+    ("bliss_bulge_q", None, "Axis ratio (minor/major) of the galaxy's bulge.", _field("bulge_q")),
+    (
+        "bliss_position_angle",
+        u.deg,
+        "Major-axis angle of the galaxy, counter-clockwise from the +x pixel axis.",
+        _field("position_angle_rad", 180.0 / math.pi),
+    ),
+)
+
+SOURCE_COLUMNS: tuple[_ColumnSpec, ...] = (
+    ("x", u.pix, "Column position (parent pixels, pixel centres at integers).", _position("x")),
+    ("y", u.pix, "Row position (parent pixels, pixel centres at integers).", _position("y")),
+    ("xErr", u.pix, "Posterior standard deviation of x.", _field("x_err")),
+    ("yErr", u.pix, "Posterior standard deviation of y.", _field("y_err")),
+    (
+        "bliss_detect_prob",
+        None,
+        "Posterior probability that the source's tile holds a source.",
+        _field("detection_prob"),
+    ),
+    ("bliss_galaxy_prob", None, "Posterior probability that the source is a galaxy.", _field("galaxy_prob")),
+    ("bliss_flux", u.nJy, "Posterior point estimate (median) of the total flux.", _field("flux_njy")),
+    ("bliss_fluxErr", u.nJy, "Posterior standard deviation of the total flux.", _field("flux_err_njy")),
+    ("bliss_flux_q16", u.nJy, "16% posterior quantile of the total flux.", _field("flux_q16_njy")),
+    ("bliss_flux_q84", u.nJy, "84% posterior quantile of the total flux.", _field("flux_q84_njy")),
+    *_SHAPE_COLUMNS,
+    (
+        "bliss_masked_flag",
+        None,
+        "The source's footprint touches pixels that were invalid network inputs (masked, non-finite "
+        "or with non-positive variance).",
+        _flag("flag_masked"),
+    ),
+    (
+        "bliss_image_edge_flag",
+        None,
+        "The source's footprint reaches beyond the image.",
+        _flag("flag_image_edge"),
+    ),
+)
+"""Columns of ``bliss_source`` computed from the catalog (besides ids and sky coordinates)."""
+
+SAMPLE_COLUMNS: tuple[_ColumnSpec, ...] = (
+    ("x", u.pix, "Column position (parent pixels, pixel centres at integers).", _position("x")),
+    ("y", u.pix, "Row position (parent pixels, pixel centres at integers).", _position("y")),
+    ("bliss_flux", u.nJy, "Total flux of the source in this sample.", _field("flux_njy")),
+    ("bliss_is_galaxy", None, "The source is a galaxy in this sample.", _flag("is_galaxy")),
+    *_SHAPE_COLUMNS,
+)
+"""Columns of ``bliss_catalog_samples`` computed from each sample catalog."""
+
+
+def _shifted(catalog: FullCatalog, x0: int, y0: int) -> FullCatalog:
+    return FullCatalog(
+        catalog.height, catalog.width, catalog.n_sources, catalog.x + x0, catalog.y + y0, catalog.fields
+    )
+
+
+def _fill(
+    table: Table,
+    catalogs: list[FullCatalog],
+    columns: tuple[_ColumnSpec, ...],
+    pixel_to_sky: Callable[..., SkyCoord],
+) -> None:
+    """Add ``columns`` (concatenated over ``catalogs``, at least one) and sky coordinates to ``table``."""
+    for name, unit, description, value in columns:
+        table[name] = np.concatenate([value(catalog) for catalog in catalogs])
+        table[name].unit = unit
+        table[name].description = description
+    coord = pixel_to_sky(x=np.asarray(table["x"], dtype=float), y=np.asarray(table["y"], dtype=float))
+    for name, angle, axis in (
+        ("coord_ra", coord.ra, "Right ascension"),
+        ("coord_dec", coord.dec, "Declination"),
+    ):
+        table[name] = np.atleast_1d(angle.to_value(u.deg))
+        table[name].unit = u.deg
+        table[name].description = f"{axis} (ICRS) of the position, from the exposure's WCS."
+
+
+def _data_id_columns(table: Table, n: int, visit: int, detector: int) -> None:
+    table["visit"] = np.full(n, visit, dtype=np.int64)
+    table["visit"].description = "Visit of the exposure."
+    table["detector"] = np.full(n, detector, dtype=np.int32)
+    table["detector"].description = "Detector of the exposure."
+
+
+def _ordered(table: Table, first: list[str]) -> Table:
+    return table[first + [name for name in table.colnames if name not in first]]
+
+
+def source_table(
+    result: FrameResult,
+    ids: np.ndarray,
+    x0: int,
+    y0: int,
+    pixel_to_sky: Callable[..., SkyCoord],
+    visit: int,
+    detector: int,
+) -> Table:
+    """The ``bliss_source`` table of one exposure.
+
+    Parameters
+    ----------
+    result
+        Output of `infer_frame` on the exposure's pixels.
+    ids
+        Source IDs, shape (n_sources,), int64.
+    x0, y0
+        Parent-pixel coordinates of the first array element.
+    pixel_to_sky
+        ``(x=, y=) -> SkyCoord`` of parent-pixel positions (the exposure's
+        sky projection).
+    visit, detector
+        Data ID values stored in every row.
+
+    Returns
+    -------
+    table
+        One row per source; columns ``id``, ``coord_ra``, ``coord_dec``,
+        `SOURCE_COLUMNS`, ``visit``, ``detector``.
+    """
+    catalog = _shifted(result.catalog, x0, y0)
+    n = int(catalog.n_sources[0])
+    if len(ids) != n:
+        raise ValueError(f"{len(ids)} ids for {n} sources.")
+    table = Table()
+    table["id"] = np.asarray(ids, dtype=np.int64)
+    table["id"].description = "Unique source ID (visit, detector and a counter packed into 64 bits)."
+    _fill(table, [catalog], SOURCE_COLUMNS, pixel_to_sky)
+    _data_id_columns(table, n, visit, detector)
+    return _ordered(table, ["id", "coord_ra", "coord_dec"])
+
+
+def samples_table(
+    result: FrameResult, x0: int, y0: int, pixel_to_sky: Callable[..., SkyCoord], visit: int, detector: int
+) -> Table:
+    """The ``bliss_catalog_samples`` table: all posterior catalog samples, stacked.
+
+    Parameters
+    ----------
+    result, x0, y0, pixel_to_sky, visit, detector
+        As in `source_table`.
+
+    Returns
+    -------
+    table
+        One row per source per sample; columns ``sample`` (index of the
+        sample, 0 to K-1), ``coord_ra``, ``coord_dec``, `SAMPLE_COLUMNS`,
+        ``visit``, ``detector``.  A sample without sources has no rows, so
+        count sources per sample with the ``sample`` column and the number
+        of samples stored in the task metadata.
+    """
+    catalogs = [_shifted(sample, x0, y0) for sample in result.samples]
+    table = Table()
+    table["sample"] = np.concatenate(
+        [np.zeros(0, dtype=np.int32)]
+        + [
+            np.full(int(catalog.n_sources[0]), index, dtype=np.int32)
+            for index, catalog in enumerate(catalogs)
+        ]
+    )
+    # Without samples the columns still exist (empty), taken from the point-estimate catalog's layout.
+    no_sources = FullCatalog(
+        result.catalog.height,
+        result.catalog.width,
+        torch.zeros_like(result.catalog.n_sources),
+        result.catalog.x,
+        result.catalog.y,
+        result.catalog.fields,
+    )
+    _fill(table, catalogs or [no_sources], SAMPLE_COLUMNS, pixel_to_sky)
+    table["sample"].description = "Index of the posterior catalog sample (0 to K-1)."
+    _data_id_columns(table, len(table), visit, detector)
+    return _ordered(table, ["sample", "coord_ra", "coord_dec"])

@@ -1,0 +1,163 @@
+"""Pipeline-layer pieces that need no Butler: source IDs, output tables, compatibility checks, configs."""
+
+import astropy.units as u
+import numpy as np
+import pytest
+from astropy.coordinates import SkyCoord
+from lsst.pex.config import FieldValidationError
+
+from lsst.meas.extensions.bliss import (
+    FrameConfig,
+    ImageSimulator,
+    SimulatorConfig,
+    infer_frame,
+    load_default_model,
+)
+from lsst.meas.extensions.bliss.pipeline import (
+    SAMPLE_COLUMNS,
+    SOURCE_COLUMNS,
+    BlissDeblendMeasureConfig,
+    BlissTrainConfig,
+    ExposureConditions,
+    SourceIdGenerator,
+    compatibility_problems,
+    conditions_from_exposures,
+    samples_table,
+    source_table,
+)
+
+
+def tangent_plane(x: np.ndarray, y: np.ndarray) -> SkyCoord:
+    """A toy 0.2"/px projection near (150, 2) deg, standing in for an exposure's WCS."""
+    scale = 0.2 / 3600.0
+    return SkyCoord(ra=150.0 + np.asarray(x) * scale, dec=2.0 + np.asarray(y) * scale, unit=u.deg)
+
+
+@pytest.fixture(scope="module")
+def frame():
+    model = load_default_model()
+    simulator = ImageSimulator(
+        model.conditions, model.prior, SimulatorConfig(image_height=96, image_width=96)
+    )
+    batch = simulator.sample(1, seed=11)
+    config = FrameConfig(n_samples=3, seed=5, device="cpu")
+    return infer_frame(
+        model, batch.image[0], batch.variance[0], batch.mask[0], model.conditions.psf_fwhm_pix, config
+    )
+
+
+def test_source_ids_are_unique_across_data_ids() -> None:
+    first = SourceIdGenerator(catalog_id=5, reserved_bits=10).arange(1000)
+    second = SourceIdGenerator(catalog_id=6, reserved_bits=10).arange(1000)
+    assert len(np.unique(np.concatenate([first, second]))) == 2000
+    assert (first & 0x3FF == 5).all()
+    with pytest.raises(ValueError, match="exceed"):
+        SourceIdGenerator(catalog_id=1, reserved_bits=62).arange(2)
+    with pytest.raises(ValueError, match="does not fit"):
+        SourceIdGenerator(catalog_id=1024, reserved_bits=10)
+
+
+def test_source_table_columns_have_units_descriptions_and_parent_positions(frame) -> None:
+    n = int(frame.catalog.n_sources[0])
+    assert n > 0
+    table = source_table(frame, np.arange(1, n + 1), 1000, 2000, tangent_plane, visit=7, detector=3)
+    assert len(table) == n
+    assert table.colnames[:3] == ["id", "coord_ra", "coord_dec"]
+    for name in table.colnames:
+        assert table[name].description, name
+    for name, unit, _, _ in SOURCE_COLUMNS:
+        assert table[name].unit == unit, name
+    np.testing.assert_allclose(table["x"], frame.catalog.x[0, :n].double().numpy() + 1000)
+    np.testing.assert_allclose(table["y"], frame.catalog.y[0, :n].double().numpy() + 2000)
+    np.testing.assert_allclose(table["coord_ra"], 150.0 + table["x"] * 0.2 / 3600)
+    assert table["coord_ra"].unit == u.deg and table["bliss_flux"].unit == u.nJy
+    assert (table["visit"] == 7).all() and (table["detector"] == 3).all()
+    assert table["bliss_masked_flag"].dtype == bool
+    assert (
+        (table["bliss_flux_q16"] <= table["bliss_flux"]) & (table["bliss_flux"] <= table["bliss_flux_q84"])
+    ).all()
+    with pytest.raises(ValueError, match="ids"):
+        source_table(frame, np.arange(n + 1), 0, 0, tangent_plane, 0, 0)
+
+
+def test_samples_table_stacks_every_sample(frame) -> None:
+    table = samples_table(frame, 0, 0, tangent_plane, visit=1, detector=2)
+    counts = [int(sample.n_sources[0]) for sample in frame.samples]
+    assert len(table) == sum(counts)
+    assert np.bincount(table["sample"], minlength=3).tolist() == counts
+    for name, unit, _, _ in SAMPLE_COLUMNS:
+        assert table[name].unit == unit and table[name].description, name
+    no_samples = type(frame)(frame.status, frame.catalog, [], frame.tile_params, frame.flux_scale_njy, {})
+    empty = samples_table(no_samples, 0, 0, tangent_plane, 1, 2)
+    assert len(empty) == 0 and "bliss_flux" in empty.colnames
+
+
+def exposure(**changes) -> ExposureConditions:
+    values = dict(pixel_scale_arcsec=0.2, band="r", psf_fwhm_arcsec=(0.7, 0.9), noise_njy=60.0, unit="nJy")
+    return ExposureConditions(**{**values, **changes})
+
+
+def test_compatibility_names_what_differs_and_the_config_field() -> None:
+    model = load_default_model()
+    assert compatibility_problems(model, exposure(), 0.02, 0.05) == []
+    (problem,) = compatibility_problems(model, exposure(pixel_scale_arcsec=0.26), 0.02, 0.05)
+    assert "pixel scale" in problem and "pixel_scale_rtol" in problem
+    (problem,) = compatibility_problems(model, exposure(band="i"), 0.02, 0.05)
+    assert "'i'" in problem and "extra_bands" in problem
+    assert compatibility_problems(model, exposure(band="i"), 0.02, 0.05, ("i",)) == []
+    (problem,) = compatibility_problems(model, exposure(psf_fwhm_arcsec=(0.7, 1.6)), 0.02, 0.05)
+    assert "PSF FWHM" in problem and "psf_fwhm_margin_arcsec" in problem
+    assert len(compatibility_problems(model, exposure(pixel_scale_arcsec=0.3, band="g"), 0.02, 0.05)) == 2
+
+
+def test_training_conditions_from_exposures_reproduce_the_nominal_noise() -> None:
+    model = load_default_model()
+    nominal = model.conditions
+    measured = [
+        exposure(noise_njy=nominal.background_noise_njy),
+        exposure(noise_njy=nominal.background_noise_njy),
+    ]
+    overrides = conditions_from_exposures(measured, nominal)
+    assert overrides["pixel_scale_arcsec"] == pytest.approx(0.2)
+    assert overrides["sky_brightness_mag_per_arcsec2"] == pytest.approx(
+        nominal.sky_brightness_mag_per_arcsec2
+    )
+    with pytest.raises(ValueError, match="bands"):
+        conditions_from_exposures([exposure(), exposure(band="i")], nominal)
+    config = BlissTrainConfig()
+    config.band = "g"
+    with pytest.raises(ValueError, match="config.band"):
+        config.training_run([exposure()])
+    config.band = "r"
+    run = config.training_run([exposure(psf_fwhm_arcsec=(0.7, 0.8)), exposure(psf_fwhm_arcsec=(0.75, 0.95))])
+    assert run.simulator.psf_fwhm_range_arcsec == pytest.approx((0.65, 1.0))
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("detection_threshold", 1.0),
+        ("n_samples", -1),
+        ("memory_budget_gb", 0.0),
+        ("chunk_pixels", 0),
+        ("device", "tpu"),
+        ("pixel_scale_rtol", -0.1),
+        ("invalid_mask_planes", ["BAD", "BAD"]),
+    ],
+)
+def test_deblend_config_validation_names_the_field(field: str, value) -> None:
+    config = BlissDeblendMeasureConfig()
+    setattr(config, field, value)
+    with pytest.raises(FieldValidationError, match=field):
+        config.validate()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("psf_fwhm_range_arcsec", [1.2, 0.6]), ("image_size", 66), ("n_steps", 0), ("checkerboard_groups", 3)],
+)
+def test_train_config_validation_names_the_field(field: str, value) -> None:
+    config = BlissTrainConfig()
+    setattr(config, field, value)
+    with pytest.raises(FieldValidationError, match=field):
+        config.validate()
