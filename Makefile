@@ -8,7 +8,7 @@ PYTHON ?= $(shell for candidate in python3.12 $$(ls -d $$HOME/.pyenv/versions/3.
 	  if $$candidate -c 'import sys; assert sys.version_info[:2] == (3, 12)' >/dev/null 2>&1; then command -v $$candidate; break; fi; \
 	done)
 
-.PHONY: venv test lint bench-render clean
+.PHONY: venv test demo lint bench-render clean
 
 venv: $(STAMP)
 
@@ -27,6 +27,22 @@ $(STAMP): pyproject.toml
 test: venv
 	$(VENV)/bin/python -m pytest
 
+# The main job end to end: a fresh SQLite Butler repo of simulated calexps (spatially varying PSF,
+# masks, truth tables), the BlissModel storage class, the packaged default model, `pipetask run`,
+# then the outputs read back through the Butler and scored against the truth.
+DEMO_REPO ?= demo_repo
+DEMO_OUTPUT ?= u/demo/bliss
+DEMO_INPUTS ?= BlissSim/calexp,bliss/models/default
+
+demo: venv
+	$(VENV)/bin/bliss-make-demo-repo $(DEMO_REPO) --overwrite
+	$(VENV)/bin/butler bliss-register $(DEMO_REPO)
+	$(VENV)/bin/butler bliss-ingest-model $(DEMO_REPO)
+	$(VENV)/bin/pipetask run -b $(DEMO_REPO) -i $(DEMO_INPUTS) -o $(DEMO_OUTPUT) \
+	    -p pipelines/BlissDRP.yaml --register-dataset-types
+	$(VENV)/bin/butler query-datasets $(DEMO_REPO) bliss_source --collections $(DEMO_OUTPUT)
+	$(VENV)/bin/bliss-demo-report $(DEMO_REPO) --collections $(DEMO_OUTPUT)
+
 lint: venv
 	$(VENV)/bin/ruff check python tests bin.src
 	$(VENV)/bin/ruff format --check python tests bin.src
@@ -35,4 +51,4 @@ bench-render: venv
 	$(VENV)/bin/bliss-bench render --quick --json bench-render.json
 
 clean:
-	rm -rf $(VENV) build *.egg-info python/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(DEMO_REPO) build *.egg-info python/*.egg-info .pytest_cache .ruff_cache

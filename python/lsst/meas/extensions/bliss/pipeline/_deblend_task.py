@@ -90,8 +90,19 @@ class BlissDeblendMeasureConnections(PipelineTaskConnections, dimensions=("instr
 
     def __init__(self, *, config: BlissDeblendMeasureConfig | None = None) -> None:
         super().__init__(config=config)
-        if config is not None and config.n_samples == 0:
+        if config is None:
+            return
+        if config.n_samples == 0:
             del self.bliss_catalog_samples
+        if config.model_from_pipeline:
+            # A prerequisite must exist before the pipeline runs; a regular input may be made by an
+            # earlier task of the same pipeline (BlissTrainTask).
+            self.bliss_model = cT.Input(
+                doc="Trained BLISS model, produced earlier in the same pipeline.",
+                name=config.connections.bliss_model,
+                storageClass=MODEL_STORAGE_CLASS,
+                dimensions=(),
+            )
 
 
 class BlissDeblendMeasureConfig(PipelineTaskConfig, pipelineConnections=BlissDeblendMeasureConnections):
@@ -146,6 +157,11 @@ class BlissDeblendMeasureConfig(PipelineTaskConfig, pipelineConnections=BlissDeb
     extra_bands = ListField[str](doc="Bands accepted besides the model's own.", default=[])
     progress_interval_s = Field[float](
         doc="Minimum seconds between progress log lines on large images.", default=30.0
+    )
+    model_from_pipeline = Field[bool](
+        doc="Read bliss_model as a regular input instead of a prerequisite, so that a BlissTrainTask in "
+        "the same pipeline can produce it.",
+        default=False,
     )
     id_generator = ConfigField[SourceIdGeneratorConfig](doc="Source ID packing.")
 

@@ -270,6 +270,9 @@ class BlissTrainTask(PipelineTask):
                 isinstance(value, float) and math.isnan(value)
             ):
                 self.metadata[key] = value
+        wall_time = model.training.get("wall_time_s") or 0.0
+        if wall_time > 0:
+            self.metadata["images_per_s"] = model.training.get("images_seen", 0) / wall_time
         history = model.training.get("history", [])
         self.metadata["validation_steps"] = [int(entry["step"]) for entry in history]
         self.metadata["validation_losses"] = [float(entry["validation_loss"]) for entry in history]

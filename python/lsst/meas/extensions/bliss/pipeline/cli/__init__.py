@@ -1,3 +1,5 @@
-"""``butler`` subcommands of this package (found through the ``butler.cli`` entry point)."""
+"""Command-line programs of the pipeline layer: ``butler`` subcommands (found through the
+``butler.cli`` entry point) and ``bliss-demo-report``."""
 
 from ._butler_commands import *
+from ._demo_report_main import *
