@@ -116,6 +116,39 @@ class FullCatalog:
             {name: value.to(device) for name, value in self.fields.items()},
         )
 
+    def select(self, keep: torch.Tensor) -> FullCatalog:
+        """The entries where ``keep`` is True (padding is never kept), compacted to the front.
+
+        Parameters
+        ----------
+        keep
+            Shape (B, M), bool.
+
+        Returns
+        -------
+        catalog
+            Same image size and batch, ``max(n kept)`` entries per image, in
+            their original order.
+        """
+        keep = keep & self.is_valid
+        # A stable sort of "not kept" moves the kept entries to the front in their original order.
+        order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)
+        n_sources = keep.sum(dim=1)
+        width = int(n_sources.max()) if self.batch_size else 0
+        order = order[:, :width]
+
+        def gather(values: torch.Tensor) -> torch.Tensor:
+            return torch.gather(values, 1, order)
+
+        return FullCatalog(
+            self.height,
+            self.width,
+            n_sources,
+            gather(self.x),
+            gather(self.y),
+            {name: gather(value) for name, value in self.fields.items()},
+        )
+
     def to_tile_catalog(self, tile_size: int, max_sources_per_tile: int) -> TileCatalog:
         """Assign sources to tiles.
 

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-__all__ = ["MASK_PLANES", "ImageSimulator", "SimulatedBatch", "SimulatorConfig", "catalog_to_render_sources"]
+__all__ = [
+    "add_detector_defects",
+    "MASK_PLANES",
+    "ImageSimulator",
+    "SimulatedBatch",
+    "SimulatorConfig",
+    "catalog_to_render_sources",
+]
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 
 from ._catalog import FullCatalog, TileCatalog
@@ -214,7 +223,11 @@ class ImageSimulator:
         self.device = resolve_device(device)
 
     def sample(
-        self, batch_size: int, seed: int | None = None, generator: torch.Generator | None = None
+        self,
+        batch_size: int,
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+        psf_fwhm_at: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
     ) -> SimulatedBatch:
         """Simulate a batch.
 
@@ -227,6 +240,12 @@ class ImageSimulator:
             the same seed gives bit-identical images on the CPU.
         generator
             A generator on this simulator's device, for a stream of batches.
+        psf_fwhm_at
+            A PSF that varies across the image: ``(x, y) -> FWHM`` (arcsec) at
+            pixel positions of shape (n,) in image coordinates, applied to
+            every image; each source is rendered with the PSF at its centre.
+            ``psf_fwhm_arcsec`` of the batch is then the FWHM at the image
+            centre.  Default: one PSF per image, drawn as configured.
 
         Returns
         -------
@@ -243,9 +262,16 @@ class ImageSimulator:
         n_tiles_h = config.image_height // tile + 2 * border
         n_tiles_w = config.image_width // tile + 2 * border
         tiles = self.prior.sample(batch_size, n_tiles_h, n_tiles_w, generator, self.device)
-        fwhm = self._sample_psf_fwhm(batch_size, generator)
-        noiseless = self.render(tiles.to_full_catalog(), conditions.psf(fwhm.cpu().numpy()))
         margin = border * tile
+        if psf_fwhm_at is None:
+            fwhm = self._sample_psf_fwhm(batch_size, generator)
+            noiseless = self.render(tiles.to_full_catalog(), conditions.psf(fwhm.cpu().numpy()))
+        else:
+            noiseless = self._render_in_psf_field(tiles.to_full_catalog(), psf_fwhm_at, margin)
+            centre = psf_fwhm_at(
+                np.array([(config.image_width - 1) / 2]), np.array([(config.image_height - 1) / 2])
+            )
+            fwhm = torch.full((batch_size,), float(centre[0]), device=self.device)
         noiseless = noiseless[:, margin : margin + config.image_height, margin : margin + config.image_width]
         image, variance, mask = self._observe(noiseless, generator)
         background = torch.full((batch_size,), conditions.sky_level_njy, device=self.device)
@@ -286,6 +312,27 @@ class ImageSimulator:
             sources, psf, catalog.batch_size, catalog.height, catalog.width, self.config.max_stamp_half_size
         )
 
+    def _render_in_psf_field(
+        self, catalog: FullCatalog, psf_fwhm_at: Callable[[np.ndarray, np.ndarray], np.ndarray], margin: int
+    ) -> torch.Tensor:
+        """Noiseless images with each source under the PSF at its position (``margin`` pixels of
+        border tiles precede the image's own pixels)."""
+        sources = catalog_to_render_sources(catalog, self.conditions.pixel_scale_arcsec)
+        fwhm = np.asarray(
+            psf_fwhm_at(sources.x.cpu().numpy() - margin, sources.y.cpu().numpy() - margin), dtype=np.float64
+        )
+        if fwhm.shape != (len(sources),) or not (np.isfinite(fwhm).all() and (fwhm > 0).all()):
+            raise ValueError("psf_fwhm_at must return one finite, positive FWHM (arcsec) per position.")
+        sources = dataclasses.replace(sources, psf_index=torch.arange(len(sources), device=sources.x.device))
+        return render_images(
+            sources,
+            self.conditions.psf(fwhm),
+            catalog.batch_size,
+            catalog.height,
+            catalog.width,
+            self.config.max_stamp_half_size,
+        )
+
     def _sample_psf_fwhm(self, batch_size: int, generator: torch.Generator) -> torch.Tensor:
         fwhm_range = self.config.psf_fwhm_range_arcsec
         if fwhm_range is None:
@@ -317,3 +364,39 @@ class ImageSimulator:
         saturated = expected > conditions.full_well_e
         mask = saturated.to(torch.int32) << MASK_PLANES["SAT"]
         return image, variance, mask
+
+
+def add_detector_defects(mask: np.ndarray, image: np.ndarray, generator: np.random.Generator) -> None:
+    """Add LSST-like detector defects in place.
+
+    Bad columns (one per 512 columns), saturated cores with bleed-like
+    extent (13 x 7 pixels, one per 2 Mpix), cosmic rays (3-pixel streaks, one
+    per 65,536 pixels), a NO_DATA corner (1/16 of each side, image set to
+    NaN) and an 8-pixel EDGE border.
+
+    Parameters
+    ----------
+    mask
+        Integer bit mask with the bits of `MASK_PLANES`, shape (H, W), at
+        least 41 x 41 pixels; modified in place.
+    image
+        Image, shape (H, W), float; modified in place.
+    generator
+        Source of the defect positions.
+    """
+    height, width = mask.shape
+    for column in generator.choice(width, size=max(1, width // 512), replace=False):
+        mask[:, column] |= 1 << MASK_PLANES["BAD"]
+    for _ in range(max(1, height * width // 2**21)):
+        row, col = generator.integers(20, height - 20), generator.integers(20, width - 20)
+        mask[row - 6 : row + 7, col - 3 : col + 4] |= 1 << MASK_PLANES["SAT"]
+    for _ in range(height * width // 2**16):
+        row, col = generator.integers(0, height - 3), generator.integers(0, width - 3)
+        mask[row : row + 3, col : col + 1] |= 1 << MASK_PLANES["CR"]
+    mask[: height // 16, : width // 16] |= 1 << MASK_PLANES["NO_DATA"]
+    image[: height // 16, : width // 16] = np.nan
+    edge = 1 << MASK_PLANES["EDGE"]
+    mask[:8, :] |= edge
+    mask[-8:, :] |= edge
+    mask[:, :8] |= edge
+    mask[:, -8:] |= edge

@@ -29,7 +29,7 @@ from .._frame import FrameConfig, infer_frame
 from .._model_io import BlissModel, load_default_model
 from .._normalize import DEFAULT_INVALID_MASK_PLANES, invalid_mask_bits
 from .._sep_baseline import run_sep
-from .._simulate import MASK_PLANES, ImageSimulator, SimulatorConfig
+from .._simulate import ImageSimulator, SimulatorConfig, add_detector_defects
 
 DESCRIPTION = "full-frame BLISS inference vs SEP on a simulated 4k x 4k detector: time, memory, scaling"
 
@@ -44,26 +44,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-gpu", action="store_true", help="skip the GPU timing even if CUDA is available")
 
 
-def _add_defects(mask: np.ndarray, image: np.ndarray, generator: np.random.Generator) -> None:
-    """LSST-like defects in place: bad columns, saturated cores, cosmic rays, NO_DATA and EDGE."""
-    height, width = mask.shape
-    for column in generator.choice(width, size=max(1, width // 512), replace=False):
-        mask[:, column] |= 1 << MASK_PLANES["BAD"]
-    for _ in range(max(1, height * width // 2**21)):
-        row, col = generator.integers(20, height - 20), generator.integers(20, width - 20)
-        mask[row - 6 : row + 7, col - 3 : col + 4] |= 1 << MASK_PLANES["SAT"]
-    for _ in range(height * width // 2**16):
-        row, col = generator.integers(0, height - 3), generator.integers(0, width - 3)
-        mask[row : row + 3, col : col + 1] |= 1 << MASK_PLANES["CR"]
-    mask[: height // 16, : width // 16] |= 1 << MASK_PLANES["NO_DATA"]
-    image[: height // 16, : width // 16] = np.nan
-    edge = 1 << MASK_PLANES["EDGE"]
-    mask[:8, :] |= edge
-    mask[-8:, :] |= edge
-    mask[:, :8] |= edge
-    mask[:, -8:] |= edge
-
-
 def _simulate_scene(model: BlissModel, size: int, seed: int) -> dict[str, np.ndarray]:
     simulator = ImageSimulator(
         model.conditions,
@@ -74,7 +54,7 @@ def _simulate_scene(model: BlissModel, size: int, seed: int) -> dict[str, np.nda
     batch = simulator.sample(1, seed=seed)
     image = batch.image[0].numpy().copy()
     mask = batch.mask[0].numpy().astype(np.int32)
-    _add_defects(mask, image, np.random.default_rng(seed))
+    add_detector_defects(mask, image, np.random.default_rng(seed))
     return {
         "image": image,
         "variance": batch.variance[0].numpy(),

@@ -6,9 +6,11 @@ Unlike the core package, the modules here import the Rubin middleware
 
 from ._compatibility import *
 from ._deblend_task import *
+from ._demo_repo import *
 from ._demo_report import *
 from ._exposure import *
 from ._ids import *
 from ._model_dataset import *
 from ._tables import *
 from ._train_task import *
+from ._visit_image_factory import *

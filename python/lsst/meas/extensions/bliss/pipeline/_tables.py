@@ -8,7 +8,14 @@ description.
 
 from __future__ import annotations
 
-__all__ = ["SAMPLE_COLUMNS", "SOURCE_COLUMNS", "samples_table", "source_table"]
+__all__ = [
+    "SAMPLE_COLUMNS",
+    "SOURCE_COLUMNS",
+    "TRUTH_COLUMNS",
+    "samples_table",
+    "source_table",
+    "truth_table",
+]
 
 import math
 from collections.abc import Callable
@@ -20,6 +27,7 @@ from astropy.coordinates import SkyCoord
 from astropy.table import Table
 
 from .._catalog import FullCatalog
+from .._conditions import flux_njy_to_mag
 from .._frame import FrameResult
 
 # (column, unit, description, value of a catalog) with the catalog's positions already in parent pixels.
@@ -105,6 +113,12 @@ SAMPLE_COLUMNS: tuple[_ColumnSpec, ...] = (
     *_SHAPE_COLUMNS,
 )
 """Columns of ``bliss_catalog_samples`` computed from each sample catalog."""
+
+TRUTH_COLUMNS: tuple[_ColumnSpec, ...] = tuple(
+    (name.removeprefix("bliss_"), unit, description.replace(" in this sample", ""), value)
+    for name, unit, description, value in SAMPLE_COLUMNS
+)
+"""Columns of a simulation's truth table (``bliss_truth``): the sample columns without prefix."""
 
 
 def _shifted(catalog: FullCatalog, x0: int, y0: int) -> FullCatalog:
@@ -229,3 +243,44 @@ def samples_table(
     table["sample"].description = "Index of the posterior catalog sample (0 to K-1)."
     _data_id_columns(table, len(table), visit, detector)
     return _ordered(table, ["sample", "coord_ra", "coord_dec"])
+
+
+def truth_table(
+    catalog: FullCatalog,
+    pixel_to_sky: Callable[..., SkyCoord],
+    psf_fwhm_arcsec: np.ndarray,
+    visit: int,
+    detector: int,
+) -> Table:
+    """The truth table of a simulated exposure (the ``bliss_truth`` dataset of demo repos).
+
+    Parameters
+    ----------
+    catalog
+        True sources of one image (batch of one), positions in parent pixels.
+    pixel_to_sky
+        As in `source_table`.
+    psf_fwhm_arcsec
+        PSF FWHM at each source, shape (n_sources,), arcsec.
+    visit, detector
+        Data ID values stored in every row.
+
+    Returns
+    -------
+    table
+        Columns ``id`` (1..n), ``coord_ra``, ``coord_dec``, `TRUTH_COLUMNS`,
+        ``mag`` (AB), ``psf_fwhm``, ``visit``, ``detector``.
+    """
+    table = Table()
+    n = int(catalog.n_sources[0])
+    table["id"] = np.arange(1, n + 1, dtype=np.int64)
+    table["id"].description = "Index of the simulated source in this exposure."
+    _fill(table, [catalog], TRUTH_COLUMNS, pixel_to_sky)
+    table["mag"] = flux_njy_to_mag(np.asarray(table["flux"]))
+    table["mag"].unit = u.mag
+    table["mag"].description = "AB magnitude of the total flux."
+    table["psf_fwhm"] = np.asarray(psf_fwhm_arcsec, dtype=float)
+    table["psf_fwhm"].unit = u.arcsec
+    table["psf_fwhm"].description = "FWHM of the PSF at the source."
+    _data_id_columns(table, n, visit, detector)
+    return _ordered(table, ["id", "coord_ra", "coord_dec"])

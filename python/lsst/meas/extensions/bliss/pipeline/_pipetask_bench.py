@@ -1,0 +1,110 @@
+"""``bliss-bench pipetask``: the cost of running BLISS as a pipeline stage.
+
+One simulated 2048 x 2048 calexp (spatially varying PSF, masks) goes into a
+fresh Butler repo with the default model.  The suite times a complete
+``pipetask run`` of ``pipelines/BlissDRP.yaml`` on it (process start,
+imports, quantum-graph build, reads, inference, table writes) and, in the
+same run, `infer_frame` called directly on the same pixels with the same
+PSF and options; ``pipetask_overhead_ratio`` is the first over the second.
+"""
+
+from __future__ import annotations
+
+__all__ = ["run"]
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lsst.daf.butler import Butler
+
+from .._frame import infer_frame
+from ._deblend_task import _INVALID_PLANE, BlissDeblendMeasureConfig
+from ._demo_repo import DemoRepoConfig, build_demo_repo
+from ._exposure import exposure_pixels, psf_kernel_function
+from ._model_dataset import DEFAULT_MODEL_RUN, ingest_model
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the suite (options in ``bench._pipetask_options``); returns the JSON results and a ``summary``."""
+    size = args.size or (512 if args.quick else 2048)
+    if not args.pipeline.is_file():
+        raise FileNotFoundError(f"Pipeline {args.pipeline} not found; pass --pipeline.")
+    results: dict[str, Any] = {"size": size, "pipeline": str(args.pipeline)}
+    with tempfile.TemporaryDirectory(prefix="bliss-bench-pipetask-") as workdir:
+        repo = str(Path(workdir) / "repo")
+        start = time.perf_counter()
+        summary = build_demo_repo(
+            repo, DemoRepoConfig(n_visits=1, n_detectors=1, height=size, width=size, seed=args.seed)
+        )
+        ingest_model(repo)
+        results["repo_build_s"] = time.perf_counter() - start
+        inputs = f"{summary['calexp_collection']},{DEFAULT_MODEL_RUN}"
+
+        command = [
+            str(Path(sys.executable).with_name("pipetask")),
+            "run",
+            "-b",
+            repo,
+            "-i",
+            inputs,
+            "-o",
+            "bench/bliss",
+            "-p",
+            str(args.pipeline),
+            "--register-dataset-types",
+        ]
+        environment = {**os.environ, "PYTHONWARNINGS": "ignore"}
+        start = time.perf_counter()
+        completed = subprocess.run(command, capture_output=True, text=True, env=environment)
+        pipetask_s = time.perf_counter() - start
+        if completed.returncode != 0:
+            raise RuntimeError(f"pipetask run failed:\n{completed.stderr[-4000:]}")
+
+        butler = Butler.from_config(repo, collections=["bench/bliss", *inputs.split(",")])
+        try:
+            (ref,) = butler.query_datasets("calexp", explain=False)
+            calexp = butler.get(ref)
+            model = butler.get("bliss_model")
+            n_pipetask = len(butler.get("bliss_source", ref.dataId))
+            metadata = butler.get("blissDeblendMeasure_metadata", ref.dataId)
+        finally:
+            butler.close()
+        task_config = BlissDeblendMeasureConfig()
+        pixels = exposure_pixels(calexp, task_config.invalid_mask_planes)
+        start = time.perf_counter()
+        direct = infer_frame(
+            model,
+            pixels.image,
+            pixels.variance,
+            pixels.invalid.astype(np.uint8),
+            psf_kernel_function(calexp),
+            task_config.frame_config(seed=0),
+            mask_plane_bits={_INVALID_PLANE: 0},
+        )
+        direct_s = time.perf_counter() - start
+    task_inference_s = float(metadata["blissDeblendMeasure"]["time_total_s"])
+    results.update(
+        {
+            "pipetask_s": pipetask_s,
+            "direct_inference_s": direct_s,
+            "task_inference_s": task_inference_s,
+            "pipetask_overhead_ratio": pipetask_s / direct_s,
+            "n_sources_pipetask": n_pipetask,
+            "n_sources_direct": int(direct.catalog.n_sources[0]),
+            "direct_stage_s": direct.timings,
+        }
+    )
+    results["summary"] = (
+        f"pipetask: {size}x{size} calexp; pipetask run {pipetask_s:.1f} s (inference inside the task "
+        f"{task_inference_s:.1f} s), infer_frame directly {direct_s:.1f} s; "
+        f"pipetask_overhead_ratio = {results['pipetask_overhead_ratio']:.2f}"
+    )
+    return results

@@ -1,0 +1,217 @@
+"""BlissDeblendMeasureTask and BlissTrainTask in a Butler: pipe_base test utilities, errors, pipetask runs."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from lsst.daf.butler import Butler, DatasetType
+from lsst.pipe.base import AnnotatedPartialOutputsError, NoWorkFound, Pipeline, PipelineGraph
+from lsst.pipe.base.simple_pipeline_executor import SimplePipelineExecutor
+from lsst.pipe.base.testUtils import assertValidOutput, lintConnections, makeQuantum, runTestQuantum
+
+from lsst.meas.extensions.bliss.pipeline import (
+    DEFAULT_MODEL_RUN,
+    BlissDeblendMeasureConfig,
+    BlissDeblendMeasureConnections,
+    BlissDeblendMeasureTask,
+    BlissTrainConnections,
+    BlissTrainTask,
+    DemoRepoConfig,
+    IncompatibleExposureError,
+    NonFiniteOutputError,
+    build_demo_repo,
+    ingest_model,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PIPELINE = REPO_ROOT / "pipelines" / "BlissDRP.yaml"
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A repo with one visit x two small detectors and the default model."""
+    root = tmp_path_factory.mktemp("pipeline") / "repo"
+    summary = build_demo_repo(
+        str(root), DemoRepoConfig(n_visits=1, n_detectors=2, height=160, width=128, seed=4)
+    )
+    ingest_model(root)
+    summary["root"] = str(root)
+    summary["inputs"] = [summary["calexp_collection"], DEFAULT_MODEL_RUN]
+    return summary
+
+
+def task_config(**changes) -> BlissDeblendMeasureConfig:
+    config = BlissDeblendMeasureConfig()
+    config.n_samples = 4
+    config.device = "cpu"
+    for name, value in changes.items():
+        setattr(config, name, value)
+    return config
+
+
+def test_connections_lint() -> None:
+    lintConnections(BlissDeblendMeasureConnections)
+    lintConnections(BlissTrainConnections)
+
+
+def test_quantum_with_and_without_mocking(demo: dict) -> None:
+    butler = Butler.from_config(demo["root"], collections=demo["inputs"], run="test/quantum", writeable=True)
+    for name in ("bliss_source", "bliss_catalog_samples"):
+        butler.registry.registerDatasetType(
+            DatasetType(name, ("instrument", "visit", "detector"), "ArrowAstropy", universe=butler.dimensions)
+        )
+    task = BlissDeblendMeasureTask(config=task_config())
+    (calexp_ref, *_) = butler.query_datasets("calexp", explain=False)
+    data_id = butler.registry.expandDataId(calexp_ref.dataId)
+    quantum = makeQuantum(
+        task,
+        butler,
+        data_id,
+        {
+            "calexp": data_id,
+            "bliss_model": butler.find_dataset("bliss_model", {}),
+            "bliss_source": data_id,
+            "bliss_catalog_samples": data_id,
+        },
+    )
+    run = runTestQuantum(task, butler, quantum, mockRun=True)
+    run.assert_called_once()
+    assert set(run.call_args.kwargs) >= {"calexp", "bliss_model"} or len(run.call_args.args) >= 2
+
+    runTestQuantum(task, butler, quantum, mockRun=False)
+    sources = butler.get("bliss_source", data_id)
+    samples = butler.get("bliss_catalog_samples", data_id)
+    assert len(sources) > 0 and set(np.unique(samples["sample"])) <= set(range(4))
+    assert (sources["visit"] == data_id["visit"]).all() and (sources["detector"] == data_id["detector"]).all()
+    for name in sources.colnames:
+        assert sources[name].description, name
+    assert sources["bliss_flux"].unit == "nJy" and sources["coord_ra"].unit == "deg"
+
+    result = task.run(butler.get(calexp_ref), butler.get("bliss_model", {}))
+    assertValidOutput(task, result)
+
+
+def test_compatibility_mismatch_is_an_error_unless_warned(demo: dict) -> None:
+    butler = Butler.from_config(demo["root"], collections=demo["inputs"])
+    (ref, *_) = butler.query_datasets("calexp", explain=False)
+    calexp, model = butler.get(ref), butler.get("bliss_model", {})
+    strict = BlissDeblendMeasureTask(config=task_config(pixel_scale_rtol=0.0, psf_fwhm_margin_arcsec=0.0))
+    model.conditions = model.conditions.replace(pixel_scale_arcsec=0.26)
+    with pytest.raises(IncompatibleExposureError, match="pixel_scale_rtol"):
+        strict.run(calexp, model)
+    lenient = BlissDeblendMeasureTask(config=task_config(compatibility="warn"))
+    result = lenient.run(calexp, model)
+    assert lenient.metadata["compatibility_problems"] == 1
+    assert len(result.bliss_source) > 0
+
+
+def test_fully_masked_image_is_no_work(demo: dict) -> None:
+    butler = Butler.from_config(demo["root"], collections=demo["inputs"])
+    (ref, *_) = butler.query_datasets("calexp", explain=False)
+    calexp = butler.get(ref)
+    calexp.mask.set("BAD")
+    with pytest.raises(NoWorkFound, match="No valid pixel"):
+        BlissDeblendMeasureTask(config=task_config()).run(calexp, butler.get("bliss_model", {}))
+
+
+def test_samples_failure_keeps_the_source_table_as_partial_output(demo: dict, monkeypatch) -> None:
+    butler = Butler.from_config(demo["root"], collections=demo["inputs"], run="test/partial", writeable=True)
+    for name in ("bliss_source", "bliss_catalog_samples"):
+        butler.registry.registerDatasetType(
+            DatasetType(name, ("instrument", "visit", "detector"), "ArrowAstropy", universe=butler.dimensions)
+        )
+    task = BlissDeblendMeasureTask(config=task_config())
+
+    def broken_samples(*args, **kwargs):
+        raise NonFiniteOutputError("bliss_catalog_samples", ["bliss_flux"])
+
+    monkeypatch.setattr(task, "make_samples_table", broken_samples)
+    (ref, *_) = butler.query_datasets("calexp", explain=False)
+    data_id = butler.registry.expandDataId(ref.dataId)
+    quantum = makeQuantum(
+        task,
+        butler,
+        data_id,
+        {
+            "calexp": data_id,
+            "bliss_model": butler.find_dataset("bliss_model", {}),
+            "bliss_source": data_id,
+            "bliss_catalog_samples": data_id,
+        },
+    )
+    with pytest.raises(AnnotatedPartialOutputsError):
+        runTestQuantum(task, butler, quantum, mockRun=False)
+    assert butler.find_dataset("bliss_source", data_id, collections="test/partial") is not None
+    assert butler.find_dataset("bliss_catalog_samples", data_id, collections="test/partial") is None
+
+
+def pipetask(*args: str) -> subprocess.CompletedProcess:
+    completed = subprocess.run(
+        [str(BIN / "pipetask"), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return completed
+
+
+def test_pipetask_run_override_and_skip_existing(demo: dict) -> None:
+    root, output = demo["root"], "u/test/bliss"
+    common = ["-b", root, "-i", ",".join(demo["inputs"]), "-p", str(PIPELINE)]
+    pipetask(
+        "run", *common, "-o", output, "--register-dataset-types", "-c", "blissDeblendMeasure:n_samples=3"
+    )
+    butler = Butler.from_config(root, collections=[output])
+    sources = butler.query_datasets("bliss_source", explain=False)
+    assert len(sources) == 2
+    assert butler.get("blissDeblendMeasure_config").n_samples == 3
+    tables = [butler.get(ref) for ref in sources]
+    ids = np.concatenate([np.asarray(table["id"]) for table in tables])
+    assert len(np.unique(ids)) == len(ids) > 0
+    samples = butler.get("bliss_catalog_samples", sources[0].dataId)
+    assert set(np.unique(samples["sample"])) <= {0, 1, 2}
+    first_ids = {ref.id for ref in sources}
+    butler.close()
+
+    rerun = pipetask(
+        "run", *common, "-o", output, "--skip-existing-in", output, "-c", "blissDeblendMeasure:n_samples=3"
+    )
+    butler = Butler.from_config(root, collections=[output])
+    assert {ref.id for ref in butler.query_datasets("bliss_source", explain=False)} == first_ids
+    assert "Executed 0 quanta" in rerun.stderr + rerun.stdout or "No work" in rerun.stderr + rerun.stdout
+
+
+def test_train_then_deblend_in_one_pipeline(demo: dict, tmp_path: Path) -> None:
+    pipeline = Pipeline.from_uri(str(REPO_ROOT / "pipelines" / "BlissTrain.yaml"))
+    pipeline.mergePipeline(Pipeline.from_uri(str(PIPELINE)))
+    for field, value in {
+        "n_steps": 3,
+        "batch_size": 4,
+        "image_size": 32,
+        "validation_images": 4,
+        "validation_every": 3,
+        "log_every": 1,
+        "device": "cpu",
+        "use_calexp_conditions": True,
+    }.items():
+        pipeline.addConfigOverride("blissTrain", field, value)
+    pipeline.addConfigOverride("blissDeblendMeasure", "model_from_pipeline", True)
+    pipeline.addConfigOverride("blissDeblendMeasure", "n_samples", 2)
+    pipeline.addConfigOverride("blissDeblendMeasure", "compatibility", "warn")
+    butler = SimplePipelineExecutor.prep_butler(
+        demo["root"], inputs=[demo["calexp_collection"]], output="u/test/train"
+    )
+    executor = SimplePipelineExecutor.from_pipeline(pipeline, butler=butler)
+    quanta = executor.run(register_dataset_types=True)
+    assert len(quanta) == 3  # one training quantum, one deblend quantum per detector
+    model = butler.get("bliss_model", {})
+    assert model.training["steps"] == 3
+    assert model.simulator.image_height == 32
+    assert len(butler.query_datasets("bliss_source", collections="u/test/train", explain=False)) == 2
+    metadata = butler.get("blissTrain_metadata", {})
+    assert "final_validation_loss" in metadata["blissTrain"]
