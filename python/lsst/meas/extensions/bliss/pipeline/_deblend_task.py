@@ -56,6 +56,8 @@ class NonFiniteOutputError(AlgorithmError):
     def __init__(self, dataset: str, columns: list[str]) -> None:
         super().__init__(f"{dataset} has non-finite values in column(s) {columns}.")
         self._metadata = {"dataset": dataset, "columns": ",".join(columns)}
+        self.partial_outputs: Struct | None = None
+        """Outputs that are complete despite the failure (set by `BlissDeblendMeasureTask.run`)."""
 
     @property
     def metadata(self) -> dict[str, Any]:
@@ -225,19 +227,23 @@ class BlissDeblendMeasureTask(PipelineTask):
         inputs = butlerQC.get(inputRefs)
         data_id = butlerQC.quantum.dataId
         assert data_id is not None
-        id_generator = self.config.id_generator.apply(data_id)
-        visit, detector = int(data_id["visit"]), int(data_id["detector"])
-        frame = self.infer(inputs["calexp"], inputs["bliss_model"], visit=visit, detector=detector)
-        sources = self.make_source_table(frame, inputs["calexp"], id_generator, visit, detector)
-        butlerQC.put(sources, outputRefs.bliss_source)
-        if self.config.n_samples == 0:
-            return
         try:
-            samples = self.make_samples_table(frame, inputs["calexp"], visit, detector)
+            outputs = self.run(
+                **inputs,
+                id_generator=self.config.id_generator.apply(data_id),
+                visit=int(data_id["visit"]),
+                detector=int(data_id["detector"]),
+            )
         except AlgorithmError as err:
-            # bliss_source is written and complete; only the samples are missing.
+            partial = err.partial_outputs if isinstance(err, NonFiniteOutputError) else None
+            if partial is None:
+                raise
+            # bliss_source is complete; only the samples are missing.
+            butlerQC.put(partial.bliss_source, outputRefs.bliss_source)
             raise AnnotatedPartialOutputsError.annotate(err, self, log=self.log) from err
-        butlerQC.put(samples, outputRefs.bliss_catalog_samples)
+        butlerQC.put(outputs.bliss_source, outputRefs.bliss_source)
+        if outputs.bliss_catalog_samples is not None:
+            butlerQC.put(outputs.bliss_catalog_samples, outputRefs.bliss_catalog_samples)
 
     def run(
         self,
@@ -274,14 +280,20 @@ class BlissDeblendMeasureTask(PipelineTask):
             If the exposure differs from the model's training conditions and
             ``compatibility`` is ``"error"``, or its pixels are not in flux units.
         NonFiniteOutputError
-            If a table would hold non-finite values.
+            If a table would hold non-finite values; when only the samples
+            do, the exception's ``partial_outputs`` holds the complete
+            ``bliss_source``.
         """
         frame = self.infer(calexp, bliss_model, visit=visit, detector=detector)
         id_generator = id_generator or SourceIdGenerator(0, 0)
         sources = self.make_source_table(frame, calexp, id_generator, visit, detector)
         samples = None
         if self.config.n_samples:
-            samples = self.make_samples_table(frame, calexp, visit, detector)
+            try:
+                samples = self.make_samples_table(frame, calexp, visit, detector)
+            except NonFiniteOutputError as err:
+                err.partial_outputs = Struct(bliss_source=sources, frame=frame)
+                raise
         return Struct(bliss_source=sources, bliss_catalog_samples=samples, frame=frame)
 
     def check_compatibility(self, calexp: VisitImage, model: BlissModel) -> ExposureConditions:
