@@ -1,5 +1,7 @@
 """The demo Butler repo of simulated calexps: records, calexp round trip, PSF field, truth tables, errors."""
 
+import dataclasses
+
 import astropy.units as u
 import numpy as np
 import pytest
@@ -62,7 +64,14 @@ def test_summary_and_dimension_records(demo: dict, butler: Butler, model) -> Non
     assert all(n > 0 for n in demo["n_truth"])
     records = {
         element: list(butler.registry.queryDimensionRecords(element))
-        for element in ("instrument", "physical_filter", "detector", "day_obs", "visit", "visit_detector_region")
+        for element in (
+            "instrument",
+            "physical_filter",
+            "detector",
+            "day_obs",
+            "visit",
+            "visit_detector_region",
+        )
     }
     assert [r.name for r in records["instrument"]] == [config.instrument]
     (physical_filter,) = records["physical_filter"]
@@ -79,7 +88,7 @@ def test_summary_and_dimension_records(demo: dict, butler: Butler, model) -> Non
     for name, storage_class in (("calexp", "VisitImage"), ("bliss_truth", "ArrowAstropy")):
         dataset_type = butler.get_dataset_type(name)
         assert dataset_type.storageClass_name == storage_class
-        assert set(dataset_type.dimensions.names) == DIMENSIONS
+        assert set(dataset_type.dimensions.required) == DIMENSIONS
         refs = list(butler.query_datasets(name, collections=demo["calexp_collection"]))
         assert len(refs) == 2 and {ref.run for ref in refs} == {demo["calexp_collection"]}
 
@@ -168,7 +177,7 @@ def test_visit_image_round_trip(demo: dict, model, psf_model: str) -> None:
 
 def test_truth_table(demo: dict, butler: Butler, model) -> None:
     trained = model.simulator.psf_fwhm_range_arcsec
-    for data_id, n_truth in zip(demo["data_ids"], demo["n_truth"]):
+    for data_id, n_truth in zip(demo["data_ids"], demo["n_truth"], strict=True):
         truth = butler.get("bliss_truth", data_id)
         calexp = butler.get("calexp", data_id)
         assert not isinstance(truth, QTable) and len(truth) == n_truth
@@ -208,16 +217,21 @@ def test_truth_table(demo: dict, butler: Butler, model) -> None:
 
 
 def test_truth_positions_match_pixels(demo: dict, butler: Butler) -> None:
-    """The brightest source well inside the detector peaks at its truth (x column, y row)."""
-    truth = butler.get("bliss_truth", demo["data_ids"][0])
-    image = butler.get("calexp", demo["data_ids"][0]).image.array
-    inside = (truth["x"] > 12) & (truth["x"] < WIDTH - 13) & (truth["y"] > 12) & (truth["y"] < HEIGHT - 13)
-    inside &= np.isfinite(image[np.round(truth["y"]).astype(int), np.round(truth["x"]).astype(int)])
-    row = truth[inside][np.argmax(truth["flux"][inside])]
-    col, line = int(round(row["x"])), int(round(row["y"]))
-    window = image[line - 3 : line + 4, col - 3 : col + 4]
-    peak_y, peak_x = np.unravel_index(np.argmax(window), window.shape)
-    assert abs(peak_x - 3) <= 1 and abs(peak_y - 3) <= 1
+    """Bright truth sources sit on significant flux at their (x column, y row) in the calexp."""
+    n_bright = 0
+    for data_id in demo["data_ids"]:
+        truth = butler.get("bliss_truth", data_id)
+        calexp = butler.get("calexp", data_id)
+        image, sigma = calexp.image.array, np.sqrt(calexp.variance.array)
+        for row in truth[truth["flux"] > 3000]:
+            col, line = int(round(row["x"])), int(round(row["y"]))
+            box = (slice(line - 2, line + 3), slice(col - 2, col + 3))
+            if not (2 <= col < WIDTH - 2 and 2 <= line < HEIGHT - 2) or not np.isfinite(image[box]).all():
+                continue
+            n_bright += 1
+            snr = image[box].sum() / np.sqrt(np.square(sigma[box]).sum())
+            assert snr > 5, (data_id, row["id"], snr)
+    assert n_bright > 0
 
 
 def test_any_detector_size(tmp_path, model) -> None:
@@ -230,21 +244,47 @@ def test_any_detector_size(tmp_path, model) -> None:
     assert (truth["x"] < 69.5).all() and (truth["y"] < 66.5).all()
 
 
+def test_detector_without_sources(tmp_path, model) -> None:
+    # With this seed the 64 x 64 detector gets no source of its own (only light from the border tiles).
+    config = DemoRepoConfig(n_visits=1, n_detectors=1, height=64, width=64, seed=2)
+    summary = build_demo_repo(tmp_path / "empty", config, model=model)
+    assert summary["n_truth"] == [0]
+    with Butler.from_config(summary["root"], collections=summary["calexp_collection"]) as butler:
+        truth = butler.get("bliss_truth", summary["data_ids"][0])
+    assert len(truth) == 0 and {"x", "y", "coord_ra", "coord_dec", "flux"} <= set(truth.colnames)
+
+
+def test_simulation_without_any_source(tmp_path, model) -> None:
+    empty = dataclasses.replace(
+        model, prior=dataclasses.replace(model.prior, source_density_per_arcmin2=1e-9)
+    )
+    config = DemoRepoConfig(n_visits=1, n_detectors=1, height=64, width=64, seed=2)
+    summary = build_demo_repo(tmp_path / "empty", config, model=empty)
+    assert summary["n_truth"] == [0]
+
+
 def test_existing_repo_needs_overwrite(tmp_path, model) -> None:
     root = tmp_path / "repo"
-    config = DemoRepoConfig(n_visits=1, n_detectors=1, height=64, width=64, seed=2)
+    config = DemoRepoConfig(n_visits=1, n_detectors=1, height=96, width=96, seed=2)
     build_demo_repo(root, config, model=model)
     with pytest.raises(FileExistsError, match="overwrite"):
         build_demo_repo(root, config, model=model)
-    summary = build_demo_repo(root, DemoRepoConfig(n_visits=1, n_detectors=1, height=64, width=72), model=model,
-                              overwrite=True)
+    summary = build_demo_repo(
+        root, DemoRepoConfig(n_visits=1, n_detectors=1, height=96, width=104), model=model, overwrite=True
+    )
     with Butler.from_config(summary["root"], collections=summary["calexp_collection"]) as butler:
-        assert butler.get("calexp", summary["data_ids"][0]).image.array.shape == (64, 72)
+        assert butler.get("calexp", summary["data_ids"][0]).image.array.shape == (96, 104)
 
 
 @pytest.mark.parametrize(
     "field, value",
-    [("height", 0), ("width", -4), ("n_visits", 0), ("n_detectors", 0), ("psf_fwhm_range_arcsec", (1.0, 0.9))],
+    [
+        ("height", 0),
+        ("width", -4),
+        ("n_visits", 0),
+        ("n_detectors", 0),
+        ("psf_fwhm_range_arcsec", (1.0, 0.9)),
+    ],
 )
 def test_bad_config_values(field: str, value) -> None:
     with pytest.raises(ValueError, match=field):

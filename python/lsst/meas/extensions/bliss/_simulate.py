@@ -318,6 +318,8 @@ class ImageSimulator:
         """Noiseless images with each source under the PSF at its position (``margin`` pixels of
         border tiles precede the image's own pixels)."""
         sources = catalog_to_render_sources(catalog, self.conditions.pixel_scale_arcsec)
+        if len(sources) == 0:
+            return torch.zeros(catalog.batch_size, catalog.height, catalog.width, device=self.device)
         fwhm = np.asarray(
             psf_fwhm_at(sources.x.cpu().numpy() - margin, sources.y.cpu().numpy() - margin), dtype=np.float64
         )

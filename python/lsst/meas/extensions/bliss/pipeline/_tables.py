@@ -138,12 +138,13 @@ def _fill(
         table[name] = np.concatenate([value(catalog) for catalog in catalogs])
         table[name].unit = unit
         table[name].description = description
-    coord = pixel_to_sky(x=np.asarray(table["x"], dtype=float), y=np.asarray(table["y"], dtype=float))
-    for name, angle, axis in (
-        ("coord_ra", coord.ra, "Right ascension"),
-        ("coord_dec", coord.dec, "Declination"),
-    ):
-        table[name] = np.atleast_1d(angle.to_value(u.deg))
+    if len(table):
+        coord = pixel_to_sky(x=np.asarray(table["x"], dtype=float), y=np.asarray(table["y"], dtype=float))
+        ra, dec = np.atleast_1d(coord.ra.to_value(u.deg)), np.atleast_1d(coord.dec.to_value(u.deg))
+    else:
+        ra = dec = np.zeros(0)  # AST refuses to transform zero points
+    for name, angle, axis in (("coord_ra", ra, "Right ascension"), ("coord_dec", dec, "Declination")):
+        table[name] = angle
         table[name].unit = u.deg
         table[name].description = f"{axis} (ICRS) of the position, from the exposure's WCS."
 
