@@ -236,3 +236,18 @@ def test_train_then_deblend_in_one_pipeline(demo: dict, tmp_path: Path) -> None:
     assert len(butler.query_datasets("bliss_source", collections="u/test/train", explain=False)) == 2
     metadata = butler.get("blissTrain_metadata", {})
     assert "final_validation_loss" in metadata["blissTrain"]
+
+
+def test_image_without_sources_gives_empty_tables_with_every_column(demo: dict) -> None:
+    butler = Butler.from_config(demo["root"], collections=demo["inputs"])
+    (ref, *_) = butler.query_datasets("calexp", explain=False)
+    calexp = butler.get(ref)
+    calexp.image.array[...] = 0.0
+    task = BlissDeblendMeasureTask(config=task_config())
+    result = task.run(calexp, butler.get("bliss_model", {}))
+    assert len(result.bliss_source) == 0
+    assert {"id", "coord_ra", "coord_dec", "x", "bliss_flux", "bliss_masked_flag"} <= set(
+        result.bliss_source.colnames
+    )
+    assert result.bliss_source["coord_ra"].unit == "deg"
+    assert task.metadata["n_sources"] == 0
