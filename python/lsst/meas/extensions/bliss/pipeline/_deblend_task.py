@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 import numpy as np
+import torch
 from astropy.table import Table
 
 from lsst.images import VisitImage
@@ -367,6 +368,7 @@ class BlissDeblendMeasureTask(PipelineTask):
             progress=progress,
         )
         invalid_fraction = float(pixels.invalid.mean())
+        self.metadata["torch_threads"] = torch.get_num_threads()
         self.metadata["invalid_pixel_fraction"] = invalid_fraction
         for stage, seconds in frame.timings.items():
             self.metadata[f"time_{stage}_s"] = seconds
