@@ -1,5 +1,7 @@
 """Pipeline-layer pieces that need no Butler: source IDs, output tables, compatibility checks, configs."""
 
+from pathlib import Path
+
 import astropy.units as u
 import numpy as np
 import pytest
@@ -161,3 +163,13 @@ def test_train_config_validation_names_the_field(field: str, value) -> None:
     setattr(config, field, value)
     with pytest.raises(FieldValidationError, match=field):
         config.validate()
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).resolve().parents[1] / "config").glob("bliss*.py")), ids=lambda p: p.name
+)
+def test_example_config_overrides_load_and_validate(path: Path) -> None:
+    config = BlissTrainConfig() if path.name.startswith("blissTrain") else BlissDeblendMeasureConfig()
+    config.load(str(path))
+    config.validate()
+    assert config.compare(type(config)(), shortcut=True) is False  # the file changes something
