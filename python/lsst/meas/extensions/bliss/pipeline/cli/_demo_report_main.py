@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = ["demo_report_main"]
 
 import argparse
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -22,6 +23,9 @@ def demo_report_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--match-radius", type=float, default=1.0, help="match radius, pixels (default 1)")
     parser.add_argument("--bright-mag", type=float, default=24.0, help="magnitude limit of the bright recall")
     args = parser.parse_args(argv)
+    # Reading ArrowAstropy tables makes the Butler warn that pandas (an optional conversion target)
+    # is missing; irrelevant here.
+    logging.getLogger("lsst.daf.butler._storage_class").setLevel(logging.ERROR)
     try:
         scores = demo_scores(
             args.repo, args.collections, match_radius_pix=args.match_radius, bright_mag=args.bright_mag
