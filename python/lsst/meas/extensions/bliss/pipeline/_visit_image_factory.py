@@ -10,7 +10,6 @@ from collections.abc import Mapping
 import astropy.units as u
 import galsim
 import numpy as np
-import piff
 from astro_metadata_translator import ObservationInfo
 from astropy.wcs import WCS
 
@@ -79,6 +78,8 @@ class LinearPsfField:
         carries the profile's size; its coefficients are set directly instead
         of being fitted to stars.
         """
+        import piff  # imported here: it pulls in scikit-learn (about 1 s), needless for reading calexps
+
         # Piff's profiles have unit size: a Moffat of half-light radius 1, a Gaussian of sigma 1.
         if psf_model == "moffat":
             model = piff.Moffat(beta=moffat_beta)
