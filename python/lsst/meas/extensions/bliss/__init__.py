@@ -7,6 +7,7 @@ pipeline layer lives in the ``pipeline`` subpackage.
 
 from ._catalog import *
 from ._conditions import *
+from ._deblend import *
 from ._device import *
 from ._encoder import *
 from ._factors import *

@@ -1,0 +1,287 @@
+"""Deblending: per-source model stamps, the scene model, flux-conserving deblended images and
+measurements on them.
+
+Each detected source is rendered from its posterior point estimate (a star with the PSF at its
+position, a galaxy from its bulge+disk shape convolved with that PSF) on a stamp sized to the
+source.  The scene model is the sum of the stamps; a source's deblended image gives it the share
+of every observed pixel that its model holds of the scene there, so the deblended images of all
+sources add up to the observed image wherever the scene model is positive.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DEBLEND_FLAGS",
+    "DeblendedSources",
+    "SourceModels",
+    "deblend_sources",
+    "measure_deblended",
+    "render_source_models",
+    "scene_model",
+]
+
+import dataclasses
+import math
+
+import galsim
+import numpy as np
+import torch
+
+from ._catalog import FullCatalog
+from ._conditions import SurveyConditions
+from ._render import STAMP_HALF_SIZES, render_stamps, stamp_half_size
+from ._simulate import catalog_to_render_sources
+
+DEBLEND_FLAGS: tuple[str, ...] = ("flag_stamp_clipped", "flag_moments_failed", "flag_no_model")
+"""Per-source flags of `measure_deblended`: the stamp reaches beyond the image; adaptive moments
+did not converge; the model stamp is empty or not finite (no deblended image)."""
+
+
+@dataclasses.dataclass
+class SourceModels:
+    """Model stamps of the sources of one image.
+
+    Attributes
+    ----------
+    models
+        Model of each source, nJy per pixel, shape (N, S, S) with ``S = 2 h + 1``
+        for the largest half-size ``h``; a source's own stamp is the centred
+        ``2 h_i + 1`` square (zero outside it), and pixels beyond the image are zero.
+    half_size
+        Half-size ``h_i`` of each source's own stamp, shape (N,), int64.
+    x0, y0
+        Image column and row of stamp pixel ``[0, 0]`` of each source, shape (N,), int64
+        (pixel ``[h, h]`` is the source's nearest pixel).
+    clipped
+        The source's own stamp reaches beyond the image, shape (N,), bool.
+    """
+
+    models: torch.Tensor
+    half_size: torch.Tensor
+    x0: torch.Tensor
+    y0: torch.Tensor
+    clipped: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.models.shape[0])
+
+    @property
+    def stamp_size(self) -> int:
+        """Side ``S`` of the stored stamps, pixels."""
+        return int(self.models.shape[-1])
+
+
+def render_source_models(
+    catalog: FullCatalog,
+    psf_fwhm_pix: torch.Tensor,
+    conditions: SurveyConditions,
+    height: int,
+    width: int,
+    max_half_size: int = STAMP_HALF_SIZES[-1],
+) -> SourceModels:
+    """Render every source of an estimated catalog on its own stamp.
+
+    Parameters
+    ----------
+    catalog
+        Sources of one image (batch of one): positions in image pixels,
+        ``flux_njy``, ``is_galaxy`` and the galaxy shape in arcsec.
+    psf_fwhm_pix
+        PSF FWHM at each source, pixels, shape (N,).
+    conditions
+        The PSF family (Gaussian or Moffat) and pixel scale.
+    height, width
+        Image size; stamps are clipped to it.
+    max_half_size
+        Largest stamp half-size, pixels.
+
+    Returns
+    -------
+    models
+        The model stamps.
+
+    Raises
+    ------
+    ValueError
+        If the catalog holds more than one image or ``psf_fwhm_pix`` does not
+        match its sources.
+    """
+    if catalog.batch_size != 1:
+        raise ValueError(f"render_source_models takes a catalog of one image; got {catalog.batch_size}.")
+    sources = catalog_to_render_sources(catalog, conditions.pixel_scale_arcsec)
+    n_sources = len(sources)
+    fwhm = torch.as_tensor(psf_fwhm_pix, dtype=torch.float64).reshape(-1)
+    if fwhm.numel() != n_sources or not bool(torch.isfinite(fwhm).all() & (fwhm > 0).all()):
+        raise ValueError(f"psf_fwhm_pix needs one finite positive FWHM per source ({n_sources}).")
+    if n_sources == 0:
+        empty = torch.zeros(0, dtype=torch.int64)
+        return SourceModels(torch.zeros(0, 1, 1), empty, empty, empty, torch.zeros(0, dtype=torch.bool))
+    sources = dataclasses.replace(sources, psf_index=torch.arange(n_sources))
+    psf = conditions.psf(fwhm.numpy() * conditions.pixel_scale_arcsec)
+    half_size = stamp_half_size(sources, psf, max_half_size)
+    largest = int(half_size.max())
+    size = 2 * largest + 1
+    models = torch.zeros(n_sources, size, size)
+    for value in torch.unique(half_size).tolist():
+        chosen = torch.nonzero(half_size == value).squeeze(1)
+        stamps = render_stamps(sources.select(chosen), psf, int(value))
+        # Stamps of every size share the centre pixel [largest, largest].
+        offset = largest - int(value)
+        models[chosen, offset : offset + stamps.shape[-1], offset : offset + stamps.shape[-1]] = (
+            stamps.float()
+        )
+    centre_x, centre_y = torch.round(sources.x).long(), torch.round(sources.y).long()
+    x0, y0 = centre_x - largest, centre_y - largest
+    own_x0, own_y0 = centre_x - half_size, centre_y - half_size
+    clipped = (
+        (own_x0 < 0) | (own_y0 < 0) | (own_x0 + 2 * half_size >= width) | (own_y0 + 2 * half_size >= height)
+    )
+    models *= _inside_mask(x0, y0, size, height, width)
+    return SourceModels(models, half_size, x0, y0, clipped)
+
+
+def _inside_mask(x0: torch.Tensor, y0: torch.Tensor, size: int, height: int, width: int) -> torch.Tensor:
+    """1 where stamp pixels fall on the image, shape (N, S, S)."""
+    offsets = torch.arange(size)
+    rows = (y0[:, None] + offsets[None, :])[:, :, None]
+    cols = (x0[:, None] + offsets[None, :])[:, None, :]
+    return ((rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)).float()
+
+
+def _stamp_index(models: SourceModels, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clamped image row and column of every stamp pixel, each (N, S, S)."""
+    offsets = torch.arange(models.stamp_size)
+    rows = (models.y0[:, None] + offsets[None, :]).clamp(0, height - 1)[:, :, None]
+    cols = (models.x0[:, None] + offsets[None, :]).clamp(0, width - 1)[:, None, :]
+    shape = models.models.shape
+    return rows.expand(shape), cols.expand(shape)
+
+
+def scene_model(models: SourceModels, height: int, width: int) -> torch.Tensor:
+    """Sum of the model stamps on the image grid, nJy per pixel, shape (H, W)."""
+    scene = torch.zeros(height, width, dtype=torch.float64)
+    if len(models):
+        rows, cols = _stamp_index(models, height, width)
+        # Stamp pixels beyond the image hold zero, so adding them at the clamped border changes nothing.
+        scene.index_put_(
+            (rows.reshape(-1), cols.reshape(-1)), models.models.double().reshape(-1), accumulate=True
+        )
+    return scene.float()
+
+
+@dataclasses.dataclass
+class DeblendedSources:
+    """Each source's share of the observed image.
+
+    Attributes
+    ----------
+    images
+        Deblended image of each source, nJy per pixel, shape (N, S, S), on the
+        stamps of the `SourceModels` (zero where the source's model is).
+    variances
+        The matching share of the variance (the pixel variance scaled by the
+        square of the share), nJy^2, shape (N, S, S).
+    models
+        The model stamps they come from.
+    """
+
+    images: torch.Tensor
+    variances: torch.Tensor
+    models: SourceModels
+
+
+def deblend_sources(image: torch.Tensor, variance: torch.Tensor, models: SourceModels) -> DeblendedSources:
+    """Split an image among its sources in proportion to their models.
+
+    Parameters
+    ----------
+    image, variance
+        Observed image (nJy) and variance (nJy^2), shape (H, W); non-finite
+        pixels count as zero flux.
+    models
+        Source models on the same image.
+
+    Returns
+    -------
+    deblended
+        Per-source images; their sum over sources equals the image wherever
+        the scene model is positive.
+    """
+    height, width = image.shape
+    scene = scene_model(models, height, width)
+    if not len(models):
+        return DeblendedSources(models.models.clone(), models.models.clone(), models)
+    rows, cols = _stamp_index(models, height, width)
+    observed = torch.nan_to_num(image.float(), nan=0.0, posinf=0.0, neginf=0.0)[rows, cols]
+    pixel_variance = torch.nan_to_num(variance.float(), nan=0.0, posinf=0.0, neginf=0.0)[rows, cols]
+    total = scene[rows, cols]
+    share = torch.where(total > 0, models.models.clamp(min=0) / total.clamp(min=1e-30), 0.0)
+    return DeblendedSources(share * observed, share.square() * pixel_variance, models)
+
+
+def measure_deblended(
+    deblended: DeblendedSources, noise_njy: float, footprint_nsigma: float = 1.0
+) -> dict[str, np.ndarray]:
+    """Flux and adaptive-moment shape of each deblended image.
+
+    Parameters
+    ----------
+    deblended
+        Output of `deblend_sources`.
+    noise_njy
+        Typical per-pixel noise of the image, nJy; a source's footprint is
+        where its model exceeds ``footprint_nsigma`` times it (at least the
+        pixel at its centre).
+    footprint_nsigma
+        Footprint isophote in units of the noise.
+
+    Returns
+    -------
+    measurements
+        ``flux_njy`` and ``flux_err_njy`` (deblended flux in the footprint,
+        scaled by the model's total over its footprint flux, and its standard
+        deviation), ``e1``, ``e2`` (distortion
+        ``(a^2 - b^2) / (a^2 + b^2)`` of the adaptive moments, axes of the
+        image grid), ``sigma_pix`` (adaptive-moment size
+        ``det(M)^(1/4)``, pixels), each shape (N,), NaN where undefined, and
+        the `DEBLEND_FLAGS` (bool, shape (N,)).
+    """
+    models = deblended.models
+    n_sources = len(models)
+    results = {
+        name: np.full(n_sources, np.nan) for name in ("flux_njy", "flux_err_njy", "e1", "e2", "sigma_pix")
+    }
+    flags = {name: np.zeros(n_sources, dtype=bool) for name in DEBLEND_FLAGS}
+    flags["flag_stamp_clipped"] = models.clipped.numpy().copy()
+    if n_sources == 0:
+        return {**results, **flags}
+    centre = models.stamp_size // 2
+    footprint = models.models > footprint_nsigma * noise_njy
+    footprint[:, centre, centre] = True
+    usable = torch.isfinite(models.models).all(dim=(1, 2)) & (models.models.sum(dim=(1, 2)) > 0)
+    flags["flag_no_model"] = ~usable.numpy()
+    # The footprint misses the model's faint wings; correct by the model's own fraction inside it.
+    model_total = models.models.sum(dim=(1, 2))
+    correction = model_total / (models.models * footprint).sum(dim=(1, 2)).clamp(min=1e-30)
+    flux = (deblended.images * footprint).sum(dim=(1, 2)) * correction
+    flux_err = (deblended.variances * footprint).sum(dim=(1, 2)).sqrt() * correction
+    results["flux_njy"] = np.where(flags["flag_no_model"], np.nan, flux.double().numpy())
+    results["flux_err_njy"] = np.where(flags["flag_no_model"], np.nan, flux_err.double().numpy())
+    images = deblended.images.double().numpy()
+    for index in range(n_sources):
+        if flags["flag_no_model"][index]:
+            flags["flag_moments_failed"][index] = True
+            continue
+        size = 2 * int(models.half_size[index]) + 1
+        offset = centre - int(models.half_size[index])
+        stamp = galsim.Image(
+            np.ascontiguousarray(images[index, offset : offset + size, offset : offset + size])
+        )
+        moments = galsim.hsm.FindAdaptiveMom(stamp, strict=False)
+        if moments.moments_status != 0 or not math.isfinite(moments.moments_sigma):
+            flags["flag_moments_failed"][index] = True
+            continue
+        results["e1"][index] = moments.observed_shape.e1
+        results["e2"][index] = moments.observed_shape.e2
+        results["sigma_pix"][index] = moments.moments_sigma
+    return {**results, **flags}

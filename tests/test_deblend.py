@@ -1,0 +1,109 @@
+"""Deblending from source models: conservation, clipping, measurements, bad models."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lsst.meas.extensions.bliss import (
+    SOURCE_FIELDS,
+    FullCatalog,
+    SurveyConditions,
+    deblend_sources,
+    measure_deblended,
+    render_source_models,
+    scene_model,
+)
+
+CONDITIONS = SurveyConditions.from_survey()
+FWHM_PIX = CONDITIONS.psf_fwhm_pix
+
+
+def catalog(rows: list[dict], height: int = 64, width: int = 64) -> FullCatalog:
+    """One image's sources: x, y and any SOURCE_FIELDS (defaults: a star of 1e4 nJy)."""
+    defaults = {name: 0.0 for name in SOURCE_FIELDS} | {"flux_njy": 1e4, "disk_q": 1.0, "bulge_q": 1.0}
+    fields = {
+        name: torch.tensor([[float(row.get(name, defaults[name])) for row in rows]]) for name in SOURCE_FIELDS
+    }
+    fields["is_galaxy"] = fields["is_galaxy"].bool()
+    x = torch.tensor([[float(row["x"]) for row in rows]])
+    y = torch.tensor([[float(row["y"]) for row in rows]])
+    return FullCatalog(height, width, torch.tensor([len(rows)]), x, y, fields)
+
+
+def galaxy(x: float, y: float, q: float, angle: float, flux: float = 5e4) -> dict:
+    return dict(
+        x=x,
+        y=y,
+        flux_njy=flux,
+        is_galaxy=1,
+        disk_frac=1.0,
+        disk_hlr_arcsec=0.6,
+        disk_q=q,
+        position_angle_rad=angle,
+    )
+
+
+def test_deblended_images_add_up_to_the_image_and_models_to_their_flux() -> None:
+    sources = catalog([dict(x=30.2, y=31.7), galaxy(34.0, 30.0, 0.6, 0.3), dict(x=5.0, y=60.0, flux_njy=3e3)])
+    models = render_source_models(sources, torch.full((3,), FWHM_PIX), CONDITIONS, 64, 64)
+    scene = scene_model(models, 64, 64)
+    generator = torch.Generator().manual_seed(1)
+    image = scene + 20.0 * torch.randn(64, 64, generator=generator)
+    variance = torch.full((64, 64), 400.0)
+    deblended = deblend_sources(image, variance, models)
+    rebuilt = torch.zeros(64, 64)
+    for index in range(len(models)):
+        y0, x0 = int(models.y0[index]), int(models.x0[index])
+        size = models.stamp_size
+        for row in range(size):
+            for col in range(size):
+                if 0 <= y0 + row < 64 and 0 <= x0 + col < 64:
+                    rebuilt[y0 + row, x0 + col] += deblended.images[index, row, col]
+    covered = scene > 0
+    torch.testing.assert_close(rebuilt[covered], image[covered], atol=1e-3, rtol=1e-4)
+    # Unclipped models hold (nearly) all of their flux; the corner source is clipped and flagged.
+    assert models.models[0].sum() == pytest.approx(1e4, rel=5e-3)
+    assert models.clipped.tolist() == [False, False, True]
+
+
+def test_isolated_star_and_galaxy_measurements() -> None:
+    size = 160
+    rows = [
+        dict(x=40.0, y=40.0, flux_njy=2e5),
+        galaxy(120.0, 120.0, 0.5, 0.0, 2e5),
+        galaxy(40.0, 120.0, 0.5, math.pi / 4, 2e5),
+    ]
+    sources = catalog(rows, size, size)
+    models = render_source_models(sources, torch.full((3,), FWHM_PIX), CONDITIONS, size, size)
+    image = scene_model(models, size, size)
+    deblended = deblend_sources(image, torch.full((size, size), 100.0), models)
+    measured = measure_deblended(deblended, noise_njy=10.0)
+    assert not measured["flag_moments_failed"].any() and not measured["flag_stamp_clipped"].any()
+    np.testing.assert_allclose(measured["flux_njy"], 2e5, rtol=0.01)
+    assert abs(measured["e1"][0]) < 0.01 and abs(measured["e2"][0]) < 0.01
+    sigma = FWHM_PIX / (2 * math.sqrt(2 * math.log(2)))
+    assert measured["sigma_pix"][0] == pytest.approx(sigma, rel=0.15)  # a Moffat is not a Gaussian
+    assert measured["e1"][1] > 0.1 and abs(measured["e2"][1]) < 0.02  # major axis along x
+    assert measured["e2"][2] > 0.1 and abs(measured["e1"][2]) < 0.02  # major axis at 45 degrees
+
+
+def test_bad_models_are_flagged_and_empty_catalogs_work() -> None:
+    sources = catalog([dict(x=20.0, y=20.0), dict(x=40.0, y=40.0)])
+    models = render_source_models(sources, torch.full((2,), FWHM_PIX), CONDITIONS, 64, 64)
+    models.models[1] = float("nan")
+    deblended = deblend_sources(torch.zeros(64, 64), torch.ones(64, 64), models)
+    measured = measure_deblended(deblended, noise_njy=1.0)
+    assert measured["flag_no_model"].tolist() == [False, True]
+    assert measured["flag_moments_failed"][1] and math.isnan(measured["flux_njy"][1])
+    with pytest.raises(ValueError, match="one finite positive FWHM"):
+        render_source_models(sources, torch.tensor([FWHM_PIX, float("nan")]), CONDITIONS, 64, 64)
+    empty = render_source_models(catalog([]), torch.zeros(0), CONDITIONS, 64, 64)
+    assert len(empty) == 0 and scene_model(empty, 64, 64).abs().sum() == 0
+    assert all(
+        len(value) == 0
+        for value in measure_deblended(
+            deblend_sources(torch.zeros(64, 64), torch.ones(64, 64), empty), 1.0
+        ).values()
+    )
