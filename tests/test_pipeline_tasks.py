@@ -26,6 +26,7 @@ from lsst.meas.extensions.bliss.pipeline import (
     build_demo_repo,
     ingest_model,
     register_bliss_storage_class,
+    scene_model_from_table,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -77,7 +78,7 @@ def quantum_repo(demo: dict, tmp_path: Path) -> tuple[Butler, dict]:
     butler = Butler.from_config(root, run="test/quantum", writeable=True)
     addDatasetType(butler, "calexp", {"instrument", "visit", "detector"}, "VisitImage")
     addDatasetType(butler, "bliss_model", set(), MODEL_STORAGE_CLASS)
-    for name in ("bliss_source", "bliss_catalog_samples"):
+    for name in ("bliss_source", "bliss_catalog_samples", "bliss_deblended_models"):
         addDatasetType(butler, name, {"instrument", "visit", "detector"}, "ArrowAstropy")
     data_id = {"instrument": "BlissSim", "visit": visit, "detector": detector}
     butler.put(calexp, "calexp", data_id)
@@ -95,7 +96,13 @@ def quantum_task(butler: Butler, data_id: dict) -> tuple[BlissDeblendMeasureTask
         task,
         butler,
         data_id,
-        {"calexp": data_id, "bliss_model": {}, "bliss_source": data_id, "bliss_catalog_samples": data_id},
+        {
+            "calexp": data_id,
+            "bliss_model": {},
+            "bliss_source": data_id,
+            "bliss_catalog_samples": data_id,
+            "bliss_deblended_models": data_id,
+        },
     )
     return task, quantum
 
@@ -116,6 +123,24 @@ def test_quantum_with_and_without_mocking(quantum_repo) -> None:
         assert sources[name].description, name
     assert sources["bliss_flux"].unit == "nJy" and sources["coord_ra"].unit == "deg"
     assert task.metadata["n_sources"] == len(sources)
+    # Deblending: measurements in bliss_source, one model stamp per source, and the scene model.
+    models = butler.get("bliss_deblended_models", data_id)
+    assert list(models["id"]) == list(sources["id"]) and models["model"].unit == "nJy"
+    assert {"bliss_deblend_flux", "bliss_e1", "bliss_moments_failed_flag"} <= set(sources.colnames)
+    good = ~np.asarray(sources["bliss_moments_failed_flag"])
+    assert good.sum() > 0 and np.isfinite(np.ma.getdata(sources["bliss_e1"])[good]).all()
+    assert np.ma.getmaskarray(sources["bliss_e1"])[~good].all()  # undefined values are masked, not NaN
+    calexp = butler.get("calexp", data_id)
+    height, width = calexp.image.array.shape
+    scene = scene_model_from_table(models, int(calexp.bbox.x.start), int(calexp.bbox.y.start), height, width)
+    bright = np.asarray(sources["bliss_flux"]) > 5000
+    x = np.round(np.asarray(sources["x"])[bright]).astype(int) - int(calexp.bbox.x.start)
+    y = np.round(np.asarray(sources["y"])[bright]).astype(int) - int(calexp.bbox.y.start)
+    assert (scene[y, x] > 0).all()
+    flux_ratio = (
+        np.ma.getdata(sources["bliss_deblend_flux"])[bright] / np.asarray(sources["bliss_flux"])[bright]
+    )
+    assert 0.8 < np.median(flux_ratio) < 1.2
 
     result = task.run(butler.get("calexp", data_id), butler.get("bliss_model", {}))
     assertValidOutput(task, result)

@@ -102,7 +102,9 @@ class FrameResult:
     catalog
         Point estimates of the sources with detection probability above the
         threshold, batch of one image, fields `SOURCE_FIELDS`,
-        `ESTIMATE_FIELDS` and `FRAME_FLAGS`; ordered by tile (row-major).
+        `ESTIMATE_FIELDS`, `FRAME_FLAGS` and ``psf_fwhm_pix`` (the PSF FWHM
+        the network was conditioned on at the source, pixels); ordered by
+        tile (row-major).
     samples
         ``n_samples`` posterior catalog samples, each like ``catalog``
         without the flags.
@@ -307,6 +309,14 @@ def _assemble(
     )
 
 
+def _at_sources(values: torch.Tensor, catalog: FullCatalog) -> torch.Tensor:
+    """``values`` (H, W) at the nearest pixel of each source of a one-image catalog, shape (1, M)."""
+    height, width = values.shape
+    col = catalog.x[0].round().long().clamp(0, width - 1)
+    row = catalog.y[0].round().long().clamp(0, height - 1)
+    return values[row, col][None].to(catalog.x.dtype)
+
+
 def _footprint_flags(
     catalog: FullCatalog, valid: torch.Tensor, fwhm_map: torch.Tensor, pixel_scale_arcsec: float
 ) -> dict[str, torch.Tensor]:
@@ -424,7 +434,9 @@ def infer_frame(
     if not bool(valid.any()):
         empty = _assemble([], names, height, width)
         flags = {flag: torch.zeros(1, 0, dtype=torch.bool) for flag in FRAME_FLAGS}
-        catalog = dataclasses.replace(empty, fields={**empty.fields, **flags})
+        catalog = dataclasses.replace(
+            empty, fields={**empty.fields, **flags, "psf_fwhm_pix": torch.zeros(1, 0, dtype=empty.x.dtype)}
+        )
         samples = [_assemble([], names, height, width) for _ in range(config.n_samples)]
         return FrameResult("no_valid_pixels", catalog, samples, {}, flux_scale, timings)
 
@@ -484,6 +496,7 @@ def infer_frame(
     tick = time.perf_counter()
     catalog = _assemble(estimate_parts, names, height, width)
     catalog.fields.update(_footprint_flags(catalog, valid, fwhm_map, pixel_scale))
+    catalog.fields["psf_fwhm_pix"] = _at_sources(fwhm_map, catalog)
     samples = [_assemble(parts, names, height, width) for parts in sample_parts]
     timings["catalog"] = time.perf_counter() - tick
     timings["total"] = time.perf_counter() - start

@@ -10,6 +10,7 @@ __all__ = [
     "NonFiniteOutputError",
 ]
 
+import dataclasses
 import time
 from typing import Any
 
@@ -34,6 +35,8 @@ from lsst.pipe.base import (
 )
 from lsst.pipe.base import connectionTypes as cT
 
+from .._conditions import SurveyConditions
+from .._deblend import deblend_sources, measure_deblended, render_source_models
 from .._frame import FrameConfig, FrameResult, infer_frame
 from .._model_io import BlissModel
 from .._normalize import DEFAULT_INVALID_MASK_PLANES
@@ -41,7 +44,7 @@ from ._compatibility import ExposureConditions, compatibility_problems, measure_
 from ._exposure import exposure_pixels, psf_kernel_function
 from ._ids import SourceIdGenerator, SourceIdGeneratorConfig
 from ._model_dataset import DEFAULT_MODEL_DATASET_TYPE, MODEL_STORAGE_CLASS
-from ._tables import samples_table, source_table
+from ._tables import add_deblend_columns, deblended_models_table, samples_table, source_table
 
 _INVALID_PLANE = "BLISS_INVALID"
 """Single plane of the boolean invalid-pixel map handed to the core."""
@@ -91,12 +94,22 @@ class BlissDeblendMeasureConnections(PipelineTaskConnections, dimensions=("instr
         dimensions=("instrument", "visit", "detector"),
     )
 
+    bliss_deblended_models = cT.Output(
+        doc="Model stamp of every source of bliss_source (rebuild the scene model with "
+        "scene_model_from_table); deblended images are the calexp's pixels in proportion to them.",
+        name="bliss_deblended_models",
+        storageClass="ArrowAstropy",
+        dimensions=("instrument", "visit", "detector"),
+    )
+
     def __init__(self, *, config: BlissDeblendMeasureConfig | None = None) -> None:
         super().__init__(config=config)
         if config is None:
             return
         if config.n_samples == 0:
             del self.bliss_catalog_samples
+        if not config.do_deblend:
+            del self.bliss_deblended_models
         if config.model_from_pipeline:
             # A prerequisite must exist before the pipeline runs; a regular input may be made by an
             # earlier task of the same pipeline (BlissTrainTask).
@@ -161,6 +174,14 @@ class BlissDeblendMeasureConfig(PipelineTaskConfig, pipelineConnections=BlissDeb
     progress_interval_s = Field[float](
         doc="Minimum seconds between progress log lines on large images.", default=30.0
     )
+    do_deblend = Field[bool](
+        doc="Render a model of every source, split the image among the sources in proportion to their "
+        "models, measure flux and adaptive-moment shape on each share, and write bliss_deblended_models.",
+        default=True,
+    )
+    max_stamp_half_size = Field[int](
+        doc="Largest half-size of a source's model stamp, pixels (stamps are 2h+1 wide).", default=20
+    )
     model_from_pipeline = Field[bool](
         doc="Read bliss_model as a regular input instead of a prerequisite, so that a BlissTrainTask in "
         "the same pipeline can produce it.",
@@ -179,6 +200,8 @@ class BlissDeblendMeasureConfig(PipelineTaskConfig, pipelineConnections=BlissDeb
             raise FieldValidationError(cls.memory_budget_gb, self, "must be positive")
         if self.chunk_pixels is not None and self.chunk_pixels < 1:
             raise FieldValidationError(cls.chunk_pixels, self, "must be positive or None")
+        if self.max_stamp_half_size < 2:
+            raise FieldValidationError(cls.max_stamp_half_size, self, "must be at least 2")
         if self.psf_grid_pixels < 1:
             raise FieldValidationError(cls.psf_grid_pixels, self, "must be positive")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
@@ -241,8 +264,12 @@ class BlissDeblendMeasureTask(PipelineTask):
                 raise
             # bliss_source is complete; only the samples are missing.
             butlerQC.put(partial.bliss_source, outputRefs.bliss_source)
+            if partial.bliss_deblended_models is not None:
+                butlerQC.put(partial.bliss_deblended_models, outputRefs.bliss_deblended_models)
             raise AnnotatedPartialOutputsError.annotate(err, self, log=self.log) from err
         butlerQC.put(outputs.bliss_source, outputRefs.bliss_source)
+        if outputs.bliss_deblended_models is not None:
+            butlerQC.put(outputs.bliss_deblended_models, outputRefs.bliss_deblended_models)
         if outputs.bliss_catalog_samples is not None:
             butlerQC.put(outputs.bliss_catalog_samples, outputRefs.bliss_catalog_samples)
 
@@ -270,8 +297,9 @@ class BlissDeblendMeasureTask(PipelineTask):
         Returns
         -------
         result
-            ``bliss_source`` and ``bliss_catalog_samples`` (None when
-            ``n_samples`` is 0) tables, and ``frame``, the core's `FrameResult`.
+            ``bliss_source``, ``bliss_catalog_samples`` (None when
+            ``n_samples`` is 0) and ``bliss_deblended_models`` (None when
+            ``do_deblend`` is False) tables, and ``frame``, the core's `FrameResult`.
 
         Raises
         ------
@@ -288,14 +316,59 @@ class BlissDeblendMeasureTask(PipelineTask):
         frame = self.infer(calexp, bliss_model, visit=visit, detector=detector)
         id_generator = id_generator or SourceIdGenerator(0, 0)
         sources = self.make_source_table(frame, calexp, id_generator, visit, detector)
+        deblended_models = None
+        if self.config.do_deblend:
+            deblended_models = self.deblend(frame, calexp, sources, bliss_model.conditions)
         samples = None
         if self.config.n_samples:
             try:
                 samples = self.make_samples_table(frame, calexp, visit, detector)
             except NonFiniteOutputError as err:
-                err.partial_outputs = Struct(bliss_source=sources, frame=frame)
+                err.partial_outputs = Struct(
+                    bliss_source=sources, bliss_deblended_models=deblended_models, frame=frame
+                )
                 raise
-        return Struct(bliss_source=sources, bliss_catalog_samples=samples, frame=frame)
+        return Struct(
+            bliss_source=sources,
+            bliss_catalog_samples=samples,
+            bliss_deblended_models=deblended_models,
+            frame=frame,
+        )
+
+    def deblend(
+        self, frame: FrameResult, calexp: VisitImage, sources: Table, conditions: SurveyConditions
+    ) -> Table:
+        """Model every source, add the deblended measurements to ``sources`` and return the model table.
+
+        Stars are rendered with the PSF at their position, galaxies (galaxy
+        probability > 0.5) from their posterior bulge+disk shape; each
+        source's deblended image is its model's share of the observed pixels.
+        """
+        start = time.perf_counter()
+        catalog = frame.catalog
+        pixels = exposure_pixels(calexp, self.config.invalid_mask_planes)
+        height, width = pixels.image.shape
+        is_galaxy = catalog.fields["galaxy_prob"] > 0.5
+        estimate = dataclasses.replace(catalog, fields={**catalog.fields, "is_galaxy": is_galaxy})
+        n_sources = int(catalog.n_sources[0])
+        models = render_source_models(
+            estimate,
+            catalog.fields["psf_fwhm_pix"][0, :n_sources],
+            conditions,
+            height,
+            width,
+            self.config.max_stamp_half_size,
+        )
+        image, variance = torch.from_numpy(pixels.image), torch.from_numpy(pixels.variance)
+        deblended = deblend_sources(image, variance, models)
+        usable = np.isfinite(pixels.variance) & (pixels.variance > 0) & ~pixels.invalid
+        noise = float(np.sqrt(np.median(pixels.variance[usable]))) if usable.any() else 1.0
+        add_deblend_columns(sources, measure_deblended(deblended, noise))
+        self.metadata["time_deblend_s"] = time.perf_counter() - start
+        self.metadata["n_moments_failed"] = int(np.sum(sources["bliss_moments_failed_flag"]))
+        return deblended_models_table(
+            models, np.asarray(sources["id"]), int(calexp.bbox.x.start), int(calexp.bbox.y.start)
+        )
 
     def check_compatibility(self, calexp: VisitImage, model: BlissModel) -> ExposureConditions:
         """Compare the exposure with the model's training conditions (see the ``compatibility`` option).
@@ -420,7 +493,8 @@ def _check_finite(table: Table, dataset: str) -> None:
     bad = [
         name
         for name in table.colnames
-        if table[name].dtype.kind == "f" and not np.isfinite(np.asarray(table[name])).all()
+        if table[name].dtype.kind == "f"
+        and not np.isfinite(np.ma.getdata(table[name])[~np.ma.getmaskarray(table[name])]).all()
     ]
     if bad:
         raise NonFiniteOutputError(dataset, bad)

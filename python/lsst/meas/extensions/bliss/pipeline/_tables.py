@@ -9,10 +9,14 @@ description.
 from __future__ import annotations
 
 __all__ = [
+    "DEBLEND_COLUMNS",
     "SAMPLE_COLUMNS",
     "SOURCE_COLUMNS",
     "TRUTH_COLUMNS",
+    "add_deblend_columns",
+    "deblended_models_table",
     "samples_table",
+    "scene_model_from_table",
     "source_table",
     "truth_table",
 ]
@@ -24,10 +28,11 @@ import astropy.units as u
 import numpy as np
 import torch
 from astropy.coordinates import SkyCoord
-from astropy.table import Table
+from astropy.table import MaskedColumn, Table
 
 from .._catalog import FullCatalog
 from .._conditions import flux_njy_to_mag
+from .._deblend import SourceModels
 from .._frame import FrameResult
 
 # (column, unit, description, value of a catalog) with the catalog's positions already in parent pixels.
@@ -285,3 +290,117 @@ def truth_table(
     table["psf_fwhm"].description = "FWHM of the PSF at the source."
     _data_id_columns(table, n, visit, detector)
     return _ordered(table, ["id", "coord_ra", "coord_dec"])
+
+
+DEBLEND_COLUMNS: tuple[tuple[str, str, u.UnitBase | None, str], ...] = (
+    (
+        "bliss_deblend_flux",
+        "flux_njy",
+        u.nJy,
+        "Flux of the deblended image in the source's footprint "
+        "(model isophote at 1 sigma of the noise), scaled by the model's total over its footprint flux.",
+    ),
+    ("bliss_deblend_fluxErr", "flux_err_njy", u.nJy, "Standard deviation of bliss_deblend_flux."),
+    (
+        "bliss_e1",
+        "e1",
+        None,
+        "Adaptive-moment (GalSim HSM) distortion e1 of the deblended image, "
+        "(a^2 - b^2)/(a^2 + b^2) cos 2 theta, theta from the +x pixel axis (PSF not removed).",
+    ),
+    ("bliss_e2", "e2", None, "Adaptive-moment distortion e2 of the deblended image (sin 2 theta)."),
+    ("bliss_moments_sigma", "sigma_pix", u.pix, "Adaptive-moment size det(M)^(1/4) of the deblended image."),
+    (
+        "bliss_stamp_clipped_flag",
+        "flag_stamp_clipped",
+        None,
+        "The source's model stamp reaches beyond the image.",
+    ),
+    (
+        "bliss_moments_failed_flag",
+        "flag_moments_failed",
+        None,
+        "Adaptive moments of the deblended image failed.",
+    ),
+    ("bliss_no_model_flag", "flag_no_model", None, "The source's model stamp is empty or not finite."),
+)
+"""Deblending columns of ``bliss_source``: (column, key of `measure_deblended`, unit, description)."""
+
+
+def add_deblend_columns(table: Table, measurements: dict[str, np.ndarray]) -> None:
+    """Add `DEBLEND_COLUMNS` to a ``bliss_source`` table; undefined values are masked, never NaN."""
+    for name, key, unit, description in DEBLEND_COLUMNS:
+        values = np.asarray(measurements[key])
+        if values.dtype.kind == "f":
+            table[name] = MaskedColumn(values, mask=~np.isfinite(values), fill_value=np.nan)
+        else:
+            table[name] = values
+        table[name].unit = unit
+        table[name].description = description
+
+
+def deblended_models_table(models: SourceModels, ids: np.ndarray, x0: int, y0: int) -> Table:
+    """The ``bliss_deblended_models`` table: one model stamp per source.
+
+    Parameters
+    ----------
+    models
+        Model stamps (local image coordinates).
+    ids
+        Source IDs (as in ``bliss_source``), shape (N,).
+    x0, y0
+        Parent-pixel coordinates of the first array element of the image.
+
+    Returns
+    -------
+    table
+        Columns ``id``, ``stamp_x0``, ``stamp_y0`` (parent pixel of stamp
+        element [0, 0]), ``stamp_half_size`` and ``model`` (N, S, S), nJy per pixel.
+    """
+    table = Table()
+    table["id"] = np.asarray(ids, dtype=np.int64)
+    table["id"].description = "Source ID, as in bliss_source."
+    table["stamp_x0"] = models.x0.numpy() + x0
+    table["stamp_x0"].unit = u.pix
+    table["stamp_x0"].description = "Parent column of the stamp's first pixel (model[:, 0, 0])."
+    table["stamp_y0"] = models.y0.numpy() + y0
+    table["stamp_y0"].unit = u.pix
+    table["stamp_y0"].description = "Parent row of the stamp's first pixel."
+    table["stamp_half_size"] = models.half_size.numpy()
+    table["stamp_half_size"].unit = u.pix
+    table[
+        "stamp_half_size"
+    ].description = "Half-size h of the source's own stamp: the centred 2h+1 square of the stored stamp."
+    table["model"] = models.models.numpy().astype(np.float32)
+    table["model"].unit = u.nJy
+    table["model"].description = "PSF-convolved model of the source per pixel (zero beyond the image)."
+    return table
+
+
+def scene_model_from_table(table: Table, x0: int, y0: int, height: int, width: int) -> np.ndarray:
+    """Rebuild the scene model image (sum of all source models) from a ``bliss_deblended_models`` table.
+
+    Parameters
+    ----------
+    table
+        The table.
+    x0, y0, height, width
+        Parent-pixel box of the output image.
+
+    Returns
+    -------
+    scene
+        Shape (height, width), nJy per pixel.
+    """
+    stamps = np.asarray(table["model"], dtype=np.float64)
+    scene = np.zeros((height, width))
+    if len(table) == 0:
+        return scene
+    size = stamps.shape[-1]
+    offsets = np.arange(size)
+    rows = np.asarray(table["stamp_y0"])[:, None, None] - y0 + offsets[None, :, None]
+    cols = np.asarray(table["stamp_x0"])[:, None, None] - x0 + offsets[None, None, :]
+    rows, cols = np.broadcast_arrays(rows, cols)
+    inside = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
+    np.add.at(scene, (rows[inside], cols[inside]), stamps[inside])
+    return scene
