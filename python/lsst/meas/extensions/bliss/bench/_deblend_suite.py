@@ -1,0 +1,275 @@
+"""``bliss-bench deblend``: deblended fluxes and shapes of isolated and blended galaxies, BLISS vs SEP.
+
+Held-out 64 x 64 scenes at the model's conditions hold either one galaxy or a
+pair separated by 1-3 PSF FWHM, with the same distribution of fluxes and
+shapes, so the flux scatter of blended galaxies can be compared with that of
+isolated ones of the same SNR.  BLISS detects with `infer_frame` (point
+estimates), models every source from its posterior estimate and splits the
+image among the models (`deblend_sources`); SEP (the science suite's
+settings, Kron fluxes of its segmentation deblending) runs on the same
+images.  A sweep places a second galaxy (half as bright, two thirds the size)
+at 1-10 pixels from a first one.
+"""
+
+from __future__ import annotations
+
+__all__ = ["DESCRIPTION", "add_arguments", "run"]
+
+import argparse
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._catalog import SOURCE_FIELDS, FullCatalog
+from .._deblend import deblend_sources, measure_deblended, render_source_models
+from .._frame import FrameConfig, infer_frame
+from .._metrics import ellipticity_from_shape, match_sources, robust_scatter, source_snr_and_blendedness
+from .._model_io import BlissModel, load_default_model
+from .._sep_baseline import run_sep
+from .._simulate import ImageSimulator, SimulatorConfig
+
+DESCRIPTION = "deblended flux and shape of isolated vs blended galaxies, BLISS vs SEP; separation sweep"
+SCENE_SIZE = 64
+MATCH_RADIUS_PIX = 1.5
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the deblend suite."""
+    parser.add_argument("--model", type=Path, default=None, help="model file (default: the packaged model)")
+    parser.add_argument(
+        "--n-scenes", type=int, default=None, help="scenes of each kind (default 300, quick 60)"
+    )
+    parser.add_argument(
+        "--sweep-trials",
+        type=int,
+        default=None,
+        help="pairs per separation in the sweep (default 40, quick 10)",
+    )
+
+
+def _galaxies(rng: np.random.Generator, n: int, flux_range_njy: tuple[float, float]) -> dict[str, np.ndarray]:
+    """Random disk-dominated galaxies (log-uniform flux)."""
+    return {
+        "flux_njy": np.exp(rng.uniform(*np.log(flux_range_njy), n)),
+        "is_galaxy": np.ones(n),
+        "disk_frac": rng.uniform(0.5, 1.0, n),
+        "disk_hlr_arcsec": rng.uniform(0.3, 0.8, n),
+        "disk_q": rng.uniform(0.3, 1.0, n),
+        "bulge_hlr_arcsec": rng.uniform(0.15, 0.4, n),
+        "bulge_q": rng.uniform(0.5, 1.0, n),
+        "position_angle_rad": rng.uniform(0.0, math.pi, n),
+    }
+
+
+def _scenes(positions: list[np.ndarray], properties: list[dict[str, np.ndarray]]) -> FullCatalog:
+    """A batch of scenes: per scene, positions (k, 2) as (x, y) and k sources' properties."""
+    batch, width = len(positions), max(len(p) for p in positions)
+    fields = {name: torch.zeros(batch, width) for name in SOURCE_FIELDS}
+    x, y = torch.zeros(batch, width), torch.zeros(batch, width)
+    for index, (where, values) in enumerate(zip(positions, properties, strict=True)):
+        count = len(where)
+        x[index, :count] = torch.as_tensor(where[:, 0])
+        y[index, :count] = torch.as_tensor(where[:, 1])
+        for name in SOURCE_FIELDS:
+            fields[name][index, :count] = torch.as_tensor(values[name], dtype=torch.float32)
+    fields["is_galaxy"] = fields["is_galaxy"] > 0.5
+    counts = torch.tensor([len(p) for p in positions])
+    return FullCatalog(SCENE_SIZE, SCENE_SIZE, counts, x, y, fields)
+
+
+def _measure_scene(
+    model: BlissModel, image: torch.Tensor, variance: torch.Tensor, fwhm_pix: float
+) -> dict[str, np.ndarray]:
+    """BLISS detection and deblending of one scene: positions, deblended flux, shape estimates."""
+    result = infer_frame(model, image, variance, None, fwhm_pix, FrameConfig(n_samples=0, device="cpu"))
+    catalog = result.catalog
+    count = int(catalog.n_sources[0])
+    estimate = FullCatalog(
+        catalog.height,
+        catalog.width,
+        catalog.n_sources,
+        catalog.x,
+        catalog.y,
+        {**catalog.fields, "is_galaxy": catalog.fields["galaxy_prob"] > 0.5},
+    )
+    models = render_source_models(
+        estimate, catalog.fields["psf_fwhm_pix"][0, :count], model.conditions, SCENE_SIZE, SCENE_SIZE
+    )
+    measured = measure_deblended(deblend_sources(image, variance, models), float(variance.median().sqrt()))
+    rows = {
+        name: catalog.fields[name][0, :count].numpy()
+        for name in ("detection_prob", "disk_q", "disk_frac", "bulge_q", "position_angle_rad")
+    }
+    return {"x": catalog.x[0, :count].numpy(), "y": catalog.y[0, :count].numpy(), **rows, **measured}
+
+
+def _dominant_ellipticity(values: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Ellipticity of the component holding most of the flux (disk if disk_frac >= 0.5)."""
+    q = np.where(values["disk_frac"] >= 0.5, values["disk_q"], values["bulge_q"])
+    return ellipticity_from_shape(np.clip(q, 1e-3, 1.0), values["position_angle_rad"])
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Run the suite; returns the JSON results plus a one-line ``summary``."""
+    start = time.perf_counter()
+    model = BlissModel.load(args.model) if args.model is not None else load_default_model()
+    conditions = model.conditions
+    n_scenes = args.n_scenes or (60 if args.quick else 300)
+    n_trials = args.sweep_trials or (10 if args.quick else 40)
+    rng = np.random.default_rng(args.seed)
+    fwhm_arcsec = conditions.psf_fwhm_arcsec
+    fwhm_pix = fwhm_arcsec / conditions.pixel_scale_arcsec
+    simulator = ImageSimulator(
+        conditions,
+        model.prior,
+        SimulatorConfig(image_height=SCENE_SIZE, image_width=SCENE_SIZE),
+        device="cpu",
+    )
+    depth_njy = 10 ** ((31.4 - conditions.point_source_depth_mag()) / 2.5)
+    flux_range = (4.0 * depth_njy, 60.0 * depth_njy)  # roughly SNR 20-300 for compact galaxies
+    centre = (SCENE_SIZE - 1) / 2
+
+    positions, properties, kinds = [], [], []
+    for kind in ("isolated", "pair"):
+        for _ in range(n_scenes):
+            if kind == "isolated":
+                where = np.array([[centre, centre]]) + rng.uniform(-0.5, 0.5, (1, 2))
+                values = _galaxies(rng, 1, flux_range)
+            else:
+                separation = rng.uniform(1.0, 3.0) * fwhm_pix
+                angle = rng.uniform(0, 2 * math.pi)
+                offset = 0.5 * separation * np.array([math.cos(angle), math.sin(angle)])
+                where = (
+                    np.array([[centre, centre]])
+                    + np.stack([offset, -offset])
+                    + rng.uniform(-0.5, 0.5, (1, 2))
+                )
+                values = _galaxies(rng, 2, flux_range)
+            positions.append(where)
+            properties.append(values)
+            kinds.append(kind)
+    truth = _scenes(positions, properties)
+    generator = torch.Generator().manual_seed(args.seed)
+    batch = simulator.simulate_catalog(truth, generator, torch.full((len(positions),), fwhm_arcsec))
+    true_snr, _ = source_snr_and_blendedness(
+        truth, conditions.psf(np.full(len(positions), fwhm_arcsec)), conditions
+    )
+    snr_rows = [true_snr[index, : len(where)] for index, where in enumerate(positions)]
+
+    residuals: dict[str, list[float]] = {
+        "bliss_isolated": [],
+        "bliss_pair": [],
+        "sep_isolated": [],
+        "sep_pair": [],
+    }
+    e_residuals: list[float] = []
+    hsm_failures = 0
+    for index, kind in enumerate(kinds):
+        image, variance = batch.image[index], batch.variance[index]
+        true_flux = properties[index]["flux_njy"]
+        where = positions[index]
+        bliss = _measure_scene(model, image, variance, fwhm_pix)
+        match = match_sources(where[:, 0], where[:, 1], bliss["x"], bliss["y"], MATCH_RADIUS_PIX)
+        ok = ~bliss["flag_no_model"][match.est_index]
+        residuals[f"bliss_{kind}"] += list(
+            bliss["flux_njy"][match.est_index][ok] / true_flux[match.true_index][ok] - 1
+        )
+        hsm_failures += int(bliss["flag_moments_failed"][match.est_index].sum())
+        bright = snr_rows[index][match.true_index] >= 20
+        if bright.any():
+            est_e1, est_e2 = _dominant_ellipticity({k: v[match.est_index][bright] for k, v in bliss.items()})
+            true_e1, true_e2 = _dominant_ellipticity(
+                {k: v[match.true_index][bright] for k, v in properties[index].items()}
+            )
+            e_residuals += list(est_e1 - true_e1) + list(est_e2 - true_e2)
+        sep = run_sep(image.numpy(), variance.numpy())
+        sep_match = match_sources(where[:, 0], where[:, 1], sep.x, sep.y, MATCH_RADIUS_PIX)
+        residuals[f"sep_{kind}"] += list(
+            sep.flux_njy[sep_match.est_index] / true_flux[sep_match.true_index] - 1
+        )
+
+    scatter = {name: robust_scatter(np.asarray(values)) for name, values in residuals.items()}
+    bias = {name: float(np.median(values)) if values else float("nan") for name, values in residuals.items()}
+    sweep = _separation_sweep(model, simulator, rng, generator, n_trials, fwhm_arcsec, fwhm_pix, depth_njy)
+    results: dict[str, Any] = {
+        "n_scenes_per_kind": n_scenes,
+        "match_radius_pix": MATCH_RADIUS_PIX,
+        "flux_scatter": scatter,
+        "flux_bias": bias,
+        "n_matched": {name: len(values) for name, values in residuals.items()},
+        "bliss_isolated_flux_scatter": scatter["bliss_isolated"],
+        "bliss_blend_flux_scatter": scatter["bliss_pair"],
+        "blend_flux_scatter_ratio": scatter["bliss_pair"] / scatter["bliss_isolated"],
+        "sep_isolated_flux_scatter": scatter["sep_isolated"],
+        "sep_blend_flux_scatter": scatter["sep_pair"],
+        "bliss_e_scatter_snr20": robust_scatter(np.asarray(e_residuals)),
+        "n_e_residuals": len(e_residuals),
+        "hsm_failures": hsm_failures,
+        "separation_sweep": sweep,
+        "elapsed_s": time.perf_counter() - start,
+    }
+    results["summary"] = (
+        f"deblend: {n_scenes} isolated + {n_scenes} pair scenes; blend_flux_scatter_ratio = "
+        f"{results['blend_flux_scatter_ratio']:.2f}, bliss_blend_flux_scatter = {scatter['bliss_pair']:.3f}, "
+        f"sep_blend_flux_scatter = {scatter['sep_pair']:.3f}, bliss_e_scatter_snr20 = "
+        f"{results['bliss_e_scatter_snr20']:.3f}"
+    )
+    return results
+
+
+def _separation_sweep(
+    model: BlissModel,
+    simulator: ImageSimulator,
+    rng: np.random.Generator,
+    generator: torch.Generator,
+    n_trials: int,
+    fwhm_arcsec: float,
+    fwhm_pix: float,
+    depth_njy: float,
+) -> list[dict[str, float]]:
+    """Second-source detection probability and flux residuals against separation (1-10 px)."""
+    centre = (SCENE_SIZE - 1) / 2
+    sweep = []
+    for separation in range(1, 11):
+        positions, properties = [], []
+        for _ in range(n_trials):
+            angle = rng.uniform(0, 2 * math.pi)
+            first = np.array([centre, centre]) + rng.uniform(-0.5, 0.5, 2)
+            second = first + separation * np.array([math.cos(angle), math.sin(angle)])
+            values = _galaxies(rng, 2, (1.0, 2.0))
+            values["flux_njy"] = np.array([40.0, 20.0]) * depth_njy  # the first twice as bright
+            values["disk_hlr_arcsec"] = np.array([0.6, 0.4])  # and 50% larger
+            values["bulge_hlr_arcsec"] = np.array([0.3, 0.2])
+            positions.append(np.stack([first, second]))
+            properties.append(values)
+        truth = _scenes(positions, properties)
+        batch = simulator.simulate_catalog(truth, generator, torch.full((n_trials,), fwhm_arcsec))
+        detection, residual_first, residual_second = [], [], []
+        for index in range(n_trials):
+            bliss = _measure_scene(model, batch.image[index], batch.variance[index], fwhm_pix)
+            where = positions[index]
+            match = match_sources(where[:, 0], where[:, 1], bliss["x"], bliss["y"], MATCH_RADIUS_PIX)
+            found = dict(zip(match.true_index.tolist(), match.est_index.tolist(), strict=True))
+            detection.append(float(bliss["detection_prob"][found[1]]) if 1 in found else 0.0)
+            for which, bucket in ((0, residual_first), (1, residual_second)):
+                if which in found:
+                    bucket.append(bliss["flux_njy"][found[which]] / properties[index]["flux_njy"][which] - 1)
+        sweep.append(
+            {
+                "separation_pix": float(separation),
+                "second_detection_prob": float(np.mean(detection)),
+                "second_found_fraction": len(residual_second) / n_trials,
+                "first_flux_residual_median": float(np.median(residual_first))
+                if residual_first
+                else float("nan"),
+                "second_flux_residual_median": float(np.median(residual_second))
+                if residual_second
+                else float("nan"),
+                "second_flux_residual_scatter": robust_scatter(np.asarray(residual_second)),
+            }
+        )
+    return sweep
