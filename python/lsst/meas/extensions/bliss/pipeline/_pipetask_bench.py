@@ -6,6 +6,8 @@ fresh Butler repo with the default model.  The suite times a complete
 imports, quantum-graph build, reads, inference, table writes) and, in the
 same run, `infer_frame` called directly on the same pixels with the same
 PSF and options; ``pipetask_overhead_ratio`` is the first over the second.
+Both leave out the task's deblending step (``do_deblend=False``), which is
+work beyond the inference.
 """
 
 from __future__ import annotations
@@ -62,6 +64,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "-p",
                 str(args.pipeline),
                 "--register-dataset-types",
+                # Deblending is work beyond the inference the direct call does; leave it out of both.
+                "-c",
+                "blissDeblendMeasure:do_deblend=False",
                 *options,
             ]
             start = time.perf_counter()
