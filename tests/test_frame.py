@@ -118,6 +118,27 @@ def test_samples_are_reproducible_and_seeded() -> None:
     assert not torch.equal(first.samples[0].x, first.samples[1].x)
 
 
+def test_samples_do_not_depend_on_how_many_are_drawn_together() -> None:
+    model = random_model()
+    image, variance, mask = scene(128, 128)
+    results = [
+        infer_frame(
+            model,
+            image,
+            variance,
+            mask,
+            FWHM_PIX,
+            FrameConfig(n_samples=5, seed=4, sample_batch_size=size, device="cpu"),
+        )
+        for size in (1, 2, 5)
+    ]
+    for other in results[1:]:
+        for sample, repeat in zip(results[0].samples, other.samples, strict=True):
+            assert_same_catalog(sample, repeat)
+    with pytest.raises(ValueError, match="sample_batch_size"):
+        FrameConfig(sample_batch_size=0)
+
+
 def test_sources_near_invalid_pixels_and_the_image_edge_are_flagged() -> None:
     model = random_model()
     image, variance, mask = scene(128, 128)

@@ -27,11 +27,12 @@ import torch
 from ._catalog import FullCatalog, _empty_fields
 from ._conditions import SurveyConditions
 from ._device import resolve_device
-from ._encoder import BlissEncoder, TilePosterior
+from ._encoder import BlissEncoder, EncodedImage, TilePosterior
 from ._inference import ESTIMATE_FIELDS, _evaluation_mode, _normalized_inputs, posterior_to_tile_catalog
 from ._model_io import BlissModel
 from ._normalize import DEFAULT_INVALID_MASK_PLANES, invalid_mask_bits
 from ._random import TileRandomness
+from ._sparse_checkerboard import sparse_posterior
 
 PsfModel = float | Callable[[float, float], "float | np.ndarray"]
 """A PSF FWHM in pixels for the whole image, or a callable ``(x, y) -> FWHM in pixels or a kernel image``."""
@@ -62,12 +63,16 @@ class FrameConfig:
         Side of a chunk's core in pixels; None derives it from
         ``memory_budget_gb``.
     memory_budget_gb
-        Memory the encoder may use for one chunk.
+        Memory the encoder may use for one chunk; None: 1 GB on a CPU, a
+        tenth of the GPU's memory on CUDA.
     psf_grid_pixels
         Spacing of the grid on which a PSF callable is evaluated; the FWHM is
         interpolated bilinearly in between.
     device
         Torch device; ``"auto"`` uses CUDA when available.
+    sample_batch_size
+        Posterior samples drawn together in one pass; None: all of them on a
+        GPU, 4 on a CPU.  The samples do not depend on it.
     """
 
     detection_threshold: float = 0.5
@@ -75,18 +80,21 @@ class FrameConfig:
     seed: int = 0
     invalid_mask_planes: tuple[str, ...] = DEFAULT_INVALID_MASK_PLANES
     chunk_pixels: int | None = None
-    memory_budget_gb: float = 1.0
+    memory_budget_gb: float | None = None
     psf_grid_pixels: int = 128
     device: str = "auto"
+    sample_batch_size: int | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 < self.detection_threshold < 1.0:
             raise ValueError(f"detection_threshold={self.detection_threshold} must lie in (0, 1).")
+        if self.sample_batch_size is not None and self.sample_batch_size < 1:
+            raise ValueError(f"sample_batch_size={self.sample_batch_size} must be positive (or None).")
         if self.n_samples < 0:
             raise ValueError(f"n_samples={self.n_samples} must be >= 0.")
         if self.chunk_pixels is not None and self.chunk_pixels < 1:
             raise ValueError(f"chunk_pixels={self.chunk_pixels} must be positive (or None).")
-        if self.memory_budget_gb <= 0 or self.psf_grid_pixels < 1:
+        if (self.memory_budget_gb is not None and self.memory_budget_gb <= 0) or self.psf_grid_pixels < 1:
             raise ValueError("memory_budget_gb and psf_grid_pixels must be positive.")
 
 
@@ -231,19 +239,54 @@ class _ChunkLayout:
         return max(0, start - self.halo_tiles), min(size, stop + self.halo_tiles)
 
 
-def _layout(encoder: BlissEncoder, n_tiles_h: int, n_tiles_w: int, config: FrameConfig) -> _ChunkLayout:
+def _memory_budget_gb(config: FrameConfig, device: torch.device) -> float:
+    """The chunk memory budget: as configured, else 1 GB on a CPU and a tenth of a GPU's memory
+    (fewer, larger chunks keep a GPU busy; the batched samples need about as much again)."""
+    if config.memory_budget_gb is not None:
+        return config.memory_budget_gb
+    if device.type == "cuda":
+        return 0.1 * torch.cuda.get_device_properties(device).total_memory / 1e9
+    return 1.0
+
+
+def _layout(
+    encoder: BlissEncoder, n_tiles_h: int, n_tiles_w: int, config: FrameConfig, budget_gb: float
+) -> _ChunkLayout:
     tile, groups = encoder.config.tile_size, encoder.config.checkerboard_groups
     period = 2  # origins on even tiles keep every tile's checkerboard colour
     # Decisions reach two tiles further with each colour group (the head's two 3x3 convolutions).
     head_margin = period * math.ceil(2 * groups / period)
     halo = period * math.ceil(encoder.config.context_pixels / tile / period) + head_margin
     if config.chunk_pixels is None:
-        side = math.sqrt(config.memory_budget_gb * 1e9 / _BYTES_PER_PIXEL) / tile
+        side = math.sqrt(budget_gb * 1e9 / _BYTES_PER_PIXEL) / tile
         core = max(period, int(side) - 2 * halo)
     else:
         core = max(period, config.chunk_pixels // tile)
     core = period * max(1, core // period)
     return _ChunkLayout(n_tiles_h, n_tiles_w, core, halo, head_margin)
+
+
+def _sample_batches(
+    config: FrameConfig, encoded: EncodedImage, device: torch.device
+) -> list[tuple[int, ...]]:
+    """Sample indices drawn together: one at a time without the sparse passes, else batches of
+    ``config.sample_batch_size`` (default: all on a GPU, where per-pass overhead dominates; 4 on a
+    CPU, which bounds the memory of the per-sample context tensors)."""
+    if encoded.absent is None:
+        return [(index,) for index in range(config.n_samples)]
+    size = config.sample_batch_size or (config.n_samples if device.type == "cuda" else 4)
+    return [
+        tuple(range(first, min(first + size, config.n_samples))) for first in range(0, config.n_samples, size)
+    ]
+
+
+def _batch_element(posterior: TilePosterior, index: int) -> TilePosterior:
+    """Batch element ``index`` of a posterior, as a batch of one."""
+    return TilePosterior(
+        {name: value[index : index + 1] for name, value in posterior.params.items()},
+        {name: value[index : index + 1] for name, value in posterior.values.items()},
+        posterior.flux_scale_njy[index : index + 1],
+    )
 
 
 def _crop_posterior(posterior: TilePosterior, rows: slice, cols: slice) -> TilePosterior:
@@ -444,7 +487,7 @@ def infer_frame(
     # Channels-last convolutions run about 1.4x faster on the CPU (oneDNN's native layout).
     encoder = copy.deepcopy(encoder).to(device=device, memory_format=torch.channels_last)
     n_tiles_h, n_tiles_w = inputs.tensor.shape[-2] // tile, inputs.tensor.shape[-1] // tile
-    layout = _layout(encoder, n_tiles_h, n_tiles_w, config)
+    layout = _layout(encoder, n_tiles_h, n_tiles_w, config, _memory_budget_gb(config, device))
     tile_params: dict[str, torch.Tensor] = {
         factor.name: torch.zeros(n_tiles_h, n_tiles_w, factor.n_params) for factor in encoder.factors
     }
@@ -482,14 +525,32 @@ def infer_frame(
             )
             timings["network"] += time.perf_counter() - tick
             tick = time.perf_counter()
-            for index in range(config.n_samples):
-                randomness = TileRandomness(config.seed, sample_index=index, tile_origin=(head_r0, head_c0))
-                sample = encoder.posterior(chunk_inputs, randomness=randomness, encoded=encoded)
-                sample_parts[index].append(
-                    _catalog_rows(
-                        _crop_posterior(sample, *core), encoder, pixel_scale, None, (row0, col0), n_tiles_w
-                    )
+            for indices in _sample_batches(config, encoded, device):
+                randomness = TileRandomness(
+                    config.seed, tile_origin=(head_r0, head_c0), sample_indices=indices
                 )
+                if encoded.absent is None:
+                    posteriors = [encoder.posterior(chunk_inputs, randomness=randomness, encoded=encoded)]
+                else:
+                    # Several samples in one sparse pass: the same numbers as one at a time, fewer steps.
+                    batch = sparse_posterior(
+                        encoder,
+                        encoded.absent.repeat(len(indices)),
+                        randomness,
+                        chunk_inputs.flux_scale_njy.expand(len(indices)),
+                    )
+                    posteriors = [_batch_element(batch, offset) for offset in range(len(indices))]
+                for index, sample in zip(indices, posteriors, strict=True):
+                    sample_parts[index].append(
+                        _catalog_rows(
+                            _crop_posterior(sample, *core),
+                            encoder,
+                            pixel_scale,
+                            None,
+                            (row0, col0),
+                            n_tiles_w,
+                        )
+                    )
             timings["samples"] += time.perf_counter() - tick
             if progress is not None:
                 progress(chunk_index + 1, len(chunks))

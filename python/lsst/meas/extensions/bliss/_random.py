@@ -42,11 +42,17 @@ class TileRandomness:
     tile_origin
         Global ``(row, col)`` tile index of the first tile of the tensors
         being sampled (non-zero for a chunk of a larger image).
+    sample_indices
+        If given, the batch dimension of the tensors holds several samples of
+        one image: batch element ``b`` gets the numbers of sample
+        ``sample_indices[b]`` of image 0 (and ``sample_index`` is ignored), so
+        samples drawn together equal samples drawn one at a time.
     """
 
     seed: int
     sample_index: int = 0
     tile_origin: tuple[int, int] = (0, 0)
+    sample_indices: tuple[int, ...] | None = None
 
     def uniform(
         self,
@@ -117,8 +123,15 @@ class TileRandomness:
         dtype: torch.dtype,
     ) -> torch.Tensor:
         key = _mix32(torch.tensor([self.seed & _MASK32], dtype=torch.int64, device=rows.device))
-        for value in (self.seed >> 32, self.sample_index, stream):
-            key = _mix32(key ^ (value & _MASK32))
+        key = _mix32(key ^ ((self.seed >> 32) & _MASK32))
+        if self.sample_indices is None:
+            samples: int | torch.Tensor = self.sample_index & _MASK32
+        else:
+            indices = torch.tensor(self.sample_indices, dtype=torch.int64, device=rows.device)
+            samples = indices[images] & _MASK32
+            images = torch.zeros_like(images)
+        key = _mix32(key ^ samples)
+        key = _mix32(key ^ (stream & _MASK32))
         bits = key
         for counter in (images, rows + self.tile_origin[0], cols + self.tile_origin[1], components):
             bits = _mix32(bits ^ (counter & _MASK32))

@@ -48,6 +48,16 @@ class AbsentTrajectory:
     hidden: list[torch.Tensor]
     params: dict[str, torch.Tensor]
 
+    def repeat(self, count: int) -> AbsentTrajectory:
+        """The trajectory of a batch of one image repeated ``count`` times (views, no copy), to draw
+        several posterior samples in one pass."""
+        if self.hidden[0].shape[0] != 1:
+            raise ValueError("Only the trajectory of a single image can be repeated.")
+        return AbsentTrajectory(
+            [hidden.expand(count, -1, -1, -1) for hidden in self.hidden],
+            {name: value.expand(count, -1, -1, -1) for name, value in self.params.items()},
+        )
+
     def crop(self, rows: slice, cols: slice) -> AbsentTrajectory:
         """The trajectory of a window of tiles (valid where the window keeps the needed margin)."""
         return AbsentTrajectory(

@@ -141,7 +141,10 @@ class BlissDeblendMeasureConfig(PipelineTaskConfig, pipelineConnections=BlissDeb
         default=list(DEFAULT_INVALID_MASK_PLANES),
     )
     memory_budget_gb = Field[float](
-        doc="Memory the network may use for one chunk of the image; sets the chunk size.", default=1.0
+        doc="Memory the network may use for one chunk of the image, GB; sets the chunk size. "
+        "None: 1 GB on a CPU, a tenth of the GPU's memory on CUDA.",
+        default=None,
+        optional=True,
     )
     chunk_pixels = Field[int](
         doc="Side of a chunk's core in pixels; overrides memory_budget_gb when set.",
@@ -196,7 +199,7 @@ class BlissDeblendMeasureConfig(PipelineTaskConfig, pipelineConnections=BlissDeb
             raise FieldValidationError(cls.detection_threshold, self, "must lie strictly between 0 and 1")
         if self.n_samples < 0:
             raise FieldValidationError(cls.n_samples, self, "must be >= 0")
-        if self.memory_budget_gb <= 0:
+        if self.memory_budget_gb is not None and self.memory_budget_gb <= 0:
             raise FieldValidationError(cls.memory_budget_gb, self, "must be positive")
         if self.chunk_pixels is not None and self.chunk_pixels < 1:
             raise FieldValidationError(cls.chunk_pixels, self, "must be positive or None")
