@@ -107,3 +107,17 @@ def test_bad_models_are_flagged_and_empty_catalogs_work() -> None:
             deblend_sources(torch.zeros(64, 64), torch.ones(64, 64), empty), 1.0
         ).values()
     )
+
+
+def test_masked_pixels_get_no_share_and_the_model_corrects_the_flux() -> None:
+    size = 96
+    sources = catalog([dict(x=48.0, y=48.0, flux_njy=1e5)], size, size)
+    models = render_source_models(sources, torch.full((1,), FWHM_PIX), CONDITIONS, size, size)
+    image = scene_model(models, size, size)
+    valid = torch.ones(size, size, dtype=torch.bool)
+    valid[46:51, 47:50] = False  # a masked core (e.g. saturated)
+    image[~valid] = 1e9  # whatever a masked pixel holds must not leak into the measurement
+    deblended = deblend_sources(image, torch.full((size, size), 1.0), models, valid)
+    assert not deblended.valid[0, models.stamp_size // 2, models.stamp_size // 2]
+    measured = measure_deblended(deblended, noise_njy=1.0)
+    assert measured["flux_njy"][0] == pytest.approx(1e5, rel=0.01)

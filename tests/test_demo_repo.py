@@ -246,7 +246,7 @@ def test_any_detector_size(tmp_path, model) -> None:
 
 def test_detector_without_sources(tmp_path, model) -> None:
     # With this seed the 64 x 64 detector gets no source of its own (only light from the border tiles).
-    config = DemoRepoConfig(n_visits=1, n_detectors=1, height=64, width=64, seed=2)
+    config = DemoRepoConfig(n_visits=1, n_detectors=1, height=64, width=64, seed=2, saturated_star_mag=None)
     summary = build_demo_repo(tmp_path / "empty", config, model=model)
     assert summary["n_truth"] == [0]
     with Butler.from_config(summary["root"], collections=summary["calexp_collection"]) as butler:
@@ -258,7 +258,7 @@ def test_simulation_without_any_source(tmp_path, model) -> None:
     empty = dataclasses.replace(
         model, prior=dataclasses.replace(model.prior, source_density_per_arcmin2=1e-9)
     )
-    config = DemoRepoConfig(n_visits=1, n_detectors=1, height=64, width=64, seed=2)
+    config = DemoRepoConfig(n_visits=1, n_detectors=1, height=64, width=64, seed=2, saturated_star_mag=None)
     summary = build_demo_repo(tmp_path / "empty", config, model=empty)
     assert summary["n_truth"] == [0]
 

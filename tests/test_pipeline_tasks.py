@@ -133,7 +133,8 @@ def test_quantum_with_and_without_mocking(quantum_repo) -> None:
     calexp = butler.get("calexp", data_id)
     height, width = calexp.image.array.shape
     scene = scene_model_from_table(models, int(calexp.bbox.x.start), int(calexp.bbox.y.start), height, width)
-    bright = np.asarray(sources["bliss_flux"]) > 5000
+    # Bright sources clear of masked pixels (near the demo's saturated star the estimate sees only wings).
+    bright = (np.asarray(sources["bliss_flux"]) > 5000) & ~np.asarray(sources["bliss_masked_flag"])
     x = np.round(np.asarray(sources["x"])[bright]).astype(int) - int(calexp.bbox.x.start)
     y = np.round(np.asarray(sources["y"])[bright]).astype(int) - int(calexp.bbox.y.start)
     assert (scene[y, x] > 0).all()

@@ -183,23 +183,32 @@ class DeblendedSources:
         square of the share), nJy^2, shape (N, S, S).
     models
         The model stamps they come from.
+    valid
+        Whether each stamp pixel was a valid observed pixel, shape (N, S, S).
     """
 
     images: torch.Tensor
     variances: torch.Tensor
     models: SourceModels
+    valid: torch.Tensor
 
 
-def deblend_sources(image: torch.Tensor, variance: torch.Tensor, models: SourceModels) -> DeblendedSources:
+def deblend_sources(
+    image: torch.Tensor, variance: torch.Tensor, models: SourceModels, valid: torch.Tensor | None = None
+) -> DeblendedSources:
     """Split an image among its sources in proportion to their models.
 
     Parameters
     ----------
     image, variance
-        Observed image (nJy) and variance (nJy^2), shape (H, W); non-finite
-        pixels count as zero flux.
+        Observed image (nJy) and variance (nJy^2), shape (H, W).
     models
         Source models on the same image.
+    valid
+        Pixels that hold usable data, shape (H, W), bool; masked pixels
+        (saturated, cosmic rays, ...) get no share, and measurements rely on
+        the model there.  Default: every pixel with a finite value and a
+        positive variance.
 
     Returns
     -------
@@ -208,15 +217,21 @@ def deblend_sources(image: torch.Tensor, variance: torch.Tensor, models: SourceM
         the scene model is positive.
     """
     height, width = image.shape
+    usable = torch.isfinite(image) & torch.isfinite(variance) & (variance > 0)
+    if valid is not None:
+        usable &= valid
     scene = scene_model(models, height, width)
     if not len(models):
-        return DeblendedSources(models.models.clone(), models.models.clone(), models)
+        empty = models.models.clone()
+        return DeblendedSources(empty, empty.clone(), models, empty.bool())
     rows, cols = _stamp_index(models, height, width)
-    observed = torch.nan_to_num(image.float(), nan=0.0, posinf=0.0, neginf=0.0)[rows, cols]
-    pixel_variance = torch.nan_to_num(variance.float(), nan=0.0, posinf=0.0, neginf=0.0)[rows, cols]
+    inside = _inside_mask(models.x0, models.y0, models.stamp_size, height, width).bool()
+    stamp_valid = usable[rows, cols] & inside
+    observed = torch.where(stamp_valid, image.float()[rows, cols], 0.0)
+    pixel_variance = torch.where(stamp_valid, variance.float()[rows, cols], 0.0)
     total = scene[rows, cols]
     share = torch.where(total > 0, models.models.clamp(min=0) / total.clamp(min=1e-30), 0.0)
-    return DeblendedSources(share * observed, share.square() * pixel_variance, models)
+    return DeblendedSources(share * observed, share.square() * pixel_variance, models, stamp_valid)
 
 
 def measure_deblended(
@@ -238,9 +253,10 @@ def measure_deblended(
     Returns
     -------
     measurements
-        ``flux_njy`` and ``flux_err_njy`` (deblended flux in the footprint,
-        scaled by the model's total over its footprint flux, and its standard
-        deviation), ``e1``, ``e2`` (distortion
+        ``flux_njy`` and ``flux_err_njy`` (deblended flux in the valid
+        pixels of the footprint, scaled by the model's total over its flux
+        there, and its standard deviation; NaN when the footprint holds no
+        valid pixel), ``e1``, ``e2`` (distortion
         ``(a^2 - b^2) / (a^2 + b^2)`` of the adaptive moments, axes of the
         image grid), ``sigma_pix`` (adaptive-moment size
         ``det(M)^(1/4)``, pixels), each shape (N,), NaN where undefined, and
@@ -258,6 +274,8 @@ def measure_deblended(
     centre = models.stamp_size // 2
     footprint = models.models > footprint_nsigma * noise_njy
     footprint[:, centre, centre] = True
+    # Masked pixels carry no data: the model's fraction over the valid footprint corrects for them.
+    footprint &= deblended.valid
     usable = torch.isfinite(models.models).all(dim=(1, 2)) & (models.models.sum(dim=(1, 2)) > 0)
     flags["flag_no_model"] = ~usable.numpy()
     # The footprint misses the model's faint wings; correct by the model's own fraction inside it.
@@ -265,8 +283,9 @@ def measure_deblended(
     correction = model_total / (models.models * footprint).sum(dim=(1, 2)).clamp(min=1e-30)
     flux = (deblended.images * footprint).sum(dim=(1, 2)) * correction
     flux_err = (deblended.variances * footprint).sum(dim=(1, 2)).sqrt() * correction
-    results["flux_njy"] = np.where(flags["flag_no_model"], np.nan, flux.double().numpy())
-    results["flux_err_njy"] = np.where(flags["flag_no_model"], np.nan, flux_err.double().numpy())
+    undefined = flags["flag_no_model"] | ~footprint.any(dim=(1, 2)).numpy()
+    results["flux_njy"] = np.where(undefined, np.nan, flux.double().numpy())
+    results["flux_err_njy"] = np.where(undefined, np.nan, flux_err.double().numpy())
     images = deblended.images.double().numpy()
     for index in range(n_sources):
         if flags["flag_no_model"][index]:

@@ -363,7 +363,7 @@ class BlissDeblendMeasureTask(PipelineTask):
             self.config.max_stamp_half_size,
         )
         image, variance = torch.from_numpy(pixels.image), torch.from_numpy(pixels.variance)
-        deblended = deblend_sources(image, variance, models)
+        deblended = deblend_sources(image, variance, models, torch.from_numpy(~pixels.invalid))
         usable = np.isfinite(pixels.variance) & (pixels.variance > 0) & ~pixels.invalid
         noise = float(np.sqrt(np.median(pixels.variance[usable]))) if usable.any() else 1.0
         add_deblend_columns(sources, measure_deblended(deblended, noise))

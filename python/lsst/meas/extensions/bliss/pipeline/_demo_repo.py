@@ -11,9 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from lsst.daf.butler import Butler, DatasetType
 
+from .._catalog import SOURCE_FIELDS, FullCatalog
+from .._conditions import SurveyConditions, mag_to_flux_njy
+from .._deblend import render_source_models, scene_model
 from .._model_io import BlissModel, load_default_model
 from .._simulate import MASK_PLANES, ImageSimulator, SimulatorConfig, add_detector_defects
 from ._compatibility import model_psf_fwhm_range_arcsec
@@ -46,6 +50,10 @@ class DemoRepoConfig:
     defects
         Add bad columns, saturated cores, cosmic rays, a NO_DATA corner and
         EDGE pixels.
+    saturated_star_mag
+        Add one star this bright (AB mag) per detector, saturated at the
+        full well with its excess charge bled along its columns (SAT), and
+        list it in the truth; None for none.
     """
 
     n_visits: int = 2
@@ -58,6 +66,7 @@ class DemoRepoConfig:
     calexp_collection: str = "BlissSim/calexp"
     psf_fwhm_range_arcsec: tuple[float, float] | None = None
     defects: bool = True
+    saturated_star_mag: float | None = 13.5
 
     def __post_init__(self) -> None:
         for name in ("n_visits", "n_detectors"):
@@ -87,6 +96,69 @@ def _psf_field(
         fwhm_origin_arcsec=float(rng.uniform(origin_low, origin_high)),
         gradient_x=float(change_x / max(width - 1, 1)),
         gradient_y=float(change_y / max(height - 1, 1)),
+    )
+
+
+def _bright_star(
+    rng: np.random.Generator, config: DemoRepoConfig, conditions: SurveyConditions
+) -> FullCatalog:
+    """One star of ``config.saturated_star_mag`` at a random position away from the edges."""
+    margin = min(config.height, config.width) // 8
+    fields = {name: torch.zeros(1, 1) for name in SOURCE_FIELDS}
+    fields["flux_njy"][0, 0] = float(mag_to_flux_njy(config.saturated_star_mag))
+    fields["is_galaxy"] = torch.zeros(1, 1, dtype=torch.bool)
+    fields["disk_q"] = fields["bulge_q"] = torch.ones(1, 1)
+    x = torch.tensor([[float(rng.uniform(margin, config.width - margin))]])
+    y = torch.tensor([[float(rng.uniform(margin, config.height - margin))]])
+    return FullCatalog(config.height, config.width, torch.ones(1, dtype=torch.int64), x, y, fields)
+
+
+def _add_saturated_star(
+    star: FullCatalog,
+    field: LinearPsfField,
+    conditions: SurveyConditions,
+    image: np.ndarray,
+    variance: np.ndarray,
+    mask_bits: np.ndarray,
+    noiseless: np.ndarray,
+    rng: np.random.Generator,
+) -> None:
+    """Add a star with noise, clip it at the full well and bleed the excess along its columns (in place)."""
+    height, width = image.shape
+    fwhm_pix = field.fwhm_at(star.x[0].numpy(), star.y[0].numpy()) / conditions.pixel_scale_arcsec
+    models = render_source_models(star, torch.as_tensor(fwhm_pix), conditions, height, width)
+    light = scene_model(models, height, width).numpy()
+    gain = conditions.njy_to_electrons
+    image += (light + rng.normal(size=light.shape) * np.sqrt(np.clip(light, 0, None) / gain)).astype(
+        image.dtype
+    )
+    variance += light / gain
+    # A pixel holds at most the full well: sky plus sources, in the background-subtracted image.
+    level = conditions.full_well_e / gain - conditions.sky_level_njy
+    saturated = (noiseless + light) > level
+    sat_bit = 1 << MASK_PLANES["SAT"]
+    for column in np.flatnonzero(saturated.any(axis=0)):
+        rows = np.flatnonzero(saturated[:, column])
+        excess = float(np.sum(noiseless[rows, column] + light[rows, column] - level))
+        extra = int(math.ceil(excess / level / 2))  # the excess charge spills up and down the column
+        top, bottom = max(0, rows.min() - extra), min(height, rows.max() + 1 + extra)
+        image[top:bottom, column] = level
+        mask_bits[top:bottom, column] |= sat_bit
+
+
+def _append(catalog: FullCatalog, extra: FullCatalog) -> FullCatalog:
+    """The sources of two one-image catalogs together."""
+    n, m = int(catalog.n_sources[0]), int(extra.n_sources[0])
+    return FullCatalog(
+        catalog.height,
+        catalog.width,
+        torch.tensor([n + m]),
+        torch.cat([catalog.x[:, :n], extra.x[:, :m]], dim=1),
+        torch.cat([catalog.y[:, :n], extra.y[:, :m]], dim=1),
+        {
+            name: torch.cat([value[:, :n], extra.fields[name][:, :m]], dim=1)
+            for name, value in catalog.fields.items()
+        },
     )
 
 
@@ -230,6 +302,14 @@ def build_demo_repo(
                 image = batch.image[0, : config.height, : config.width].numpy().astype(np.float32)
                 variance = batch.variance[0, : config.height, : config.width].numpy()
                 mask_bits = batch.mask[0, : config.height, : config.width].numpy().astype(np.int64)
+                # The simulation covers whole tiles; the truth keeps what falls on the detector.
+                truth = batch.truth
+                truth = truth.select((truth.x < config.width - 0.5) & (truth.y < config.height - 0.5))
+                if config.saturated_star_mag is not None:
+                    star = _bright_star(rng, config, conditions)
+                    noiseless = batch.noiseless[0, : config.height, : config.width].numpy()
+                    _add_saturated_star(star, field, conditions, image, variance, mask_bits, noiseless, rng)
+                    truth = _append(truth, star)
                 if config.defects:
                     add_detector_defects(mask_bits, image, rng)
                 pointing = (
@@ -251,9 +331,6 @@ def build_demo_repo(
                     psf_model=conditions.psf_model,
                     moffat_beta=conditions.moffat_beta,
                 )
-                # The simulation covers whole tiles; the truth keeps what falls on the detector.
-                truth = batch.truth
-                truth = truth.select((truth.x < config.width - 0.5) & (truth.y < config.height - 0.5))
                 n_truth = int(truth.n_sources[0])
                 table = truth_table(
                     truth,
