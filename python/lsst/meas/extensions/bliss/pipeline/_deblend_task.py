@@ -238,7 +238,11 @@ class BlissDeblendMeasureTask(PipelineTask):
     flux, galaxy shape).  ``bliss_source`` lists the tiles whose detection
     probability passes ``detection_threshold`` with posterior point
     estimates and uncertainties; ``bliss_catalog_samples`` holds whole
-    catalogs drawn from the posterior, for propagating uncertainty.
+    catalogs drawn from the posterior, for propagating uncertainty.  With
+    ``do_deblend`` every source is rendered from its estimate, the image is
+    split among the sources in proportion to their models, and each share is
+    measured (fluxes and adaptive-moment shapes in ``bliss_source``, model
+    stamps in ``bliss_deblended_models``).
     """
 
     ConfigClass = BlissDeblendMeasureConfig
