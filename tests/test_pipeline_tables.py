@@ -126,6 +126,8 @@ def test_training_conditions_from_exposures_reproduce_the_nominal_noise() -> Non
     )
     with pytest.raises(ValueError, match="bands"):
         conditions_from_exposures([exposure(), exposure(band="i")], nominal)
+    with pytest.raises(ValueError, match="flux densities"):
+        conditions_from_exposures([exposure(unit="adu")], nominal)
     config = BlissTrainConfig()
     config.band = "g"
     with pytest.raises(ValueError, match="config.band"):

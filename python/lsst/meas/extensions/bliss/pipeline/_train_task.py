@@ -9,6 +9,7 @@ import tempfile
 from collections.abc import Sequence
 from typing import Any
 
+import astropy.units as u
 import numpy as np
 
 from lsst.images import VisitImage
@@ -176,8 +177,14 @@ def conditions_from_exposures(
     Raises
     ------
     ValueError
-        If the exposures disagree on the band, or none has a usable noise level.
+        If the exposures disagree on the band, are not in flux-density units,
+        or none has a usable noise level.
     """
+    not_flux = sorted({item.unit for item in measured if not u.Unit(item.unit).is_equivalent(u.nJy)})
+    if not_flux:
+        raise ValueError(
+            f"calexp pixels in {not_flux} are not flux densities; train on calibrated (nJy) exposures."
+        )
     bands = {item.band for item in measured if item.band is not None}
     if len(bands) > 1:
         raise ValueError(f"The calexps mix bands {sorted(bands)}; train one model per band.")
