@@ -41,7 +41,7 @@ from .._frame import FrameConfig, FrameResult, infer_frame
 from .._model_io import BlissModel
 from .._normalize import DEFAULT_INVALID_MASK_PLANES
 from ._compatibility import ExposureConditions, compatibility_problems, measure_exposure_conditions
-from ._exposure import exposure_pixels, psf_kernel_function
+from ._exposure import ExposurePixels, exposure_pixels, psf_kernel_function
 from ._ids import SourceIdGenerator, SourceIdGeneratorConfig
 from ._model_dataset import DEFAULT_MODEL_DATASET_TYPE, MODEL_STORAGE_CLASS
 from ._tables import add_deblend_columns, deblended_models_table, samples_table, source_table
@@ -320,12 +320,14 @@ class BlissDeblendMeasureTask(PipelineTask):
             do, the exception's ``partial_outputs`` holds the complete
             ``bliss_source``.
         """
-        frame = self.infer(calexp, bliss_model, visit=visit, detector=detector)
+        self.check_compatibility(calexp, bliss_model)
+        pixels = self._pixels(calexp)
+        frame = self._infer_pixels(calexp, bliss_model, pixels, visit, detector)
         id_generator = id_generator or SourceIdGenerator(0, 0)
         sources = self.make_source_table(frame, calexp, id_generator, visit, detector)
         deblended_models = None
         if self.config.do_deblend:
-            deblended_models = self.deblend(frame, calexp, sources, bliss_model.conditions)
+            deblended_models = self.deblend(frame, calexp, pixels, sources, bliss_model.conditions)
         samples = None
         if self.config.n_samples:
             try:
@@ -343,7 +345,12 @@ class BlissDeblendMeasureTask(PipelineTask):
         )
 
     def deblend(
-        self, frame: FrameResult, calexp: VisitImage, sources: Table, conditions: SurveyConditions
+        self,
+        frame: FrameResult,
+        calexp: VisitImage,
+        pixels: ExposurePixels,
+        sources: Table,
+        conditions: SurveyConditions,
     ) -> Table:
         """Model every source, add the deblended measurements to ``sources`` and return the model table.
 
@@ -353,7 +360,6 @@ class BlissDeblendMeasureTask(PipelineTask):
         """
         start = time.perf_counter()
         catalog = frame.catalog
-        pixels = exposure_pixels(calexp, self.config.invalid_mask_planes)
         height, width = pixels.image.shape
         is_galaxy = catalog.fields["galaxy_prob"] > 0.5
         estimate = dataclasses.replace(catalog, fields={**catalog.fields, "is_galaxy": is_galaxy})
@@ -420,12 +426,22 @@ class BlissDeblendMeasureTask(PipelineTask):
             See `check_compatibility`; also if the pixels are not in flux units.
         """
         self.check_compatibility(calexp, model)
+        return self._infer_pixels(calexp, model, self._pixels(calexp), visit, detector)
+
+    def _pixels(self, calexp: VisitImage) -> ExposurePixels:
+        """The exposure's pixels in nJy and its invalid-pixel map (see `exposure_pixels`)."""
         try:
             pixels = exposure_pixels(calexp, self.config.invalid_mask_planes)
         except ValueError as err:
             raise IncompatibleExposureError(str(err)) from err
         if pixels.missing_planes:
             self.log.info("Mask planes %s are not in the exposure's mask; ignored.", pixels.missing_planes)
+        return pixels
+
+    def _infer_pixels(
+        self, calexp: VisitImage, model: BlissModel, pixels: ExposurePixels, visit: int, detector: int
+    ) -> FrameResult:
+        """`infer` on pixels already taken from ``calexp``."""
         seed = int(np.random.SeedSequence([self.config.seed, visit, detector]).generate_state(1)[0])
         height, width = pixels.image.shape
         self.log.info("Running BLISS on a %dx%d image (%d samples).", width, height, self.config.n_samples)
