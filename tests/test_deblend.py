@@ -8,10 +8,14 @@ import torch
 
 from lsst.meas.extensions.bliss import (
     SOURCE_FIELDS,
+    AutoencoderConfig,
     FullCatalog,
+    GalaxyAutoencoder,
     SurveyConditions,
     deblend_sources,
     measure_deblended,
+    model_sources,
+    refine_galaxy_models,
     render_source_models,
     scene_model,
 )
@@ -121,3 +125,80 @@ def test_masked_pixels_get_no_share_and_the_model_corrects_the_flux() -> None:
     assert not deblended.valid[0, models.stamp_size // 2, models.stamp_size // 2]
     measured = measure_deblended(deblended, noise_njy=1.0)
     assert measured["flux_njy"][0] == pytest.approx(1e5, rel=0.01)
+
+
+def small_autoencoder() -> GalaxyAutoencoder:
+    torch.manual_seed(0)
+    config = AutoencoderConfig(stamp_size=15, latent_dim=4, channels=8, hidden_features=32)
+    return GalaxyAutoencoder(config).eval()
+
+
+def test_the_autoencoder_models_galaxies_and_leaves_stars_alone() -> None:
+    compact = {"disk_hlr_arcsec": 0.25}
+    rows = [
+        dict(x=20.0, y=20.0),
+        galaxy(40.3, 30.6, 0.6, 0.3) | compact,
+        galaxy(2.0, 50.0, 0.8, 1.0) | compact,
+    ]
+    sources = catalog(rows)
+    fwhm = torch.full((3,), FWHM_PIX)
+    parametric = render_source_models(sources, fwhm, CONDITIONS, 64, 64)
+    image = scene_model(parametric, 64, 64) + 20.0 * torch.randn(
+        64, 64, generator=torch.Generator().manual_seed(2)
+    )
+    variance = torch.full((64, 64), 400.0)
+    models, latents = model_sources(
+        sources, fwhm, CONDITIONS, image, variance, autoencoder=small_autoencoder()
+    )
+    assert latents is not None and latents.modelled.tolist() == [False, True, True]
+    assert not latents.invalid.any() and bool(torch.isnan(latents.latent_mean[0]).all())
+    assert bool(torch.isfinite(latents.latent_mean[1:]).all()) and bool((latents.latent_std[1:] > 0).all())
+    # The star keeps its parametric stamp; the galaxies get the autoencoder's 15-pixel stamps.
+    centre = models.stamp_size // 2
+    pad = centre - parametric.stamp_size // 2
+    torch.testing.assert_close(
+        models.models[0, pad : pad + parametric.stamp_size, pad : pad + parametric.stamp_size],
+        parametric.models[0],
+    )
+    assert models.half_size[1:].tolist() == [7, 7]
+    outside = models.models[1].clone()
+    outside[centre - 7 : centre + 8, centre - 7 : centre + 8] = 0
+    assert float(outside.abs().sum()) == 0 and float(models.models[1].sum()) > 0
+    # The galaxy at the left edge is clipped; its stamp is zero off the image.
+    assert models.clipped.tolist() == [False, False, True]
+    columns = models.x0[2] + torch.arange(models.stamp_size)
+    assert float(models.models[2][:, columns < 0].abs().sum()) == 0
+    deblended = deblend_sources(image, variance, models)
+    assert bool(torch.isfinite(deblended.images).all())
+    assert model_sources(sources, fwhm, CONDITIONS, image, variance)[1] is None
+
+
+def test_non_finite_latents_keep_the_parametric_model_and_are_flagged() -> None:
+    sources = catalog([galaxy(30.0, 30.0, 0.6, 0.3) | {"disk_hlr_arcsec": 0.25}])
+    fwhm = torch.full((1,), FWHM_PIX)
+    parametric = render_source_models(sources, fwhm, CONDITIONS, 64, 64)
+    autoencoder = small_autoencoder()
+    with torch.no_grad():
+        autoencoder.decoder_grid.weight.fill_(float("nan"))
+    image = scene_model(parametric, 64, 64)
+    models, latents = refine_galaxy_models(parametric, sources, fwhm, image, torch.ones(64, 64), autoencoder)
+    assert latents.invalid.tolist() == [True] and latents.modelled.tolist() == [False]
+    assert bool(torch.isnan(latents.latent_mean).all()) and math.isnan(float(latents.flux_njy[0]))
+    assert bool(torch.isfinite(models.models).all())
+    assert float(models.models.sum()) == pytest.approx(float(parametric.models.sum()), rel=1e-6)
+    with pytest.raises(ValueError, match="n_iterations"):
+        refine_galaxy_models(
+            parametric, sources, fwhm, image, torch.ones(64, 64), autoencoder, n_iterations=0
+        )
+
+
+def test_galaxies_larger_than_the_autoencoder_stamp_keep_their_parametric_model() -> None:
+    large = galaxy(32.0, 32.0, 0.8, 0.0) | {"disk_hlr_arcsec": 1.5}
+    sources = catalog([large, galaxy(10.0, 10.0, 0.8, 0.0) | {"disk_hlr_arcsec": 0.2}])
+    fwhm = torch.full((2,), FWHM_PIX)
+    parametric = render_source_models(sources, fwhm, CONDITIONS, 64, 64)
+    image = scene_model(parametric, 64, 64)
+    _, latents = refine_galaxy_models(
+        parametric, sources, fwhm, image, torch.ones(64, 64), small_autoencoder()
+    )
+    assert latents.modelled.tolist() == [False, True] and not latents.invalid.any()

@@ -147,6 +147,7 @@ def test_training_conditions_from_exposures_reproduce_the_nominal_noise() -> Non
         ("device", "tpu"),
         ("pixel_scale_rtol", -0.1),
         ("invalid_mask_planes", ["BAD", "BAD"]),
+        ("autoencoder_iterations", 0),
     ],
 )
 def test_deblend_config_validation_names_the_field(field: str, value) -> None:
@@ -158,7 +159,15 @@ def test_deblend_config_validation_names_the_field(field: str, value) -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("psf_fwhm_range_arcsec", [1.2, 0.6]), ("image_size", 66), ("n_steps", 0), ("checkerboard_groups", 3)],
+    [
+        ("psf_fwhm_range_arcsec", [1.2, 0.6]),
+        ("image_size", 66),
+        ("n_steps", 0),
+        ("checkerboard_groups", 3),
+        ("autoencoder_steps", -1),
+        ("autoencoder_stamp_size", 16),
+        ("autoencoder_latent_dim", 0),
+    ],
 )
 def test_train_config_validation_names_the_field(field: str, value) -> None:
     config = BlissTrainConfig()

@@ -13,6 +13,7 @@ from lsst.pipe.base import AnnotatedPartialOutputsError, NoWorkFound, Pipeline
 from lsst.pipe.base.simple_pipeline_executor import SimplePipelineExecutor
 from lsst.pipe.base.testUtils import assertValidOutput, lintConnections, makeQuantum, runTestQuantum
 
+from lsst.meas.extensions.bliss import MissingAutoencoderError
 from lsst.meas.extensions.bliss.pipeline import (
     DEFAULT_MODEL_RUN,
     MODEL_STORAGE_CLASS,
@@ -87,7 +88,7 @@ def quantum_repo(demo: dict, tmp_path: Path) -> tuple[Butler, dict]:
 
 
 def quantum_task(butler: Butler, data_id: dict) -> tuple[BlissDeblendMeasureTask, object]:
-    config = task_config()
+    config = task_config(galaxy_model="autoencoder")
     # makeTestRepo's instrument record has no visit_max/detector_max for the ID packer.
     config.id_generator.packer.n_detectors = 10
     config.id_generator.packer.n_observations = 10_000
@@ -142,9 +143,28 @@ def test_quantum_with_and_without_mocking(quantum_repo) -> None:
         np.ma.getdata(sources["bliss_deblend_flux"])[bright] / np.asarray(sources["bliss_flux"])[bright]
     )
     assert 0.8 < np.median(flux_ratio) < 1.2
+    # Galaxies are modelled by the autoencoder, with their latent posteriors; stars have none.
+    autoencoder = np.asarray(models["model_type"]) == "autoencoder"
+    assert autoencoder.any() and task.metadata["n_autoencoder_models"] == autoencoder.sum()
+    latents = models["ae_latent_mean"]
+    assert latents.shape[1] == 8 and np.isfinite(np.ma.getdata(latents)[autoencoder]).all()
+    assert np.ma.getmaskarray(latents)[~autoencoder].all()
 
     result = task.run(butler.get("calexp", data_id), butler.get("bliss_model", {}))
     assertValidOutput(task, result)
+
+
+def test_a_model_without_autoencoder_fails_only_when_deblending_needs_it(demo: dict) -> None:
+    butler = Butler.from_config(demo["root"], collections=demo["inputs"])
+    (ref, *_) = butler.query_datasets("calexp", explain=False)
+    calexp, model = butler.get(ref), butler.get("bliss_model", {})
+    model.autoencoder = None
+    with pytest.raises(MissingAutoencoderError, match="galaxy_model='autoencoder'"):
+        BlissDeblendMeasureTask(config=task_config(galaxy_model="autoencoder")).run(calexp, model)
+    parametric = BlissDeblendMeasureTask(config=task_config()).run(calexp, model)  # the default
+    assert (np.asarray(parametric.bliss_deblended_models["model_type"]) == "parametric").all()
+    catalogs_only = BlissDeblendMeasureTask(config=task_config(do_deblend=False)).run(calexp, model)
+    assert catalogs_only.bliss_deblended_models is None and len(catalogs_only.bliss_source) > 0
 
 
 def test_compatibility_mismatch_is_an_error_unless_warned(demo: dict) -> None:
@@ -245,6 +265,9 @@ def test_train_then_deblend_in_one_pipeline(demo: dict, tmp_path: Path) -> None:
         "log_every": 1,
         "device": "cpu",
         "use_calexp_conditions": True,
+        "autoencoder_steps": 2,
+        "autoencoder_batch_size": 4,
+        "autoencoder_stamp_size": 15,
     }.items():
         pipeline.addConfigOverride("blissTrain", field, value)
     pipeline.addConfigOverride("blissDeblendMeasure", "model_from_pipeline", True)
@@ -259,6 +282,7 @@ def test_train_then_deblend_in_one_pipeline(demo: dict, tmp_path: Path) -> None:
     model = butler.get("bliss_model", {})
     assert model.training["steps"] == 3
     assert model.simulator.image_height == 32
+    assert model.autoencoder is not None and model.training["autoencoder"]["steps"] == 2
     assert len(butler.query_datasets("bliss_source", collections="u/test/train", explain=False)) == 2
     metadata = butler.get("blissTrain_metadata", {})
     assert "final_validation_loss" in metadata["blissTrain"]

@@ -5,6 +5,8 @@ rendering, catalogs); they never import ``lsst.*``.  The Butler-facing
 pipeline layer lives in the ``pipeline`` subpackage.
 """
 
+from ._autoencoder import *
+from ._autoencoder_training import *
 from ._catalog import *
 from ._conditions import *
 from ._deblend import *

@@ -1,11 +1,14 @@
 """Deblending: per-source model stamps, the scene model, flux-conserving deblended images and
 measurements on them.
 
-Each detected source is rendered from its posterior point estimate (a star with the PSF at its
-position, a galaxy from its bulge+disk shape convolved with that PSF) on a stamp sized to the
-source.  The scene model is the sum of the stamps; a source's deblended image gives it the share
-of every observed pixel that its model holds of the scene there, so the deblended images of all
-sources add up to the observed image wherever the scene model is positive.
+Each detected source is rendered from its posterior point estimate on a stamp sized to the
+source: a star with the PSF at its position; a galaxy from its bulge+disk shape convolved with
+that PSF (the parametric model) or, with a galaxy autoencoder, by the decoder from the latent
+code the autoencoder's encoder infers from the galaxy's stamp with its neighbours' models
+subtracted (`refine_galaxy_models`).  The scene model is the sum of the stamps; a source's
+deblended image gives it the share of every observed pixel that its model holds of the scene
+there, so the deblended images of all sources add up to the observed image wherever the scene
+model is positive.
 """
 
 from __future__ import annotations
@@ -13,9 +16,12 @@ from __future__ import annotations
 __all__ = [
     "DEBLEND_FLAGS",
     "DeblendedSources",
+    "GalaxyLatents",
     "SourceModels",
     "deblend_sources",
     "measure_deblended",
+    "model_sources",
+    "refine_galaxy_models",
     "render_source_models",
     "scene_model",
 ]
@@ -27,14 +33,21 @@ import galsim
 import numpy as np
 import torch
 
+from ._autoencoder import GalaxyAutoencoder, GalaxyLatentPosterior
 from ._catalog import FullCatalog
 from ._conditions import SurveyConditions
 from ._render import STAMP_HALF_SIZES, render_stamps, stamp_half_size
 from ._simulate import catalog_to_render_sources
 
-DEBLEND_FLAGS: tuple[str, ...] = ("flag_stamp_clipped", "flag_moments_failed", "flag_no_model")
+DEBLEND_FLAGS: tuple[str, ...] = (
+    "flag_stamp_clipped",
+    "flag_moments_failed",
+    "flag_no_model",
+    "flag_latent_invalid",
+)
 """Per-source flags of `measure_deblended`: the stamp reaches beyond the image; adaptive moments
-did not converge; the model stamp is empty or not finite (no deblended image)."""
+did not converge; the model stamp is empty or not finite (no deblended image); the galaxy
+autoencoder's latent or stamp was not finite (the parametric model stands in)."""
 
 
 @dataclasses.dataclass
@@ -140,6 +153,243 @@ def render_source_models(
     return SourceModels(models, half_size, x0, y0, clipped)
 
 
+@dataclasses.dataclass
+class GalaxyLatents:
+    """The autoencoder's posterior for each source of an image.
+
+    Attributes
+    ----------
+    latent_mean, latent_std
+        Posterior mean and standard deviation of each galaxy's latent code,
+        shape (N, D); NaN for stars and for galaxies without a valid posterior.
+    flux_njy
+        The autoencoder's posterior median flux, nJy, shape (N,); NaN where
+        there is no latent.
+    modelled
+        The source's model comes from the decoder, shape (N,), bool.
+    invalid
+        A galaxy whose latent posterior or decoded stamp was not finite; it
+        keeps its parametric model, shape (N,), bool.
+    """
+
+    latent_mean: torch.Tensor
+    latent_std: torch.Tensor
+    flux_njy: torch.Tensor
+    modelled: torch.Tensor
+    invalid: torch.Tensor
+
+    @classmethod
+    def empty(cls, n_sources: int, latent_dim: int) -> GalaxyLatents:
+        """Latents of ``n_sources`` sources none of which has one."""
+        nan = torch.full((n_sources, latent_dim), math.nan)
+        no = torch.zeros(n_sources, dtype=torch.bool)
+        return cls(nan, nan.clone(), torch.full((n_sources,), math.nan), no, no.clone())
+
+
+def model_sources(
+    catalog: FullCatalog,
+    psf_fwhm_pix: torch.Tensor,
+    conditions: SurveyConditions,
+    image: torch.Tensor,
+    variance: torch.Tensor,
+    valid: torch.Tensor | None = None,
+    autoencoder: GalaxyAutoencoder | None = None,
+    max_half_size: int = STAMP_HALF_SIZES[-1],
+    n_iterations: int = 2,
+) -> tuple[SourceModels, GalaxyLatents | None]:
+    """Model every source of an image: parametric models, then the autoencoder's galaxies.
+
+    Parameters
+    ----------
+    catalog, psf_fwhm_pix, conditions, max_half_size
+        As for `render_source_models`.
+    image, variance, valid
+        The observed image (nJy), its variance (nJy^2) and usable pixels,
+        shape (H, W), that the autoencoder encodes.
+    autoencoder
+        Galaxy autoencoder; None keeps the parametric galaxy models.
+    n_iterations
+        Passes of `refine_galaxy_models`.
+
+    Returns
+    -------
+    models, latents
+        The source models and, with an autoencoder, its latent posteriors.
+    """
+    height, width = image.shape
+    models = render_source_models(catalog, psf_fwhm_pix, conditions, height, width, max_half_size)
+    if autoencoder is None:
+        return models, None
+    return refine_galaxy_models(
+        models, catalog, psf_fwhm_pix, image, variance, autoencoder, valid, n_iterations
+    )
+
+
+def refine_galaxy_models(
+    models: SourceModels,
+    catalog: FullCatalog,
+    psf_fwhm_pix: torch.Tensor,
+    image: torch.Tensor,
+    variance: torch.Tensor,
+    autoencoder: GalaxyAutoencoder,
+    valid: torch.Tensor | None = None,
+    n_iterations: int = 2,
+    batch_size: int = 256,
+    min_stamp_flux_fraction: float = 0.95,
+) -> tuple[SourceModels, GalaxyLatents]:
+    """Replace the galaxies' models by the autoencoder's renderings.
+
+    Each pass cuts every galaxy's stamp from the image with all other
+    sources' current models subtracted, encodes it (latent posterior and
+    flux), and renders the galaxy with the decoder at the posterior mean,
+    the PSF FWHM and sub-pixel position of the catalog.  Later passes
+    subtract the decoded neighbours of the previous one.
+
+    Parameters
+    ----------
+    models
+        Current models (e.g. `render_source_models`) of the catalog's sources.
+    catalog
+        The sources (one image); ``is_galaxy`` selects the galaxies.
+    psf_fwhm_pix
+        PSF FWHM at each source, pixels, shape (N,).
+    image, variance
+        Observed image (nJy) and variance (nJy^2), shape (H, W).
+    autoencoder
+        The galaxy autoencoder.
+    valid
+        Usable pixels, shape (H, W), bool; default: finite with positive variance.
+    n_iterations
+        Number of passes (>= 1).
+    batch_size
+        Galaxies encoded at once (bounds the memory of the networks' activations).
+    min_stamp_flux_fraction
+        Least fraction of a galaxy's parametric model inside the autoencoder's
+        stamp for the autoencoder to model it.
+
+    Returns
+    -------
+    models
+        Stamps at least as large as the autoencoder's; a galaxy's own stamp
+        is the autoencoder's, except where its posterior or rendering was
+        not finite or its parametric model holds less than
+        ``min_stamp_flux_fraction`` of its light within the autoencoder's
+        stamp (it keeps its parametric model there).
+    latents
+        The posteriors.
+    """
+    if n_iterations < 1:
+        raise ValueError(f"n_iterations={n_iterations} is out of range; it must be >= 1.")
+    config = autoencoder.config
+    n_sources = len(models)
+    latents = GalaxyLatents.empty(n_sources, config.latent_dim)
+    sources = catalog_to_render_sources(catalog.to("cpu"), 1.0)
+    if len(sources) != n_sources:
+        raise ValueError(f"The catalog holds {len(sources)} sources but there are {n_sources} models.")
+    models = _with_stamp_size(models, max(models.stamp_size, config.stamp_size))
+    centre, half = models.stamp_size // 2, config.half_size
+    crop = slice(centre - half, centre + half + 1)
+    # A galaxy with much light beyond the autoencoder's stamp keeps its parametric model.
+    total = models.models.sum(dim=(1, 2))
+    within = models.models[:, crop, crop].sum(dim=(1, 2))
+    fits = within >= min_stamp_flux_fraction * total
+    galaxies = torch.nonzero(sources.is_galaxy & fits).squeeze(1)
+    if galaxies.numel() == 0:
+        return models, latents
+    height, width = image.shape
+    usable = torch.isfinite(image) & torch.isfinite(variance) & (variance > 0)
+    if valid is not None:
+        usable &= valid
+    x, y = sources.x.double(), sources.y.double()
+    offsets = torch.stack([x - torch.round(x), y - torch.round(y)], dim=1)[galaxies].float()
+    fwhm = torch.as_tensor(psf_fwhm_pix, dtype=torch.float32).reshape(-1)[galaxies]
+    own_x0 = models.x0[galaxies] + centre - half
+    own_y0 = models.y0[galaxies] + centre - half
+    rows, cols, inside = _window_index(own_x0, own_y0, config.stamp_size, height, width)
+    stamp_valid = usable[rows, cols] & inside
+    stamp_variance = torch.where(stamp_valid, variance.float()[rows, cols], 1.0)
+    parametric = models.models[galaxies].clone()
+    original_half = models.half_size[galaxies].clone()
+    for _ in range(n_iterations):
+        others = scene_model(models, height, width)[rows, cols] - models.models[galaxies][:, crop, crop]
+        stamps = torch.where(stamp_valid, image.float()[rows, cols] - others, 0.0)
+        posterior, decoded = _encode_and_decode(
+            autoencoder, stamps, stamp_variance, stamp_valid, fwhm, offsets, batch_size
+        )
+        good = posterior.finite() & torch.isfinite(decoded).all(dim=(1, 2))
+        own = parametric.clone()
+        own[good] = 0.0
+        own[good, crop, crop] = decoded[good] * inside[good]
+        models.models[galaxies] = own
+        models.half_size[galaxies] = torch.where(good, half, original_half)
+    latents.latent_mean[galaxies] = torch.where(good[:, None], posterior.latent_mean, math.nan)
+    latents.latent_std[galaxies] = torch.where(good[:, None], posterior.latent_std, math.nan)
+    latents.flux_njy[galaxies] = torch.where(good, posterior.flux_njy, math.nan)
+    latents.modelled[galaxies] = good
+    latents.invalid[galaxies] = ~good
+    own_x0 = models.x0 + centre - models.half_size
+    own_y0 = models.y0 + centre - models.half_size
+    models.clipped = (
+        (own_x0 < 0)
+        | (own_y0 < 0)
+        | (own_x0 + 2 * models.half_size >= width)
+        | (own_y0 + 2 * models.half_size >= height)
+    )
+    return models, latents
+
+
+def _encode_and_decode(
+    autoencoder: GalaxyAutoencoder,
+    stamps: torch.Tensor,
+    variances: torch.Tensor,
+    valid: torch.Tensor,
+    psf_fwhm_pix: torch.Tensor,
+    offsets: torch.Tensor,
+    batch_size: int,
+) -> tuple[GalaxyLatentPosterior, torch.Tensor]:
+    """Posteriors and posterior-mean model stamps (nJy, on the CPU) of galaxy stamps, in batches."""
+    device = next(autoencoder.parameters()).device
+    posteriors, models = [], []
+    with torch.no_grad():
+        for start in range(0, stamps.shape[0], batch_size):
+            chosen = slice(start, start + batch_size)
+            fwhm, shift = psf_fwhm_pix[chosen].to(device), offsets[chosen].to(device)
+            posterior = autoencoder.encode(
+                stamps[chosen].to(device), variances[chosen].to(device), valid[chosen].to(device), fwhm, shift
+            )
+            unit = autoencoder.decode(posterior.latent_mean, fwhm, shift)
+            models.append((unit * posterior.flux_njy[:, None, None]).cpu())
+            posteriors.append(posterior)
+    merged = GalaxyLatentPosterior(
+        *(
+            torch.cat([getattr(item, field.name).cpu() for item in posteriors])
+            for field in dataclasses.fields(GalaxyLatentPosterior)
+        )
+    )
+    return merged, torch.cat(models)
+
+
+def _with_stamp_size(models: SourceModels, size: int) -> SourceModels:
+    """The same models on (larger or equal) stamps of side ``size``, sharing the centre pixel."""
+    if size == models.stamp_size:
+        return dataclasses.replace(models, models=models.models.clone(), half_size=models.half_size.clone())
+    pad = (size - models.stamp_size) // 2
+    stamps = torch.nn.functional.pad(models.models, (pad, pad, pad, pad))
+    return SourceModels(stamps, models.half_size.clone(), models.x0 - pad, models.y0 - pad, models.clipped)
+
+
+def _window_index(
+    x0: torch.Tensor, y0: torch.Tensor, size: int, height: int, width: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Clamped image row and column of each pixel of ``size``-wide windows at ``(x0, y0)``, and
+    whether it falls on the image, each (N, size, size)."""
+    offsets = torch.arange(size)
+    rows = (y0[:, None] + offsets[None, :])[:, :, None].expand(-1, size, size)
+    cols = (x0[:, None] + offsets[None, :])[:, None, :].expand(-1, size, size)
+    inside = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
+    return rows.clamp(0, height - 1), cols.clamp(0, width - 1), inside
+
+
 def _inside_mask(x0: torch.Tensor, y0: torch.Tensor, size: int, height: int, width: int) -> torch.Tensor:
     """1 where stamp pixels fall on the image, shape (N, S, S)."""
     offsets = torch.arange(size)
@@ -235,7 +485,10 @@ def deblend_sources(
 
 
 def measure_deblended(
-    deblended: DeblendedSources, noise_njy: float, footprint_nsigma: float = 1.0
+    deblended: DeblendedSources,
+    noise_njy: float,
+    footprint_nsigma: float = 1.0,
+    latents: GalaxyLatents | None = None,
 ) -> dict[str, np.ndarray]:
     """Flux and adaptive-moment shape of each deblended image.
 
@@ -249,6 +502,8 @@ def measure_deblended(
         pixel at its centre).
     footprint_nsigma
         Footprint isophote in units of the noise.
+    latents
+        The autoencoder's posteriors, for ``flag_latent_invalid``.
 
     Returns
     -------
@@ -269,6 +524,8 @@ def measure_deblended(
     }
     flags = {name: np.zeros(n_sources, dtype=bool) for name in DEBLEND_FLAGS}
     flags["flag_stamp_clipped"] = models.clipped.numpy().copy()
+    if latents is not None:
+        flags["flag_latent_invalid"] = latents.invalid.numpy().copy()
     if n_sources == 0:
         return {**results, **flags}
     centre = models.stamp_size // 2

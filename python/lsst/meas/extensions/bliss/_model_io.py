@@ -1,11 +1,13 @@
-"""The model package: encoder weights in safetensors with their JSON description.
+"""The model package: encoder and galaxy-autoencoder weights in safetensors with their JSON description.
 
-One ``.safetensors`` file holds the weights and, in its metadata, a JSON
-document (key ``"bliss_model"``) with the architecture, the survey
-conditions, prior and simulation settings the model was trained for, the
-package version, the training summary, and a SHA-256 digest of the weights.
-Loading never unpickles; it rebuilds the architecture from the JSON and
-checks every tensor's name and shape and the digest.
+One ``.safetensors`` file holds the weights (names prefixed ``encoder.`` and
+``autoencoder.``) and, in its metadata, a JSON document (key
+``"bliss_model"``) with the architectures, the survey conditions, prior and
+simulation settings the model was trained for, the package version, the
+training summary, and a SHA-256 digest of the weights.  Loading never
+unpickles; it rebuilds the architectures from the JSON and checks every
+tensor's name and shape and the digest.  Format version 2 (encoder only,
+unprefixed names) is still read.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 __all__ = [
     "MODEL_FORMAT_VERSION",
     "BlissModel",
+    "MissingAutoencoderError",
     "ModelFormatError",
     "default_model_path",
     "load_default_model",
@@ -29,13 +32,16 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
+from ._autoencoder import AutoencoderConfig, GalaxyAutoencoder
 from ._conditions import SurveyConditions
 from ._encoder import BlissEncoder, EncoderConfig
 from ._prior import PriorConfig
 from ._simulate import SimulatorConfig
 from .version import __version__
 
-MODEL_FORMAT_VERSION = 2
+MODEL_FORMAT_VERSION = 3
+_READABLE_FORMAT_VERSIONS = (2, 3)
+_ENCODER_PREFIX, _AUTOENCODER_PREFIX = "encoder.", "autoencoder."
 _METADATA_KEY = "bliss_model"
 _REQUIRED_KEYS = (
     "format_version",
@@ -54,6 +60,10 @@ class ModelFormatError(ValueError):
     """A model file that cannot be loaded: truncated, tampered with, incomplete or incompatible."""
 
 
+class MissingAutoencoderError(ValueError):
+    """A model package without a galaxy autoencoder, used where one is required."""
+
+
 def _weights_digest(tensors: dict[str, torch.Tensor]) -> str:
     digest = hashlib.sha256()
     for name in sorted(tensors):
@@ -67,7 +77,7 @@ def _weights_digest(tensors: dict[str, torch.Tensor]) -> str:
 
 @dataclasses.dataclass
 class BlissModel:
-    """A trained encoder with everything needed to use it correctly.
+    """A trained encoder (and galaxy autoencoder) with everything needed to use them correctly.
 
     Attributes
     ----------
@@ -80,9 +90,13 @@ class BlissModel:
     simulator
         Simulation settings (tile size, PSF FWHM range, ...).
     training
-        Training summary (command, seed, steps, wall time, validation loss, ...).
+        Training summary (command, seed, steps, wall time, validation loss, ...;
+        the autoencoder's under ``"autoencoder"``).
     package_version
         Version of this package that wrote the model.
+    autoencoder
+        The galaxy autoencoder, or None for a package without one (catalogs
+        only; deblending then needs the parametric galaxy models).
     """
 
     encoder: BlissEncoder
@@ -91,6 +105,17 @@ class BlissModel:
     simulator: SimulatorConfig
     training: dict[str, Any] = dataclasses.field(default_factory=dict)
     package_version: str = __version__
+    autoencoder: GalaxyAutoencoder | None = None
+
+    def require_autoencoder(self, purpose: str) -> GalaxyAutoencoder:
+        """The autoencoder, or a `MissingAutoencoderError` that says what needs it."""
+        if self.autoencoder is None:
+            raise MissingAutoencoderError(
+                f"{purpose} needs a galaxy autoencoder, but this model package has none. Train one into "
+                "the package (bliss-train CONFIG --output DIR --autoencoder-only --init MODEL) or use "
+                "the parametric galaxy models."
+            )
+        return self.autoencoder
 
     def describe(self) -> dict[str, Any]:
         """The JSON document stored with the weights (without the digest)."""
@@ -102,12 +127,18 @@ class BlissModel:
             "prior": self.prior.to_dict(),
             "simulator": self.simulator.to_dict(),
             "training": self.training,
+            "autoencoder": None if self.autoencoder is None else self.autoencoder.config.to_dict(),
         }
 
     def to_bytes(self) -> bytes:
         """Serialize to safetensors bytes."""
+        networks = [(_ENCODER_PREFIX, self.encoder)]
+        if self.autoencoder is not None:
+            networks.append((_AUTOENCODER_PREFIX, self.autoencoder))
         tensors = {
-            name: value.detach().cpu().contiguous() for name, value in self.encoder.state_dict().items()
+            prefix + name: value.detach().cpu().contiguous()
+            for prefix, network in networks
+            for name, value in network.state_dict().items()
         }
         document = self.describe()
         document["weights_sha256"] = _weights_digest(tensors)
@@ -163,10 +194,11 @@ class BlissModel:
         missing = [key for key in _REQUIRED_KEYS if key not in document]
         if missing:
             raise ModelFormatError(f"{source}: the model description lacks key(s) {missing}.")
-        if document["format_version"] != MODEL_FORMAT_VERSION:
+        version = document["format_version"]
+        if version not in _READABLE_FORMAT_VERSIONS:
             raise ModelFormatError(
-                f"{source} has model format version {document['format_version']}; this package "
-                f"({__version__}) reads version {MODEL_FORMAT_VERSION}. Use a matching package version."
+                f"{source} has model format version {version}; this package "
+                f"({__version__}) reads versions {_READABLE_FORMAT_VERSIONS}. Use a matching package version."
             )
         if _weights_digest(tensors) != document["weights_sha256"]:
             raise ModelFormatError(
@@ -175,9 +207,22 @@ class BlissModel:
             )
         try:
             encoder = BlissEncoder(EncoderConfig.from_dict(document["encoder"]))
+            autoencoder_config = document.get("autoencoder") if version >= 3 else None
+            autoencoder = (
+                None
+                if autoencoder_config is None
+                else GalaxyAutoencoder(AutoencoderConfig.from_dict(autoencoder_config))
+            )
         except (TypeError, ValueError) as err:
-            raise ModelFormatError(f"{source}: invalid encoder architecture ({err}).") from err
-        expected = {name: tuple(value.shape) for name, value in encoder.state_dict().items()}
+            raise ModelFormatError(f"{source}: invalid network architecture ({err}).") from err
+        networks = [("" if version == 2 else _ENCODER_PREFIX, encoder)]
+        if autoencoder is not None:
+            networks.append((_AUTOENCODER_PREFIX, autoencoder))
+        expected = {
+            prefix + name: tuple(value.shape)
+            for prefix, network in networks
+            for name, value in network.state_dict().items()
+        }
         found = {name: tuple(value.shape) for name, value in tensors.items()}
         if expected != found:
             differences = sorted(set(expected.items()) ^ set(found.items()))[:6]
@@ -185,8 +230,13 @@ class BlissModel:
                 f"{source}: weights do not fit the recorded architecture (first differences "
                 f"{differences}); the file mixes two models."
             )
-        encoder.load_state_dict(tensors)
-        encoder.eval()
+        for prefix, network in networks:
+            network.load_state_dict(
+                {name[len(prefix) :]: value for name, value in tensors.items() if name.startswith(prefix)}
+                if prefix
+                else tensors
+            )
+            network.eval()
         return cls(
             encoder=encoder,
             conditions=SurveyConditions.from_dict(document["conditions"]),
@@ -194,6 +244,7 @@ class BlissModel:
             simulator=SimulatorConfig.from_dict(document["simulator"]),
             training=document["training"],
             package_version=document["package_version"],
+            autoencoder=autoencoder,
         )
 
     @classmethod

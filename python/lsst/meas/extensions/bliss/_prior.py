@@ -246,10 +246,6 @@ class SourcePrior:
         config = self.config
         device = torch.device(device)
         shape = (batch_size, n_tiles_h, n_tiles_w, self.max_sources_per_tile)
-
-        def uniform(low: float, high: float) -> torch.Tensor:
-            return _uniform(shape, low, high, generator, device, dtype)
-
         rate = torch.full(shape[:3], self.mean_sources_per_tile, device=device, dtype=torch.float64)
         counts = torch.poisson(rate, generator=generator).long().clamp(max=self.max_sources_per_tile)
         locations = torch.rand(shape + (2,), generator=generator, device=device, dtype=dtype)
@@ -261,18 +257,7 @@ class SourcePrior:
             shape, config.star_flux_alpha, self.min_flux_njy, self.max_flux_njy, generator, device, dtype
         )
         flux = torch.where(is_galaxy, galaxy_flux, star_flux)
-        disk_hlr = self._sample_sizes(flux, generator)
-        bulge_hlr = (disk_hlr * uniform(*config.bulge_size_ratio_range)).clamp(min=config.min_hlr_arcsec)
-        fields = {
-            "flux_njy": flux,
-            "is_galaxy": is_galaxy,
-            "disk_frac": uniform(0.0, 1.0),
-            "disk_hlr_arcsec": disk_hlr,
-            "disk_q": uniform(*config.disk_q_range),
-            "bulge_hlr_arcsec": bulge_hlr,
-            "bulge_q": uniform(*config.bulge_q_range),
-            "position_angle_rad": uniform(0.0, math.pi),
-        }
+        fields = {"flux_njy": flux, "is_galaxy": is_galaxy, **self.sample_galaxy_shapes(flux, generator)}
         slot = torch.arange(self.max_sources_per_tile, device=device)
         occupied = slot < counts[..., None]
         galaxy = occupied & is_galaxy
@@ -285,6 +270,41 @@ class SourcePrior:
             )
         locations = torch.where(occupied[..., None], locations, torch.zeros_like(locations))
         return TileCatalog(self.tile_size, counts, locations, fields)
+
+    def sample_galaxy_shapes(
+        self, flux_njy: torch.Tensor, generator: torch.Generator
+    ) -> dict[str, torch.Tensor]:
+        """Draw bulge+disk shapes for galaxies of the given fluxes.
+
+        Parameters
+        ----------
+        flux_njy
+            Galaxy fluxes, nJy, any shape; sizes follow the size-magnitude relation.
+        generator
+            Seeded generator on the fluxes' device.
+
+        Returns
+        -------
+        shapes
+            ``disk_frac``, ``disk_hlr_arcsec``, ``disk_q``, ``bulge_hlr_arcsec``,
+            ``bulge_q`` and ``position_angle_rad`` (radians in [0, pi)), each of
+            the fluxes' shape and dtype.
+        """
+        config = self.config
+
+        def uniform(low: float, high: float) -> torch.Tensor:
+            return _uniform(flux_njy.shape, low, high, generator, flux_njy.device, flux_njy.dtype)
+
+        disk_hlr = self._sample_sizes(flux_njy, generator)
+        bulge_hlr = (disk_hlr * uniform(*config.bulge_size_ratio_range)).clamp(min=config.min_hlr_arcsec)
+        return {
+            "disk_frac": uniform(0.0, 1.0),
+            "disk_hlr_arcsec": disk_hlr,
+            "disk_q": uniform(*config.disk_q_range),
+            "bulge_hlr_arcsec": bulge_hlr,
+            "bulge_q": uniform(*config.bulge_q_range),
+            "position_angle_rad": uniform(0.0, math.pi),
+        }
 
     def _sample_sizes(self, flux_njy: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Disk half-light radii (arcsec) from a log-normal size-magnitude relation, truncated."""

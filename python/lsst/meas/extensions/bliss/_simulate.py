@@ -9,6 +9,7 @@ __all__ = [
     "SimulatedBatch",
     "SimulatorConfig",
     "catalog_to_render_sources",
+    "observe",
 ]
 
 import dataclasses
@@ -273,7 +274,9 @@ class ImageSimulator:
             )
             fwhm = torch.full((batch_size,), float(centre[0]), device=self.device)
         noiseless = noiseless[:, margin : margin + config.image_height, margin : margin + config.image_width]
-        image, variance, mask = self._observe(noiseless, generator)
+        image, variance, mask = observe(
+            noiseless, self.conditions, generator, self.config.noise, self.config.subtract_background
+        )
         background = torch.full((batch_size,), conditions.sky_level_njy, device=self.device)
         return SimulatedBatch(image, variance, mask, noiseless, background, fwhm, tiles.crop(border))
 
@@ -300,7 +303,9 @@ class ImageSimulator:
         batch_size = catalog.batch_size
         fwhm = self._sample_psf_fwhm(batch_size, generator) if psf_fwhm_arcsec is None else psf_fwhm_arcsec
         noiseless = self.render(catalog, self.conditions.psf(fwhm.cpu().numpy()))
-        image, variance, mask = self._observe(noiseless, generator)
+        image, variance, mask = observe(
+            noiseless, self.conditions, generator, self.config.noise, self.config.subtract_background
+        )
         background = torch.full((batch_size,), self.conditions.sky_level_njy, device=self.device)
         truth = catalog.to_tile_catalog(self.config.tile_size, self.config.max_sources_per_tile)
         return SimulatedBatch(image, variance, mask, noiseless, background, fwhm.to(self.device), truth)
@@ -342,30 +347,56 @@ class ImageSimulator:
         low, high = fwhm_range
         return low + (high - low) * torch.rand(batch_size, generator=generator, device=self.device)
 
-    def _observe(
-        self, noiseless: torch.Tensor, generator: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Add sky and noise; return image and variance (nJy, nJy^2) and the mask."""
-        conditions = self.conditions
-        gain = conditions.njy_to_electrons
-        read_variance = conditions.read_noise_e**2
-        expected = (noiseless.clamp(min=0) + conditions.sky_level_njy) * gain
-        if self.config.noise == "poisson":
-            counts = torch.poisson(expected, generator=generator)
-            if read_variance > 0:
-                counts = counts + conditions.read_noise_e * torch.randn(
-                    counts.shape, generator=generator, device=counts.device
-                )
-        else:
-            noise = torch.randn(expected.shape, generator=generator, device=expected.device)
-            counts = expected + torch.sqrt(expected + read_variance) * noise
-        image = counts / gain
-        if self.config.subtract_background:
-            image = image - conditions.sky_level_njy
-        variance = (expected + read_variance) / gain**2
-        saturated = expected > conditions.full_well_e
-        mask = saturated.to(torch.int32) << MASK_PLANES["SAT"]
-        return image, variance, mask
+
+def observe(
+    noiseless: torch.Tensor,
+    conditions: SurveyConditions,
+    generator: torch.Generator,
+    noise: str = "poisson",
+    subtract_background: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Add sky and noise to noiseless images.
+
+    Parameters
+    ----------
+    noiseless
+        Source light, nJy per pixel, any shape.
+    conditions
+        Sky level, gain (``njy_to_electrons``), read noise and full well.
+    generator
+        Seeded generator on the images' device.
+    noise
+        ``"poisson"`` (photon counts plus Gaussian read noise) or ``"gaussian"``
+        (its Gaussian approximation).
+    subtract_background
+        Whether the returned image has the (known) sky level removed.
+
+    Returns
+    -------
+    image, variance, mask
+        Observed image (nJy), its expected variance (nJy^2) and the bit mask
+        (``SAT`` where the expected charge exceeds the full well), each of the
+        input's shape.
+    """
+    gain = conditions.njy_to_electrons
+    read_variance = conditions.read_noise_e**2
+    expected = (noiseless.clamp(min=0) + conditions.sky_level_njy) * gain
+    if noise == "poisson":
+        counts = torch.poisson(expected, generator=generator)
+        if read_variance > 0:
+            counts = counts + conditions.read_noise_e * torch.randn(
+                counts.shape, generator=generator, device=counts.device
+            )
+    else:
+        normal = torch.randn(expected.shape, generator=generator, device=expected.device)
+        counts = expected + torch.sqrt(expected + read_variance) * normal
+    image = counts / gain
+    if subtract_background:
+        image = image - conditions.sky_level_njy
+    variance = (expected + read_variance) / gain**2
+    saturated = expected > conditions.full_well_e
+    mask = saturated.to(torch.int32) << MASK_PLANES["SAT"]
+    return image, variance, mask
 
 
 def add_detector_defects(mask: np.ndarray, image: np.ndarray, generator: np.random.Generator) -> None:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-__all__ = ["TrainingConfig", "TrainingRun", "train"]
+__all__ = ["TrainingConfig", "TrainingRun", "add_autoencoder", "train"]
 
 import dataclasses
 import json
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,12 +14,15 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from ._autoencoder import AutoencoderConfig
+from ._autoencoder_training import AutoencoderTrainingConfig, train_autoencoder
 from ._conditions import SurveyConditions
 from ._device import resolve_device
 from ._encoder import BlissEncoder, EncoderConfig, make_tile_truth
 from ._model_io import BlissModel
 from ._normalize import prepare_inputs
 from ._prior import PriorConfig
+from ._schedule import check_optimization_settings, warmup_cosine_factor
 from ._simulate import ImageSimulator, SimulatedBatch, SimulatorConfig
 
 
@@ -70,24 +72,15 @@ class TrainingConfig:
     device: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.seed == self.validation_seed:
-            raise ValueError("validation_seed must differ from seed so that validation images are held out.")
-        for name in (
+        counts = (
             "n_steps",
             "batch_size",
             "validation_images",
             "validation_every",
             "checkpoint_every",
             "log_every",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} is out of range; it must be >= 1.")
-        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
-            raise ValueError(f"learning_rate={self.learning_rate} is out of range; it must be > 0.")
-        if self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps={self.warmup_steps} is out of range; it must be >= 0.")
-        if self.max_minutes is not None and not self.max_minutes > 0:
-            raise ValueError(f"max_minutes={self.max_minutes} is out of range; it must be > 0 or None.")
+        )
+        check_optimization_settings(self, counts, "images")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +94,8 @@ class TrainingRun:
     )
     encoder: EncoderConfig = dataclasses.field(default_factory=EncoderConfig)
     training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
+    autoencoder: AutoencoderConfig = dataclasses.field(default_factory=AutoencoderConfig)
+    autoencoder_training: AutoencoderTrainingConfig | None = None
 
     def __post_init__(self) -> None:
         if self.simulator.tile_size != self.encoder.tile_size:
@@ -117,14 +112,16 @@ class TrainingRun:
     def from_dict(cls, data: dict[str, Any]) -> TrainingRun:
         """Build from a mapping with optional sections ``conditions`` (``survey``, ``band`` and
         overrides for `SurveyConditions.from_survey`), ``prior``, ``simulator``, ``encoder``,
-        ``training``.
+        ``training``, ``autoencoder`` and ``autoencoder_training`` (present: the galaxy
+        autoencoder is trained too).
 
         Raises
         ------
         ValueError
             For unknown sections or fields.
         """
-        unknown = set(data) - {"conditions", "prior", "simulator", "encoder", "training"}
+        sections = {"conditions", "prior", "simulator", "encoder", "training", "autoencoder"}
+        unknown = set(data) - sections - {"autoencoder_training"}
         if unknown:
             raise ValueError(f"Unknown training config section(s) {sorted(unknown)}.")
         conditions = dict(data.get("conditions") or {})
@@ -143,6 +140,12 @@ class TrainingRun:
             simulator=section(SimulatorConfig, "simulator", {"psf_fwhm_range_arcsec": (0.6, 1.2)}),
             encoder=section(EncoderConfig, "encoder"),
             training=section(TrainingConfig, "training"),
+            autoencoder=section(AutoencoderConfig, "autoencoder"),
+            autoencoder_training=(
+                section(AutoencoderTrainingConfig, "autoencoder_training")
+                if "autoencoder_training" in data
+                else None
+            ),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -153,14 +156,20 @@ class TrainingRun:
             "simulator": self.simulator.to_dict(),
             "encoder": self.encoder.to_dict(),
             "training": dataclasses.asdict(self.training),
+            "autoencoder": self.autoencoder.to_dict(),
+            **(
+                {}
+                if self.autoencoder_training is None
+                else {"autoencoder_training": self.autoencoder_training.to_dict()}
+            ),
         }
 
-
-def _learning_rate_factor(step: int, config: TrainingConfig) -> float:
-    if step < config.warmup_steps:
-        return (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, config.n_steps - config.warmup_steps)
-    return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    @property
+    def psf_fwhm_range_arcsec(self) -> tuple[float, float]:
+        """PSF FWHM range of the training simulations, arcsec."""
+        fwhm_range = self.simulator.psf_fwhm_range_arcsec
+        fwhm = self.conditions.psf_fwhm_arcsec
+        return (fwhm, fwhm) if fwhm_range is None else (float(fwhm_range[0]), float(fwhm_range[1]))
 
 
 class _Trainer:
@@ -173,7 +182,7 @@ class _Trainer:
         self.simulator = ImageSimulator(run.conditions, run.prior, run.simulator, self.device)
         self.optimizer = torch.optim.Adam(self.encoder.parameters(), lr=config.learning_rate)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: _learning_rate_factor(step, config)
+            self.optimizer, lambda step: warmup_cosine_factor(step, config.warmup_steps, config.n_steps)
         )
         self.generator = torch.Generator(device=self.device).manual_seed(config.seed)
         self.step = 0
@@ -367,5 +376,59 @@ def train(
     }
     trainer.encoder.eval()
     model = BlissModel(trainer.encoder.cpu(), run.conditions, run.prior, run.simulator, summary)
+    if run.autoencoder_training is not None:
+        model = add_autoencoder(model, run, log=log, command=command)
     model.save(output_dir / "model.safetensors")
     return model
+
+
+def add_autoencoder(
+    model: BlissModel, run: TrainingRun, log: Callable[[str], None] = print, command: str | None = None
+) -> BlissModel:
+    """Train a galaxy autoencoder for a model package and return the package with it.
+
+    Parameters
+    ----------
+    model
+        The package (its encoder and training summary are kept).
+    run
+        Training definition; its ``autoencoder`` and ``autoencoder_training``
+        sections are used, and its conditions, prior and simulator must be
+        the model's.
+    log
+        Receives progress lines.
+    command
+        The command line, recorded in the autoencoder's training summary.
+
+    Raises
+    ------
+    ValueError
+        If the run has no ``autoencoder_training`` section or was not the
+        model's training run (different conditions, prior or simulator).
+    """
+    if run.autoencoder_training is None:
+        raise ValueError("The training config has no 'autoencoder_training' section; add one to train it.")
+    differing = [
+        name
+        for name, ours, theirs in (
+            ("conditions", run.conditions, model.conditions),
+            ("prior", run.prior, model.prior),
+            ("simulator", run.simulator, model.simulator),
+        )
+        if ours.to_dict() != theirs.to_dict()
+    ]
+    if differing:
+        raise ValueError(
+            f"The training config's {', '.join(differing)} differ from the model's; the autoencoder "
+            "must be trained for the model's own survey conditions and prior. Use the model's config file."
+        )
+    autoencoder, summary = train_autoencoder(
+        run.conditions,
+        run.prior,
+        run.psf_fwhm_range_arcsec,
+        run.autoencoder,
+        run.autoencoder_training,
+        log=log,
+    )
+    training = {**model.training, "autoencoder": {"command": command, **summary}}
+    return dataclasses.replace(model, training=training, autoencoder=autoencoder)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import yaml
 
-from .._training import TrainingRun, train
+from .._model_io import BlissModel, ModelFormatError
+from .._training import TrainingRun, add_autoencoder, train
 
 
 def load_run_config(path: Path) -> TrainingRun:
@@ -37,12 +38,18 @@ def load_run_config(path: Path) -> TrainingRun:
     return TrainingRun.from_dict(data)
 
 
+def _log(line: str) -> None:
+    # Progress must show up in redirected logs while training runs, not when it ends.
+    print(line, flush=True)
+
+
 def train_main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``bliss-train``; returns the exit code."""
     parser = argparse.ArgumentParser(
         prog="bliss-train",
         description="Train the BLISS encoder on simulated images and write a model package "
-        "(OUTPUT/model.safetensors with its JSON description).",
+        "(OUTPUT/model.safetensors with its JSON description); with an autoencoder_training section the "
+        "galaxy autoencoder is trained after the encoder and stored in the same package.",
     )
     parser.add_argument(
         "config",
@@ -51,7 +58,17 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--output", type=Path, required=True, help="directory for checkpoints and the model")
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in OUTPUT")
-    parser.add_argument("--device", default=None, help="override training.device ('auto', 'cpu', 'cuda')")
+    parser.add_argument(
+        "--device", default=None, help="override the training devices ('auto', 'cpu', 'cuda')"
+    )
+    parser.add_argument(
+        "--autoencoder-only",
+        metavar="MODEL",
+        type=Path,
+        default=None,
+        help="train only the galaxy autoencoder (section autoencoder_training) for the existing model "
+        "package MODEL, trained with the same config, and write the package with it to OUTPUT",
+    )
     args = parser.parse_args(argv)
     try:
         run = load_run_config(args.config)
@@ -60,11 +77,33 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.device is not None:
         run = dataclasses.replace(run, training=dataclasses.replace(run.training, device=args.device))
+        if run.autoencoder_training is not None:
+            run = dataclasses.replace(
+                run, autoencoder_training=dataclasses.replace(run.autoencoder_training, device=args.device)
+            )
     command = "bliss-train " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    model = train(run, args.output, resume=args.resume, command=command)
+    if args.autoencoder_only is not None:
+        return _train_autoencoder_only(run, args.autoencoder_only, args.output, command)
+    model = train(run, args.output, resume=args.resume, log=_log, command=command)
     summary = model.training
     print(
         f"wrote {args.output / 'model.safetensors'}: {summary['steps']} steps, "
         f"{summary['wall_time_s'] / 60:.1f} min, validation loss {summary['final_validation_loss']:.3f}"
+    )
+    return 0
+
+
+def _train_autoencoder_only(run: TrainingRun, model_path: Path, output: Path, command: str) -> int:
+    try:
+        model = BlissModel.load(model_path)
+        model = add_autoencoder(model, run, log=_log, command=command)
+    except (FileNotFoundError, ModelFormatError, ValueError) as err:
+        print(f"bliss-train: error: {err}", file=sys.stderr)
+        return 2
+    path = model.save(output / "model.safetensors")
+    summary = model.training["autoencoder"]
+    print(
+        f"wrote {path}: autoencoder {summary['steps']} steps, {summary['wall_time_s'] / 60:.1f} min, "
+        f"validation median reduced chi2 (SNR >= 10) {summary['final_chi2_median_snr10']:.3f}"
     )
     return 0

@@ -32,7 +32,7 @@ from astropy.table import MaskedColumn, Table
 
 from .._catalog import FullCatalog
 from .._conditions import flux_njy_to_mag
-from .._deblend import SourceModels
+from .._deblend import GalaxyLatents, SourceModels
 from .._frame import FrameResult
 
 # (column, unit, description, value of a catalog) with the catalog's positions already in parent pixels.
@@ -323,6 +323,12 @@ DEBLEND_COLUMNS: tuple[tuple[str, str, u.UnitBase | None, str], ...] = (
         "Adaptive moments of the deblended image failed.",
     ),
     ("bliss_no_model_flag", "flag_no_model", None, "The source's model stamp is empty or not finite."),
+    (
+        "bliss_latent_invalid_flag",
+        "flag_latent_invalid",
+        None,
+        "The galaxy autoencoder gave a non-finite latent posterior or stamp; the parametric model was used.",
+    ),
 )
 """Deblending columns of ``bliss_source``: (column, key of `measure_deblended`, unit, description)."""
 
@@ -339,7 +345,9 @@ def add_deblend_columns(table: Table, measurements: dict[str, np.ndarray]) -> No
         table[name].description = description
 
 
-def deblended_models_table(models: SourceModels, ids: np.ndarray, x0: int, y0: int) -> Table:
+def deblended_models_table(
+    models: SourceModels, ids: np.ndarray, x0: int, y0: int, latents: GalaxyLatents | None = None
+) -> Table:
     """The ``bliss_deblended_models`` table: one model stamp per source.
 
     Parameters
@@ -350,12 +358,17 @@ def deblended_models_table(models: SourceModels, ids: np.ndarray, x0: int, y0: i
         Source IDs (as in ``bliss_source``), shape (N,).
     x0, y0
         Parent-pixel coordinates of the first array element of the image.
+    latents
+        The galaxy autoencoder's posteriors, when it modelled the galaxies.
 
     Returns
     -------
     table
         Columns ``id``, ``stamp_x0``, ``stamp_y0`` (parent pixel of stamp
-        element [0, 0]), ``stamp_half_size`` and ``model`` (N, S, S), nJy per pixel.
+        element [0, 0]), ``stamp_half_size``, ``model`` (N, S, S), nJy per
+        pixel, ``model_type`` and, with latents, ``ae_latent_mean`` and
+        ``ae_latent_std`` (N, D; masked where the source has none) and
+        ``ae_flux`` (nJy).
     """
     table = Table()
     table["id"] = np.asarray(ids, dtype=np.int64)
@@ -374,6 +387,26 @@ def deblended_models_table(models: SourceModels, ids: np.ndarray, x0: int, y0: i
     table["model"] = models.models.numpy().astype(np.float32)
     table["model"].unit = u.nJy
     table["model"].description = "PSF-convolved model of the source per pixel (zero beyond the image)."
+    modelled = np.zeros(len(table), dtype=bool) if latents is None else latents.modelled.numpy()
+    table["model_type"] = np.where(modelled, "autoencoder", "parametric")
+    table["model_type"].description = (
+        "'autoencoder': galaxy rendered by the autoencoder's decoder; 'parametric': the PSF for a star, "
+        "the bulge+disk estimate for a galaxy."
+    )
+    if latents is not None:
+        for name, values, description in (
+            (
+                "ae_latent_mean",
+                latents.latent_mean,
+                "Posterior mean of the autoencoder latent code.",
+            ),
+            ("ae_latent_std", latents.latent_std, "Posterior standard deviation of the latent code."),
+            ("ae_flux", latents.flux_njy, "The autoencoder's posterior median flux of the galaxy."),
+        ):
+            array = values.double().numpy()
+            table[name] = MaskedColumn(array, mask=~np.isfinite(array), fill_value=np.nan)
+            table[name].description = description
+        table["ae_flux"].unit = u.nJy
     return table
 
 

@@ -89,6 +89,17 @@ class BlissTrainConfig(PipelineTaskConfig, pipelineConnections=BlissTrainConnect
     log_every = Field[int](doc="Steps between progress log lines.", default=100)
     max_minutes = Field[float](doc="Stop training after this many minutes.", default=None, optional=True)
     seed = Field[int](doc="Seed of the training simulations and initialization.", default=20261124)
+    autoencoder_steps = Field[int](
+        doc="Optimizer steps of the galaxy autoencoder, trained after the encoder on isolated simulated "
+        "galaxies and stored in the same model package; 0 trains none (the model then serves catalogs "
+        "and parametric deblending only).",
+        default=4000,
+    )
+    autoencoder_batch_size = Field[int](doc="Galaxy stamps per autoencoder step.", default=64)
+    autoencoder_stamp_size = Field[int](
+        doc="Side of the autoencoder's galaxy stamps, pixels (odd).", default=31
+    )
+    autoencoder_latent_dim = Field[int](doc="Dimension of the autoencoder's latent code.", default=8)
     device = Field[str](
         doc="Torch device: 'auto' (CUDA when available), 'cpu' or 'cuda[:N]'.", default="auto"
     )
@@ -110,6 +121,13 @@ class BlissTrainConfig(PipelineTaskConfig, pipelineConnections=BlissTrainConnect
             raise FieldValidationError(
                 cls.image_size, self, f"must be a multiple of tile_size={self.tile_size}"
             )
+        if self.autoencoder_steps < 0:
+            raise FieldValidationError(cls.autoencoder_steps, self, "must be >= 0")
+        for name in ("autoencoder_batch_size", "autoencoder_latent_dim"):
+            if getattr(self, name) < 1:
+                raise FieldValidationError(getattr(cls, name), self, "must be positive")
+        if self.autoencoder_stamp_size < 9 or self.autoencoder_stamp_size % 2 == 0:
+            raise FieldValidationError(cls.autoencoder_stamp_size, self, "must be odd and at least 9")
         if self.checkerboard_groups not in (1, 2, 4):
             raise FieldValidationError(cls.checkerboard_groups, self, "must be 1, 2 or 4")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
@@ -131,8 +149,28 @@ class BlissTrainConfig(PipelineTaskConfig, pipelineConnections=BlissTrainConnect
             high = max(item.psf_fwhm_arcsec[1] for item in measured) + self.psf_fwhm_padding_arcsec
             fwhm_range = (max(low, 0.05), high)
             conditions["psf_fwhm_arcsec"] = 0.5 * (fwhm_range[0] + fwhm_range[1])
+        autoencoder_sections: dict[str, Any] = {}
+        if self.autoencoder_steps:
+            autoencoder_sections = {
+                "autoencoder": {
+                    "stamp_size": self.autoencoder_stamp_size,
+                    "latent_dim": self.autoencoder_latent_dim,
+                },
+                "autoencoder_training": {
+                    "seed": self.seed,
+                    "n_steps": self.autoencoder_steps,
+                    "batch_size": self.autoencoder_batch_size,
+                    "learning_rate": 2 * self.learning_rate,
+                    "warmup_steps": min(100, self.autoencoder_steps),
+                    "validation_every": max(1, min(500, self.autoencoder_steps)),
+                    "log_every": self.log_every,
+                    "max_minutes": self.max_minutes,
+                    "device": self.device,
+                },
+            }
         return TrainingRun.from_dict(
             {
+                **autoencoder_sections,
                 "conditions": conditions,
                 "simulator": {
                     "image_height": self.image_size,
@@ -283,3 +321,9 @@ class BlissTrainTask(PipelineTask):
         history = model.training.get("history", [])
         self.metadata["validation_steps"] = [int(entry["step"]) for entry in history]
         self.metadata["validation_losses"] = [float(entry["validation_loss"]) for entry in history]
+        autoencoder = model.training.get("autoencoder")
+        if autoencoder is not None:
+            self.metadata["autoencoder_steps"] = int(autoencoder["steps"])
+            self.metadata["autoencoder_wall_time_s"] = float(autoencoder["wall_time_s"])
+            self.metadata["autoencoder_validation_loss"] = float(autoencoder["final_validation_loss"])
+            self.metadata["autoencoder_chi2_median_snr10"] = float(autoencoder["final_chi2_median_snr10"])
