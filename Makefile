@@ -29,7 +29,8 @@ test: venv
 
 # The main job end to end: a fresh SQLite Butler repo of simulated calexps (spatially varying PSF,
 # masks, truth tables), the BlissModel storage class, the packaged default model, `pipetask run`,
-# then the outputs read back through the Butler and scored against the truth.
+# then the outputs read back through the Butler and scored against the truth (bliss-demo-report, and
+# BlissValidateTask writing bliss_validation_metrics).
 DEMO_REPO ?= demo_repo
 DEMO_OUTPUT ?= u/demo/bliss
 DEMO_INPUTS ?= BlissSim/calexp,bliss/models/default
@@ -42,6 +43,9 @@ demo: venv
 	    -p pipelines/BlissDRP.yaml --register-dataset-types
 	$(VENV)/bin/butler query-datasets $(DEMO_REPO) bliss_source --collections $(DEMO_OUTPUT)
 	$(VENV)/bin/bliss-demo-report $(DEMO_REPO) --collections $(DEMO_OUTPUT)
+	$(VENV)/bin/pipetask run -b $(DEMO_REPO) -i $(DEMO_OUTPUT) -o $(DEMO_OUTPUT)-validate \
+	    -p pipelines/BlissValidate.yaml --register-dataset-types
+	$(VENV)/bin/butler query-datasets $(DEMO_REPO) bliss_validation_metrics --collections $(DEMO_OUTPUT)-validate
 
 lint: venv
 	$(VENV)/bin/ruff check python tests bin.src

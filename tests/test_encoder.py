@@ -91,6 +91,21 @@ def test_factor_registry_validation() -> None:
     assert minimal.factor_names == ["detection", "location", "flux"]
 
 
+def test_continuous_factor_cdf_inverts_sampling() -> None:
+    """The posterior CDF (the PIT of calibration checks) maps each factor's samples back to their uniforms."""
+    generator = torch.Generator().manual_seed(3)
+    continuous = [factor for factor in make_factors(list(EncoderConfig().factors)) if hasattr(factor, "cdf")]
+    assert {"location", "flux", "disk_ellipticity"} <= {factor.name for factor in continuous}
+    for factor in continuous:
+        # Moderate posteriors, away from the clamps of the transforms (|e| < 0.99, values > 1e-4).
+        params = 0.2 * torch.randn(6, 6, 6, factor.n_params, generator=generator)
+        params[..., factor.dims :] -= 3.0  # log sigma (every continuous factor puts it after the means)
+        uniform = 0.01 + 0.98 * torch.rand(6, 6, 6, factor.dims, generator=generator)
+        cdf = factor.cdf(params, factor.sample(params, uniform))
+        assert cdf.shape == uniform.shape, factor.name
+        assert torch.allclose(cdf, uniform, atol=1e-3), factor.name
+
+
 def test_checkerboard_groups_layout() -> None:
     two = checkerboard_groups(3, 4, 2)
     assert two.tolist() == [[0, 1, 0, 1], [1, 0, 1, 0], [0, 1, 0, 1]]

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from astropy.table import Table
 from lsst.daf.butler import Butler
 from lsst.daf.butler.tests import addDatasetType, makeTestRepo
-from lsst.pipe.base import AnnotatedPartialOutputsError, NoWorkFound, Pipeline
+from lsst.pipe.base import AnnotatedPartialOutputsError, NoWorkFound, Pipeline, UnprocessableDataError
 from lsst.pipe.base.simple_pipeline_executor import SimplePipelineExecutor
 from lsst.pipe.base.testUtils import assertValidOutput, lintConnections, makeQuantum, runTestQuantum
 
@@ -21,6 +22,7 @@ from lsst.meas.extensions.bliss.pipeline import (
     BlissDeblendMeasureConnections,
     BlissDeblendMeasureTask,
     BlissTrainConnections,
+    BlissValidateTask,
     DemoRepoConfig,
     IncompatibleExposureError,
     NonFiniteOutputError,
@@ -286,6 +288,34 @@ def test_train_then_deblend_in_one_pipeline(demo: dict, tmp_path: Path) -> None:
     assert len(butler.query_datasets("bliss_source", collections="u/test/train", explain=False)) == 2
     metadata = butler.get("blissTrain_metadata", {})
     assert "final_validation_loss" in metadata["blissTrain"]
+
+
+def test_validate_pipeline_scores_the_demo_catalogs(demo: dict) -> None:
+    pipeline = Pipeline.from_uri(str(PIPELINE))
+    pipeline.mergePipeline(Pipeline.from_uri(str(REPO_ROOT / "pipelines" / "BlissValidate.yaml")))
+    pipeline.addConfigOverride("blissDeblendMeasure", "n_samples", 0)
+    pipeline.addConfigOverride("blissDeblendMeasure", "device", "cpu")
+    butler = SimplePipelineExecutor.prep_butler(demo["root"], inputs=demo["inputs"], output="u/test/validate")
+    executor = SimplePipelineExecutor.from_pipeline(pipeline, butler=butler)
+    quanta = executor.run(register_dataset_types=True)
+    assert len(quanta) == 4  # deblend and validate, per detector
+    refs = butler.query_datasets("bliss_validation_metrics", collections="u/test/validate", explain=False)
+    assert len(refs) == 2
+    for ref in refs:
+        metrics = butler.get(ref)
+        truth = butler.get("bliss_truth", ref.dataId)
+        assert metrics["n_true"] == len(truth)
+        assert metrics["n_est"] == len(butler.get("bliss_source", ref.dataId))
+        assert 0 < metrics["precision"] <= 1 and 0 < metrics["recall"] <= 1
+        assert 0 <= metrics["flux_coverage68"] <= 1
+        assert len(metrics["recall_by_true_mag"]["value"]) == len(metrics["recall_by_true_mag"]["edges"]) - 1
+
+
+def test_validate_task_names_a_missing_column() -> None:
+    truth = Table({"x": [1.0], "y": [2.0], "flux": [100.0], "is_galaxy": [True]})  # no "mag"
+    sources = Table({"x": [1.0], "y": [2.0]})
+    with pytest.raises(UnprocessableDataError, match="truth table lacks the columns \\['mag'\\]"):
+        BlissValidateTask().run(bliss_source=sources, bliss_truth=truth)
 
 
 def test_image_without_sources_gives_empty_tables_with_every_column(demo: dict) -> None:

@@ -210,6 +210,16 @@ class _NormalFactor(Factor):
         mean, log_sigma = self._split(params)
         return self.from_latent(mean + torch.special.ndtri(uniform) * log_sigma.exp())
 
+    def cdf(self, params: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        """Posterior CDF of each coordinate at ``value`` (the factor's value space), shape (B, Ht, Wt, d).
+
+        The probability-integral transform of calibration checks: uniform on
+        [0, 1] when ``value`` is drawn from the posterior.
+        """
+        mean, log_sigma = self._split(params)
+        latent, _ = self.to_latent(value)
+        return _normal_cdf((latent - mean) / log_sigma.exp())
+
     def sigma(self, params: torch.Tensor) -> torch.Tensor:
         """Standard deviation of the latent normal, shape (B, Ht, Wt, d)."""
         return self._split(params)[1].exp()
@@ -288,6 +298,22 @@ class LocationFactor(Factor):
         level = torch.where(sign > 0, level, 1.0 - level)
         standard = torch.special.ndtri((cdf_lower + level * (cdf_upper - cdf_lower)).clamp(1e-30, 1.0 - 1e-7))
         return (mean + sign * sigma * standard).clamp(0.0, 1.0 - _EPS)
+
+    def cdf(self, params: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        """Per-coordinate posterior CDF at ``value`` (tile fractions), shape (B, Ht, Wt, 2).
+
+        The probability-integral transform of calibration checks; computed
+        with survival functions where the truncated normal lies in the upper
+        tail of its standard normal, so that it keeps its precision there.
+        """
+        mean, sigma = (part.double() for part in self._split(params))
+        value = value.double().clamp(0.0, 1.0)
+        lower, upper, z = -mean / sigma, (1.0 - mean) / sigma, (value - mean) / sigma
+        upper_tail = lower + upper > 0
+        from_below = (_normal_cdf(z) - _normal_cdf(lower)) / (_normal_cdf(upper) - _normal_cdf(lower))
+        from_above = (_normal_cdf(-lower) - _normal_cdf(-z)) / (_normal_cdf(-lower) - _normal_cdf(-upper))
+        cdf = torch.where(upper_tail, from_above, from_below)
+        return cdf.nan_to_num(0.5).clamp(0.0, 1.0).to(params.dtype)
 
     def mode(self, params: torch.Tensor) -> torch.Tensor:
         # The median, as for the other continuous factors.

@@ -13,4 +13,5 @@ from ._ids import *
 from ._model_dataset import *
 from ._tables import *
 from ._train_task import *
+from ._validate_task import *
 from ._visit_image_factory import *

@@ -1,0 +1,142 @@
+"""Scores of one stored BLISS catalog against its truth table (what `BlissValidateTask` writes).
+
+The inputs are column mappings with the names of the Butler tables
+(``bliss_source`` and ``bliss_truth``; an `astropy.table.Table` is such a
+mapping), so the core stays free of ``lsst.*`` imports.  Counts are kept next
+to every rate so that scores of many detectors can be summed.
+"""
+
+from __future__ import annotations
+
+__all__ = ["SOURCE_COLUMNS_USED", "TRUTH_COLUMNS_USED", "catalog_scores", "json_safe"]
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from .._metrics import (
+    DEFAULT_MAG_EDGES,
+    classification_accuracy,
+    detection_metrics,
+    interval_coverage,
+    match_sources,
+    relative_residual_stats,
+)
+
+TRUTH_COLUMNS_USED: tuple[str, ...] = ("x", "y", "flux", "is_galaxy", "mag")
+"""Columns read from the truth table."""
+
+SOURCE_COLUMNS_USED: tuple[str, ...] = (
+    "x",
+    "y",
+    "xErr",
+    "yErr",
+    "bliss_detect_prob",
+    "bliss_galaxy_prob",
+    "bliss_flux",
+    "bliss_flux_q16",
+    "bliss_flux_q84",
+)
+"""Columns read from the BLISS source table."""
+
+
+def _columns(table: Mapping[str, Any], names: tuple[str, ...], what: str) -> dict[str, np.ndarray]:
+    # keys(), not `in`: an astropy Table's `in` looks among its rows.
+    present = set(table.keys())
+    missing = [name for name in names if name not in present]
+    if missing:
+        raise KeyError(
+            f"The {what} table lacks the columns {missing}; it needs {list(names)} "
+            f"(the {what} dataset written by this package)."
+        )
+    return {name: np.asarray(table[name], dtype=np.float64) for name in names}
+
+
+def catalog_scores(
+    truth: Mapping[str, Any], sources: Mapping[str, Any], match_radius_pix: float = 1.0
+) -> dict[str, Any]:
+    """Detection, classification, flux and calibration scores of one catalog.
+
+    Parameters
+    ----------
+    truth
+        True sources: `TRUTH_COLUMNS_USED` (positions in pixels, flux in nJy).
+    sources
+        BLISS detections: `SOURCE_COLUMNS_USED`.
+    match_radius_pix
+        Radius of the one-to-one matches (pixels).
+
+    Returns
+    -------
+    scores
+        ``n_true``, ``n_est``, ``n_matched``, ``precision``, ``recall``,
+        ``f1``, ``recall_by_true_mag`` (`BinnedRate` dict),
+        ``classification_accuracy``, ``flux_bias`` and ``flux_scatter``
+        (relative residuals of matches), ``flux_coverage68`` (truth inside
+        the 16-84% posterior interval), ``position_coverage68`` (x and y
+        within one posterior standard deviation), ``mean_detect_prob``
+        (mean detection probability of the detections, to compare with
+        ``precision``); NaN where a score has no data.
+
+    Raises
+    ------
+    KeyError
+        If a table lacks a needed column.
+    """
+    true = _columns(truth, TRUTH_COLUMNS_USED, "truth")
+    est = _columns(sources, SOURCE_COLUMNS_USED, "source")
+    detection = detection_metrics(
+        [true["x"]],
+        [true["y"]],
+        [est["x"]],
+        [est["y"]],
+        true_mag=[true["mag"]],
+        match_radii_pix=(match_radius_pix,),
+        mag_edges=DEFAULT_MAG_EDGES,
+    )
+    match = match_sources(true["x"], true["y"], est["x"], est["y"], match_radius_pix)
+    t, e = match.true_index, match.est_index
+    flux = relative_residual_stats(est["bliss_flux"][e], true["flux"][t]) if match.n_matched else None
+    positions_inside = np.concatenate(
+        [
+            np.abs(est["x"][e] - true["x"][t]) <= est["xErr"][e],
+            np.abs(est["y"][e] - true["y"][t]) <= est["yErr"][e],
+        ]
+    )
+    recall_by_mag = detection.recall_by_true_mag
+    assert recall_by_mag is not None
+    return {
+        "match_radius_pix": match_radius_pix,
+        "n_true": detection.n_true,
+        "n_est": detection.n_est,
+        "n_matched": detection.n_matched,
+        "precision": detection.precision,
+        "recall": detection.recall,
+        "f1": detection.f1,
+        "recall_by_true_mag": recall_by_mag.to_dict(),
+        "classification_accuracy": classification_accuracy(
+            true["is_galaxy"][t], np.clip(est["bliss_galaxy_prob"][e], 0.0, 1.0)
+        ).accuracy,
+        "flux_bias": flux.median if flux is not None else math.nan,
+        "flux_scatter": flux.scatter if flux is not None else math.nan,
+        "flux_coverage68": interval_coverage(
+            true["flux"][t], est["bliss_flux_q16"][e], est["bliss_flux_q84"][e]
+        ),
+        "position_coverage68": float(positions_inside.mean()) if positions_inside.size else math.nan,
+        "mean_detect_prob": float(est["bliss_detect_prob"].mean()) if est["x"].size else math.nan,
+    }
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with builtin types only and non-finite floats as None (strict JSON and YAML)."""
+    if isinstance(value, dict):
+        return {str(key): json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
