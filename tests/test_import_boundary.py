@@ -63,3 +63,10 @@ def test_importing_the_core_loads_no_middleware() -> None:
     output = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
     loaded = sorted(set(ast.literal_eval(output.strip())) - NAMESPACES)
     assert not loaded, f"importing the core loaded other lsst modules: {loaded}"
+
+
+def test_the_pipeline_layer_does_not_load_the_plotting_stack() -> None:
+    """Every ``pipetask run`` imports the pipeline layer; the report's matplotlib must stay out of it."""
+    code = "import sys, lsst.meas.extensions.bliss.pipeline\nprint('matplotlib' in sys.modules)"
+    output = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert output.strip() == "False"

@@ -7,12 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lsst.meas.extensions.bliss import load_default_model
+from lsst.meas.extensions.bliss import catalog_scores, load_default_model
 from lsst.meas.extensions.bliss._photutils_baseline import PhotutilsCatalog, run_photutils
 from lsst.meas.extensions.bliss.validate import (
     VARIATIONS,
     ValidationPlan,
-    catalog_scores,
     main,
     run_methods_on_scenes,
     run_validation,

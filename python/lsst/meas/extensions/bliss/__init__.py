@@ -8,6 +8,7 @@ pipeline layer lives in the ``pipeline`` subpackage.
 from ._autoencoder import *
 from ._autoencoder_training import *
 from ._catalog import *
+from ._catalog_scores import *
 from ._conditions import *
 from ._deblend import *
 from ._device import *

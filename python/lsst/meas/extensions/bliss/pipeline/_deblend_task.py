@@ -189,7 +189,8 @@ class BlissDeblendMeasureConfig(PipelineTaskConfig, pipelineConnections=BlissDeb
     galaxy_model = ChoiceField[str](
         doc="How galaxies are modelled for deblending. The default is parametric because, with the "
         "packaged model, it gives the less biased deblended fluxes (bliss-bench deblend: isolated "
-        "galaxies +0.1% parametric, +7% autoencoder, whose renderings carry a faint pedestal).",
+        "galaxies -0.0% parametric, +6.8% autoencoder, whose faint galaxies get too much light in "
+        "their wings; see doc/autoencoder.rst).",
         allowed={
             "autoencoder": "rendered by the model package's galaxy autoencoder from the latent code it "
             "infers from each galaxy's stamp (the package must include one)",

@@ -18,7 +18,7 @@ from lsst.pipe.base import (
 )
 from lsst.pipe.base import connectionTypes as cT
 
-from ..validate._catalog_scores import catalog_scores, json_safe
+from .._catalog_scores import catalog_scores, json_safe
 
 
 class BlissValidateConnections(PipelineTaskConnections, dimensions=("instrument", "visit", "detector")):
@@ -53,7 +53,7 @@ class BlissValidateConfig(PipelineTaskConfig, pipelineConnections=BlissValidateC
 class BlissValidateTask(PipelineTask):
     """Score one exposure's BLISS catalog against its truth.
 
-    Uses the project's metric definitions (``validate.catalog_scores``):
+    Uses the project's metric definitions (`catalog_scores`):
     one-to-one Hungarian matches within ``match_radius_pix``, precision,
     recall and F1, recall by true magnitude, star/galaxy accuracy, relative
     flux bias and scatter, and the coverage of the catalog's 68% flux and

@@ -5,11 +5,10 @@ double the source density), every yardstick of ``science-yardsticks.md`` for
 the three methods on the same images, BLISS's calibration, the two-galaxy
 separation sweep and the tile-boundary check, written as ``metrics.json``
 plus an HTML page of PNG figures.  Pure numpy/torch/matplotlib: no
-``lsst.*`` imports (the pipeline's `BlissValidateTask` reuses
+``lsst.*`` imports (the pipeline's `BlissValidateTask` uses the core's
 `catalog_scores`).
 """
 
-from ._catalog_scores import *
 from ._main import *
 from ._report import *
 from ._scenes import *

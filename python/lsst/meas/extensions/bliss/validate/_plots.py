@@ -111,24 +111,32 @@ def f1_blendedness_figure(scores: dict[str, Any], methods: tuple[str, ...]) -> F
             if not math.isfinite(high)
             else f"{low:g}-{high:g}"
         )
-    width = 0.8 / len(methods)
+    values = {
+        method: np.asarray(scores[method]["detection"]["f1_by_blendedness"]["value"], float)
+        for method in methods
+    }
+    _grouped_f1_bars(axis, labels, values)
+    axis.set_xlabel("blendedness of the true source (1 - sum I^2 / sum I I_all)")
+    return figure
+
+
+def _grouped_f1_bars(axis: plt.Axes, labels: list[str], values: dict[str, np.ndarray]) -> None:
+    """One bar per method in each group; an empty group's bar is drawn at 0."""
+    width = 0.8 / len(values)
     positions = np.arange(len(labels))
-    for offset, method in enumerate(methods):
-        values = np.asarray(scores[method]["detection"]["f1_by_blendedness"]["value"], float)
+    for offset, (method, heights) in enumerate(values.items()):
         style = METHOD_STYLES[method]
         axis.bar(
             positions + offset * width,
-            np.nan_to_num(values),
+            np.nan_to_num(heights),
             width,
             color=style["color"],
             label=style["label"],
         )
     axis.set_xticks(positions + 0.4 - width / 2, labels)
-    axis.set_xlabel("blendedness of the true source (1 - sum I^2 / sum I I_all)")
     axis.set_ylabel("F1 (1 px match)")
     axis.set_ylim(0, 1.02)
     axis.legend()
-    return figure
 
 
 def classification_figure(scores: dict[str, Any]) -> Figure:
@@ -217,7 +225,8 @@ def calibration_figure(calibration: dict[str, Any]) -> Figure:
         frequency[keep],
         marker="o",
         color="tab:blue",
-        label=f"BLISS tiles (ECE {calibration['detection_ece']:.4f})",
+        label=f"BLISS tiles (ECE {calibration['detection_ece']:.4f}; "
+        f"{calibration['detection_ece_prob_above_0.05']:.3f} over p >= 0.05)",
     )
     left.set_xlabel("predicted detection probability of a tile")
     left.set_ylabel("fraction of tiles holding a true source")
@@ -308,22 +317,9 @@ def variations_figure(all_scores: dict[str, dict[str, Any]], methods: tuple[str,
     """F1 of every method in every variation."""
     figure, axis = plt.subplots(figsize=(9, 4), constrained_layout=True)
     names = list(all_scores)
-    width = 0.8 / len(methods)
-    positions = np.arange(len(names))
-    for offset, method in enumerate(methods):
-        style = METHOD_STYLES[method]
-        axis.bar(
-            positions + offset * width,
-            [all_scores[name][method]["f1"] for name in names],
-            width,
-            color=style["color"],
-            label=style["label"],
-        )
-    axis.set_xticks(positions + 0.4 - width / 2, names)
+    values = {method: np.array([all_scores[name][method]["f1"] for name in names]) for method in methods}
+    _grouped_f1_bars(axis, names, values)
     axis.set_xlabel("variation (PSF FWHM in arcsec, density relative to the prior)")
-    axis.set_ylabel("F1 (1 px match)")
-    axis.set_ylim(0, 1)
-    axis.legend()
     return figure
 
 

@@ -17,12 +17,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
+from .._catalog_scores import json_safe
 from .._inference import sample_catalogs
 from .._model_io import BlissModel
 from ..bench._deblend_suite import separation_sweep
 from ..bench._science_suite import tile_position_sweep
 from . import _plots
-from ._catalog_scores import json_safe
 from ._scenes import METHODS, VARIATIONS, SceneResults, Variation, run_methods_on_scenes
 from ._scores import score_scenes, targets_met
 
@@ -74,6 +74,7 @@ def headline(metrics: dict[str, Any]) -> dict[str, Any]:
     for name in ("flux_coverage68", "flux_coverage95", "position_coverage68", "position_coverage95"):
         values[f"bliss_{name}"] = calibration[name]
     values["bliss_detection_ece"] = calibration["detection_ece"]
+    values["bliss_detection_ece_prob_above_0.05"] = calibration["detection_ece_prob_above_0.05"]
     return values
 
 

@@ -95,9 +95,19 @@ def _calibration(results: SceneResults) -> dict[str, Any]:
     ece, reliability = expected_calibration_error(
         np.clip(tiles["tile_detection_prob"], 0.0, 1.0), tiles["tile_has_source"].astype(float), n_bins=10
     )
+    # Empty tiles with a near-zero probability dominate the ECE; the one over the tiles that may hold
+    # a source (probability >= 0.05) says how well the probabilities users read are calibrated.
+    candidate = tiles["tile_detection_prob"] >= 0.05
+    ece_candidates, _ = expected_calibration_error(
+        np.clip(tiles["tile_detection_prob"][candidate], 0.0, 1.0),
+        tiles["tile_has_source"][candidate].astype(float),
+        n_bins=10,
+    )
     position_pit = np.concatenate([tiles["tile_pit_x"], tiles["tile_pit_y"]])
     calibration: dict[str, Any] = {
         "detection_ece": ece,
+        "detection_ece_prob_above_0.05": ece_candidates,
+        "n_tiles_prob_above_0.05": int(candidate.sum()),
         "detection_reliability": reliability.to_dict(),
         "n_tiles": int(tiles["tile_detection_prob"].size),
         "n_reported_true_tiles": int(tiles["tile_pit_flux"].size),

@@ -1,5 +1,8 @@
 """Scores of one stored BLISS catalog against its truth table (what `BlissValidateTask` writes).
 
+In the core rather than in ``validate`` so that the pipeline layer reaches it
+without importing the report's plotting stack.
+
 The inputs are column mappings with the names of the Butler tables
 (``bliss_source`` and ``bliss_truth``; an `astropy.table.Table` is such a
 mapping), so the core stays free of ``lsst.*`` imports.  Counts are kept next
@@ -16,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .._metrics import (
+from ._metrics import (
     DEFAULT_MAG_EDGES,
     classification_accuracy,
     detection_metrics,
