@@ -29,7 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("output", type=Path, metavar="OUTPUT", help="report directory (created)")
     parser.add_argument("--model", type=Path, default=None, help="model file (default: the packaged model)")
     parser.add_argument(
-        "--quick", action="store_true", help="fewer scenes and trials (a few minutes on 2 cores)"
+        "--quick", action="store_true", help="fewer scenes and trials (under a minute on 2 cores)"
     )
     parser.add_argument("--seed", type=int, default=ValidationPlan.seed, help="seed of the held-out scenes")
     parser.add_argument("--scenes", type=int, default=None, help="scenes of the default variation")

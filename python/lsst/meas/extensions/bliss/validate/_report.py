@@ -59,7 +59,7 @@ class ValidationPlan:
 
     @classmethod
     def quick(cls, seed: int = 20261201) -> ValidationPlan:
-        """The ``--quick`` plan: about 2 minutes on 2 CPU cores (the full plan about 8)."""
+        """The ``--quick`` plan: under a minute on 2 CPU cores (the full plan about 2.5 minutes)."""
         return cls(seed=seed, default_scenes=200, variation_scenes=60, sweep_trials=20, tile_trials=100)
 
 
