@@ -160,6 +160,17 @@ def test_report_files_are_complete_and_strict_json(model, tmp_path: Path) -> Non
             assert path.stat().st_size > 1000
     assert ("MISSED" in page) == (not all(target["met"] for target in stored["targets"].values()))
 
+    # A missed target is printed in red, a met one in green.
+    metrics["targets"]["detection_ece"]["met"] = False
+    metrics["targets"]["flux_coverage68"]["met"] = True
+    write_report(tmp_path / "missed", metrics, extras, model, dpi=20)
+    page = (tmp_path / "missed" / "index.html").read_text()
+    assert "<td>detection_ece</td>" in page
+    row = page[page.index("<td>detection_ece</td>") :].split("</tr>")[0]
+    assert "color:red" in row and "MISSED" in row
+    row = page[page.index("<td>flux_coverage68</td>") :].split("</tr>")[0]
+    assert "color:green" in row and "met" in row
+
 
 def test_command_line_rejects_a_file_as_output(tmp_path: Path, capsys) -> None:
     target = tmp_path / "a_file"
