@@ -174,6 +174,13 @@ def _residual_band(axis: plt.Axes, stats: dict[str, Any], style: dict[str, Any],
     )
 
 
+def _inverse_snr_bound(axis: plt.Axes, label: str) -> None:
+    """The curves +-1/SNR."""
+    snr = np.geomspace(3, 500, 100)
+    axis.plot(snr, 1 / snr, color="black", linestyle="--", label=label)
+    axis.plot(snr, -1 / snr, color="black", linestyle="--")
+
+
 def _residual_axes(axis: plt.Axes, ylabel: str) -> None:
     """Zero line, log SNR axis and labels of a residual figure."""
     axis.axhline(0, color="grey", linewidth=0.5)
@@ -193,9 +200,7 @@ def flux_residual_figure(scores: dict[str, Any], methods: tuple[str, ...]) -> Fi
         _residual_band(
             axis, scores[method]["flux_residual"], METHOD_STYLES[method], METHOD_STYLES[method]["label"]
         )
-    snr = np.geomspace(3, 500, 100)
-    axis.plot(snr, 1 / snr, color="black", linestyle="--", label="Cramer-Rao bound +-1/SNR")
-    axis.plot(snr, -1 / snr, color="black", linestyle="--")
+    _inverse_snr_bound(axis, "Cramer-Rao bound +-1/SNR")
     _residual_axes(axis, "(F_est - F_true) / F_true")
     return figure
 
@@ -206,6 +211,10 @@ def ellipticity_figure(scores: dict[str, Any]) -> Figure:
     styles = {"e1": {"color": "tab:blue", "marker": "o"}, "e2": {"color": "tab:purple", "marker": "D"}}
     for component, stats in scores["bliss"]["ellipticity_residual"].items():
         _residual_band(axis, stats, styles[component], f"BLISS {component}")
+    # The Cramer-Rao bound of a shear-like ellipticity component of a Gaussian galaxy measured
+    # without PSF is about 1/SNR (Bernstein & Jarvis 2002: 2/SNR for the distortion (a^2-b^2)/(a^2+b^2),
+    # twice this one); a PSF only raises it.
+    _inverse_snr_bound(axis, "Cramer-Rao bound +-1/SNR (no PSF)")
     axis.axhline(0.1, color="grey", linestyle=":", label="scatter target 0.10")
     axis.axhline(-0.1, color="grey", linestyle=":")
     _residual_axes(axis, "e_est - e_true (disk, |e| = (1-q)/(1+q))")

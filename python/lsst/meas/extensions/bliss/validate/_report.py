@@ -168,7 +168,8 @@ FIGURES: dict[str, str] = {
     "flux_residuals.png": "Relative flux residuals of matched sources: median and robust-scatter band per "
     "SNR bin (bins with at least 5 sources); dashed, the Cramer-Rao bound +-1/SNR.",
     "ellipticity_residuals.png": "BLISS disk-ellipticity residuals (posterior point estimate minus truth) "
-    "of true galaxies called galaxies, against the true SNR.",
+    "of true galaxies called galaxies, against the true SNR; dashed, the approximate Cramer-Rao bound "
+    "+-1/SNR of a Gaussian galaxy without PSF (estimates pulled towards the prior fall below it).",
     "calibration.png": "BLISS calibration: reliability diagram of the tile detection probability (left), "
     "coverage of central 68% and 95% flux and position intervals (middle; grey band +-5 points) and PIT "
     "histograms (right; flat when calibrated). Coverage and PIT use the tiles holding a true source that "
