@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = ["main"]
 
 import argparse
+import dataclasses
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,6 +35,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=ValidationPlan.seed, help="seed of the held-out scenes")
     parser.add_argument("--scenes", type=int, default=None, help="scenes of the default variation")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument(
+        "--sweep-autoencoder",
+        action="store_true",
+        help="deblend the separation sweep with the model's galaxy autoencoder (default: parametric)",
+    )
     args = parser.parse_args(argv)
     if args.output.exists() and not args.output.is_dir():
         parser.error(f"OUTPUT {args.output} exists and is not a directory; pick a directory path.")
@@ -44,7 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.scenes is not None:
         if args.scenes < 1:
             parser.error(f"--scenes {args.scenes} must be >= 1.")
-        plan = ValidationPlan(**{**plan.__dict__, "default_scenes": args.scenes})
+        plan = dataclasses.replace(plan, default_scenes=args.scenes)
+    plan = dataclasses.replace(plan, sweep_with_autoencoder=args.sweep_autoencoder)
     try:
         metrics, extras = run_validation(model, plan, _log)
     except ValueError as error:
