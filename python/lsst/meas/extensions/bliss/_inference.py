@@ -11,6 +11,7 @@ from __future__ import annotations
 __all__ = [
     "ESTIMATE_FIELDS",
     "estimate_catalog",
+    "posterior_to_catalog",
     "posterior_to_tile_catalog",
     "run_encoder",
     "sample_catalogs",
@@ -268,8 +269,44 @@ def estimate_catalog(
         Per-image lists with `SOURCE_FIELDS` and `ESTIMATE_FIELDS`.
     """
     posterior = run_encoder(encoder, image, variance, mask, psf_fwhm_pix)
+    return posterior_to_catalog(
+        posterior, encoder, pixel_scale_arcsec, *image.shape[-2:], detection_threshold
+    )
+
+
+def posterior_to_catalog(
+    posterior: TilePosterior,
+    encoder: BlissEncoder,
+    pixel_scale_arcsec: float,
+    height: int,
+    width: int,
+    detection_threshold: float = 0.5,
+) -> FullCatalog:
+    """Point-estimate catalog of each image from its (padded) tile posterior.
+
+    For callers that also need the tile posterior itself (e.g. calibration
+    checks), so that the encoder runs once.
+
+    Parameters
+    ----------
+    posterior
+        Output of `run_encoder` (modes through the checkerboard).
+    encoder
+        The encoder that produced it.
+    pixel_scale_arcsec
+        Arcsec per pixel.
+    height, width
+        Size of the images before padding to whole tiles; sources beyond it are dropped.
+    detection_threshold
+        Minimum detection probability of a reported source.
+
+    Returns
+    -------
+    catalog
+        Per-image lists with `SOURCE_FIELDS` and `ESTIMATE_FIELDS`.
+    """
     tiles = posterior_to_tile_catalog(posterior, encoder, pixel_scale_arcsec, detection_threshold)
-    return _crop(tiles.to_full_catalog(), *image.shape[-2:])
+    return _crop(tiles.to_full_catalog(), height, width)
 
 
 def sample_catalogs(

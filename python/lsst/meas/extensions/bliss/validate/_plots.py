@@ -59,37 +59,46 @@ def _rate_curve(axis: plt.Axes, rate: dict[str, Any], method: str, log: bool) ->
 
 def detection_by_snr_figure(scores: dict[str, Any], methods: tuple[str, ...]) -> Figure:
     """Recall against true SNR and precision against estimated SNR."""
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
-    for method in methods:
-        detection = scores[method]["detection"]
-        _rate_curve(left, detection["recall_by_true_snr"], method, log=True)
-        _rate_curve(right, detection["precision_by_est_snr"], method, log=True)
-    for axis, label, title in (
-        (left, "true SNR", "recall"),
-        (right, "estimated SNR (flux / flux error)", "precision"),
-    ):
+    figure = _recall_precision_figure(
+        scores,
+        methods,
+        ("recall_by_true_snr", "true SNR"),
+        ("precision_by_est_snr", "estimated SNR (flux / flux error)"),
+        log=True,
+    )
+    for axis in figure.axes:
         axis.set_xscale("log")
         axis.set_xlim(1, 1000)
-        axis.set_xlabel(label)
-        axis.set_ylabel(f"{title} (1 px match)")
-        axis.set_ylim(-0.02, 1.02)
-        axis.grid(alpha=0.3)
-        axis.legend()
     return figure
 
 
 def detection_by_mag_figure(scores: dict[str, Any], methods: tuple[str, ...], depth_mag: float) -> Figure:
     """Recall against true magnitude and precision against estimated magnitude."""
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
-    for method in methods:
-        detection = scores[method]["detection"]
-        _rate_curve(left, detection["recall_by_true_mag"], method, log=False)
-        _rate_curve(right, detection["precision_by_est_mag"], method, log=False)
-    for axis, label, title in (
-        (left, "true r magnitude (AB)", "recall"),
-        (right, "estimated r magnitude (AB)", "precision"),
-    ):
-        axis.axvline(depth_mag, color="grey", linestyle=":", label=f"5-sigma depth {depth_mag:.1f}")
+    return _recall_precision_figure(
+        scores,
+        methods,
+        ("recall_by_true_mag", "true r magnitude (AB)"),
+        ("precision_by_est_mag", "estimated r magnitude (AB)"),
+        log=False,
+        depth_mag=depth_mag,
+    )
+
+
+def _recall_precision_figure(
+    scores: dict[str, Any],
+    methods: tuple[str, ...],
+    recall: tuple[str, str],
+    precision: tuple[str, str],
+    log: bool,
+    depth_mag: float | None = None,
+) -> Figure:
+    """Recall (left) and precision (right), each ``(DetectionMetrics key, x-axis label)``."""
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    for axis, (key, label), title in zip(axes, (recall, precision), ("recall", "precision"), strict=True):
+        for method in methods:
+            _rate_curve(axis, scores[method]["detection"][key], method, log=log)
+        if depth_mag is not None:
+            axis.axvline(depth_mag, color="grey", linestyle=":", label=f"5-sigma depth {depth_mag:.1f}")
         axis.set_xlabel(label)
         axis.set_ylabel(f"{title} (1 px match)")
         axis.set_ylim(-0.02, 1.02)

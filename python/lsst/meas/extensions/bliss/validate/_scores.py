@@ -114,10 +114,10 @@ def _calibration(results: SceneResults) -> dict[str, Any]:
         "flux_pit": pit_histogram(tiles["tile_pit_flux"]).to_dict(),
         "position_pit": pit_histogram(position_pit).to_dict(),
     }
+    bright = tiles["tile_pit_snr"] >= 10
     for level in (68, 95):
         calibration[f"flux_coverage{level}"] = _coverage(tiles["tile_pit_flux"], level / 100)
         calibration[f"position_coverage{level}"] = _coverage(position_pit, level / 100)
-        bright = tiles["tile_pit_snr"] >= 10
         calibration[f"flux_coverage{level}_snr10"] = _coverage(tiles["tile_pit_flux"][bright], level / 100)
     return calibration
 
