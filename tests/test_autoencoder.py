@@ -22,6 +22,7 @@ from lsst.meas.extensions.bliss import (
     SurveyConditions,
     TrainingRun,
     add_autoencoder,
+    copy_autoencoder,
     fourier_shift,
     galaxy_stamp_snr,
     model_variance,
@@ -203,3 +204,35 @@ def test_bliss_train_autoencoder_only(tmp_path, capsys) -> None:
     missing = tmp_path / "missing.safetensors"
     assert train_main([str(config_path), "--output", str(output), "--autoencoder-only", str(missing)]) == 2
     assert "No BLISS model file" in capsys.readouterr().err
+
+
+def test_a_retrained_encoder_keeps_an_autoencoder_trained_for_the_same_survey(tmp_path, capsys) -> None:
+    torch.manual_seed(2)
+    source = make_model(GalaxyAutoencoder(SMALL).eval())
+    source.training["autoencoder"] = {"steps": 7}
+    source_path = source.save(tmp_path / "source" / "model.safetensors")
+    torch.manual_seed(3)
+    retrained = dataclasses.replace(make_model(None), encoder=BlissEncoder(TINY_ENCODER).eval())
+    retrained_path = retrained.save(tmp_path / "retrained" / "model.safetensors")
+    output = tmp_path / "out"
+    argv = ["unused.yaml", "--output", str(output), "--autoencoder-only", str(retrained_path)]
+    assert train_main([*argv, "--autoencoder-from", str(source_path)]) == 0
+    combined = BlissModel.load(output / "model.safetensors")
+    assert combined.autoencoder is not None
+    for name, value in source.autoencoder.state_dict().items():
+        assert torch.equal(value, combined.autoencoder.state_dict()[name])
+    for name, value in retrained.encoder.state_dict().items():
+        assert torch.equal(value, combined.encoder.state_dict()[name])
+    assert combined.training["autoencoder"] == {"steps": 7, "copied_from": str(source_path)}
+    assert "with the autoencoder of" in capsys.readouterr().out
+
+    other_survey = dataclasses.replace(retrained, prior=PriorConfig(source_density_per_arcmin2=20.0))
+    with pytest.raises(ValueError, match="different prior than the model"):
+        copy_autoencoder(other_survey, source, "source")
+    with pytest.raises(MissingAutoencoderError, match="copying the autoencoder of plain"):
+        copy_autoencoder(retrained, retrained, "plain")
+    assert train_main([*argv, "--autoencoder-from", str(tmp_path / "missing.safetensors")]) == 2
+    assert "No BLISS model file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train_main(["unused.yaml", "--output", str(output), "--autoencoder-from", str(source_path)])
+    assert "--autoencoder-from needs --autoencoder-only" in capsys.readouterr().err

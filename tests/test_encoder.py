@@ -19,6 +19,7 @@ from lsst.meas.extensions.bliss import (
     make_tile_truth,
     prepare_inputs,
 )
+from lsst.meas.extensions.bliss._normalize import N_INPUT_CHANNELS
 
 CONDITIONS = SurveyConditions.from_survey()
 TINY = EncoderConfig(pixel_channels=(8, 8, 16), tile_blocks=1, head_channels=16)
@@ -281,3 +282,33 @@ def test_sparse_four_group_posterior_equals_the_dense_group_loop(present_fractio
             torch.testing.assert_close(fast.values[name][compared], dense.values[name][compared], msg=name)
         assert torch.equal(fast.values["detection"], dense.values["detection"])
         assert 0 < int(present.sum()) < present.numel()
+
+
+@pytest.mark.parametrize(("downsample_kernel", "centre_offset"), [(4, 0.0), (3, -1.5)])
+def test_tile_features_are_centred_on_their_tile(downsample_kernel: int, centre_offset: float) -> None:
+    # The pixels that influence tile (16, 16)'s features: with 4-pixel stride-2 kernels they are
+    # centred on the tile; the older 3-pixel layout leans 1.5 px towards the tile's low corner.
+    config = EncoderConfig(downsample_kernel=downsample_kernel)
+    encoder = BlissEncoder(config).eval()
+    tile, index = config.tile_size, 16
+    pixels = torch.randn(1, N_INPUT_CHANNELS, 128, 128, generator=torch.Generator().manual_seed(0))
+    pixels.requires_grad_(True)
+    encoder.backbone(pixels)[0, :, index, index].sum().backward()
+    assert pixels.grad is not None
+    influence = pixels.grad.abs().sum(dim=(0, 1)) > 0
+    rows = torch.nonzero(influence.any(dim=1)).flatten().float()
+    cols = torch.nonzero(influence.any(dim=0)).flatten().float()
+    tile_centre = index * tile + (tile - 1) / 2
+    for extent in (rows, cols):
+        assert (extent.min() + extent.max()) / 2 == pytest.approx(tile_centre + centre_offset)
+        reach_beyond_tile = max(index * tile - extent.min(), extent.max() - (index * tile + tile - 1))
+        assert reach_beyond_tile <= config.context_pixels
+
+
+def test_models_written_before_downsample_kernel_load_with_the_old_layout() -> None:
+    document = EncoderConfig().to_dict()
+    assert document["downsample_kernel"] == 4
+    del document["downsample_kernel"]
+    assert EncoderConfig.from_dict(document).downsample_kernel == 3
+    with pytest.raises(ValueError, match="downsample_kernel=5 must be 3 or 4"):
+        EncoderConfig(downsample_kernel=5)

@@ -70,6 +70,12 @@ class EncoderConfig:
         Residual blocks at tile resolution (dilations 1, 2, 4, ...).
     head_channels
         Width of the checkerboard head.
+    downsample_kernel
+        Kernel of the stride-2 convolutions: 4 centres each tile's features on
+        the tile (the receptive field of a 3-pixel kernel with padding 1 sits
+        1.5 px towards the tile's low corner, which made sources on the
+        boundary shared with the tile below or to the left harder to detect);
+        3 is the layout of models written before this option existed.
     """
 
     tile_size: int = 4
@@ -78,6 +84,7 @@ class EncoderConfig:
     pixel_channels: tuple[int, ...] = (16, 32, 64)
     tile_blocks: int = 3
     head_channels: int = 64
+    downsample_kernel: int = 4
 
     def __post_init__(self) -> None:
         if self.tile_size < 1 or self.tile_size & (self.tile_size - 1):
@@ -92,6 +99,8 @@ class EncoderConfig:
             )
         if self.tile_blocks < 0 or self.head_channels < 1:
             raise ValueError("tile_blocks must be >= 0 and head_channels >= 1.")
+        if self.downsample_kernel not in (3, 4):
+            raise ValueError(f"downsample_kernel={self.downsample_kernel} must be 3 or 4.")
         make_factors(self.factors)
 
     def to_dict(self) -> dict[str, Any]:
@@ -100,8 +109,10 @@ class EncoderConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EncoderConfig:
-        """Inverse of `to_dict`."""
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        """Inverse of `to_dict`; a document without ``downsample_kernel`` predates it and means 3."""
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        values.setdefault("downsample_kernel", 3)
+        return cls(**values)
 
     @property
     def context_pixels(self) -> int:
@@ -215,7 +226,7 @@ class BlissEncoder(nn.Module):
         ]
         for previous, current in zip(channels[:-1], channels[1:], strict=True):
             layers += [
-                nn.Conv2d(previous, current, 3, stride=2, padding=1),
+                nn.Conv2d(previous, current, self.config.downsample_kernel, stride=2, padding=1),
                 nn.SiLU(),
                 _ResidualBlock(current),
             ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["TrainingConfig", "TrainingRun", "add_autoencoder", "train"]
+__all__ = ["TrainingConfig", "TrainingRun", "add_autoencoder", "copy_autoencoder", "train"]
 
 import dataclasses
 import json
@@ -408,15 +408,7 @@ def add_autoencoder(
     """
     if run.autoencoder_training is None:
         raise ValueError("The training config has no 'autoencoder_training' section; add one to train it.")
-    differing = [
-        name
-        for name, ours, theirs in (
-            ("conditions", run.conditions, model.conditions),
-            ("prior", run.prior, model.prior),
-            ("simulator", run.simulator, model.simulator),
-        )
-        if ours.to_dict() != theirs.to_dict()
-    ]
+    differing = _differing_sections(run, model)
     if differing:
         raise ValueError(
             f"The training config's {', '.join(differing)} differ from the model's; the autoencoder "
@@ -432,3 +424,52 @@ def add_autoencoder(
     )
     training = {**model.training, "autoencoder": {"command": command, **summary}}
     return dataclasses.replace(model, training=training, autoencoder=autoencoder)
+
+
+def _differing_sections(first: TrainingRun | BlissModel, second: BlissModel) -> list[str]:
+    """Names of the survey sections (conditions, prior, simulator) in which two runs or packages differ."""
+    return [
+        name
+        for name in ("conditions", "prior", "simulator")
+        if getattr(first, name).to_dict() != getattr(second, name).to_dict()
+    ]
+
+
+def copy_autoencoder(model: BlissModel, source: BlissModel, source_name: str) -> BlissModel:
+    """Return the package with the galaxy autoencoder of another package trained for the same survey.
+
+    The autoencoder learns isolated galaxies drawn from the prior under the
+    survey's PSF range; it does not depend on the encoder, so a retrained
+    encoder can keep an autoencoder already trained for the same conditions,
+    prior and simulator.  The copied training summary records where it came
+    from.
+
+    Parameters
+    ----------
+    model
+        The package that receives the autoencoder (its encoder and training
+        summary are kept).
+    source
+        The package whose autoencoder is copied.
+    source_name
+        Where ``source`` was read from, recorded in the summary.
+
+    Raises
+    ------
+    MissingAutoencoderError
+        If ``source`` has no autoencoder.
+    ValueError
+        If the two packages were trained for different conditions, prior or
+        simulator settings.
+    """
+    autoencoder = source.require_autoencoder(f"copying the autoencoder of {source_name}")
+    differing = _differing_sections(source, model)
+    if differing:
+        raise ValueError(
+            f"{source_name} was trained for different {', '.join(differing)} than the model; its "
+            "autoencoder does not apply. Train one with --autoencoder-only instead."
+        )
+    summary = {**source.training.get("autoencoder", {}), "copied_from": source_name}
+    return dataclasses.replace(
+        model, training={**model.training, "autoencoder": summary}, autoencoder=autoencoder
+    )

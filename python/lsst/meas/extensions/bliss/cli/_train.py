@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from .._model_io import BlissModel, ModelFormatError
-from .._training import TrainingRun, add_autoencoder, train
+from .._training import TrainingRun, add_autoencoder, copy_autoencoder, train
 
 
 def load_run_config(path: Path) -> TrainingRun:
@@ -69,7 +69,20 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         help="train only the galaxy autoencoder (section autoencoder_training) for the existing model "
         "package MODEL, trained with the same config, and write the package with it to OUTPUT",
     )
+    parser.add_argument(
+        "--autoencoder-from",
+        metavar="SOURCE",
+        type=Path,
+        default=None,
+        help="with --autoencoder-only: copy the trained autoencoder of package SOURCE (same conditions, "
+        "prior and simulator) instead of training one; CONFIG is not read",
+    )
     args = parser.parse_args(argv)
+    if args.autoencoder_from is not None:
+        if args.autoencoder_only is None:
+            parser.error("--autoencoder-from needs --autoencoder-only MODEL (the package that receives it)")
+        # Nothing is trained; the packages themselves say which survey each was trained for.
+        return _copy_autoencoder(args.autoencoder_only, args.autoencoder_from, args.output)
     try:
         run = load_run_config(args.config)
     except ValueError as err:
@@ -106,4 +119,15 @@ def _train_autoencoder_only(run: TrainingRun, model_path: Path, output: Path, co
         f"wrote {path}: autoencoder {summary['steps']} steps, {summary['wall_time_s'] / 60:.1f} min, "
         f"validation median reduced chi2 (SNR >= 10) {summary['final_chi2_median_snr10']:.3f}"
     )
+    return 0
+
+
+def _copy_autoencoder(model_path: Path, source_path: Path, output: Path) -> int:
+    try:
+        model = copy_autoencoder(BlissModel.load(model_path), BlissModel.load(source_path), str(source_path))
+    except (FileNotFoundError, ModelFormatError, ValueError) as err:
+        print(f"bliss-train: error: {err}", file=sys.stderr)
+        return 2
+    path = model.save(output / "model.safetensors")
+    print(f"wrote {path}: the encoder of {model_path} with the autoencoder of {source_path}")
     return 0
