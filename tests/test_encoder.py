@@ -306,7 +306,7 @@ def test_tile_features_are_centred_on_their_tile(downsample_kernel: int, centre_
 
 
 def test_models_written_before_downsample_kernel_load_with_the_old_layout() -> None:
-    document = EncoderConfig().to_dict()
+    document = EncoderConfig(downsample_kernel=4).to_dict()
     assert document["downsample_kernel"] == 4
     del document["downsample_kernel"]
     assert EncoderConfig.from_dict(document).downsample_kernel == 3

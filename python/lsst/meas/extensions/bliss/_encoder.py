@@ -71,11 +71,10 @@ class EncoderConfig:
     head_channels
         Width of the checkerboard head.
     downsample_kernel
-        Kernel of the stride-2 convolutions: 4 centres each tile's features on
-        the tile (the receptive field of a 3-pixel kernel with padding 1 sits
-        1.5 px towards the tile's low corner, which made sources on the
-        boundary shared with the tile below or to the left harder to detect);
-        3 is the layout of models written before this option existed.
+        Kernel of the two stride-2 convolutions.  With 4 (padding 1) the
+        pixels that influence a tile's features are centred on the tile; with
+        3, the layout of the packaged model, they are centred 1.5 px towards
+        the tile's low corner (see ``doc/encoder.rst`` for what each gives).
     """
 
     tile_size: int = 4
@@ -84,7 +83,7 @@ class EncoderConfig:
     pixel_channels: tuple[int, ...] = (16, 32, 64)
     tile_blocks: int = 3
     head_channels: int = 64
-    downsample_kernel: int = 4
+    downsample_kernel: int = 3
 
     def __post_init__(self) -> None:
         if self.tile_size < 1 or self.tile_size & (self.tile_size - 1):
@@ -109,10 +108,8 @@ class EncoderConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EncoderConfig:
-        """Inverse of `to_dict`; a document without ``downsample_kernel`` predates it and means 3."""
-        values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-        values.setdefault("downsample_kernel", 3)
-        return cls(**values)
+        """Inverse of `to_dict`; keys missing from older documents take their defaults."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
     @property
     def context_pixels(self) -> int:
