@@ -16,6 +16,7 @@ from lsst.meas.extensions.bliss._metrics import (
     expected_calibration_error,
     interval_coverage,
     match_sources,
+    matched_attributes,
     pit_histogram,
     relative_residual_stats,
     residual_stats,
@@ -327,3 +328,24 @@ def test_cramer_rao_sigma_of_a_gaussian_psf_on_flat_variance() -> None:
         cramer_rao_flux_sigma(psf, np.ones((3, 3)))
     with pytest.raises(ValueError, match="H, W"):
         cramer_rao_flux_sigma(np.ones(5), 1.0)
+
+
+def test_matched_attributes_carry_both_sides_of_each_match_in_image_order() -> None:
+    per_image = {
+        "true_x": [np.array([10.0, 20.0]), np.array([5.0]), np.zeros(0)],
+        "true_y": [np.array([10.0, 20.0]), np.array([5.0]), np.zeros(0)],
+        "true_flux": [np.array([100.0, 200.0]), np.array([300.0]), np.zeros(0)],
+        # Image 0: the estimate near (20, 20) comes first, one estimate matches nothing.
+        "bliss_x": [np.array([20.3, 10.2, 40.0]), np.array([7.0]), np.array([3.0])],
+        "bliss_y": [np.array([19.8, 10.1, 40.0]), np.array([5.0]), np.array([3.0])],
+        "bliss_flux_njy": [np.array([210.0, 90.0, 50.0]), np.array([280.0]), np.array([10.0])],
+    }
+    pairs = matched_attributes(per_image, "bliss", ["flux"])
+    assert set(pairs) == {"true_flux", "est_x", "est_y", "est_flux_njy"}
+    np.testing.assert_array_equal(pairs["true_flux"], [100.0, 200.0])
+    np.testing.assert_array_equal(pairs["est_flux_njy"], [90.0, 210.0])
+    wide = matched_attributes(per_image, "bliss", ["flux"], max_distance_pix=2.5)
+    np.testing.assert_array_equal(wide["true_flux"], [100.0, 200.0, 300.0])
+    np.testing.assert_array_equal(wide["est_x"], [10.2, 20.3, 7.0])
+    empty = matched_attributes({k: v[2:] for k, v in per_image.items()}, "bliss", ["flux"])
+    assert all(values.shape == (0,) for values in empty.values())

@@ -35,6 +35,7 @@ __all__ = [
     "expected_calibration_error",
     "interval_coverage",
     "match_sources",
+    "matched_attributes",
     "pit_histogram",
     "relative_residual_stats",
     "residual_stats",
@@ -44,7 +45,7 @@ __all__ = [
 
 import dataclasses
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -273,6 +274,54 @@ def match_sources(
 
 # ---------------------------------------------------------------------------
 # Source SNR and blendedness (BTK definitions)
+
+
+def matched_attributes(
+    per_image: Mapping[str, Sequence[np.ndarray]],
+    method: str,
+    true_names: Iterable[str],
+    max_distance_pix: float = 1.0,
+) -> dict[str, np.ndarray]:
+    """Attributes of one method's one-to-one matches (`match_sources`), concatenated over images.
+
+    Parameters
+    ----------
+    per_image
+        Per-image arrays: ``true_x``, ``true_y`` and ``true_<name>`` for each
+        of ``true_names``, shape (N_i,); ``<method>_x``, ``<method>_y`` and
+        any other ``<method>_<name>`` columns, shape (M_i,).
+    method
+        Prefix of the estimated columns, e.g. ``"bliss"``.
+    true_names
+        True attributes to carry (without the ``true_`` prefix).
+    max_distance_pix
+        Match radius in pixels.
+
+    Returns
+    -------
+    pairs
+        ``true_<name>`` for each of ``true_names`` and ``est_<name>`` for every
+        ``<method>_<name>`` column (positions included), shape (P,) for the P
+        matched pairs of all images in image order.
+    """
+    true_names = tuple(true_names)
+    prefix = f"{method}_"
+    est_names = [name.removeprefix(prefix) for name in per_image if name.startswith(prefix)]
+    columns: dict[str, list[np.ndarray]] = {f"true_{name}": [] for name in true_names}
+    columns.update({f"est_{name}": [] for name in est_names})
+    for index in range(len(per_image["true_x"])):
+        match = match_sources(
+            per_image["true_x"][index],
+            per_image["true_y"][index],
+            per_image[f"{prefix}x"][index],
+            per_image[f"{prefix}y"][index],
+            max_distance_pix,
+        )
+        for name in true_names:
+            columns[f"true_{name}"].append(np.asarray(per_image[f"true_{name}"][index])[match.true_index])
+        for name in est_names:
+            columns[f"est_{name}"].append(np.asarray(per_image[f"{prefix}{name}"][index])[match.est_index])
+    return {name: np.concatenate(values) if values else np.zeros(0) for name, values in columns.items()}
 
 
 def source_snr_and_blendedness(

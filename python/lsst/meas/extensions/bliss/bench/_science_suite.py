@@ -29,6 +29,7 @@ from .._metrics import (
     classification_accuracy,
     detection_metrics,
     match_sources,
+    matched_attributes,
     robust_scatter,
     source_snr_and_blendedness,
 )
@@ -231,10 +232,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         est_mag=[_mag(f) for f in per_image["sep_flux_njy"]],
         **common,
     )
-    pairs = {
-        method: _matched_pairs(per_image, method, bliss_snr if method == "bliss" else per_image["sep_snr"])
-        for method in ("bliss", "sep")
-    }
+    with_snr = {**per_image, "bliss_snr": bliss_snr}
+    true_names = ("flux", "is_galaxy", "snr", "blendedness")
+    pairs = {method: matched_attributes(with_snr, method, true_names) for method in ("bliss", "sep")}
+    n_true_snr10 = sum(int(np.sum(snr >= 10)) for snr in per_image["true_snr"])
     results: dict[str, Any] = {
         "model": str(args.model) if args.model is not None else "packaged default",
         "n_scenes": n_scenes,
@@ -249,7 +250,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results[f"{method}_f1"] = detection.f1
         results[f"{method}_precision"] = detection.precision
         results[f"{method}_recall"] = detection.recall
-        results.update(_pair_figures(method, pairs[method]))
+        n_est_snr10 = sum(int(np.sum(snr >= 10)) for snr in with_snr[f"{method}_snr"])
+        results.update(_pair_figures(method, pairs[method], n_true_snr10, n_est_snr10))
     results.update({f"bliss_{k}": v for k, v in _calibration(pairs["bliss"]).items()})
     sweep = tile_position_sweep(model, sweep_trials, args.seed + 1)
     results["bliss_edge_dip"] = sweep.pop("edge_dip")
@@ -269,42 +271,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
-def _matched_pairs(
-    per_image: dict[str, list[np.ndarray]], method: str, est_snr: list[np.ndarray]
-) -> dict[str, np.ndarray]:
-    """Attributes of the 1-pixel matches of one method, concatenated over images."""
-    columns: dict[str, list[np.ndarray]] = {}
-    n_images = len(per_image["true_x"])
-    for index in range(n_images):
-        match = match_sources(
-            per_image["true_x"][index],
-            per_image["true_y"][index],
-            per_image[f"{method}_x"][index],
-            per_image[f"{method}_y"][index],
-            1.0,
-        )
-        t, e = match.true_index, match.est_index
-        for name in ("true_flux", "true_is_galaxy", "true_snr", "true_blendedness"):
-            columns.setdefault(name, []).append(per_image[name][index][t])
-        columns.setdefault("est_flux", []).append(per_image[f"{method}_flux_njy"][index][e])
-        columns.setdefault("est_snr", []).append(est_snr[index][e])
-        if method == "bliss":
-            for name in ("flux_q16_njy", "flux_q84_njy", "galaxy_prob"):
-                columns.setdefault(name, []).append(per_image[f"bliss_{name}"][index][e])
-        columns.setdefault("n_true_snr10", []).append(np.array([np.sum(per_image["true_snr"][index] >= 10)]))
-        columns.setdefault("n_est_snr10", []).append(np.array([np.sum(est_snr[index] >= 10)]))
-    return {name: np.concatenate(values) for name, values in columns.items()}
-
-
-def _pair_figures(method: str, pairs: dict[str, np.ndarray]) -> dict[str, float]:
+def _pair_figures(
+    method: str, pairs: dict[str, np.ndarray], n_true_snr10: int, n_est_snr10: int
+) -> dict[str, float]:
+    """Figures of one method's 1-pixel matches; ``n_*_snr10`` count all true and estimated sources."""
     snr = pairs["true_snr"]
-    n_true, n_est = pairs["n_true_snr10"].sum(), pairs["n_est_snr10"].sum()
     figures = {
-        f"{method}_recall_snr10": float(np.sum(snr >= 10) / n_true) if n_true else math.nan,
-        f"{method}_precision_snr10": float(np.sum(pairs["est_snr"] >= 10) / n_est) if n_est else math.nan,
+        f"{method}_recall_snr10": float(np.sum(snr >= 10) / n_true_snr10) if n_true_snr10 else math.nan,
+        f"{method}_precision_snr10": (
+            float(np.sum(pairs["est_snr"] >= 10) / n_est_snr10) if n_est_snr10 else math.nan
+        ),
     }
-    if "galaxy_prob" in pairs:
-        scores = classification_accuracy(pairs["true_is_galaxy"], pairs["galaxy_prob"], snr, min_snr=10)
+    if "est_galaxy_prob" in pairs:
+        scores = classification_accuracy(pairs["true_is_galaxy"], pairs["est_galaxy_prob"], snr, min_snr=10)
         figures[f"{method}_class_acc_snr10"] = scores.accuracy
     # Isolated stars with SNR 10-50: relative flux bias and scatter in units of the Cramér-Rao
     # bound, which for a source of known profile is flux / SNR.
@@ -314,7 +293,7 @@ def _pair_figures(method: str, pairs: dict[str, np.ndarray]) -> dict[str, float]
         & (snr <= 50)
         & (pairs["true_blendedness"] < 0.01)
     )
-    relative = (pairs["est_flux"][stars] - pairs["true_flux"][stars]) / pairs["true_flux"][stars]
+    relative = (pairs["est_flux_njy"][stars] - pairs["true_flux"][stars]) / pairs["true_flux"][stars]
     figures[f"{method}_flux_n_isolated_stars"] = int(stars.sum())
     figures[f"{method}_flux_bias"] = float(np.median(relative)) if stars.any() else math.nan
     figures[f"{method}_flux_scatter_over_crb"] = (
@@ -324,5 +303,6 @@ def _pair_figures(method: str, pairs: dict[str, np.ndarray]) -> dict[str, float]
 
 
 def _calibration(pairs: dict[str, np.ndarray]) -> dict[str, float]:
-    inside = (pairs["true_flux"] >= pairs["flux_q16_njy"]) & (pairs["true_flux"] <= pairs["flux_q84_njy"])
+    true_flux = pairs["true_flux"]
+    inside = (true_flux >= pairs["est_flux_q16_njy"]) & (true_flux <= pairs["est_flux_q84_njy"])
     return {"flux_cov68": float(inside.mean()) if inside.size else math.nan}

@@ -24,7 +24,7 @@ from .._metrics import (
     classification_accuracy,
     detection_metrics,
     expected_calibration_error,
-    match_sources,
+    matched_attributes,
     pit_histogram,
     relative_residual_stats,
     residual_stats,
@@ -33,6 +33,9 @@ from ._scenes import METHODS, SceneResults
 
 SCORE_SNR_EDGES: tuple[float, ...] = (3.0, 5.0, 7.0, 10.0, 15.0, 20.0, 30.0, 50.0, 100.0, 300.0, math.inf)
 """SNR bins of the residual and classification curves."""
+
+_MATCHED_TRUE_ATTRIBUTES = ("flux", "is_galaxy", "snr", "blendedness", "e1", "e2")
+"""True attributes carried with each 1-pixel match."""
 
 CALIBRATION_TARGETS: dict[str, tuple[float, float]] = {
     "flux_coverage68": (0.63, 0.73),
@@ -47,28 +50,6 @@ CALIBRATION_TARGETS: dict[str, tuple[float, float]] = {
 def _mag(flux_njy: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(flux_njy > 0, flux_njy_to_mag(np.clip(flux_njy, 1e-30, None)), np.nan)
-
-
-def _matched(results: SceneResults, method: str) -> dict[str, np.ndarray]:
-    """Attributes of one method's 1-pixel matches, concatenated over scenes."""
-    per_image = results.per_image
-    est_names = [name.removeprefix(f"{method}_") for name in per_image if name.startswith(f"{method}_")]
-    columns: dict[str, list[np.ndarray]] = {}
-    for index in range(results.n_scenes):
-        match = match_sources(
-            per_image["true_x"][index],
-            per_image["true_y"][index],
-            per_image[f"{method}_x"][index],
-            per_image[f"{method}_y"][index],
-            1.0,
-        )
-        for name in ("flux", "is_galaxy", "snr", "blendedness", "e1", "e2"):
-            columns.setdefault(f"true_{name}", []).append(per_image[f"true_{name}"][index][match.true_index])
-        for name in est_names:
-            columns.setdefault(f"est_{name}", []).append(
-                per_image[f"{method}_{name}"][index][match.est_index]
-            )
-    return {name: np.concatenate(values) for name, values in columns.items()}
 
 
 def _classification_by_snr(pairs: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -160,7 +141,7 @@ def score_scenes(results: SceneResults) -> dict[str, Any]:
         recall_by_snr = detection.recall_by_true_snr
         assert recall_by_snr is not None
         snr5 = list(DEFAULT_SNR_EDGES).index(5.0)
-        pairs = _matched(results, method)
+        pairs = matched_attributes(results.per_image, method, _MATCHED_TRUE_ATTRIBUTES)
         figures: dict[str, Any] = {
             "f1": detection.f1,
             "precision": detection.precision,
