@@ -1,5 +1,6 @@
 """BlissDeblendMeasureTask and BlissTrainTask in a Butler: pipe_base test utilities, errors, pipetask runs."""
 
+import json
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from lsst.pipe.base.simple_pipeline_executor import SimplePipelineExecutor
 from lsst.pipe.base.testUtils import assertValidOutput, lintConnections, makeQuantum, runTestQuantum
 
 from lsst.meas.extensions.bliss import MissingAutoencoderError
+from lsst.meas.extensions.bliss.bench import main as bench_main
 from lsst.meas.extensions.bliss.pipeline import (
     DEFAULT_MODEL_RUN,
     MODEL_STORAGE_CLASS,
@@ -331,3 +333,16 @@ def test_image_without_sources_gives_empty_tables_with_every_column(demo: dict) 
     )
     assert result.bliss_source["coord_ra"].unit == "deg"
     assert task.metadata["n_sources"] == 0
+
+
+def test_pipetask_bench_reports_the_ratio_and_where_the_task_spends_its_time(tmp_path: Path) -> None:
+    path = tmp_path / "pipetask.json"
+    assert bench_main(["pipetask", "--quick", "--size", "128", "--json", str(path)]) == 0
+    results = json.loads(path.read_text())
+    assert results["size"] == 128 and results["n_sources_pipetask"] == results["n_sources_direct"]
+    assert results["pipetask_overhead_ratio"] == pytest.approx(
+        results["pipetask_s"] / results["direct_inference_s"]
+    )
+    # The task's own inference stages, beside those of the direct call.
+    assert {"normalize", "network", "samples", "catalog", "total"} <= results["task_stage_s"].keys()
+    assert results["task_stage_s"]["total"] == pytest.approx(results["task_inference_s"])

@@ -107,7 +107,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             mask_plane_bits={_INVALID_PLANE: 0},
         )
         direct_s = time.perf_counter() - start
-    task_inference_s = float(metadata["blissDeblendMeasure"]["time_total_s"])
+    task_metadata = metadata["blissDeblendMeasure"]
+    task_inference_s = float(task_metadata["time_total_s"])
+    task_stage_s = {
+        key.removeprefix("time_").removesuffix("_s"): float(value)
+        for key, value in task_metadata.items()
+        if key.startswith("time_") and key.endswith("_s")
+    }
     single_task_inference_s = float(single_metadata["blissDeblendMeasure"]["time_total_s"])
     results.update(
         {
@@ -121,6 +127,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "n_sources_pipetask": n_pipetask,
             "n_sources_direct": int(direct.catalog.n_sources[0]),
             "direct_stage_s": direct.timings,
+            "task_stage_s": task_stage_s,
         }
     )
     results["summary"] = (
