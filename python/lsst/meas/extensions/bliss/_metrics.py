@@ -272,10 +272,6 @@ def match_sources(
     )
 
 
-# ---------------------------------------------------------------------------
-# Source SNR and blendedness (BTK definitions)
-
-
 def matched_attributes(
     per_image: Mapping[str, Sequence[np.ndarray]],
     method: str,
@@ -322,6 +318,10 @@ def matched_attributes(
         for name in est_names:
             columns[f"est_{name}"].append(np.asarray(per_image[f"{prefix}{name}"][index])[match.est_index])
     return {name: np.concatenate(values) if values else np.zeros(0) for name, values in columns.items()}
+
+
+# ---------------------------------------------------------------------------
+# Source SNR and blendedness (BTK definitions)
 
 
 def source_snr_and_blendedness(
