@@ -45,7 +45,8 @@ demo: venv
 	$(VENV)/bin/bliss-demo-report $(DEMO_REPO) --collections $(DEMO_OUTPUT)
 	$(VENV)/bin/pipetask run -b $(DEMO_REPO) -i $(DEMO_OUTPUT) -o $(DEMO_OUTPUT)-validate \
 	    -p pipelines/BlissValidate.yaml --register-dataset-types
-	$(VENV)/bin/butler query-datasets $(DEMO_REPO) bliss_validation_metrics --collections $(DEMO_OUTPUT)-validate
+	$(VENV)/bin/butler query-datasets $(DEMO_REPO) bliss_validation_metrics bliss_validation_summary \
+	    --collections $(DEMO_OUTPUT)-validate
 
 lint: venv
 	$(VENV)/bin/ruff check python tests bin.src

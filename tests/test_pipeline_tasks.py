@@ -24,6 +24,7 @@ from lsst.meas.extensions.bliss.pipeline import (
     BlissDeblendMeasureConnections,
     BlissDeblendMeasureTask,
     BlissTrainConnections,
+    BlissValidateSummaryTask,
     BlissValidateTask,
     DemoRepoConfig,
     IncompatibleExposureError,
@@ -300,17 +301,35 @@ def test_validate_pipeline_scores_the_demo_catalogs(demo: dict) -> None:
     butler = SimplePipelineExecutor.prep_butler(demo["root"], inputs=demo["inputs"], output="u/test/validate")
     executor = SimplePipelineExecutor.from_pipeline(pipeline, butler=butler)
     quanta = executor.run(register_dataset_types=True)
-    assert len(quanta) == 4  # deblend and validate, per detector
+    assert len(quanta) == 5  # deblend and validate per detector, one summary
     refs = butler.query_datasets("bliss_validation_metrics", collections="u/test/validate", explain=False)
     assert len(refs) == 2
-    for ref in refs:
-        metrics = butler.get(ref)
+    per_detector = [butler.get(ref) for ref in refs]
+    for ref, metrics in zip(refs, per_detector, strict=True):
         truth = butler.get("bliss_truth", ref.dataId)
         assert metrics["n_true"] == len(truth)
         assert metrics["n_est"] == len(butler.get("bliss_source", ref.dataId))
         assert 0 < metrics["precision"] <= 1 and 0 < metrics["recall"] <= 1
         assert 0 <= metrics["flux_coverage68"] <= 1
         assert len(metrics["recall_by_true_mag"]["value"]) == len(metrics["recall_by_true_mag"]["edges"]) - 1
+    (summary_ref,) = butler.query_datasets(
+        "bliss_validation_summary", collections="u/test/validate", explain=False
+    )
+    summary = butler.get(summary_ref)
+    assert summary["n_exposures"] == 2
+    for count in ("n_true", "n_est", "n_matched"):
+        assert summary[count] == sum(metrics[count] for metrics in per_detector)
+    assert summary["precision"] == pytest.approx(summary["n_matched"] / summary["n_est"])
+    assert (
+        min(m["recall"] for m in per_detector) <= summary["recall"] <= max(m["recall"] for m in per_detector)
+    )
+
+
+def test_validate_summary_names_a_missing_column() -> None:
+    truth = Table({"x": [1.0], "y": [2.0], "flux": [100.0], "is_galaxy": [True]})  # no "mag"
+    sources = Table({"x": [1.0], "y": [2.0]})
+    with pytest.raises(UnprocessableDataError, match="truth table lacks the columns \\['mag'\\]"):
+        BlissValidateSummaryTask().run(bliss_source=[sources], bliss_truth=[truth])
 
 
 def test_validate_task_names_a_missing_column() -> None:

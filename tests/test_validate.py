@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lsst.meas.extensions.bliss import catalog_scores, load_default_model
+from lsst.meas.extensions.bliss import catalog_scores, combined_catalog_scores, load_default_model
 from lsst.meas.extensions.bliss._photutils_baseline import PhotutilsCatalog, run_photutils
 from lsst.meas.extensions.bliss.validate import (
     VARIATIONS,
@@ -95,6 +95,19 @@ def test_catalog_scores_of_perfect_and_broken_catalogs() -> None:
         catalog_scores(truth, {k: v for k, v in sources.items() if k != "bliss_flux_q84"})
     empty = catalog_scores(truth, {name: np.zeros(0) for name in sources})
     assert empty["recall"] == 0.0 and math.isnan(empty["flux_bias"])
+
+    # Many exposures: matches stay within an exposure (a truth and a detection at the same pixel
+    # of two different detectors are no match); counts add up and residuals pool.
+    no_truth = {name: np.zeros(0) for name in truth}
+    no_sources = {name: np.zeros(0) for name in sources}
+    apart = combined_catalog_scores([truth, no_truth], [no_sources, sources])
+    assert (apart["n_exposures"], apart["n_true"], apart["n_est"], apart["n_matched"]) == (2, 3, 2, 0)
+    twice = combined_catalog_scores([truth, truth], [sources, sources])
+    assert (twice["n_true"], twice["n_est"], twice["n_matched"]) == (6, 4, 4)
+    for name in ("precision", "recall", "flux_bias", "flux_coverage68", "position_coverage68"):
+        assert twice[name] == pytest.approx(scores[name])
+    with pytest.raises(ValueError, match="one truth table per source table"):
+        combined_catalog_scores([truth], [sources, sources])
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,16 @@ to every rate so that scores of many detectors can be summed.
 
 from __future__ import annotations
 
-__all__ = ["SOURCE_COLUMNS_USED", "TRUTH_COLUMNS_USED", "catalog_scores", "json_safe"]
+__all__ = [
+    "SOURCE_COLUMNS_USED",
+    "TRUTH_COLUMNS_USED",
+    "catalog_scores",
+    "combined_catalog_scores",
+    "json_safe",
+]
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,7 +30,7 @@ from ._metrics import (
     classification_accuracy,
     detection_metrics,
     interval_coverage,
-    match_sources,
+    matched_attributes,
     relative_residual_stats,
 )
 
@@ -88,29 +94,73 @@ def catalog_scores(
     KeyError
         If a table lacks a needed column.
     """
-    true = _columns(truth, TRUTH_COLUMNS_USED, "truth")
-    est = _columns(sources, SOURCE_COLUMNS_USED, "source")
+    return combined_catalog_scores([truth], [sources], match_radius_pix)
+
+
+def combined_catalog_scores(
+    truths: Sequence[Mapping[str, Any]],
+    sources: Sequence[Mapping[str, Any]],
+    match_radius_pix: float = 1.0,
+) -> dict[str, Any]:
+    """The scores of `catalog_scores` over many exposures at once.
+
+    Sources are matched within each exposure (positions are pixels of its own
+    detector); counts, rates and residual statistics are then taken over all
+    matches, so medians and scatters are those of the whole set, not
+    averages of per-exposure figures.
+
+    Parameters
+    ----------
+    truths, sources
+        The truth and BLISS tables of each exposure, in the same order.
+    match_radius_pix
+        Radius of the one-to-one matches (pixels).
+
+    Returns
+    -------
+    scores
+        As `catalog_scores`, plus ``n_exposures``.
+
+    Raises
+    ------
+    KeyError
+        If a table lacks a needed column.
+    ValueError
+        If the two sequences differ in length or are empty.
+    """
+    if len(truths) != len(sources) or not truths:
+        raise ValueError(
+            f"Need one truth table per source table and at least one of each; got {len(truths)} "
+            f"truth and {len(sources)} source tables."
+        )
+    true = [_columns(table, TRUTH_COLUMNS_USED, "truth") for table in truths]
+    est = [_columns(table, SOURCE_COLUMNS_USED, "source") for table in sources]
     detection = detection_metrics(
-        [true["x"]],
-        [true["y"]],
-        [est["x"]],
-        [est["y"]],
-        true_mag=[true["mag"]],
+        [t["x"] for t in true],
+        [t["y"] for t in true],
+        [e["x"] for e in est],
+        [e["y"] for e in est],
+        true_mag=[t["mag"] for t in true],
         match_radii_pix=(match_radius_pix,),
         mag_edges=DEFAULT_MAG_EDGES,
     )
-    match = match_sources(true["x"], true["y"], est["x"], est["y"], match_radius_pix)
-    t, e = match.true_index, match.est_index
-    flux = relative_residual_stats(est["bliss_flux"][e], true["flux"][t]) if match.n_matched else None
+    per_image = {f"true_{name}": [t[name] for t in true] for name in TRUTH_COLUMNS_USED}
+    per_image.update({f"src_{name}": [e[name] for e in est] for name in SOURCE_COLUMNS_USED})
+    pairs = matched_attributes(per_image, "src", TRUTH_COLUMNS_USED, match_radius_pix)
+    flux = (
+        relative_residual_stats(pairs["est_bliss_flux"], pairs["true_flux"]) if detection.n_matched else None
+    )
     positions_inside = np.concatenate(
         [
-            np.abs(est["x"][e] - true["x"][t]) <= est["xErr"][e],
-            np.abs(est["y"][e] - true["y"][t]) <= est["yErr"][e],
+            np.abs(pairs["est_x"] - pairs["true_x"]) <= pairs["est_xErr"],
+            np.abs(pairs["est_y"] - pairs["true_y"]) <= pairs["est_yErr"],
         ]
     )
+    detect_prob = np.concatenate([e["bliss_detect_prob"] for e in est])
     recall_by_mag = detection.recall_by_true_mag
     assert recall_by_mag is not None
     return {
+        "n_exposures": len(truths),
         "match_radius_pix": match_radius_pix,
         "n_true": detection.n_true,
         "n_est": detection.n_est,
@@ -120,15 +170,15 @@ def catalog_scores(
         "f1": detection.f1,
         "recall_by_true_mag": recall_by_mag.to_dict(),
         "classification_accuracy": classification_accuracy(
-            true["is_galaxy"][t], np.clip(est["bliss_galaxy_prob"][e], 0.0, 1.0)
+            pairs["true_is_galaxy"], np.clip(pairs["est_bliss_galaxy_prob"], 0.0, 1.0)
         ).accuracy,
         "flux_bias": flux.median if flux is not None else math.nan,
         "flux_scatter": flux.scatter if flux is not None else math.nan,
         "flux_coverage68": interval_coverage(
-            true["flux"][t], est["bliss_flux_q16"][e], est["bliss_flux_q84"][e]
+            pairs["true_flux"], pairs["est_bliss_flux_q16"], pairs["est_bliss_flux_q84"]
         ),
         "position_coverage68": float(positions_inside.mean()) if positions_inside.size else math.nan,
-        "mean_detect_prob": float(est["bliss_detect_prob"].mean()) if est["x"].size else math.nan,
+        "mean_detect_prob": float(detect_prob.mean()) if detect_prob.size else math.nan,
     }
 
 

@@ -1,8 +1,16 @@
-"""`BlissValidateTask`: scores of a stored BLISS catalog against the simulation truth."""
+"""Scores of stored BLISS catalogs against the simulation truth: per exposure (`BlissValidateTask`)
+and over every exposure of a run (`BlissValidateSummaryTask`)."""
 
 from __future__ import annotations
 
-__all__ = ["BlissValidateConfig", "BlissValidateConnections", "BlissValidateTask"]
+__all__ = [
+    "BlissValidateConfig",
+    "BlissValidateConnections",
+    "BlissValidateSummaryConfig",
+    "BlissValidateSummaryConnections",
+    "BlissValidateSummaryTask",
+    "BlissValidateTask",
+]
 
 import math
 
@@ -10,15 +18,19 @@ from astropy.table import Table
 
 from lsst.pex.config import Field
 from lsst.pipe.base import (
+    InputQuantizedConnection,
+    NoWorkFound,
+    OutputQuantizedConnection,
     PipelineTask,
     PipelineTaskConfig,
     PipelineTaskConnections,
+    QuantumContext,
     Struct,
     UnprocessableDataError,
 )
 from lsst.pipe.base import connectionTypes as cT
 
-from .._catalog_scores import catalog_scores, json_safe
+from .._catalog_scores import catalog_scores, combined_catalog_scores, json_safe
 
 
 class BlissValidateConnections(PipelineTaskConnections, dimensions=("instrument", "visit", "detector")):
@@ -101,3 +113,102 @@ class BlissValidateTask(PipelineTask):
             scores["recall"],
         )
         return Struct(bliss_validation_metrics=json_safe(scores))
+
+
+class BlissValidateSummaryConnections(PipelineTaskConnections, dimensions=("instrument",)):
+    bliss_source = cT.Input(
+        doc="BLISS sources of every exposure (BlissDeblendMeasureTask).",
+        name="bliss_source",
+        storageClass="ArrowAstropy",
+        dimensions=("instrument", "visit", "detector"),
+        multiple=True,
+    )
+    bliss_truth = cT.Input(
+        doc="True sources of the same simulated exposures.",
+        name="bliss_truth",
+        storageClass="ArrowAstropy",
+        dimensions=("instrument", "visit", "detector"),
+        multiple=True,
+    )
+    bliss_validation_summary = cT.Output(
+        doc="The scores of bliss_validation_metrics over every exposure at once, with their counts.",
+        name="bliss_validation_summary",
+        storageClass="StructuredDataDict",
+        dimensions=("instrument",),
+    )
+
+
+class BlissValidateSummaryConfig(PipelineTaskConfig, pipelineConnections=BlissValidateSummaryConnections):
+    match_radius_pix = Field[float](
+        doc="Largest distance of a one-to-one true/BLISS match, pixels.",
+        default=1.0,
+        check=lambda value: math.isfinite(value) and value > 0,
+    )
+
+
+class BlissValidateSummaryTask(PipelineTask):
+    """Score the BLISS catalogs of every exposure of a run at once.
+
+    Sources are matched within each exposure, and the rates, medians and
+    scatters are taken over all matches (`combined_catalog_scores`): the
+    figures of the whole run, not averages of per-detector figures.  Only
+    exposures with both a catalog and a truth table are scored; their number
+    is ``n_exposures``.
+    """
+
+    ConfigClass = BlissValidateSummaryConfig
+    _DefaultName = "blissValidateSummary"
+    config: BlissValidateSummaryConfig
+
+    def runQuantum(
+        self,
+        butlerQC: QuantumContext,
+        inputRefs: InputQuantizedConnection,
+        outputRefs: OutputQuantizedConnection,
+    ) -> None:
+        # The two input lists are not in a common order; pair them by exposure.
+        truth_refs = {ref.dataId: ref for ref in inputRefs.bliss_truth}
+        pairs = [(ref, truth_refs[ref.dataId]) for ref in inputRefs.bliss_source if ref.dataId in truth_refs]
+        if not pairs:
+            raise NoWorkFound("No exposure has both a bliss_source and a bliss_truth table.")
+        sources = [butlerQC.get(source_ref) for source_ref, _ in pairs]
+        truths = [butlerQC.get(truth_ref) for _, truth_ref in pairs]
+        butlerQC.put(self.run(bliss_source=sources, bliss_truth=truths), outputRefs)
+
+    def run(self, bliss_source: list[Table], bliss_truth: list[Table]) -> Struct:
+        """Score the catalogs together.
+
+        Parameters
+        ----------
+        bliss_source, bliss_truth
+            The ``bliss_source`` and ``bliss_truth`` tables of each exposure,
+            in the same order.
+
+        Returns
+        -------
+        result
+            ``bliss_validation_summary``: the scores (see
+            `BlissValidateTask.run`) with ``n_exposures``.
+
+        Raises
+        ------
+        lsst.pipe.base.UnprocessableDataError
+            If a table lacks a column the scores need.
+        """
+        try:
+            scores = combined_catalog_scores(bliss_truth, bliss_source, self.config.match_radius_pix)
+        except KeyError as error:
+            raise UnprocessableDataError(str(error.args[0])) from error
+        self.metadata["n_exposures"] = scores["n_exposures"]
+        self.metadata["n_true"] = scores["n_true"]
+        self.metadata["n_matched"] = scores["n_matched"]
+        self.log.info(
+            "%d exposures: %d true sources, %d BLISS sources, %d matched: precision %.3f, recall %.3f",
+            scores["n_exposures"],
+            scores["n_true"],
+            scores["n_est"],
+            scores["n_matched"],
+            scores["precision"],
+            scores["recall"],
+        )
+        return Struct(bliss_validation_summary=json_safe(scores))
