@@ -1,4 +1,5 @@
-"""Scores of one stored BLISS catalog against its truth table (what `BlissValidateTask` writes).
+"""Scores of stored BLISS catalogs against their truth tables (what `BlissValidateTask` and
+`BlissValidateSummaryTask` write).
 
 In the core rather than in ``validate`` so that the pipeline layer reaches it
 without importing the report's plotting stack.

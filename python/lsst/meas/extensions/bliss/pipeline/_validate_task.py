@@ -30,7 +30,7 @@ from lsst.pipe.base import (
 )
 from lsst.pipe.base import connectionTypes as cT
 
-from .._catalog_scores import catalog_scores, combined_catalog_scores, json_safe
+from .._catalog_scores import combined_catalog_scores, json_safe
 
 
 class BlissValidateConnections(PipelineTaskConnections, dimensions=("instrument", "visit", "detector")):
@@ -65,7 +65,7 @@ class BlissValidateConfig(PipelineTaskConfig, pipelineConnections=BlissValidateC
 class BlissValidateTask(PipelineTask):
     """Score one exposure's BLISS catalog against its truth.
 
-    Uses the project's metric definitions (`catalog_scores`):
+    Uses the project's metric definitions (`catalog_scores`, through `combined_catalog_scores`):
     one-to-one Hungarian matches within ``match_radius_pix``, precision,
     recall and F1, recall by true magnitude, star/galaxy accuracy, relative
     flux bias and scatter, and the coverage of the catalog's 68% flux and
@@ -98,21 +98,7 @@ class BlissValidateTask(PipelineTask):
         lsst.pipe.base.UnprocessableDataError
             If a table lacks a column the scores need.
         """
-        try:
-            scores = catalog_scores(bliss_truth, bliss_source, self.config.match_radius_pix)
-        except KeyError as error:
-            raise UnprocessableDataError(str(error.args[0])) from error
-        self.metadata["n_true"] = scores["n_true"]
-        self.metadata["n_matched"] = scores["n_matched"]
-        self.log.info(
-            "%d true sources, %d BLISS sources, %d matched: precision %.3f, recall %.3f",
-            scores["n_true"],
-            scores["n_est"],
-            scores["n_matched"],
-            scores["precision"],
-            scores["recall"],
-        )
-        return Struct(bliss_validation_metrics=json_safe(scores))
+        return Struct(bliss_validation_metrics=_score(self, [bliss_truth], [bliss_source]))
 
 
 class BlissValidateSummaryConnections(PipelineTaskConnections, dimensions=("instrument",)):
@@ -195,20 +181,26 @@ class BlissValidateSummaryTask(PipelineTask):
         lsst.pipe.base.UnprocessableDataError
             If a table lacks a column the scores need.
         """
-        try:
-            scores = combined_catalog_scores(bliss_truth, bliss_source, self.config.match_radius_pix)
-        except KeyError as error:
-            raise UnprocessableDataError(str(error.args[0])) from error
-        self.metadata["n_exposures"] = scores["n_exposures"]
-        self.metadata["n_true"] = scores["n_true"]
-        self.metadata["n_matched"] = scores["n_matched"]
-        self.log.info(
-            "%d exposures: %d true sources, %d BLISS sources, %d matched: precision %.3f, recall %.3f",
-            scores["n_exposures"],
-            scores["n_true"],
-            scores["n_est"],
-            scores["n_matched"],
-            scores["precision"],
-            scores["recall"],
-        )
-        return Struct(bliss_validation_summary=json_safe(scores))
+        return Struct(bliss_validation_summary=_score(self, bliss_truth, bliss_source))
+
+
+def _score(
+    task: BlissValidateTask | BlissValidateSummaryTask, truths: list[Table], sources: list[Table]
+) -> dict:
+    """`combined_catalog_scores` of the tables, logged and in the task metadata; JSON-safe."""
+    try:
+        scores = combined_catalog_scores(truths, sources, task.config.match_radius_pix)
+    except KeyError as error:
+        raise UnprocessableDataError(str(error.args[0])) from error
+    for name in ("n_exposures", "n_true", "n_matched"):
+        task.metadata[name] = scores[name]
+    task.log.info(
+        "%d exposure(s): %d true sources, %d BLISS sources, %d matched: precision %.3f, recall %.3f",
+        scores["n_exposures"],
+        scores["n_true"],
+        scores["n_est"],
+        scores["n_matched"],
+        scores["precision"],
+        scores["recall"],
+    )
+    return json_safe(scores)
