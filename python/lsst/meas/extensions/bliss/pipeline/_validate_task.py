@@ -13,6 +13,7 @@ __all__ = [
 ]
 
 import math
+from typing import Any
 
 from astropy.table import Table
 
@@ -186,7 +187,7 @@ class BlissValidateSummaryTask(PipelineTask):
 
 def _score(
     task: BlissValidateTask | BlissValidateSummaryTask, truths: list[Table], sources: list[Table]
-) -> dict:
+) -> dict[str, Any]:
     """`combined_catalog_scores` of the tables, logged and in the task metadata; JSON-safe."""
     try:
         scores = combined_catalog_scores(truths, sources, task.config.match_radius_pix)
