@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._sep_baseline import _as_image
+
 
 def _import_photutils() -> Any:
     try:
@@ -89,12 +91,6 @@ class PhotutilsCatalog:
         )
 
 
-def _as_array(values: np.ndarray | torch.Tensor) -> np.ndarray:
-    if isinstance(values, torch.Tensor):
-        values = values.detach().cpu().numpy()
-    return np.asarray(values, dtype=np.float64)
-
-
 def run_photutils(
     image: np.ndarray | torch.Tensor,
     variance: np.ndarray | torch.Tensor,
@@ -145,7 +141,7 @@ def run_photutils(
     from astropy.convolution import convolve
 
     segmentation = _import_photutils()
-    data, var = _as_array(image), _as_array(variance)
+    data, var = _as_image(image), _as_image(variance)
     if data.ndim != 2:
         raise ValueError(f"image must have shape (H, W); got {data.shape}.")
     if var.shape != data.shape:
@@ -154,7 +150,7 @@ def run_photutils(
         raise ValueError(f"psf_fwhm_pix={psf_fwhm_pix!r} must be finite and > 0.")
     invalid = ~np.isfinite(data) | ~np.isfinite(var) | (var <= 0)
     if mask is not None:
-        mask_array = _as_array(mask)
+        mask_array = _as_image(mask)
         if mask_array.shape != data.shape:
             raise ValueError(f"mask has shape {mask_array.shape}; expected the image's shape {data.shape}.")
         invalid |= mask_array != 0
