@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -323,6 +324,15 @@ def test_validate_pipeline_scores_the_demo_catalogs(demo: dict) -> None:
     assert (
         min(m["recall"] for m in per_detector) <= summary["recall"] <= max(m["recall"] for m in per_detector)
     )
+
+
+def test_validate_summary_without_a_truth_for_any_catalog_is_no_work() -> None:
+    # Data IDs only need to be hashable and comparable here: (visit, detector).
+    source_refs = [SimpleNamespace(dataId=(1, 0))]
+    truth_refs = [SimpleNamespace(dataId=(1, 1))]
+    inputs = SimpleNamespace(bliss_source=source_refs, bliss_truth=truth_refs)
+    with pytest.raises(NoWorkFound, match="No exposure has both a bliss_source and a bliss_truth table"):
+        BlissValidateSummaryTask().runQuantum(None, inputs, None)  # type: ignore[arg-type]
 
 
 def test_validate_summary_names_a_missing_column() -> None:
