@@ -312,3 +312,19 @@ def test_models_written_before_downsample_kernel_load_with_the_old_layout() -> N
     assert EncoderConfig.from_dict(document).downsample_kernel == 3
     with pytest.raises(ValueError, match="downsample_kernel=5 must be 3 or 4"):
         EncoderConfig(downsample_kernel=5)
+
+
+def test_inference_backbone_overwrites_activations_without_changing_them() -> None:
+    torch.manual_seed(2)
+    encoder = BlissEncoder(EncoderConfig(pixel_channels=(8, 8, 16), tile_blocks=2, head_channels=16)).eval()
+    for module in encoder.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.normal_(module.weight, std=(1.0 / (module.in_channels * 9)) ** 0.5)
+    image = torch.randn(1, 48, 40) * 3
+    inputs = prepare_inputs(image, torch.ones_like(image), None, 4.0)
+    before = inputs.tensor.clone()
+    with torch.enable_grad():
+        reference = encoder.features(inputs)
+    with torch.no_grad():
+        assert torch.equal(encoder.features(inputs), reference)
+    assert torch.equal(inputs.tensor, before)  # the input is never overwritten

@@ -237,3 +237,33 @@ def test_psf_kernels_map_to_the_model_family_and_vary_across_the_image() -> None
     # Beyond the receptive field of the ramp the conditioning is unchanged; on the ramp it follows the PSF.
     assert torch.equal(constant.tile_params["flux"][:, :4], varied.tile_params["flux"][:, :4])
     assert (constant.tile_params["flux"][:, -4:] - varied.tile_params["flux"][:, -4:]).abs().max() > 1e-3
+
+
+def test_bfloat16_backbone_is_close_to_float32_and_configurable() -> None:
+    model = random_model()
+    image, variance, mask = scene(192, 160)
+    options = {"n_samples": 0, "device": "cpu", "reuse_freed_memory": False}
+    precise = infer_frame(model, image, variance, mask, FWHM_PIX, FrameConfig(precision="float32", **options))
+    fast = infer_frame(model, image, variance, mask, FWHM_PIX, FrameConfig(precision="bfloat16", **options))
+    logits, fast_logits = precise.tile_params["detection"], fast.tile_params["detection"]
+    assert 0 < (fast_logits - logits).abs().max() < 0.05 * logits.std()
+    with pytest.raises(ValueError, match="precision='float16'"):
+        FrameConfig(precision="float16")
+
+
+def test_chunks_of_a_side_are_balanced() -> None:
+    from lsst.meas.extensions.bliss import _frame
+
+    encoder = random_model().encoder
+    # 2048 pixels with the 1 GB CPU budget: two chunks of 256 tiles, not one of 400 and one of 112.
+    layout = _frame._layout(encoder, 512, 512, FrameConfig(), 1.0)
+    cores = {row1 - row0 for row0, row1, _, _ in layout.chunks()}
+    assert cores == {256} and len(layout.chunks()) == 4
+    assert _frame._layout(encoder, 512, 300, FrameConfig(chunk_pixels=400), 1.0).core_tiles == 100
+
+
+def test_reusing_freed_memory_is_a_one_time_setting() -> None:
+    from lsst.meas.extensions.bliss import reuse_freed_memory
+
+    first = reuse_freed_memory()
+    assert isinstance(first, bool) and reuse_freed_memory() is first

@@ -15,6 +15,7 @@ from ._device import *
 from ._encoder import *
 from ._factors import *
 from ._frame import *
+from ._heap import *
 from ._inference import *
 from ._metrics import *
 from ._model_io import *

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["resolve_device"]
+__all__ = ["BACKBONE_PRECISIONS", "native_bfloat16_cpu", "resolve_backbone_dtype", "resolve_device"]
 
 import torch
 
@@ -42,3 +42,40 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
             f"device={device!r} requested but CUDA is not available; use device='auto' or 'cpu'."
         )
     return resolved
+
+
+BACKBONE_PRECISIONS: tuple[str, ...] = ("auto", "float32", "bfloat16")
+"""Arithmetic of the encoder's backbone at inference (see `resolve_backbone_dtype`)."""
+
+
+def native_bfloat16_cpu() -> bool:
+    """Whether this CPU computes bfloat16 convolutions natively (AVX512-BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_backbone_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """The dtype of the backbone's convolutions at inference.
+
+    Parameters
+    ----------
+    precision
+        ``"float32"``; ``"bfloat16"``; or ``"auto"``: bfloat16 on a CPU that
+        computes it natively (about 1.8x faster there), float32 elsewhere
+        (CPUs without it would emulate bfloat16, and GPUs were measured in
+        float32).
+    device
+        The device inference runs on.
+
+    Raises
+    ------
+    ValueError
+        If ``precision`` is not one of `BACKBONE_PRECISIONS`.
+    """
+    if precision not in BACKBONE_PRECISIONS:
+        raise ValueError(f"precision={precision!r} must be one of {BACKBONE_PRECISIONS}.")
+    if precision == "bfloat16" or (precision == "auto" and device.type == "cpu" and native_bfloat16_cpu()):
+        return torch.bfloat16
+    return torch.float32

@@ -146,7 +146,13 @@ class _ResidualBlock(nn.Module):
         nn.init.zeros_(self.second.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return nn.functional.silu(x + self.second(nn.functional.silu(self.first(x))))
+        if torch.is_grad_enabled():
+            return nn.functional.silu(x + self.second(nn.functional.silu(self.first(x))))
+        # Without autograd the activations may be overwritten: fewer fresh full-resolution tensors,
+        # whose first touch costs about as much as the activation itself on a CPU.
+        hidden = self.second(nn.functional.silu(self.first(x), inplace=True))
+        hidden += x
+        return nn.functional.silu(hidden, inplace=True)
 
 
 @dataclasses.dataclass
@@ -246,8 +252,11 @@ class BlissEncoder(nn.Module):
     def factor_names(self) -> list[str]:
         return [factor.name for factor in self.factors]
 
-    def features(self, inputs: NetworkInputs) -> torch.Tensor:
+    def features(self, inputs: NetworkInputs, compute_dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Backbone features, shape (B, C, Ht, Wt), for inputs of shape (B, N_INPUT_CHANNELS, H, W).
+
+        ``compute_dtype`` other than float32 runs the backbone's convolutions in it (autocast, e.g.
+        bfloat16 on CPUs that compute it natively); the features are returned as float32.
 
         Raises
         ------
@@ -261,7 +270,20 @@ class BlissEncoder(nn.Module):
                 f"Image size {height}x{width} is not a positive multiple of tile_size={tile}; "
                 "pad it to whole tiles."
             )
-        return self.backbone(inputs.tensor)
+        if compute_dtype != torch.float32:
+            with torch.autocast(inputs.tensor.device.type, dtype=compute_dtype):
+                return self._backbone(inputs.tensor).float()
+        return self._backbone(inputs.tensor)
+
+    def _backbone(self, pixels: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            return self.backbone(pixels)
+        features = pixels
+        for layer in self.backbone:
+            # In place (the same values) when no gradient needs the pre-activation.
+            is_activation = isinstance(layer, nn.SiLU) and features is not pixels
+            features = nn.functional.silu(features, inplace=True) if is_activation else layer(features)
+        return features
 
     def _source_context(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
         """Context of decided tiles without the ``decided`` flag, shape (..., 5), from values (..., d):
@@ -292,9 +314,10 @@ class BlissEncoder(nn.Module):
         """Raw parameters per factor, (B, Ht, Wt, n); ``projected`` is ``head_features(features)``."""
         return self._raw_to_params(self.head(projected + self.head_context(self.context_embedding(context))))
 
-    def encode(self, inputs: NetworkInputs) -> EncodedImage:
-        """Backbone and the context-free part of the head, to be shared by several posterior passes."""
-        features = self.features(inputs)
+    def encode(self, inputs: NetworkInputs, compute_dtype: torch.dtype = torch.float32) -> EncodedImage:
+        """Backbone and the context-free part of the head, to be shared by several posterior passes
+        (``compute_dtype``: that of the backbone, see `features`)."""
+        features = self.features(inputs, compute_dtype)
         projected = self.head_features(features)
         batch, _, n_rows, n_cols = features.shape
         empty = features.new_zeros(batch, CONTEXT_CHANNELS, n_rows, n_cols)

@@ -62,6 +62,7 @@ def run_encoder(
     mask: torch.Tensor | None,
     psf_fwhm_pix: torch.Tensor | float,
     randomness: TileRandomness | None = None,
+    backbone_dtype: torch.dtype = torch.float32,
 ) -> TilePosterior:
     """Normalize images (padding them to whole tiles) and run the encoder.
 
@@ -77,6 +78,8 @@ def run_encoder(
         PSF FWHM in pixels, scalar or (B,).
     randomness
         See `BlissEncoder.posterior` (None: modes).
+    backbone_dtype
+        Arithmetic of the backbone (see `BlissEncoder.features`).
 
     Returns
     -------
@@ -89,8 +92,9 @@ def run_encoder(
         If the shapes of image, variance and mask differ.
     """
     inputs = _normalized_inputs(encoder, image, variance, mask, psf_fwhm_pix)
-    with _evaluation_mode(encoder):
-        return encoder.posterior(inputs, randomness=randomness)
+    with _evaluation_mode(encoder), torch.no_grad():
+        encoded = encoder.encode(inputs, backbone_dtype)
+        return encoder.posterior(inputs, randomness=randomness, encoded=encoded)
 
 
 @contextlib.contextmanager
@@ -247,6 +251,7 @@ def estimate_catalog(
     psf_fwhm_pix: torch.Tensor | float,
     pixel_scale_arcsec: float,
     detection_threshold: float = 0.5,
+    backbone_dtype: torch.dtype = torch.float32,
 ) -> FullCatalog:
     """Point-estimate catalog of each image (modes through the checkerboard).
 
@@ -262,13 +267,15 @@ def estimate_catalog(
         Arcsec per pixel.
     detection_threshold
         Minimum detection probability of a reported source.
+    backbone_dtype
+        Arithmetic of the backbone (see `BlissEncoder.features`).
 
     Returns
     -------
     catalog
         Per-image lists with `SOURCE_FIELDS` and `ESTIMATE_FIELDS`.
     """
-    posterior = run_encoder(encoder, image, variance, mask, psf_fwhm_pix)
+    posterior = run_encoder(encoder, image, variance, mask, psf_fwhm_pix, backbone_dtype=backbone_dtype)
     return posterior_to_catalog(
         posterior, encoder, pixel_scale_arcsec, *image.shape[-2:], detection_threshold
     )
@@ -319,11 +326,13 @@ def sample_catalogs(
     n_samples: int = 16,
     seed: int = 0,
     checkerboard: bool = True,
+    backbone_dtype: torch.dtype = torch.float32,
 ) -> list[FullCatalog]:
     """Posterior catalog samples, each drawn group by group through the checkerboard.
 
     The same seed gives the same samples; ``checkerboard=False`` is the
-    ablation of `BlissEncoder.posterior`.
+    ablation of `BlissEncoder.posterior`; ``backbone_dtype`` is the
+    arithmetic of the backbone (see `BlissEncoder.features`).
 
     Returns
     -------
@@ -333,7 +342,7 @@ def sample_catalogs(
     inputs = _normalized_inputs(encoder, image, variance, mask, psf_fwhm_pix)
     samples = []
     with _evaluation_mode(encoder), torch.no_grad():
-        encoded = encoder.encode(inputs)
+        encoded = encoder.encode(inputs, backbone_dtype)
         for index in range(n_samples):
             randomness = TileRandomness(seed, sample_index=index)
             posterior = encoder.posterior(

@@ -87,15 +87,65 @@ def absent_trajectory(encoder: BlissEncoder, hidden_empty: torch.Tensor) -> Abse
     return AbsentTrajectory(hiddens, params)
 
 
+class _ContextChange:
+    """What the tiles decided to hold sources add to the head's hidden layer, relative to their being
+    decided empty, stored only where it is non-zero (within one tile of a source).
+
+    A dense (B, Ht, Wt, C) tensor per posterior sample would cost more to allocate and gather from
+    than the few per cent of tiles near sources need.
+
+    Parameters
+    ----------
+    shape
+        ``(B, Ht, Wt)`` of the tile grid.
+    channels
+        Channels ``C`` of the hidden layer.
+    reference
+        A tensor giving the device and dtype.
+    """
+
+    def __init__(self, shape: tuple[int, int, int], channels: int, reference: torch.Tensor) -> None:
+        # Row 0 of ``values`` is the zero change of every tile without an entry.
+        self.row_of = torch.zeros(shape, dtype=torch.int64, device=reference.device)
+        self.values = reference.new_zeros(1, channels)
+
+    def gather(self, images: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """The change at the listed tiles (any shape ``S``), shape ``S + (C,)``."""
+        return self.values[self.row_of[images, rows, cols]]
+
+    def add(
+        self, images: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, contribution: torch.Tensor
+    ) -> None:
+        """Accumulate ``contribution`` (P, C) at the listed tiles (each (P,), repeats allowed)."""
+        flat_rows = self.row_of.view(-1)
+        flat = (images * self.row_of.shape[1] + rows) * self.row_of.shape[2] + cols
+        new = torch.unique(flat[flat_rows[flat] == 0])
+        if new.numel():
+            first = self.values.shape[0]
+            flat_rows[new] = torch.arange(first, first + new.numel(), device=new.device)
+            self.values = torch.cat([self.values, self.values.new_zeros(new.numel(), self.values.shape[1])])
+        self.values.index_add_(0, flat_rows[flat], contribution)
+
+
+def _gather_hidden(
+    hidden: torch.Tensor, images: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
+) -> torch.Tensor:
+    """``hidden[images, rows, cols]`` of a (B, Ht, Wt, C) layer, without indexing a batch that only
+    repeats one image (`AbsentTrajectory.repeat`)."""
+    if hidden.shape[0] > 1 and hidden.stride(0) == 0:
+        return hidden[0][rows, cols]
+    return hidden[images, rows, cols]
+
+
 def _head_at(
     encoder: BlissEncoder,
     hidden: torch.Tensor,
-    change: torch.Tensor,
+    change: _ContextChange,
     images: torch.Tensor,
     rows: torch.Tensor,
     cols: torch.Tensor,
 ) -> dict[str, torch.Tensor]:
-    """`head` at the listed tiles from the hidden layer ``hidden + change`` (both (B, Ht, Wt, C))."""
+    """`head` at the listed tiles from the hidden layer ``hidden`` (B, Ht, Wt, C) plus ``change``."""
     _, conv, _, output = encoder.head
     _, n_rows, n_cols, channels = hidden.shape
     shifts = torch.arange(-1, 2, device=rows.device)
@@ -108,7 +158,8 @@ def _head_at(
         near_cols.clamp(0, n_cols - 1),
     )
     # The dense convolution pads the activated hidden layer with zeros.
-    activated = nn.functional.silu(hidden[index] + change[index]) * inside[..., None].to(hidden.dtype)
+    activated = nn.functional.silu(_gather_hidden(hidden, *index) + change.gather(*index))
+    activated = activated * inside[..., None].to(hidden.dtype)
     weight = conv.weight.permute(0, 2, 3, 1).reshape(conv.out_channels, 9 * channels)
     layer = nn.functional.silu(nn.functional.linear(activated.reshape(-1, 9 * channels), weight, conv.bias))
     return encoder._split_params(nn.functional.linear(layer, output.weight[:, :, 0, 0], output.bias))
@@ -116,14 +167,14 @@ def _head_at(
 
 def _add_context(
     encoder: BlissEncoder,
-    change: torch.Tensor,
+    change: _ContextChange,
     chosen: dict[str, torch.Tensor],
     images: torch.Tensor,
     rows: torch.Tensor,
     cols: torch.Tensor,
 ) -> None:
-    """Add to ``change`` (B, Ht, Wt, C) what tiles decided to hold sources add to the hidden layer,
-    relative to their being decided empty."""
+    """Add to ``change`` what tiles decided to hold sources add to the hidden layer, relative to their
+    being decided empty."""
     source = torch.cat([torch.ones_like(chosen["detection"]), encoder._source_context(chosen)], dim=-1)
     empty_source = torch.zeros_like(source[:1])
     empty_source[:, 0] = 1.0
@@ -135,17 +186,35 @@ def _add_context(
     difference = embed(source) - embed(empty_source)
     # Output (y, x) of a 3x3 convolution takes input (y + ky - 1, x + kx - 1) with weight (ky, kx).
     contribution = torch.einsum("pc,ockl->pklo", difference, encoder.head_context.weight)
-    _, n_rows, n_cols, _ = change.shape
+    _, n_rows, n_cols = change.row_of.shape
     shifts = torch.arange(2, -1, -1, device=rows.device) - 1  # ky = 0, 1, 2 -> y = row + 1, row, row - 1
     target_rows = (rows[:, None, None] + shifts[None, :, None]).expand(-1, 3, 3)
     target_cols = (cols[:, None, None] + shifts[None, None, :]).expand(-1, 3, 3)
     inside = (target_rows >= 0) & (target_rows < n_rows) & (target_cols >= 0) & (target_cols < n_cols)
     target_images = images[:, None, None].expand(-1, 3, 3)
-    change.index_put_(
-        (target_images[inside], target_rows[inside], target_cols[inside]),
-        contribution[inside],
-        accumulate=True,
-    )
+    change.add(target_images[inside], target_rows[inside], target_cols[inside], contribution[inside])
+
+
+def _tiles_near(
+    images: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    shape: tuple[int, int, int],
+    row: int,
+    col: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Tiles ``(row + 2 i, col + 2 j)`` within two tiles (Chebyshev) of the listed ones, each once,
+    as (images, rows, cols) in raster order."""
+    near = torch.zeros(shape, dtype=torch.bool, device=rows.device)
+    batch, n_rows, n_cols = shape
+    for shift_row in range(-2, 3):
+        target_rows = rows + shift_row
+        keep_rows = (target_rows % 2 == row) & (target_rows >= 0) & (target_rows < n_rows)
+        for shift_col in range(-2, 3):
+            target_cols = cols + shift_col
+            keep = keep_rows & (target_cols % 2 == col) & (target_cols >= 0) & (target_cols < n_cols)
+            near[images[keep], target_rows[keep], target_cols[keep]] = True
+    return torch.nonzero(near, as_tuple=True)
 
 
 def sparse_posterior(
@@ -163,19 +232,15 @@ def sparse_posterior(
     values = {
         factor.name: reference.new_zeros(batch, n_rows, n_cols, factor.dims) for factor in encoder.factors
     }
-    change = torch.zeros_like(reference)
-    present = torch.zeros(batch, n_rows, n_cols, dtype=torch.bool, device=reference.device)
+    change = _ContextChange((batch, n_rows, n_cols), reference.shape[-1], reference)
+    present_tiles: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     streams = {factor.name: stream for stream, factor in enumerate(encoder.factors)}
     detection = encoder.factors[streams["detection"]]
     for group in range(N_GROUPS):
         row, col = divmod(group, 2)
-        if group > 0 and bool(present.any()):
-            near = nn.functional.max_pool2d(present[:, None].to(reference.dtype), 5, stride=1, padding=2)[
-                :, 0
-            ]
-            redo = torch.zeros_like(present)
-            redo[:, row::2, col::2] = near[:, row::2, col::2] > 0
-            images, rows, cols = torch.nonzero(redo, as_tuple=True)
+        if present_tiles:
+            sources = [torch.cat(parts) for parts in zip(*present_tiles, strict=True)]
+            images, rows, cols = _tiles_near(*sources, (batch, n_rows, n_cols), row, col)
             for name, value in _head_at(
                 encoder, trajectory.hidden[group], change, images, rows, cols
             ).items():
@@ -206,7 +271,7 @@ def sparse_posterior(
         if images.numel() == 0:
             continue
         rows, cols = row + 2 * sub_rows, col + 2 * sub_cols
-        present[images, rows, cols] = True
+        present_tiles.append((images, rows, cols))
         chosen = {"detection": decided[images, sub_rows, sub_cols]}
         for factor in encoder.factors:
             if factor.name == "detection":

@@ -24,6 +24,7 @@ import torch
 
 from .._catalog import FullCatalog, _empty_fields
 from .._conditions import flux_njy_to_mag
+from .._device import BACKBONE_PRECISIONS, resolve_backbone_dtype
 from .._inference import estimate_catalog, sample_catalogs
 from .._metrics import (
     classification_accuracy,
@@ -59,6 +60,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="stars per tile placement in the tile-boundary sweep (default 200, quick 50)",
     )
+    parser.add_argument(
+        "--precision",
+        choices=BACKBONE_PRECISIONS,
+        default="float32",
+        help="arithmetic of the encoder's backbone, as FrameConfig.precision (default float32)",
+    )
 
 
 def _mag(flux_njy: np.ndarray) -> np.ndarray:
@@ -80,6 +87,7 @@ def tile_position_sweep(
     snr_range: tuple[float, float] = (10, 30),
     n_samples: int = 16,
     checkerboard: bool = True,
+    backbone_dtype: torch.dtype = torch.float32,
 ) -> dict[str, float]:
     """Detection probability of isolated stars at tile centres, edges and corners.
 
@@ -88,7 +96,8 @@ def tile_position_sweep(
     fraction of posterior catalog samples (drawn through the checkerboard)
     that hold a source within 1 pixel of it: the probability under the whole
     posterior, whichever tile claims the star.  ``checkerboard=False`` samples
-    every tile independently (the ablation of `BlissEncoder.posterior`).
+    every tile independently (the ablation of `BlissEncoder.posterior`);
+    ``backbone_dtype`` is the arithmetic of the encoder's backbone.
 
     Returns
     -------
@@ -128,6 +137,7 @@ def tile_position_sweep(
             n_samples,
             seed=seed + placement_index,
             checkerboard=checkerboard,
+            backbone_dtype=backbone_dtype,
         )
         detected = np.zeros(n_trials)
         for sample in samples:
@@ -149,6 +159,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.seed in training_seeds:
         raise ValueError(f"--seed {args.seed} was used to train or validate this model; pick another.")
     conditions = model.conditions
+    backbone_dtype = resolve_backbone_dtype(args.precision, torch.device("cpu"))
     simulator = ImageSimulator(
         conditions,
         model.prior,
@@ -180,6 +191,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             batch.mask,
             batch.psf_fwhm_arcsec / conditions.pixel_scale_arcsec,
             conditions.pixel_scale_arcsec,
+            backbone_dtype=backbone_dtype,
         )
         seconds["bliss"] += time.perf_counter() - start
         start = time.perf_counter()
@@ -241,6 +253,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "n_scenes": n_scenes,
         "scene_size": SCENE_SIZE,
         "n_true_sources": int(sum(len(v) for v in per_image["true_x"])),
+        "backbone_dtype": str(backbone_dtype).removeprefix("torch."),
         "bliss_seconds": seconds["bliss"],
         "sep_seconds": seconds["sep"],
         "bliss_detection": bliss_detection.to_dict(),
@@ -253,7 +266,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         n_est_snr10 = sum(int(np.sum(snr >= 10)) for snr in with_snr[f"{method}_snr"])
         results.update(_pair_figures(method, pairs[method], n_true_snr10, n_est_snr10))
     results.update({f"bliss_{k}": v for k, v in _calibration(pairs["bliss"]).items()})
-    sweep = tile_position_sweep(model, sweep_trials, args.seed + 1)
+    sweep = tile_position_sweep(model, sweep_trials, args.seed + 1, backbone_dtype=backbone_dtype)
     results["bliss_edge_dip"] = sweep.pop("edge_dip")
     results["bliss_tile_position_detection_prob"] = sweep
     r = results
