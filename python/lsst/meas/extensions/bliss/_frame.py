@@ -459,6 +459,10 @@ def infer_frame(
         or non-positive FWHM (the message names the position).
     """
     config = config or FrameConfig()
+    device = resolve_device(config.device)
+    backbone_dtype = resolve_backbone_dtype(config.precision, device)
+    if device.type == "cpu" and config.reuse_freed_memory:
+        reuse_freed_memory()  # before the image-sized arrays of the normalization
     timings: dict[str, float] = {}
     start = time.perf_counter()
     encoder = model.encoder
@@ -503,10 +507,6 @@ def infer_frame(
         samples = [_assemble([], names, height, width) for _ in range(config.n_samples)]
         return FrameResult("no_valid_pixels", catalog, samples, {}, flux_scale, timings)
 
-    device = resolve_device(config.device)
-    backbone_dtype = resolve_backbone_dtype(config.precision, device)
-    if device.type == "cpu" and config.reuse_freed_memory:
-        reuse_freed_memory()
     # Channels-last convolutions run about 1.4x faster on the CPU (oneDNN's native layout).
     encoder = copy.deepcopy(encoder).to(device=device, memory_format=torch.channels_last)
     n_tiles_h, n_tiles_w = inputs.tensor.shape[-2] // tile, inputs.tensor.shape[-1] // tile
