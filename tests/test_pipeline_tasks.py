@@ -375,3 +375,11 @@ def test_pipetask_bench_reports_the_ratio_and_where_the_task_spends_its_time(tmp
     # The task's own inference stages, beside those of the direct call.
     assert {"normalize", "network", "samples", "catalog", "total"} <= results["task_stage_s"].keys()
     assert results["task_stage_s"]["total"] == pytest.approx(results["task_inference_s"])
+
+
+def test_frame_options_reach_the_core() -> None:
+    frame = task_config(precision="bfloat16", reuse_freed_memory=False).frame_config(seed=3)
+    assert (frame.precision, frame.reuse_freed_memory, frame.seed) == ("bfloat16", False, 3)
+    assert task_config().frame_config(seed=0).precision == "float32"
+    with pytest.raises(ValueError, match="precision"):
+        task_config(precision="float16")

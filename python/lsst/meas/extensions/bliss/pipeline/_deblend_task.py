@@ -159,6 +159,22 @@ class BlissDeblendMeasureConfig(PipelineTaskConfig, pipelineConnections=BlissDeb
     device = Field[str](
         doc="Torch device: 'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'.", default="auto"
     )
+    precision = ChoiceField[str](
+        doc="Arithmetic of the encoder's backbone (the heads and posterior passes are always float32).",
+        default="float32",
+        allowed={
+            "float32": "float32 throughout",
+            "bfloat16": "bfloat16 convolutions in the backbone: about 1.8x faster on CPUs with native "
+            "bfloat16 (AVX-512 BF16, AMX), slower elsewhere; bright-source fluxes get noisier "
+            "(isolated-star flux scatter 1.30 instead of 1.20 times the Cramer-Rao bound)",
+            "auto": "bfloat16 on a CPU that computes it natively, float32 elsewhere",
+        },
+    )
+    reuse_freed_memory = Field[bool](
+        doc="On a CPU, let large activation tensors reuse freed heap memory (raises glibc's mmap and "
+        "trim thresholds for the whole process; about 1.4x faster backbone, same results).",
+        default=True,
+    )
     compatibility = ChoiceField[str](
         doc="What to do when the exposure differs from the conditions the model was trained for.",
         default="error",
@@ -245,6 +261,8 @@ class BlissDeblendMeasureConfig(PipelineTaskConfig, pipelineConnections=BlissDeb
             memory_budget_gb=self.memory_budget_gb,
             psf_grid_pixels=self.psf_grid_pixels,
             device=self.device,
+            precision=self.precision,
+            reuse_freed_memory=self.reuse_freed_memory,
         )
 
 
