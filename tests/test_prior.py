@@ -107,6 +107,9 @@ def test_same_seed_same_catalog() -> None:
         ("max_hlr_arcsec", 0.05),
         ("disk_q_range", (0.0, 1.0)),
         ("bulge_q_range", (0.9, 0.5)),
+        ("companion_fraction", 1.5),
+        ("companion_max_tiles", 0),
+        ("companion_delta_mag_range", (2.0, 1.0)),
     ],
 )
 def test_invalid_prior_parameters_name_the_field(field: str, value) -> None:
@@ -119,3 +122,32 @@ def test_invalid_tiling_is_a_clear_error() -> None:
         SourcePrior(PriorConfig(), CONDITIONS, tile_size=0)
     with pytest.raises(ValueError, match="max_sources_per_tile"):
         SourcePrior(PriorConfig(), CONDITIONS, max_sources_per_tile=0)
+
+
+def test_companions_are_fainter_galaxies_near_their_host_added_to_the_same_field() -> None:
+    reach = 2
+    plain = SourcePrior(PriorConfig(), CONDITIONS).sample(8, 40, 40, torch.Generator().manual_seed(5))
+    config = PriorConfig(companion_fraction=1.0, companion_max_tiles=reach)
+    prior = SourcePrior(config, CONDITIONS)
+    paired = prior.sample(8, 40, 40, torch.Generator().manual_seed(5))
+    # The Poisson field is drawn first with the same numbers; companions only fill empty tiles.
+    before = plain.n_sources > 0
+    assert torch.equal(paired.n_sources[before], plain.n_sources[before])
+    for name, value in plain.fields.items():
+        assert torch.equal(paired.fields[name][before], value[before]), name
+    added = (paired.n_sources > 0) & ~before
+    assert int(added.sum()) > 0.2 * int((before & plain.fields["is_galaxy"][..., 0]).sum())
+    flux = paired.fields["flux_njy"][..., 0]
+    host_galaxy = before & plain.fields["is_galaxy"][..., 0]
+    for image, row, col in torch.nonzero(added).tolist():
+        assert bool(paired.fields["is_galaxy"][image, row, col, 0])
+        assert flux[image, row, col] >= prior.min_flux_njy
+        near = host_galaxy[
+            image, max(0, row - reach) : row + reach + 1, max(0, col - reach) : col + reach + 1
+        ]
+        near_flux = flux[image, max(0, row - reach) : row + reach + 1, max(0, col - reach) : col + reach + 1]
+        # Its host is a galaxy within reach, brighter by 0-2.5 mag.
+        ratio = flux[image, row, col] / near_flux[near]
+        assert bool(((ratio <= 1.0 + 1e-5) & (ratio >= 10 ** (-0.4 * 2.5) - 1e-5)).any())
+    assert (paired.fields["disk_hlr_arcsec"][..., 0][added] > 0).all()
+    assert PriorConfig.from_dict(config.to_dict()) == config

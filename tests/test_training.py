@@ -72,3 +72,25 @@ def test_bliss_train_command_writes_a_loadable_model(tmp_path, capsys) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("training: [1, 2")
     assert train_main([str(bad), "--output", str(tmp_path / "x")]) == 2
+
+
+def test_fine_tuning_starts_from_a_package_and_keeps_its_record(tmp_path, capsys) -> None:
+    parent = train(TrainingRun.from_dict(TINY), tmp_path / "parent", log=lambda _: None)
+    tuned_config = {**TINY, "prior": {**TINY["prior"], "companion_fraction": 0.5}}
+    run = TrainingRun.from_dict({**tuned_config, "training": {**TINY["training"], "n_steps": 1}})
+    tuned = train(run, tmp_path / "tuned", log=lambda _: None, initial_model=parent)
+    assert tuned.training["initialized_from"]["steps"] == 6
+    assert tuned.prior.companion_fraction == 0.5
+    # One small step from the parent's weights, not from a fresh initialization.
+    fresh = train(run, tmp_path / "fresh", log=lambda _: None)
+    name = "head.3.weight"
+    moved = (tuned.encoder.state_dict()[name] - parent.encoder.state_dict()[name]).abs().max()
+    assert moved < (fresh.encoder.state_dict()[name] - parent.encoder.state_dict()[name]).abs().max()
+    # Another architecture cannot be the starting point; the command says which option is wrong.
+    wider = {**TINY, "encoder": {**TINY["encoder"], "head_channels": 32}}
+    config = tmp_path / "wider.yaml"
+    config.write_text(yaml.safe_dump(wider))
+    parent_path = str(tmp_path / "parent" / "model.safetensors")
+    assert train_main([str(config), "--output", str(tmp_path / "x"), "--init-from", parent_path]) == 2
+    assert "--init-from" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

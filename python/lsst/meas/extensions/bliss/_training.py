@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-__all__ = ["TrainingConfig", "TrainingRun", "add_autoencoder", "copy_autoencoder", "train"]
+__all__ = [
+    "TrainingConfig",
+    "TrainingRun",
+    "add_autoencoder",
+    "check_initial_model",
+    "copy_autoencoder",
+    "train",
+]
 
 import dataclasses
 import json
@@ -322,12 +329,28 @@ class _Trainer:
                 break
 
 
+def check_initial_model(run: TrainingRun, model: BlissModel) -> None:
+    """Check that a package can start the training of ``run`` (see `train`'s ``initial_model``).
+
+    Raises
+    ------
+    ValueError
+        If its encoder architecture or survey conditions differ from the run's.
+    """
+    if model.encoder.config != run.encoder or model.conditions != run.conditions:
+        raise ValueError(
+            "The initial model's encoder architecture or survey conditions differ from the training "
+            "config's; fine-tuning needs the same encoder section and conditions."
+        )
+
+
 def train(
     run: TrainingRun,
     output_dir: str | Path,
     resume: bool = False,
     log: Callable[[str], None] = print,
     command: str | None = None,
+    initial_model: BlissModel | None = None,
 ) -> BlissModel:
     """Train an encoder and write ``model.safetensors`` to ``output_dir``.
 
@@ -343,14 +366,28 @@ def train(
         Receives progress lines.
     command
         The command line, recorded in the model's training summary.
+    initial_model
+        Start from this package's encoder weights instead of a random
+        initialization (fine-tuning, e.g. on a changed prior); its
+        architecture must be ``run.encoder`` and its survey conditions
+        ``run.conditions``.  Its training summary is kept in the new one
+        (``initialized_from``), so the total training is on record.
 
     Returns
     -------
     model
         The trained model, also saved as ``output_dir / "model.safetensors"``.
+
+    Raises
+    ------
+    ValueError
+        If ``initial_model`` has another architecture or other survey conditions.
     """
     output_dir = Path(output_dir)
     trainer = _Trainer(run, output_dir, log)
+    if initial_model is not None:
+        check_initial_model(run, initial_model)
+        trainer.encoder.load_state_dict(initial_model.encoder.state_dict())
     if resume:
         if not trainer._checkpoint_paths()[0].exists():
             raise FileNotFoundError(f"No checkpoint to resume from in {output_dir}.")
@@ -374,6 +411,8 @@ def train(
         "history": trainer.history,
         "run": run.to_dict(),
     }
+    if initial_model is not None:
+        summary["initialized_from"] = {k: v for k, v in initial_model.training.items() if k != "autoencoder"}
     trainer.encoder.eval()
     model = BlissModel(trainer.encoder.cpu(), run.conditions, run.prior, run.simulator, summary)
     if run.autoencoder_training is not None:

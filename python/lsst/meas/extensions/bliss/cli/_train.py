@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from .._model_io import BlissModel, ModelFormatError
-from .._training import TrainingRun, add_autoencoder, copy_autoencoder, train
+from .._training import TrainingRun, add_autoencoder, check_initial_model, copy_autoencoder, train
 
 
 def load_run_config(path: Path) -> TrainingRun:
@@ -77,6 +77,14 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         help="with --autoencoder-only: copy the trained autoencoder of package SOURCE (same conditions, "
         "prior and simulator) instead of training one; CONFIG is not read",
     )
+    parser.add_argument(
+        "--init-from",
+        metavar="MODEL",
+        type=Path,
+        default=None,
+        help="start from the encoder weights of package MODEL (same encoder section and conditions) to "
+        "fine-tune it, e.g. on a changed prior; its training summary is kept in the new package",
+    )
     args = parser.parse_args(argv)
     if args.autoencoder_from is not None:
         if args.autoencoder_only is None:
@@ -97,7 +105,17 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     command = "bliss-train " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     if args.autoencoder_only is not None:
         return _train_autoencoder_only(run, args.autoencoder_only, args.output, command)
-    model = train(run, args.output, resume=args.resume, log=_log, command=command)
+    initial_model = None
+    if args.init_from is not None:
+        try:
+            initial_model = BlissModel.load(args.init_from)
+            check_initial_model(run, initial_model)
+        except (OSError, ValueError) as err:
+            print(f"bliss-train: error: --init-from {args.init_from}: {err}", file=sys.stderr)
+            return 2
+    model = train(
+        run, args.output, resume=args.resume, log=_log, command=command, initial_model=initial_model
+    )
     summary = model.training
     print(
         f"wrote {args.output / 'model.safetensors'}: {summary['steps']} steps, "
