@@ -1,11 +1,14 @@
 """Training loop: config parsing, checkpoints and resume, the bliss-train command."""
 
+from pathlib import Path
+
 import pytest
 import torch
 import yaml
 
 from lsst.meas.extensions.bliss import BlissModel, TrainingRun, train
 from lsst.meas.extensions.bliss.cli import train_main
+from lsst.meas.extensions.bliss.cli._train import load_run_config
 
 TINY = {
     "simulator": {"image_height": 32, "image_width": 32},
@@ -94,3 +97,9 @@ def test_fine_tuning_starts_from_a_package_and_keeps_its_record(tmp_path, capsys
     assert train_main([str(config), "--output", str(tmp_path / "x"), "--init-from", parent_path]) == 2
     assert "--init-from" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("name", ["train_default.yaml", "finetune_companions.yaml"])
+def test_packaged_training_configs_load(name: str) -> None:
+    run = load_run_config(Path(__file__).parents[1] / "config" / name)
+    assert run.encoder.checkerboard_groups == 4

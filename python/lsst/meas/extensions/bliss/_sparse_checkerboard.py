@@ -206,7 +206,7 @@ def _tiles_near(
     """Tiles ``(row + 2 i, col + 2 j)`` within two tiles (Chebyshev) of the listed ones, each once,
     as (images, rows, cols) in raster order."""
     near = torch.zeros(shape, dtype=torch.bool, device=rows.device)
-    batch, n_rows, n_cols = shape
+    _, n_rows, n_cols = shape
     for shift_row in range(-2, 3):
         target_rows = rows + shift_row
         keep_rows = (target_rows % 2 == row) & (target_rows >= 0) & (target_rows < n_rows)
