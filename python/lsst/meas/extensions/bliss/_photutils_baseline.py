@@ -23,12 +23,12 @@ __all__ = ["PhotutilsCatalog", "run_photutils"]
 import dataclasses
 import math
 import warnings
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
-from ._sep_baseline import _as_image
+from ._sep_baseline import _as_image, _BaselineCatalog
 
 
 def _import_photutils() -> Any:
@@ -43,7 +43,7 @@ def _import_photutils() -> Any:
 
 
 @dataclasses.dataclass
-class PhotutilsCatalog:
+class PhotutilsCatalog(_BaselineCatalog):
     """Sources found by photutils in one image; every array has shape (n,).
 
     Attributes
@@ -70,25 +70,7 @@ class PhotutilsCatalog:
     snr: np.ndarray
     n_pixels: np.ndarray
 
-    def __len__(self) -> int:
-        return int(self.x.size)
-
-    def select(self, index: np.ndarray) -> PhotutilsCatalog:
-        """The sources at ``index`` (boolean mask or integer indices)."""
-        return PhotutilsCatalog(**{f.name: getattr(self, f.name)[index] for f in dataclasses.fields(self)})
-
-    @classmethod
-    def empty(cls) -> PhotutilsCatalog:
-        """A catalog without sources."""
-        floats = np.zeros(0, dtype=np.float64)
-        return cls(
-            x=floats,
-            y=floats.copy(),
-            flux_njy=floats.copy(),
-            flux_err_njy=floats.copy(),
-            snr=floats.copy(),
-            n_pixels=np.zeros(0, dtype=np.int64),
-        )
+    _COLUMN_DTYPES: ClassVar[dict[str, type]] = {"n_pixels": np.int64}
 
 
 def run_photutils(

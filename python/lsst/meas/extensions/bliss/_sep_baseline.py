@@ -18,7 +18,7 @@ __all__ = ["SepCatalog", "run_sep", "run_sep_batch"]
 
 import dataclasses
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar, Self
 
 import numpy as np
 import torch
@@ -46,8 +46,35 @@ def _import_sep() -> Any:
     return sep
 
 
+class _BaselineCatalog:
+    """Columns of equal length, one per dataclass field: the shared behaviour of the baselines'
+    catalogs.  ``_COLUMN_DTYPES`` names the columns that are not float64 (for `empty`)."""
+
+    _COLUMN_DTYPES: ClassVar[dict[str, type]] = {}
+    x: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.x.size)
+
+    def select(self, index: np.ndarray) -> Self:
+        """The sources at ``index`` (boolean mask or integer indices)."""
+        columns = dataclasses.fields(self)  # type: ignore[arg-type]
+        return type(self)(**{column.name: getattr(self, column.name)[index] for column in columns})
+
+    @classmethod
+    def empty(cls) -> Self:
+        """A catalog without sources."""
+        columns = dataclasses.fields(cls)  # type: ignore[arg-type]
+        return cls(
+            **{
+                column.name: np.zeros(0, dtype=cls._COLUMN_DTYPES.get(column.name, np.float64))
+                for column in columns
+            }
+        )
+
+
 @dataclasses.dataclass
-class SepCatalog:
+class SepCatalog(_BaselineCatalog):
     """Sources found by SEP in one image; every array has shape (n,).
 
     Attributes
@@ -104,35 +131,12 @@ class SepCatalog:
     aperture_flag: np.ndarray
     used_circular: np.ndarray
 
-    def __len__(self) -> int:
-        return int(self.x.size)
-
-    def select(self, index: np.ndarray) -> SepCatalog:
-        """The sources at ``index`` (boolean mask or integer indices)."""
-        return SepCatalog(**{f.name: getattr(self, f.name)[index] for f in dataclasses.fields(self)})
-
-    @classmethod
-    def empty(cls) -> SepCatalog:
-        """A catalog without sources."""
-        floats = np.zeros(0, dtype=np.float64)
-        ints = np.zeros(0, dtype=np.int64)
-        return cls(
-            x=floats,
-            y=floats.copy(),
-            x_isophotal=floats.copy(),
-            y_isophotal=floats.copy(),
-            flux_njy=floats.copy(),
-            flux_err_njy=floats.copy(),
-            snr=floats.copy(),
-            a=floats.copy(),
-            b=floats.copy(),
-            theta=floats.copy(),
-            kron_radius=floats.copy(),
-            npix=ints,
-            extract_flag=ints.copy(),
-            aperture_flag=ints.copy(),
-            used_circular=np.zeros(0, dtype=bool),
-        )
+    _COLUMN_DTYPES: ClassVar[dict[str, type]] = {
+        "npix": np.int64,
+        "extract_flag": np.int64,
+        "aperture_flag": np.int64,
+        "used_circular": np.bool_,
+    }
 
 
 def _as_image(values: np.ndarray | torch.Tensor) -> np.ndarray:
