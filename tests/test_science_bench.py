@@ -33,6 +33,10 @@ REQUIRED_KEYS = {
 
 @pytest.fixture
 def tiny_model_path(tmp_path):
+    return _tiny(tmp_path)
+
+
+def _tiny(tmp_path):
     torch.manual_seed(0)
     encoder = BlissEncoder(EncoderConfig(pixel_channels=(8, 8, 16), tile_blocks=1, head_channels=16)).eval()
     model = BlissModel(
@@ -71,3 +75,31 @@ def test_science_suite_reports_bliss_and_sep(tiny_model_path, tmp_path, capsys) 
 def test_science_suite_refuses_a_training_seed(tiny_model_path) -> None:
     with pytest.raises(ValueError, match="used to train or validate"):
         main(["science", "--model", str(tiny_model_path), "--seed", "0", "--n-scenes", "1"])
+
+
+def test_scenes_can_come_from_the_default_prior(tmp_path) -> None:
+    """Models trained on other priors are compared on the same scenes with ``--scene-prior default``."""
+    model = BlissModel.load(_tiny(tmp_path))
+    paired = BlissModel(
+        model.encoder, model.conditions, PriorConfig(companion_fraction=1.0), model.simulator, model.training
+    )
+    path = paired.save(tmp_path / "paired.safetensors")
+    counts = {}
+    for scene_prior in ("model", "default"):
+        json_path = tmp_path / f"{scene_prior}.json"
+        argv = [
+            "science",
+            "--model",
+            str(path),
+            "--n-scenes",
+            "3",
+            "--sweep-trials",
+            "2",
+            "--json",
+            str(json_path),
+        ]
+        assert main([*argv, "--scene-prior", scene_prior]) == 0
+        results = json.loads(json_path.read_text())
+        counts[scene_prior] = results["n_true_sources"]
+        assert results["scene_prior"]["companion_fraction"] == (1.0 if scene_prior == "model" else 0.0)
+    assert counts["model"] > counts["default"]

@@ -35,6 +35,7 @@ from .._metrics import (
     source_snr_and_blendedness,
 )
 from .._model_io import BlissModel, load_default_model
+from .._prior import PriorConfig
 from .._sep_baseline import run_sep_batch
 from .._simulate import ImageSimulator, SimulatorConfig
 
@@ -59,6 +60,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="stars per tile placement in the tile-boundary sweep (default 200, quick 50)",
+    )
+    parser.add_argument(
+        "--scene-prior",
+        choices=("model", "default"),
+        default="model",
+        help="prior of the held-out scenes: the model's own (default) or PriorConfig() defaults, to "
+        "compare models trained on different priors on the same scenes",
     )
     parser.add_argument(
         "--precision",
@@ -160,9 +168,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"--seed {args.seed} was used to train or validate this model; pick another.")
     conditions = model.conditions
     backbone_dtype = resolve_backbone_dtype(args.precision, torch.device("cpu"))
+    scene_prior = model.prior if args.scene_prior == "model" else PriorConfig()
     simulator = ImageSimulator(
         conditions,
-        model.prior,
+        scene_prior,
         SimulatorConfig(
             image_height=SCENE_SIZE, image_width=SCENE_SIZE, tile_size=model.encoder.config.tile_size
         ),
@@ -254,6 +263,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "scene_size": SCENE_SIZE,
         "n_true_sources": int(sum(len(v) for v in per_image["true_x"])),
         "backbone_dtype": str(backbone_dtype).removeprefix("torch."),
+        "scene_prior": scene_prior.to_dict(),
         "bliss_seconds": seconds["bliss"],
         "sep_seconds": seconds["sep"],
         "bliss_detection": bliss_detection.to_dict(),
