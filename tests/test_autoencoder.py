@@ -229,6 +229,9 @@ def test_a_retrained_encoder_keeps_an_autoencoder_trained_for_the_same_survey(tm
     other_survey = dataclasses.replace(retrained, prior=PriorConfig(source_density_per_arcmin2=20.0))
     with pytest.raises(ValueError, match="different prior than the model"):
         copy_autoencoder(other_survey, source, "source")
+    # Companions add galaxies of the same population: the autoencoder still applies.
+    paired = dataclasses.replace(retrained, prior=PriorConfig(companion_fraction=0.3))
+    assert copy_autoencoder(paired, source, "source").autoencoder is source.autoencoder
     with pytest.raises(MissingAutoencoderError, match="copying the autoencoder of plain"):
         copy_autoencoder(retrained, retrained, "plain")
     assert train_main([*argv, "--autoencoder-from", str(tmp_path / "missing.safetensors")]) == 2

@@ -144,6 +144,16 @@ class PriorConfig:
         """JSON-serializable representation."""
         return dataclasses.asdict(self)
 
+    def without_companions(self) -> PriorConfig:
+        """The same prior with the companion settings at their defaults: what single sources are
+        drawn from (companions only add galaxies of the same population to the field)."""
+        defaults = {
+            field.name: field.default
+            for field in dataclasses.fields(self)
+            if field.name.startswith("companion_")
+        }
+        return dataclasses.replace(self, **defaults)
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PriorConfig:
         """Inverse of `to_dict`."""

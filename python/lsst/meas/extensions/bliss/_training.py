@@ -465,12 +465,18 @@ def add_autoencoder(
     return dataclasses.replace(model, training=training, autoencoder=autoencoder)
 
 
-def _differing_sections(first: TrainingRun | BlissModel, second: BlissModel) -> list[str]:
-    """Names of the survey sections (conditions, prior, simulator) in which two runs or packages differ."""
+def _differing_sections(
+    first: TrainingRun | BlissModel, second: BlissModel, ignore_companions: bool = False
+) -> list[str]:
+    """Names of the survey sections (conditions, prior, simulator) in which two runs or packages differ;
+    with ``ignore_companions``, priors that differ only in their companion settings count as equal."""
+
+    def section(owner: TrainingRun | BlissModel, name: str) -> dict[str, Any]:
+        value = getattr(owner, name)
+        return (value.without_companions() if name == "prior" and ignore_companions else value).to_dict()
+
     return [
-        name
-        for name in ("conditions", "prior", "simulator")
-        if getattr(first, name).to_dict() != getattr(second, name).to_dict()
+        name for name in ("conditions", "prior", "simulator") if section(first, name) != section(second, name)
     ]
 
 
@@ -480,7 +486,9 @@ def copy_autoencoder(model: BlissModel, source: BlissModel, source_name: str) ->
     The autoencoder learns isolated galaxies drawn from the prior under the
     survey's PSF range; it does not depend on the encoder, so a retrained
     encoder can keep an autoencoder already trained for the same conditions,
-    prior and simulator.  The copied training summary records where it came
+    prior and simulator.  Priors that differ only in their companion settings
+    (`PriorConfig.without_companions`) draw the same single galaxies and
+    count as the same.  The copied training summary records where it came
     from.
 
     Parameters
@@ -502,7 +510,8 @@ def copy_autoencoder(model: BlissModel, source: BlissModel, source_name: str) ->
         simulator settings.
     """
     autoencoder = source.require_autoencoder(f"copying the autoencoder of {source_name}")
-    differing = _differing_sections(source, model)
+    # The autoencoder learns single galaxies, which companions do not change (PriorConfig).
+    differing = _differing_sections(source, model, ignore_companions=True)
     if differing:
         raise ValueError(
             f"{source_name} was trained for different {', '.join(differing)} than the model; its "
