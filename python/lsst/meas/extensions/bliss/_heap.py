@@ -4,9 +4,10 @@ glibc serves each allocation above its mmap threshold (at most 32 MiB by
 default) with a fresh mapping and returns it to the kernel when it is freed.
 The activations of a detector-sized chunk are hundreds of MB each, so every
 layer would write to new pages, and the kernel faults in and zeroes each of
-them first: on the 2-core CPU machine that doubled the time of the
-full-resolution layers.  With a higher threshold they come from the heap and
-reuse the pages a previous layer freed.
+them first: on the 2-core CPU machine the backbone took 1.13 s on a
+1600 x 1600 chunk that way and 0.83 s with the settings here.  With a higher
+threshold the activations come from the heap and reuse the pages a previous
+layer freed.
 """
 
 from __future__ import annotations
