@@ -34,6 +34,15 @@ from lsst.pipe.base import connectionTypes as cT
 from .._catalog_scores import combined_catalog_scores, json_safe
 
 
+def _match_radius_field() -> Field[float]:
+    """The matching radius of both validation tasks (a field belongs to one config class)."""
+    return Field[float](
+        doc="Largest distance of a one-to-one true/BLISS match, pixels.",
+        default=1.0,
+        check=lambda value: math.isfinite(value) and value > 0,
+    )
+
+
 class BlissValidateConnections(PipelineTaskConnections, dimensions=("instrument", "visit", "detector")):
     bliss_source = cT.Input(
         doc="BLISS sources of one exposure (BlissDeblendMeasureTask).",
@@ -56,11 +65,7 @@ class BlissValidateConnections(PipelineTaskConnections, dimensions=("instrument"
 
 
 class BlissValidateConfig(PipelineTaskConfig, pipelineConnections=BlissValidateConnections):
-    match_radius_pix = Field[float](
-        doc="Largest distance of a one-to-one true/BLISS match, pixels.",
-        default=1.0,
-        check=lambda value: math.isfinite(value) and value > 0,
-    )
+    match_radius_pix = _match_radius_field()
 
 
 class BlissValidateTask(PipelineTask):
@@ -126,11 +131,7 @@ class BlissValidateSummaryConnections(PipelineTaskConnections, dimensions=("inst
 
 
 class BlissValidateSummaryConfig(PipelineTaskConfig, pipelineConnections=BlissValidateSummaryConnections):
-    match_radius_pix = Field[float](
-        doc="Largest distance of a one-to-one true/BLISS match, pixels.",
-        default=1.0,
-        check=lambda value: math.isfinite(value) and value > 0,
-    )
+    match_radius_pix = _match_radius_field()
 
 
 class BlissValidateSummaryTask(PipelineTask):
