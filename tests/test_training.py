@@ -97,6 +97,13 @@ def test_fine_tuning_starts_from_a_package_and_keeps_its_record(tmp_path, capsys
     assert train_main([str(config), "--output", str(tmp_path / "x"), "--init-from", parent_path]) == 2
     assert "--init-from" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+    # A missing starting package is named before anything is trained.
+    tiny = tmp_path / "tiny.yaml"
+    tiny.write_text(yaml.safe_dump(TINY))
+    missing = str(tmp_path / "missing.safetensors")
+    assert train_main([str(tiny), "--output", str(tmp_path / "y"), "--init-from", missing]) == 2
+    assert "missing.safetensors" in capsys.readouterr().err
+    assert not (tmp_path / "y").exists()
 
 
 @pytest.mark.parametrize("name", ["train_default.yaml", "finetune_companions.yaml"])
