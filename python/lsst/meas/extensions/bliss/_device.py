@@ -48,6 +48,12 @@ BACKBONE_PRECISIONS: tuple[str, ...] = ("auto", "float32", "bfloat16")
 """Arithmetic of the encoder's backbone at inference (see `resolve_backbone_dtype`)."""
 
 
+def _check_precision(precision: str) -> None:
+    """Raise ValueError naming ``precision`` unless it is one of `BACKBONE_PRECISIONS`."""
+    if precision not in BACKBONE_PRECISIONS:
+        raise ValueError(f"precision={precision!r} must be one of {BACKBONE_PRECISIONS}.")
+
+
 def native_bfloat16_cpu() -> bool:
     """Whether this CPU computes bfloat16 convolutions natively (AVX512-BF16 or AMX)."""
     try:
@@ -74,8 +80,7 @@ def resolve_backbone_dtype(precision: str, device: torch.device) -> torch.dtype:
     ValueError
         If ``precision`` is not one of `BACKBONE_PRECISIONS`.
     """
-    if precision not in BACKBONE_PRECISIONS:
-        raise ValueError(f"precision={precision!r} must be one of {BACKBONE_PRECISIONS}.")
+    _check_precision(precision)
     if precision == "bfloat16" or (precision == "auto" and device.type == "cpu" and native_bfloat16_cpu()):
         return torch.bfloat16
     return torch.float32

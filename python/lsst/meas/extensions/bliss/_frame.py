@@ -26,7 +26,7 @@ import torch
 
 from ._catalog import FullCatalog, _empty_fields
 from ._conditions import SurveyConditions
-from ._device import BACKBONE_PRECISIONS, resolve_backbone_dtype, resolve_device
+from ._device import _check_precision, resolve_backbone_dtype, resolve_device
 from ._encoder import BlissEncoder, EncodedImage, TilePosterior
 from ._heap import reuse_freed_memory
 from ._inference import ESTIMATE_FIELDS, _evaluation_mode, _normalized_inputs, posterior_to_tile_catalog
@@ -100,8 +100,7 @@ class FrameConfig:
     reuse_freed_memory: bool = True
 
     def __post_init__(self) -> None:
-        if self.precision not in BACKBONE_PRECISIONS:
-            raise ValueError(f"precision={self.precision!r} must be one of {BACKBONE_PRECISIONS}.")
+        _check_precision(self.precision)
         if not 0.0 < self.detection_threshold < 1.0:
             raise ValueError(f"detection_threshold={self.detection_threshold} must lie in (0, 1).")
         if self.sample_batch_size is not None and self.sample_batch_size < 1:
