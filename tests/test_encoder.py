@@ -1,5 +1,6 @@
 """Variational factors, input normalization, encoder, checkerboard and training loss."""
 
+import dataclasses
 import math
 
 import pytest
@@ -74,6 +75,28 @@ def test_loss_terms_are_gated_on_the_truth() -> None:
     inputs, truth = inputs_and_truth(encoder, stars)
     log_prob = encoder.log_prob(inputs, truth)
     assert (log_prob["flux"] != 0).any() and torch.equal(log_prob["disk_hlr"], torch.zeros(4))
+
+
+@pytest.mark.parametrize("n_groups", [1, 2, 4])
+def test_log_prob_on_group_sublattices_equals_the_dense_head(n_groups: int) -> None:
+    """The loss evaluates each colour group's head only on that group's tiles; the result is the
+    dense head's, masked to the group, as teacher forcing defines it."""
+    torch.manual_seed(0)
+    encoder = BlissEncoder(dataclasses.replace(TINY, checkerboard_groups=n_groups)).eval()
+    inputs, truth = inputs_and_truth(encoder, simulated_batch(density=3000.0))
+    with torch.no_grad():
+        projected = encoder.head_features(encoder.features(inputs))
+        groups = encoder._groups(projected)
+        gates = {"always": torch.ones_like(truth.present), "source": truth.present, "galaxy": truth.is_galaxy}
+        dense = {factor.name: torch.zeros(projected.shape[0]) for factor in encoder.factors}
+        for group in range(n_groups):
+            params = encoder._group_params(projected, encoder._context(truth.values, groups < group))
+            for factor in encoder.factors:
+                term = factor.log_prob(params[factor.name], truth.values[factor.name])
+                dense[factor.name] += (term * (gates[factor.gate] & (groups == group))).sum(dim=(1, 2))
+        sparse = encoder.log_prob(inputs, truth)
+    for name, value in dense.items():
+        torch.testing.assert_close(sparse[name], value, rtol=1e-5, atol=1e-3)
 
 
 def test_factor_registry_validation() -> None:

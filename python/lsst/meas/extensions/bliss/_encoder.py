@@ -136,6 +136,13 @@ def checkerboard_groups(
     return 2 * (rows % 2) + cols % 2
 
 
+def _group_sublattices(n_groups: int, group: int) -> list[tuple[int, int]]:
+    """Offsets ``(row, col)`` of the stride-2 sublattices of tiles that make up a colour group (the
+    groups of `checkerboard_groups` repeat every two tiles)."""
+    pattern = checkerboard_groups(2, 2, n_groups)
+    return [(row, col) for row in range(2) for col in range(2) if int(pattern[row, col]) == group]
+
+
 class _ResidualBlock(nn.Module):
     def __init__(self, channels: int, dilation: int = 1) -> None:
         super().__init__()
@@ -387,13 +394,20 @@ class BlissEncoder(nn.Module):
         totals = {factor.name: features.new_zeros(features.shape[0]) for factor in self.factors}
         gates = {"always": torch.ones_like(truth.present), "source": truth.present, "galaxy": truth.is_galaxy}
         for group in range(self.config.checkerboard_groups):
-            context = self._context(truth.values, groups < group)
-            params = self._group_params(projected, context)
-            in_group = groups == group
-            for factor in self.factors:
-                term = factor.log_prob(params[factor.name], truth.values[factor.name])
-                weight = (gates[factor.gate] & in_group).to(term.dtype)
-                totals[factor.name] = totals[factor.name] + (term * weight).sum(dim=(1, 2))
+            hidden = projected + self.head_context(
+                self.context_embedding(self._context(truth.values, groups < group))
+            )
+            # A tile's parameters count only in its own group, so the head's last layers run only on the
+            # group's tiles, which are one or more of the four stride-2 sublattices (a quarter of the
+            # cost each); the hidden layer they read stays dense.
+            for row, col in _group_sublattices(self.config.checkerboard_groups, group):
+                if row >= hidden.shape[-2] or col >= hidden.shape[-1]:
+                    continue
+                params = self._head_on_sublattice(hidden, row, col)
+                for factor in self.factors:
+                    term = factor.log_prob(params[factor.name], truth.values[factor.name][:, row::2, col::2])
+                    weight = gates[factor.gate][:, row::2, col::2].to(term.dtype)
+                    totals[factor.name] = totals[factor.name] + (term * weight).sum(dim=(1, 2))
         return totals
 
     def loss(self, inputs: NetworkInputs, truth: TileTruth) -> tuple[torch.Tensor, dict[str, float]]:
