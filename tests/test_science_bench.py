@@ -15,8 +15,9 @@ from lsst.meas.extensions.bliss import (
     PriorConfig,
     SimulatorConfig,
     SurveyConditions,
+    load_default_model,
 )
-from lsst.meas.extensions.bliss.bench import main
+from lsst.meas.extensions.bliss.bench import _science_suite, main
 
 REQUIRED_KEYS = {
     "bliss_f1",
@@ -28,6 +29,7 @@ REQUIRED_KEYS = {
     "bliss_flux_scatter_over_crb",
     "bliss_flux_cov68",
     "bliss_edge_dip",
+    "bliss_edge_dip_stderr",
 }
 
 
@@ -103,3 +105,18 @@ def test_scenes_can_come_from_the_default_prior(tmp_path) -> None:
         counts[scene_prior] = results["n_true_sources"]
         assert results["scene_prior"]["companion_fraction"] == (1.0 if scene_prior == "model" else 0.0)
     assert counts["model"] > counts["default"]
+
+
+def test_tile_position_sweep_compares_placements_on_common_random_numbers(monkeypatch) -> None:
+    """Two placements at the same position see the same stars, noise and sampling seeds, so their
+    difference (the dip) is exactly zero; independent draws would make it a noise figure."""
+    model = load_default_model()
+    monkeypatch.setattr(_science_suite, "TILE_PLACEMENTS", {"first": (0.0, 0.0), "again": (0.0, 0.0)})
+    same = _science_suite.tile_position_sweep(model, n_trials=8, seed=3, snr_range=(5, 8), n_samples=4)
+    assert 0.0 < same["first"] < 1.0
+    assert same["edge_dip"] == 0.0 and same["edge_dip_stderr"] == 0.0
+    monkeypatch.setattr(_science_suite, "TILE_PLACEMENTS", {"centre": (0.5, 0.5), "corner": (0.0, 0.0)})
+    moved = _science_suite.tile_position_sweep(model, n_trials=8, seed=3, snr_range=(5, 8), n_samples=4)
+    assert moved["corner"] == same["first"]
+    assert moved["edge_dip"] == pytest.approx(abs(moved["centre"] - moved["corner"]))
+    assert moved["edge_dip_stderr"] > 0.0

@@ -138,8 +138,11 @@ def run_validation(
         },
         "variations": variations,
         "separation_sweep": sweep,
-        "tile_position_detection_prob": {k: v for k, v in tile_sweep.items() if k != "edge_dip"},
+        "tile_position_detection_prob": {
+            k: v for k, v in tile_sweep.items() if k not in ("edge_dip", "edge_dip_stderr")
+        },
         "tile_edge_dip": tile_sweep["edge_dip"],
+        "tile_edge_dip_stderr": tile_sweep["edge_dip_stderr"],
         "targets": targets_met(variations[default_name]["calibration"]),
     }
     metrics["headline"] = headline(metrics)
@@ -302,7 +305,8 @@ BLISS, SEP and photutils run on the same images. Wall time {metrics["wall_second
 <h2>Variations</h2>
 <table><tr><th>variation</th><th>scenes</th><th>true sources</th><th>PSF FWHM (")</th>{method_heads}</tr>
 {"".join(variation_rows)}</table>
-<p>Tile-boundary dip of the detection probability: {metrics["tile_edge_dip"]:.3f}.</p>
+<p>Tile-boundary dip of the detection probability: {metrics["tile_edge_dip"]:.3f}
+&plusmn; {metrics["tile_edge_dip_stderr"]:.3f} (standard error).</p>
 <h2>Figures</h2>{figures}
 </body></html>
 """
