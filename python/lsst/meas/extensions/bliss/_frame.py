@@ -489,7 +489,7 @@ def infer_frame(
         encoder,
         image_t.to(torch.float32)[None],
         variance_t.to(torch.float32)[None],
-        None if mask_t is None else mask_t.to(torch.int64)[None],
+        None if mask_t is None else mask_t[None],
         fwhm_map[None],
         invalid_bits,
     )

@@ -130,7 +130,10 @@ def prepare_inputs(
         invalid_bits = invalid_mask_bits(DEFAULT_INVALID_MASK_PLANES)
     valid = torch.isfinite(image) & torch.isfinite(variance) & (variance > 0)
     if mask is not None:
-        valid &= (mask.long() & invalid_bits) == 0
+        # Integer masks of 32 bits or more take the bits as they are (a 64-bit copy of a 4k x 4k
+        # mask costs more than the test).
+        wide = mask.dtype in (torch.int32, torch.int64) and invalid_bits < 2**31
+        valid &= ((mask if wide else mask.long()) & invalid_bits) == 0
     noise = torch.where(valid, variance, torch.ones_like(variance)).sqrt()
     signal = torch.where(valid, image / noise, torch.zeros_like(image))
     flux_scale = torch.stack(
@@ -144,7 +147,10 @@ def prepare_inputs(
             )
     else:
         fwhm = fwhm.reshape(-1, 1, 1).expand_as(image)
-    psf_plane = (fwhm - PSF_FWHM_REFERENCE_PIX) / PSF_FWHM_SCALE_PIX
-    data = [torch.asinh(signal / softening) for softening in ASINH_SOFTENING]
-    tensor = torch.stack([*data, valid.to(image.dtype), psf_plane], dim=1)
+    # The channels are written in place into one tensor instead of stacked from copies.
+    tensor = image.new_empty(image.shape[0], N_INPUT_CHANNELS, *image.shape[1:])
+    for channel, softening in enumerate(ASINH_SOFTENING):
+        torch.asinh(torch.div(signal, softening, out=tensor[:, channel]), out=tensor[:, channel])
+    tensor[:, len(ASINH_SOFTENING)] = valid
+    torch.sub(fwhm, PSF_FWHM_REFERENCE_PIX, out=tensor[:, -1]).div_(PSF_FWHM_SCALE_PIX)
     return NetworkInputs(tensor=tensor, flux_scale_njy=flux_scale, valid=valid)
