@@ -99,6 +99,19 @@ def test_log_prob_on_group_sublattices_equals_the_dense_head(n_groups: int) -> N
         torch.testing.assert_close(sparse[name], value, rtol=1e-5, atol=1e-3)
 
 
+def test_loss_weights_scale_one_factor_term() -> None:
+    """A factor's weight multiplies its term only; the logged terms stay unweighted."""
+    torch.manual_seed(0)
+    encoder = BlissEncoder(TINY)
+    inputs, truth = inputs_and_truth(encoder, simulated_batch(density=3000.0))
+    plain, terms = encoder.loss(inputs, truth)
+    weighted, weighted_terms = encoder.loss(inputs, truth, {"detection": 3.0})
+    torch.testing.assert_close(weighted, plain + 2.0 * terms["detection"])
+    assert weighted_terms == terms
+    with pytest.raises(ValueError, match="unknown factors \\['detections'\\]"):
+        encoder.loss(inputs, truth, {"detections": 2.0})
+
+
 def test_factor_registry_validation() -> None:
     with pytest.raises(ValueError, match="Unknown variational factor"):
         make_factors(["detection", "location", "colour"])

@@ -38,6 +38,11 @@ def test_config_round_trip_and_validation() -> None:
         TrainingRun.from_dict({"training": {"seed": 5, "validation_seed": 5}})
     with pytest.raises(ValueError, match="tile_size"):
         TrainingRun.from_dict({"simulator": {"tile_size": 8}})
+    with pytest.raises(ValueError, match="detection_loss_weight=0"):
+        TrainingRun.from_dict({"training": {"detection_loss_weight": 0}})
+    assert (
+        TrainingRun.from_dict({"training": {"detection_loss_weight": 3}}).training.detection_loss_weight == 3
+    )
 
 
 def test_resume_continues_bit_identically(tmp_path) -> None:
@@ -106,7 +111,9 @@ def test_fine_tuning_starts_from_a_package_and_keeps_its_record(tmp_path, capsys
     assert not (tmp_path / "y").exists()
 
 
-@pytest.mark.parametrize("name", ["train_default.yaml", "finetune_companions.yaml"])
+@pytest.mark.parametrize(
+    "name", ["train_default.yaml", "finetune_companions.yaml", "finetune_detection_weight.yaml"]
+)
 def test_packaged_training_configs_load(name: str) -> None:
     run = load_run_config(Path(__file__).parents[1] / "config" / name)
     assert run.encoder.checkerboard_groups == 4

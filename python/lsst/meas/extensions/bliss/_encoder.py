@@ -23,6 +23,7 @@ __all__ = [
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -410,19 +411,35 @@ class BlissEncoder(nn.Module):
                     totals[factor.name] = totals[factor.name] + (term * weight).sum(dim=(1, 2))
         return totals
 
-    def loss(self, inputs: NetworkInputs, truth: TileTruth) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(
+        self, inputs: NetworkInputs, truth: TileTruth, weights: Mapping[str, float] | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """Forward-KL (NPE) loss: ``-log q(truth)`` summed over tiles, averaged over images.
+
+        Parameters
+        ----------
+        inputs, truth
+            As for `log_prob`.
+        weights
+            Weight of each named factor's term (default 1 for every factor).
 
         Returns
         -------
         loss
             Scalar tensor.
         terms
-            Each factor's contribution (mean over images), for logging.
+            Each factor's unweighted contribution (mean over images), for logging.
         """
         log_prob = self.log_prob(inputs, truth)
         terms = {name: -float(value.detach().mean()) for name, value in log_prob.items()}
-        return -torch.stack(list(log_prob.values())).sum(0).mean(), terms
+        weights = weights or {}
+        unknown = sorted(set(weights) - set(log_prob))
+        if unknown:
+            raise ValueError(
+                f"Loss weights for unknown factors {unknown}; the factors are {sorted(log_prob)}."
+            )
+        weighted = [value * weights.get(name, 1.0) for name, value in log_prob.items()]
+        return -torch.stack(weighted).sum(0).mean(), terms
 
     @torch.no_grad()
     def posterior(

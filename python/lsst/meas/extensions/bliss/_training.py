@@ -13,6 +13,7 @@ __all__ = [
 
 import dataclasses
 import json
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -53,6 +54,12 @@ class TrainingConfig:
         Steps of linear warm-up.
     grad_clip_norm
         Gradient-norm clipping threshold.
+    detection_loss_weight
+        Weight of the detection factor's term in the training loss (the
+        validation loss stays unweighted).  Each factor's term is the
+        log-likelihood of its own conditional, so any positive weight leaves
+        the best posterior unchanged; with a finite network, a weight above 1
+        spends more of it on the detection decisions (see ``doc/encoder.rst``).
     validation_images
         Size of the validation set.
     validation_every, checkpoint_every, log_every
@@ -71,6 +78,7 @@ class TrainingConfig:
     learning_rate: float = 1e-3
     warmup_steps: int = 200
     grad_clip_norm: float = 10.0
+    detection_loss_weight: float = 1.0
     validation_images: int = 256
     validation_every: int = 500
     checkpoint_every: int = 500
@@ -88,6 +96,10 @@ class TrainingConfig:
             "log_every",
         )
         check_optimization_settings(self, counts, "images")
+        if not (self.detection_loss_weight > 0 and math.isfinite(self.detection_loss_weight)):
+            raise ValueError(
+                f"detection_loss_weight={self.detection_loss_weight} is out of range; it must be > 0."
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,14 +221,16 @@ class _Trainer:
             remaining -= size
         return batches
 
-    def _loss(self, batch: SimulatedBatch) -> tuple[torch.Tensor, dict[str, float]]:
+    def _loss(
+        self, batch: SimulatedBatch, weights: dict[str, float] | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         pixel_scale = self.run.conditions.pixel_scale_arcsec
         inputs = prepare_inputs(batch.image, batch.variance, batch.mask, batch.psf_fwhm_arcsec / pixel_scale)
         inputs = dataclasses.replace(
             inputs, tensor=inputs.tensor.contiguous(memory_format=self.memory_format)
         )
         truth = make_tile_truth(self.encoder, batch.truth_tiles, inputs.flux_scale_njy, pixel_scale)
-        return self.encoder.loss(inputs, truth)
+        return self.encoder.loss(inputs, truth, weights)
 
     @torch.no_grad()
     def validate(self) -> float:
@@ -293,7 +307,7 @@ class _Trainer:
         while self.step < config.n_steps:
             start = time.perf_counter()
             batch = self.simulator.sample(config.batch_size, generator=self.generator)
-            loss, terms = self._loss(batch)
+            loss, terms = self._loss(batch, {"detection": config.detection_loss_weight})
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.encoder.parameters(), config.grad_clip_norm)
