@@ -198,6 +198,17 @@ def test_bad_shapes_and_sizes_are_named() -> None:
         infer_frame(model, torch.zeros(1, 64, 64), torch.ones(1, 64, 64), None, FWHM_PIX)
 
 
+@pytest.mark.parametrize("shape", [(4, 64), (64, 4), (4, 4), (6, 40)])
+def test_images_one_tile_high_or_wide_are_inferred(shape: tuple[int, int]) -> None:
+    """The smallest accepted image is one tile: the checkerboard's sublattices that hold no tile
+    there are skipped instead of failing inside a convolution."""
+    model = random_model()
+    image, variance, mask = scene(*shape)
+    result = infer_frame(model, image, variance, mask, FWHM_PIX, FrameConfig(n_samples=2, device="cpu"))
+    assert result.status == "ok" and len(result.samples) == 2
+    assert torch.isfinite(result.catalog.x).all() and torch.isfinite(result.catalog.fields["flux_njy"]).all()
+
+
 def test_a_failing_psf_model_is_named_with_its_position() -> None:
     model = random_model()
     image, variance, mask = scene(64, 64)

@@ -346,8 +346,12 @@ class BlissEncoder(nn.Module):
         return params
 
     def _head_on_sublattice(self, hidden: torch.Tensor, row: int, col: int) -> dict[str, torch.Tensor]:
-        """`head` evaluated only at tiles ``(row + 2 i, col + 2 j)``: params (B, h, w, n)."""
+        """`head` evaluated only at tiles ``(row + 2 i, col + 2 j)``: params (B, h, w, n), with h or w
+        zero where the grid has no such tile (an image one tile high or wide)."""
         _, conv, _, output = self.head
+        n_rows, n_cols = (hidden.shape[-2] - row + 1) // 2, (hidden.shape[-1] - col + 1) // 2
+        if n_rows == 0 or n_cols == 0:
+            return self._raw_to_params(hidden.new_zeros(hidden.shape[0], output.out_channels, n_rows, n_cols))
         padded = nn.functional.pad(nn.functional.silu(hidden), (1, 1, 1, 1))[..., row:, col:]
         return self._raw_to_params(
             output(nn.functional.silu(nn.functional.conv2d(padded, conv.weight, conv.bias, stride=2)))
@@ -361,6 +365,10 @@ class BlissEncoder(nn.Module):
 
         The context embedding changes only on the sublattice, so its convolution is a stride-2
         transposed convolution of the sublattice (a quarter of the dense cost)."""
+        if values["detection"].shape[1:3].numel() == 0:  # no such tile in a grid one tile high or wide
+            return values["detection"].new_zeros(
+                values["detection"].shape[0], self.head_context.out_channels, *shape
+            )
         embedding = self.context_embedding
         context = self._context(values, values["detection"].new_ones(values["detection"].shape[1:3]).bool())
         empty = embedding(torch.zeros_like(context[:, :, :1, :1]))
@@ -402,8 +410,6 @@ class BlissEncoder(nn.Module):
             # group's tiles, which are one or more of the four stride-2 sublattices (a quarter of the
             # cost each); the hidden layer they read stays dense.
             for row, col in _group_sublattices(self.config.checkerboard_groups, group):
-                if row >= hidden.shape[-2] or col >= hidden.shape[-1]:
-                    continue
                 params = self._head_on_sublattice(hidden, row, col)
                 for factor in self.factors:
                     term = factor.log_prob(params[factor.name], truth.values[factor.name][:, row::2, col::2])
