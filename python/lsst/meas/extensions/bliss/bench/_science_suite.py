@@ -133,15 +133,15 @@ def tile_position_sweep(
     snr = snr_range[0] + (snr_range[1] - snr_range[0]) * torch.rand(
         n_trials, 1, generator=torch.Generator().manual_seed(seed)
     )
+    centre_tile = size // (2 * tile)
+    fwhm = torch.full((n_trials,), conditions.psf_fwhm_arcsec)
     detected: dict[str, np.ndarray] = {}
     for name, (frac_x, frac_y) in TILE_PLACEMENTS.items():
-        centre_tile = size // (2 * tile)
         x = torch.full((n_trials, 1), (centre_tile + frac_x) * tile - 0.5)
         y = torch.full((n_trials, 1), (centre_tile + frac_y) * tile - 0.5)
         fields = _empty_fields((n_trials, 1), torch.device("cpu"), torch.float32)
         fields["flux_njy"] = snr * flux_per_snr
         catalog = FullCatalog(size, size, torch.ones(n_trials, dtype=torch.long), x, y, fields)
-        fwhm = torch.full((n_trials,), conditions.psf_fwhm_arcsec)
         batch = simulator.simulate_catalog(catalog, torch.Generator().manual_seed(seed + 1), fwhm)
         samples = sample_catalogs(
             model.encoder,
