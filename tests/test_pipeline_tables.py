@@ -1,5 +1,6 @@
 """Pipeline-layer pieces that need no Butler: source IDs, output tables, compatibility checks, configs."""
 
+import dataclasses
 from pathlib import Path
 
 import astropy.units as u
@@ -15,6 +16,7 @@ from lsst.meas.extensions.bliss import (
     infer_frame,
     load_default_model,
 )
+from lsst.meas.extensions.bliss.cli._train import load_run_config
 from lsst.meas.extensions.bliss.pipeline import (
     SAMPLE_COLUMNS,
     SOURCE_COLUMNS,
@@ -164,6 +166,9 @@ def test_deblend_config_validation_names_the_field(field: str, value) -> None:
         ("image_size", 66),
         ("n_steps", 0),
         ("checkerboard_groups", 3),
+        ("downsample_kernel", 5),
+        ("detection_loss_weight", 0.0),
+        ("detection_loss_weight", float("nan")),
         ("autoencoder_steps", -1),
         ("autoencoder_stamp_size", 16),
         ("autoencoder_latent_dim", 0),
@@ -174,6 +179,20 @@ def test_train_config_validation_names_the_field(field: str, value) -> None:
     setattr(config, field, value)
     with pytest.raises(FieldValidationError, match=field):
         config.validate()
+
+
+def test_train_task_defaults_train_the_packaged_model() -> None:
+    """`BlissTrainTask`'s default config trains what ``config/train_default.yaml`` (the packaged model's
+    ``bliss-train`` config) trains; only the time limits and the checkpoint cadence may differ."""
+    packaged = load_run_config(Path(__file__).resolve().parents[1] / "config" / "train_default.yaml")
+    run = BlissTrainConfig().training_run()
+    for section in ("conditions", "prior", "simulator", "encoder", "autoencoder"):
+        assert getattr(run, section) == getattr(packaged, section), section
+    for section in ("training", "autoencoder_training"):
+        ours, theirs = (dataclasses.asdict(getattr(item, section)) for item in (run, packaged))
+        for name in ("max_minutes", "checkpoint_every"):
+            ours.pop(name, None), theirs.pop(name, None)
+        assert ours == theirs, section
 
 
 @pytest.mark.parametrize(

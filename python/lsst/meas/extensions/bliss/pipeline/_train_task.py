@@ -80,10 +80,19 @@ class BlissTrainConfig(PipelineTaskConfig, pipelineConnections=BlissTrainConnect
     checkerboard_groups = Field[int](
         doc="Colour groups of the autoregressive checkerboard (2 or 4).", default=4
     )
+    downsample_kernel = Field[int](
+        doc="Kernel of the encoder's two stride-2 convolutions: 3, or 4 to centre each tile's features "
+        "on the tile (see EncoderConfig.downsample_kernel).",
+        default=3,
+    )
     n_steps = Field[int](doc="Optimizer steps.", default=13500)
     batch_size = Field[int](doc="Simulated images per step.", default=32)
     learning_rate = Field[float](doc="Peak Adam learning rate.", default=1e-3)
     warmup_steps = Field[int](doc="Steps of linear learning-rate warm-up.", default=300)
+    detection_loss_weight = Field[float](
+        doc="Weight of the detection term of the training loss (validation losses stay unweighted).",
+        default=1.0,
+    )
     validation_images = Field[int](doc="Held-out simulated validation images.", default=256)
     validation_every = Field[int](doc="Steps between validation passes.", default=1000)
     log_every = Field[int](doc="Steps between progress log lines.", default=100)
@@ -93,7 +102,7 @@ class BlissTrainConfig(PipelineTaskConfig, pipelineConnections=BlissTrainConnect
         doc="Optimizer steps of the galaxy autoencoder, trained after the encoder on isolated simulated "
         "galaxies and stored in the same model package; 0 trains none (the model then serves catalogs "
         "and parametric deblending only).",
-        default=4000,
+        default=5000,
     )
     autoencoder_batch_size = Field[int](doc="Galaxy stamps per autoencoder step.", default=64)
     autoencoder_stamp_size = Field[int](
@@ -130,6 +139,10 @@ class BlissTrainConfig(PipelineTaskConfig, pipelineConnections=BlissTrainConnect
             raise FieldValidationError(cls.autoencoder_stamp_size, self, "must be odd and at least 9")
         if self.checkerboard_groups not in (1, 2, 4):
             raise FieldValidationError(cls.checkerboard_groups, self, "must be 1, 2 or 4")
+        if self.downsample_kernel not in (3, 4):
+            raise FieldValidationError(cls.downsample_kernel, self, "must be 3 or 4")
+        if not (self.detection_loss_weight > 0 and math.isfinite(self.detection_loss_weight)):
+            raise FieldValidationError(cls.detection_loss_weight, self, "must be > 0 and finite")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise FieldValidationError(cls.device, self, "must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
 
@@ -178,13 +191,18 @@ class BlissTrainConfig(PipelineTaskConfig, pipelineConnections=BlissTrainConnect
                     "tile_size": self.tile_size,
                     "psf_fwhm_range_arcsec": fwhm_range,
                 },
-                "encoder": {"tile_size": self.tile_size, "checkerboard_groups": self.checkerboard_groups},
+                "encoder": {
+                    "tile_size": self.tile_size,
+                    "checkerboard_groups": self.checkerboard_groups,
+                    "downsample_kernel": self.downsample_kernel,
+                },
                 "training": {
                     "seed": self.seed,
                     "n_steps": self.n_steps,
                     "batch_size": self.batch_size,
                     "learning_rate": self.learning_rate,
                     "warmup_steps": min(self.warmup_steps, self.n_steps),
+                    "detection_loss_weight": self.detection_loss_weight,
                     "validation_images": self.validation_images,
                     "validation_every": self.validation_every,
                     "checkpoint_every": self.validation_every,
