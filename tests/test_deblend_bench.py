@@ -27,4 +27,10 @@ def test_deblend_suite_reports_scatter_ratio_and_sweep(tmp_path, capsys) -> None
     # Isolated bright galaxies: the deblended flux of the packaged model is nearly unbiased.
     assert abs(results["flux_bias"]["bliss_isolated"]) < 0.1
     assert math.isfinite(results["bliss_isolated_flux_scatter"])
+    # The pairs' matches split into scenes with both or one galaxy found; the true models are measured
+    # for every galaxy, and with them the split of the image is nearly unbiased.
+    counts = results["n_matched"]
+    assert counts["bliss_pair_both_found"] + counts["bliss_pair_one_found"] == counts["bliss_pair"]
+    assert counts["truth_models_isolated"] == 6 and counts["truth_models_pair"] == 12
+    assert abs(results["flux_bias"]["truth_models_isolated"]) < 0.1
     assert "blend_flux_scatter_ratio" in capsys.readouterr().out.splitlines()[-1]

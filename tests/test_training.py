@@ -112,7 +112,13 @@ def test_fine_tuning_starts_from_a_package_and_keeps_its_record(tmp_path, capsys
 
 
 @pytest.mark.parametrize(
-    "name", ["train_default.yaml", "finetune_companions.yaml", "finetune_detection_weight.yaml"]
+    "name",
+    [
+        "train_default.yaml",
+        "finetune_companions.yaml",
+        "finetune_detection_weight.yaml",
+        "experiment_k4_detection_weight.yaml",
+    ],
 )
 def test_packaged_training_configs_load(name: str) -> None:
     run = load_run_config(Path(__file__).parents[1] / "config" / name)

@@ -11,7 +11,11 @@ science suite's settings, Kron fluxes of its segmentation deblending) runs on
 the same images.  Ellipticities are the GalSim HSM moments of the deblended
 images against those of the true galaxies drawn alone without noise
 (``bliss_e_scatter_snr20``); the encoder's posterior bulge+disk shapes are
-compared too (``bliss_posterior_e_scatter_snr20``).  A sweep places a second
+compared too (``bliss_posterior_e_scatter_snr20``).  To tell detection from
+modelling, the pairs' BLISS residuals are also split by whether both galaxies
+were found (``bliss_pair_both_found``, ``bliss_pair_one_found``), and the
+same split of each image with the true galaxies as models gives the method's
+floor (``truth_models_*``).  A sweep places a second
 galaxy (half as bright, two thirds the size) at 1-10 pixels from a first one.
 The autoencoder's reconstruction is checked on held-out isolated galaxies
 drawn from the model's prior (``ae_chi2_median``: median reduced chi^2 at
@@ -37,6 +41,7 @@ from .._catalog import SOURCE_FIELDS, FullCatalog
 from .._conditions import SurveyConditions
 from .._deblend import (
     DeblendedSources,
+    SourceModels,
     deblend_sources,
     measure_deblended,
     model_sources,
@@ -148,15 +153,20 @@ def _measure_scene(
     return {"x": catalog.x[0, :count].numpy(), "y": catalog.y[0, :count].numpy(), **rows, **measured}
 
 
+def _truth_models(
+    where: np.ndarray, values: dict[str, np.ndarray], fwhm_pix: float, conditions: SurveyConditions
+) -> SourceModels:
+    """Noiseless models of a scene's true galaxies on their own stamps."""
+    fwhm = torch.full((len(where),), fwhm_pix)
+    return render_source_models(_scenes([where], [values]), fwhm, conditions, SCENE_SIZE, SCENE_SIZE)
+
+
 def _true_moments(
     where: np.ndarray, values: dict[str, np.ndarray], fwhm_pix: float, conditions: SurveyConditions
 ) -> dict[str, np.ndarray]:
     """Adaptive moments of each true galaxy of a scene drawn alone without noise (the reference
     of the deblended images' moments: same PSF, pixels and stamps)."""
-    truth = _scenes([where], [values])
-    models = render_source_models(
-        truth, torch.full((len(where),), fwhm_pix), conditions, SCENE_SIZE, SCENE_SIZE
-    )
+    models = _truth_models(where, values, fwhm_pix, conditions)
     alone = DeblendedSources(
         models.models,
         torch.zeros_like(models.models),
@@ -222,11 +232,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     snr_rows = [true_snr[index, : len(where)] for index, where in enumerate(positions)]
 
+    # Besides the headline residuals, the pairs split by whether BLISS found both galaxies, and
+    # the same split of the observed image with the true galaxies as models (the floor of the
+    # method when detection and models are perfect).
     residuals: dict[str, list[float]] = {
         "bliss_isolated": [],
         "bliss_pair": [],
+        "bliss_pair_both_found": [],
+        "bliss_pair_one_found": [],
         "sep_isolated": [],
         "sep_pair": [],
+        "truth_models_isolated": [],
+        "truth_models_pair": [],
     }
     e_residuals: list[float] = []
     posterior_e_residuals: list[float] = []
@@ -238,9 +255,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         bliss = _measure_scene(model, image, variance, fwhm_pix, autoencoder)
         match = match_sources(where[:, 0], where[:, 1], bliss["x"], bliss["y"], MATCH_RADIUS_PIX)
         ok = ~bliss["flag_no_model"][match.est_index]
-        residuals[f"bliss_{kind}"] += list(
-            bliss["flux_njy"][match.est_index][ok] / true_flux[match.true_index][ok] - 1
+        found = list(bliss["flux_njy"][match.est_index][ok] / true_flux[match.true_index][ok] - 1)
+        residuals[f"bliss_{kind}"] += found
+        if kind == "pair":
+            both = len(match.true_index) == 2
+            residuals["bliss_pair_both_found" if both else "bliss_pair_one_found"] += found
+        with_truth = measure_deblended(
+            deblend_sources(image, variance, _truth_models(where, properties[index], fwhm_pix, conditions)),
+            float(variance.median().sqrt()),
         )
+        residuals[f"truth_models_{kind}"] += list(with_truth["flux_njy"] / true_flux - 1)
         hsm_failures += int(bliss["flag_moments_failed"][match.est_index].sum())
         bright = snr_rows[index][match.true_index] >= 20
         if bright.any():
@@ -285,6 +309,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "blend_flux_scatter_ratio": scatter["bliss_pair"] / scatter["bliss_isolated"],
         "sep_isolated_flux_scatter": scatter["sep_isolated"],
         "sep_blend_flux_scatter": scatter["sep_pair"],
+        "bliss_pair_both_found_flux_scatter": scatter["bliss_pair_both_found"],
+        "bliss_pair_one_found_flux_scatter": scatter["bliss_pair_one_found"],
+        "truth_models_blend_flux_scatter": scatter["truth_models_pair"],
         "bliss_e_scatter_snr20": robust_scatter(np.asarray(e_residuals)),
         "n_e_residuals": len(e_residuals),
         "bliss_posterior_e_scatter_snr20": robust_scatter(np.asarray(posterior_e_residuals)),
