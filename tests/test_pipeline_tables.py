@@ -190,8 +190,9 @@ def test_train_task_defaults_train_the_packaged_model() -> None:
         assert getattr(run, section) == getattr(packaged, section), section
     for section in ("training", "autoencoder_training"):
         ours, theirs = (dataclasses.asdict(getattr(item, section)) for item in (run, packaged))
-        for name in ("max_minutes", "checkpoint_every"):
-            ours.pop(name, None), theirs.pop(name, None)
+        for settings in (ours, theirs):
+            for name in ("max_minutes", "checkpoint_every"):
+                settings.pop(name, None)
         assert ours == theirs, section
 
 
