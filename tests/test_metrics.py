@@ -21,6 +21,7 @@ from lsst.meas.extensions.bliss._metrics import (
     relative_residual_stats,
     residual_stats,
     robust_scatter,
+    robust_scatter_stderr,
     source_snr_and_blendedness,
 )
 
@@ -224,6 +225,16 @@ def test_robust_scatter_of_a_gaussian_is_sigma_and_ignores_outliers() -> None:
     sample[:400] = 1e6
     assert robust_scatter(sample) == pytest.approx(2.0, rel=0.04)
     assert math.isnan(robust_scatter([]))
+
+
+def test_robust_scatter_stderr_shrinks_as_one_over_sqrt_n() -> None:
+    rng = np.random.default_rng(3)
+    small, large = rng.normal(0.0, 1.0, 33), rng.normal(0.0, 1.0, 1300)
+    # The median absolute deviation's efficiency is 37%: about 1.16 / sqrt(n) for unit Gaussian data.
+    assert robust_scatter_stderr(small) == pytest.approx(1.16 / math.sqrt(33), rel=0.35)
+    assert robust_scatter_stderr(large) == pytest.approx(1.16 / math.sqrt(1300), rel=0.2)
+    assert robust_scatter_stderr(small, seed=5) == robust_scatter_stderr(small, seed=5)
+    assert math.isnan(robust_scatter_stderr([1.0])) and math.isnan(robust_scatter_stderr([np.nan, 2.0]))
 
 
 def test_relative_residual_stats_binned_by_snr() -> None:

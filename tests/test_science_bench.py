@@ -27,6 +27,7 @@ REQUIRED_KEYS = {
     "bliss_class_acc_snr10",
     "bliss_flux_bias",
     "bliss_flux_scatter_over_crb",
+    "bliss_flux_scatter_over_crb_stderr",
     "bliss_flux_cov68",
     "bliss_edge_dip",
     "bliss_edge_dip_stderr",

@@ -32,6 +32,7 @@ from .._metrics import (
     match_sources,
     matched_attributes,
     robust_scatter,
+    robust_scatter_stderr,
     source_snr_and_blendedness,
 )
 from .._model_io import BlissModel, load_default_model
@@ -298,7 +299,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"science: recall(SNR>=10) {r['bliss_recall_snr10']:.3f}, precision(SNR>=10) "
             f"{r['bliss_precision_snr10']:.3f}, class acc(SNR>=10) {r['bliss_class_acc_snr10']:.3f}",
             f"science: isolated-star flux bias {r['bliss_flux_bias']:+.3f}, scatter/CRB "
-            f"{r['bliss_flux_scatter_over_crb']:.2f}, cov68 {r['bliss_flux_cov68']:.3f}, "
+            f"{r['bliss_flux_scatter_over_crb']:.2f} +- {r['bliss_flux_scatter_over_crb_stderr']:.2f}, "
+            f"cov68 {r['bliss_flux_cov68']:.3f}, "
             f"edge dip {r['bliss_edge_dip']:.3f} +- {r['bliss_edge_dip_stderr']:.3f}",
             f"bliss_f1 = {r['bliss_f1']:.3f}, sep_f1 = {r['sep_f1']:.3f}",
         ]
@@ -334,6 +336,7 @@ def _pair_figures(
     figures[f"{method}_flux_scatter_over_crb"] = (
         robust_scatter(relative * snr[stars]) if stars.any() else math.nan
     )
+    figures[f"{method}_flux_scatter_over_crb_stderr"] = robust_scatter_stderr(relative * snr[stars])
     return figures
 
 
