@@ -861,9 +861,15 @@ def robust_scatter_stderr(values: ArrayLike, n_resamples: int = 1000, seed: int 
     array = array[np.isfinite(array)]
     if array.size < 2:
         return math.nan
-    resampled = np.random.default_rng(seed).choice(array, size=(n_resamples, array.size), replace=True)
-    centred = np.abs(resampled - np.median(resampled, axis=1, keepdims=True))
-    return float(np.std(MAD_TO_SIGMA * np.median(centred, axis=1), ddof=1))
+    rng = np.random.default_rng(seed)
+    # Resamples are drawn in blocks of about 10^7 values so that memory stays bounded for long inputs.
+    rows_per_block = max(1, 10_000_000 // array.size)
+    scatters = []
+    for start in range(0, n_resamples, rows_per_block):
+        resampled = rng.choice(array, size=(min(rows_per_block, n_resamples - start), array.size))
+        centred = np.abs(resampled - np.median(resampled, axis=1, keepdims=True))
+        scatters.append(MAD_TO_SIGMA * np.median(centred, axis=1))
+    return float(np.std(np.concatenate(scatters), ddof=1))
 
 
 @dataclasses.dataclass(frozen=True)
