@@ -161,12 +161,9 @@ def _truth_models(
     return render_source_models(_scenes([where], [values]), fwhm, conditions, SCENE_SIZE, SCENE_SIZE)
 
 
-def _true_moments(
-    where: np.ndarray, values: dict[str, np.ndarray], fwhm_pix: float, conditions: SurveyConditions
-) -> dict[str, np.ndarray]:
-    """Adaptive moments of each true galaxy of a scene drawn alone without noise (the reference
-    of the deblended images' moments: same PSF, pixels and stamps)."""
-    models = _truth_models(where, values, fwhm_pix, conditions)
+def _true_moments(models: SourceModels, conditions: SurveyConditions) -> dict[str, np.ndarray]:
+    """Adaptive moments of each true galaxy of a scene drawn alone without noise (``models`` from
+    `_truth_models`; the reference of the deblended images' moments: same PSF, pixels and stamps)."""
     alone = DeblendedSources(
         models.models,
         torch.zeros_like(models.models),
@@ -260,9 +257,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if kind == "pair":
             both = len(match.true_index) == 2
             residuals["bliss_pair_both_found" if both else "bliss_pair_one_found"] += found
+        truth_models = _truth_models(where, properties[index], fwhm_pix, conditions)
         with_truth = measure_deblended(
-            deblend_sources(image, variance, _truth_models(where, properties[index], fwhm_pix, conditions)),
-            float(variance.median().sqrt()),
+            deblend_sources(image, variance, truth_models), float(variance.median().sqrt())
         )
         residuals[f"truth_models_{kind}"] += list(with_truth["flux_njy"] / true_flux - 1)
         hsm_failures += int(bliss["flag_moments_failed"][match.est_index].sum())
@@ -273,7 +270,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 {k: v[match.true_index][bright] for k, v in properties[index].items()}
             )
             posterior_e_residuals += list(est_e1 - true_e1) + list(est_e2 - true_e2)
-            true_moments = _true_moments(where, properties[index], fwhm_pix, conditions)
+            true_moments = _true_moments(truth_models, conditions)
             chosen_true, chosen_est = match.true_index[bright], match.est_index[bright]
             measured = (
                 ~bliss["flag_moments_failed"][chosen_est] & ~true_moments["flag_moments_failed"][chosen_true]
