@@ -40,6 +40,8 @@ def test_config_round_trip_and_validation() -> None:
         TrainingRun.from_dict({"simulator": {"tile_size": 8}})
     with pytest.raises(ValueError, match="detection_loss_weight=0"):
         TrainingRun.from_dict({"training": {"detection_loss_weight": 0}})
+    with pytest.raises(ValueError, match="detection_loss_weight=inf .* finite"):
+        TrainingRun.from_dict({"training": {"detection_loss_weight": float("inf")}})
     assert (
         TrainingRun.from_dict({"training": {"detection_loss_weight": 3}}).training.detection_loss_weight == 3
     )

@@ -98,7 +98,8 @@ class TrainingConfig:
         check_optimization_settings(self, counts, "images")
         if not (self.detection_loss_weight > 0 and math.isfinite(self.detection_loss_weight)):
             raise ValueError(
-                f"detection_loss_weight={self.detection_loss_weight} is out of range; it must be > 0."
+                f"detection_loss_weight={self.detection_loss_weight} is out of range; "
+                "it must be > 0 and finite."
             )
 
 
