@@ -320,11 +320,23 @@ def test_sparse_four_group_posterior_equals_the_dense_group_loop(present_fractio
         assert 0 < int(present.sum()) < present.numel()
 
 
-@pytest.mark.parametrize(("downsample_kernel", "centre_offset"), [(4, 0.0), (3, -1.5)])
-def test_tile_features_are_centred_on_their_tile(downsample_kernel: int, centre_offset: float) -> None:
+@pytest.mark.parametrize(
+    ("stem", "downsample_kernel", "centre_offset"),
+    [
+        ("convolution", 4, 0.0),
+        ("convolution", 3, -1.5),
+        ("space_to_depth", 4, 0.0),
+        ("space_to_depth", 3, -1.0),
+    ],
+)
+def test_tile_features_are_centred_on_their_tile(
+    stem: str, downsample_kernel: int, centre_offset: float
+) -> None:
     # The pixels that influence tile (16, 16)'s features: with 4-pixel stride-2 kernels they are
-    # centred on the tile; the older 3-pixel layout leans 1.5 px towards the tile's low corner.
-    config = EncoderConfig(downsample_kernel=downsample_kernel)
+    # centred on the tile; the older 3-pixel layout leans 1.5 px towards the tile's low corner (1 px
+    # with the space-to-depth stem, whose 2x2 blocks are aligned with the tiles).
+    channels = (16, 32, 64) if stem == "convolution" else (32, 64)
+    config = EncoderConfig(downsample_kernel=downsample_kernel, stem=stem, pixel_channels=channels)
     encoder = BlissEncoder(config).eval()
     tile, index = config.tile_size, 16
     pixels = torch.randn(1, N_INPUT_CHANNELS, 128, 128, generator=torch.Generator().manual_seed(0))
@@ -350,9 +362,30 @@ def test_models_written_before_downsample_kernel_load_with_the_old_layout() -> N
         EncoderConfig(downsample_kernel=5)
 
 
-def test_inference_backbone_overwrites_activations_without_changing_them() -> None:
+def test_stem_is_validated_and_older_models_load_with_the_convolution_stem() -> None:
+    document = EncoderConfig(stem="space_to_depth", pixel_channels=(16, 32)).to_dict()
+    assert document["stem"] == "space_to_depth"
+    del document["stem"], document["pixel_channels"]
+    assert EncoderConfig.from_dict(document).stem == "convolution"
+    with pytest.raises(ValueError, match="stem='pixels' must be one of 'convolution', 'space_to_depth'"):
+        EncoderConfig(stem="pixels")
+    # The space-to-depth stem starts at half resolution: one width fewer.
+    with pytest.raises(ValueError, match=r"must list 2 positive widths \(half resolution"):
+        EncoderConfig(stem="space_to_depth")
+    with pytest.raises(ValueError, match="needs tile_size >= 2"):
+        EncoderConfig(stem="space_to_depth", tile_size=1, pixel_channels=())
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        EncoderConfig(pixel_channels=(8, 8, 16), tile_blocks=2, head_channels=16),
+        EncoderConfig(stem="space_to_depth", pixel_channels=(8, 16), tile_blocks=2, head_channels=16),
+    ],
+)
+def test_inference_backbone_overwrites_activations_without_changing_them(config: EncoderConfig) -> None:
     torch.manual_seed(2)
-    encoder = BlissEncoder(EncoderConfig(pixel_channels=(8, 8, 16), tile_blocks=2, head_channels=16)).eval()
+    encoder = BlissEncoder(config).eval()
     for module in encoder.modules():
         if isinstance(module, torch.nn.Conv2d):
             torch.nn.init.normal_(module.weight, std=(1.0 / (module.in_channels * 9)) ** 0.5)

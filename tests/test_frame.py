@@ -25,15 +25,21 @@ CONDITIONS = SurveyConditions.from_survey()
 FWHM_PIX = CONDITIONS.psf_fwhm_pix
 
 
-def random_model() -> BlissModel:
+def random_model(stem: str = "convolution") -> BlissModel:
     """An untrained encoder whose every weight is random (the zero-initialized residual branches too),
     so that its decisions depend on its whole receptive field, and with enough detections to compare."""
     torch.manual_seed(0)
-    encoder = BlissEncoder(EncoderConfig(checkerboard_groups=4, pixel_channels=(8, 16, 32), head_channels=32))
+    channels = (8, 16, 32) if stem == "convolution" else (16, 32)
+    encoder = BlissEncoder(
+        EncoderConfig(checkerboard_groups=4, stem=stem, pixel_channels=channels, head_channels=32)
+    )
     for module in encoder.modules():
         if isinstance(module, torch.nn.Conv2d):
             fan_in = module.in_channels * module.kernel_size[0] * module.kernel_size[1]
             torch.nn.init.normal_(module.weight, std=math.sqrt(1.0 / fan_in))
+    if stem == "space_to_depth":
+        with torch.no_grad():  # its random detection probabilities lie just below 0.5: detect some
+            encoder.head[-1].bias[0] += 0.1
     return BlissModel(encoder.eval(), CONDITIONS, PriorConfig(), SimulatorConfig(), {})
 
 
@@ -54,8 +60,9 @@ def assert_same_catalog(first, second) -> None:
         torch.testing.assert_close(value, second.fields[name], msg=name)
 
 
-def test_chunked_and_single_chunk_runs_agree() -> None:
-    model = random_model()
+@pytest.mark.parametrize("stem", ["convolution", "space_to_depth"])
+def test_chunked_and_single_chunk_runs_agree(stem: str) -> None:
+    model = random_model(stem)
     image, variance, mask = scene(512, 509)
     mask[200:230, 100:104] |= 1 << MASK_PLANES["BAD"]
     options = {"n_samples": 3, "seed": 7, "device": "cpu"}
@@ -265,12 +272,28 @@ def test_bfloat16_backbone_is_close_to_float32_and_configurable() -> None:
 def test_chunks_of_a_side_are_balanced() -> None:
     from lsst.meas.extensions.bliss import _frame
 
-    encoder = random_model().encoder
+    encoder = BlissEncoder(EncoderConfig(checkerboard_groups=4))  # the packaged architecture
     # 2048 pixels with the 1 GB CPU budget: two chunks of 256 tiles, not one of 400 and one of 112.
     layout = _frame._layout(encoder, 512, 512, FrameConfig(), 1.0)
     cores = {row1 - row0 for row0, row1, _, _ in layout.chunks()}
     assert cores == {256} and len(layout.chunks()) == 4
     assert _frame._layout(encoder, 512, 300, FrameConfig(chunk_pixels=400), 1.0).core_tiles == 100
+    # 4096 pixels: three chunks of 342 tiles a side.
+    assert _frame._layout(encoder, 1024, 1024, FrameConfig(), 1.0).core_tiles == 342
+
+
+def test_chunks_grow_as_the_backbone_narrows() -> None:
+    from lsst.meas.extensions.bliss import _frame
+
+    # The space-to-depth stem's widest activation is 4 channels per pixel against 16: a 2048-pixel
+    # image is one chunk and a 4096-pixel one four, within the same memory budget.
+    config = EncoderConfig(
+        checkerboard_groups=4, stem="space_to_depth", pixel_channels=(16, 32), head_channels=32
+    )
+    encoder = BlissEncoder(config)
+    assert config.widest_activation_channels == 4.0
+    assert len(_frame._layout(encoder, 512, 512, FrameConfig(), 1.0).chunks()) == 1
+    assert _frame._layout(encoder, 1024, 1024, FrameConfig(), 1.0).core_tiles == 512
 
 
 def test_reusing_freed_memory_is_a_one_time_setting() -> None:

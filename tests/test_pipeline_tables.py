@@ -155,7 +155,7 @@ def test_training_conditions_from_exposures_reproduce_the_nominal_noise() -> Non
 def test_deblend_config_validation_names_the_field(field: str, value) -> None:
     config = BlissDeblendMeasureConfig()
     setattr(config, field, value)
-    with pytest.raises(FieldValidationError, match=field):
+    with pytest.raises(FieldValidationError, match=f"Field '{field}' failed validation"):
         config.validate()
 
 
@@ -167,6 +167,10 @@ def test_deblend_config_validation_names_the_field(field: str, value) -> None:
         ("n_steps", 0),
         ("checkerboard_groups", 3),
         ("downsample_kernel", 5),
+        ("tile_size", 6),
+        ("stem", "pixels"),
+        ("pixel_channels", [16, 32]),  # the convolution stem needs three widths for 4-pixel tiles
+        ("head_channels", 0),
         ("detection_loss_weight", 0.0),
         ("detection_loss_weight", float("nan")),
         ("autoencoder_steps", -1),
@@ -177,8 +181,16 @@ def test_deblend_config_validation_names_the_field(field: str, value) -> None:
 def test_train_config_validation_names_the_field(field: str, value) -> None:
     config = BlissTrainConfig()
     setattr(config, field, value)
-    with pytest.raises(FieldValidationError, match=field):
+    with pytest.raises(FieldValidationError, match=f"Field '{field}' failed validation"):
         config.validate()
+
+
+def test_train_task_builds_the_space_to_depth_encoder() -> None:
+    config = BlissTrainConfig()
+    config.stem, config.pixel_channels, config.head_channels = "space_to_depth", [16, 32], 32
+    config.validate()
+    encoder = config.training_run().encoder
+    assert (encoder.stem, encoder.pixel_channels, encoder.head_channels) == ("space_to_depth", (16, 32), 32)
 
 
 def test_train_task_defaults_train_the_packaged_model() -> None:

@@ -47,6 +47,9 @@ DEFAULT_FACTORS: tuple[str, ...] = (
     "disk_ellipticity",
 )
 
+STEMS: tuple[str, ...] = ("convolution", "space_to_depth")
+"""Backbone stems (see `EncoderConfig.stem`)."""
+
 CONTEXT_CHANNELS = 6
 """Context per tile: decided, present, location x and y (centred), asinh(flux), galaxy."""
 
@@ -65,8 +68,10 @@ class EncoderConfig:
     checkerboard_groups
         1 (no checkerboard), 2 or 4 colour groups.
     pixel_channels
-        Channels at each resolution from full to tile resolution; length
-        ``log2(tile_size) + 1``.
+        Channels at each resolution the backbone computes, down to tile
+        resolution: from full resolution (``stem="convolution"``, length
+        ``log2(tile_size) + 1``) or from half resolution
+        (``stem="space_to_depth"``, length ``log2(tile_size)``).
     tile_blocks
         Residual blocks at tile resolution (dilations 1, 2, 4, ...).
     head_channels
@@ -76,6 +81,14 @@ class EncoderConfig:
         pixels that influence a tile's features are centred on the tile; with
         3, the layout of the packaged model, they are centred 1.5 px towards
         the tile's low corner (see ``doc/encoder.rst`` for what each gives).
+    stem
+        How the backbone starts: ``"convolution"`` (the packaged model: a
+        convolution and a residual block at full resolution, then a stride-2
+        convolution) or ``"space_to_depth"`` (each 2x2 pixel block becomes
+        one half-resolution pixel of 4x the channels, losslessly, followed
+        by a convolution and a residual block there). The second skips the
+        full-resolution layers, where a CPU runs narrow convolutions at a
+        fraction of its arithmetic rate (see ``doc/inference.rst``).
     """
 
     tile_size: int = 4
@@ -85,17 +98,24 @@ class EncoderConfig:
     tile_blocks: int = 3
     head_channels: int = 64
     downsample_kernel: int = 3
+    stem: str = "convolution"
 
     def __post_init__(self) -> None:
         if self.tile_size < 1 or self.tile_size & (self.tile_size - 1):
             raise ValueError(f"tile_size={self.tile_size} is out of range; it must be a power of two.")
         if self.checkerboard_groups not in (1, 2, 4):
             raise ValueError(f"checkerboard_groups={self.checkerboard_groups} must be 1, 2 or 4.")
-        expected = int(math.log2(self.tile_size)) + 1
+        if self.stem not in STEMS:
+            raise ValueError(f"stem={self.stem!r} must be one of {', '.join(map(repr, STEMS))}.")
+        if self.stem == "space_to_depth" and self.tile_size < 2:
+            raise ValueError("stem='space_to_depth' needs tile_size >= 2 (it halves the resolution).")
+        full_resolution = self.stem == "convolution"
+        expected = int(math.log2(self.tile_size)) + int(full_resolution)
         if len(self.pixel_channels) != expected or min(self.pixel_channels) < 1:
+            first = "full" if full_resolution else "half"
             raise ValueError(
                 f"pixel_channels={self.pixel_channels} must list {expected} positive widths "
-                f"(full resolution down to tile_size={self.tile_size})."
+                f"({first} resolution down to tile_size={self.tile_size}, stem={self.stem!r})."
             )
         if self.tile_blocks < 0 or self.head_channels < 1:
             raise ValueError("tile_blocks must be >= 0 and head_channels >= 1.")
@@ -113,10 +133,21 @@ class EncoderConfig:
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
     @property
+    def widest_activation_channels(self) -> float:
+        """Channels per input pixel of the backbone's largest activation (a layer's channels over the
+        area of its pixels), which sets the memory a chunk of an image needs."""
+        first_scale = 1 if self.stem == "convolution" else 2
+        return max(
+            channels / (first_scale * 2**index) ** 2 for index, channels in enumerate(self.pixel_channels)
+        )
+
+    @property
     def context_pixels(self) -> int:
         """Pixels of context the backbone sees beyond a tile on each side (receptive-field radius)."""
-        radius = 1 + 2  # stem and the full-resolution residual block
-        scale = 1
+        if self.stem == "convolution":
+            radius, scale = 1 + 2, 1  # stem and the full-resolution residual block
+        else:
+            radius, scale = 1 + 2 * (1 + 2), 2  # the 2x2 block, half-resolution convolution and block
         for _ in self.pixel_channels[1:]:
             scale *= 2
             radius += scale * 3  # strided conv and residual block at the new resolution
@@ -230,8 +261,12 @@ class BlissEncoder(nn.Module):
         self.config = config or EncoderConfig()
         self.factors: list[Factor] = make_factors(self.config.factors)
         channels = self.config.pixel_channels
-        layers: list[nn.Module] = [
-            nn.Conv2d(N_INPUT_CHANNELS, channels[0], 3, padding=1),
+        layers: list[nn.Module] = []
+        if self.config.stem == "space_to_depth":
+            layers.append(nn.PixelUnshuffle(2))
+        n_stem_inputs = N_INPUT_CHANNELS * (4 if self.config.stem == "space_to_depth" else 1)
+        layers += [
+            nn.Conv2d(n_stem_inputs, channels[0], 3, padding=1),
             nn.SiLU(),
             _ResidualBlock(channels[0]),
         ]

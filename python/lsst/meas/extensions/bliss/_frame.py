@@ -31,7 +31,7 @@ from ._encoder import BlissEncoder, EncodedImage, TilePosterior
 from ._heap import reuse_freed_memory
 from ._inference import ESTIMATE_FIELDS, _evaluation_mode, _normalized_inputs, posterior_to_tile_catalog
 from ._model_io import BlissModel
-from ._normalize import DEFAULT_INVALID_MASK_PLANES, invalid_mask_bits
+from ._normalize import DEFAULT_INVALID_MASK_PLANES, N_INPUT_CHANNELS, invalid_mask_bits
 from ._random import TileRandomness
 from ._sparse_checkerboard import sparse_posterior
 
@@ -42,7 +42,10 @@ FRAME_FLAGS: tuple[str, ...] = ("flag_masked", "flag_image_edge")
 """Boolean catalog fields: the source's footprint (a box of half-side ``2 FWHM + 2 hlr``) holds
 invalid pixels (masked, non-finite or with non-positive variance), or reaches beyond the image."""
 
-_BYTES_PER_PIXEL = 300
+_ACTIVATIONS_PER_LAYER = 4.25
+"""Live copies of the backbone's widest activation per chunk (a residual block's input, hidden layer
+and output, and the allocator's slack); with the input and its chunk copy this is about 300 bytes per
+pixel for the packaged encoder, whose peak memory was measured with it."""
 """Peak memory of the encoder per chunk pixel on the CPU (float32 activations), for the chunk size."""
 
 
@@ -273,7 +276,10 @@ def _layout(
     head_margin = period * math.ceil(2 * groups / period)
     halo = period * math.ceil(encoder.config.context_pixels / tile / period) + head_margin
     if config.chunk_pixels is None:
-        side = math.sqrt(budget_gb * 1e9 / _BYTES_PER_PIXEL) / tile
+        bytes_per_pixel = 4 * (
+            2 * N_INPUT_CHANNELS + _ACTIVATIONS_PER_LAYER * encoder.config.widest_activation_channels
+        )
+        side = math.sqrt(budget_gb * 1e9 / bytes_per_pixel) / tile
         largest = max(period, int(side) - 2 * halo)
         # As many chunks per side as the largest core needs, but of equal size: a narrow last chunk
         # would cost a whole halo for little core.

@@ -27,6 +27,7 @@ from lsst.pipe.base import (
 from lsst.pipe.base import connectionTypes as cT
 
 from .._conditions import SurveyConditions, flux_njy_to_mag
+from .._encoder import STEMS, EncoderConfig
 from .._model_io import BlissModel
 from .._training import TrainingRun, train
 from ._compatibility import ExposureConditions, measure_exposure_conditions
@@ -85,6 +86,17 @@ class BlissTrainConfig(PipelineTaskConfig, pipelineConnections=BlissTrainConnect
         "on the tile (see EncoderConfig.downsample_kernel).",
         default=3,
     )
+    stem = Field[str](
+        doc="How the encoder's backbone starts: 'convolution' (full-resolution layers) or 'space_to_depth' "
+        "(2x2 pixel blocks to half-resolution channels; see EncoderConfig.stem).",
+        default="convolution",
+    )
+    pixel_channels = ListField[int](
+        doc="Encoder widths from the stem's resolution down to tile resolution (log2(tile_size) + 1 "
+        "widths with the convolution stem, one fewer with space_to_depth).",
+        default=[16, 32, 64],
+    )
+    head_channels = Field[int](doc="Width of the encoder's checkerboard head.", default=64)
     n_steps = Field[int](doc="Optimizer steps.", default=13500)
     batch_size = Field[int](doc="Simulated images per step.", default=32)
     learning_rate = Field[float](doc="Peak Adam learning rate.", default=1e-3)
@@ -126,6 +138,8 @@ class BlissTrainConfig(PipelineTaskConfig, pipelineConnections=BlissTrainConnect
         for name in ("image_size", "tile_size", "n_steps", "batch_size", "validation_images"):
             if getattr(self, name) < 1:
                 raise FieldValidationError(getattr(cls, name), self, "must be positive")
+        if self.tile_size & (self.tile_size - 1):
+            raise FieldValidationError(cls.tile_size, self, "must be a power of two")
         if self.image_size % self.tile_size:
             raise FieldValidationError(
                 cls.image_size, self, f"must be a multiple of tile_size={self.tile_size}"
@@ -141,10 +155,28 @@ class BlissTrainConfig(PipelineTaskConfig, pipelineConnections=BlissTrainConnect
             raise FieldValidationError(cls.checkerboard_groups, self, "must be 1, 2 or 4")
         if self.downsample_kernel not in (3, 4):
             raise FieldValidationError(cls.downsample_kernel, self, "must be 3 or 4")
+        if self.stem not in STEMS:
+            raise FieldValidationError(cls.stem, self, f"must be one of {', '.join(STEMS)}")
+        if self.head_channels < 1:
+            raise FieldValidationError(cls.head_channels, self, "must be positive")
+        try:  # the widths must match the stem and the tile size
+            EncoderConfig.from_dict(self._encoder_section())
+        except ValueError as error:
+            raise FieldValidationError(cls.pixel_channels, self, str(error)) from None
         if not (self.detection_loss_weight > 0 and math.isfinite(self.detection_loss_weight)):
             raise FieldValidationError(cls.detection_loss_weight, self, "must be > 0 and finite")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise FieldValidationError(cls.device, self, "must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+    def _encoder_section(self) -> dict[str, Any]:
+        return {
+            "tile_size": self.tile_size,
+            "checkerboard_groups": self.checkerboard_groups,
+            "downsample_kernel": self.downsample_kernel,
+            "stem": self.stem,
+            "pixel_channels": list(self.pixel_channels),
+            "head_channels": self.head_channels,
+        }
 
     def training_run(self, measured: Sequence[ExposureConditions] = ()) -> TrainingRun:
         """The core's training definition, with conditions measured on calexps when given."""
@@ -191,11 +223,7 @@ class BlissTrainConfig(PipelineTaskConfig, pipelineConnections=BlissTrainConnect
                     "tile_size": self.tile_size,
                     "psf_fwhm_range_arcsec": fwhm_range,
                 },
-                "encoder": {
-                    "tile_size": self.tile_size,
-                    "checkerboard_groups": self.checkerboard_groups,
-                    "downsample_kernel": self.downsample_kernel,
-                },
+                "encoder": self._encoder_section(),
                 "training": {
                     "seed": self.seed,
                     "n_steps": self.n_steps,
