@@ -120,6 +120,7 @@ def test_fine_tuning_starts_from_a_package_and_keeps_its_record(tmp_path, capsys
         "finetune_companions.yaml",
         "finetune_detection_weight.yaml",
         "experiment_k4_detection_weight.yaml",
+        "experiment_space_to_depth.yaml",
     ],
 )
 def test_packaged_training_configs_load(name: str) -> None:
