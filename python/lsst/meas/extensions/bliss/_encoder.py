@@ -88,7 +88,7 @@ class EncoderConfig:
         one half-resolution pixel of 4x the channels, losslessly, followed
         by a convolution and a residual block there). The second skips the
         full-resolution layers, where a CPU runs narrow convolutions at a
-        fraction of its arithmetic rate (see ``doc/inference.rst``).
+        fraction of its arithmetic rate (see ``doc/encoder.rst``).
     """
 
     tile_size: int = 4

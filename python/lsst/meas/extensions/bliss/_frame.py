@@ -45,8 +45,7 @@ invalid pixels (masked, non-finite or with non-positive variance), or reaches be
 _ACTIVATIONS_PER_LAYER = 4.25
 """Live copies of the backbone's widest activation per chunk (a residual block's input, hidden layer
 and output, and the allocator's slack); with the input and its chunk copy this is about 300 bytes per
-pixel for the packaged encoder, whose peak memory was measured with it."""
-"""Peak memory of the encoder per chunk pixel on the CPU (float32 activations), for the chunk size."""
+pixel for the packaged encoder, whose peak memory was measured with it (float32 on the CPU)."""
 
 
 @dataclasses.dataclass(frozen=True)
