@@ -262,9 +262,10 @@ class BlissEncoder(nn.Module):
         self.factors: list[Factor] = make_factors(self.config.factors)
         channels = self.config.pixel_channels
         layers: list[nn.Module] = []
+        n_stem_inputs = N_INPUT_CHANNELS
         if self.config.stem == "space_to_depth":
             layers.append(nn.PixelUnshuffle(2))
-        n_stem_inputs = N_INPUT_CHANNELS * (4 if self.config.stem == "space_to_depth" else 1)
+            n_stem_inputs *= 4
         layers += [
             nn.Conv2d(n_stem_inputs, channels[0], 3, padding=1),
             nn.SiLU(),

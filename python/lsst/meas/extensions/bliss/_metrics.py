@@ -823,16 +823,26 @@ def classification_accuracy(
     )
 
 
+def _finite_values(values: ArrayLike) -> np.ndarray:
+    """The finite values of ``values`` (any shape), flattened."""
+    array = _as_float_array(values, "values").ravel()
+    return array[np.isfinite(array)]
+
+
+def _mad_sigma(array: np.ndarray) -> np.ndarray:
+    """``1.4826 x`` the median absolute deviation along the last axis."""
+    return MAD_TO_SIGMA * np.median(np.abs(array - np.median(array, axis=-1, keepdims=True)), axis=-1)
+
+
 def robust_scatter(values: ArrayLike) -> float:
     """``1.4826 x`` the median absolute deviation (the standard deviation for Gaussian data).
 
     Non-finite values are ignored; NaN for no data.
     """
-    array = _as_float_array(values, "values").ravel()
-    array = array[np.isfinite(array)]
+    array = _finite_values(values)
     if array.size == 0:
         return math.nan
-    return float(MAD_TO_SIGMA * np.median(np.abs(array - np.median(array))))
+    return float(_mad_sigma(array))
 
 
 def robust_scatter_stderr(values: ArrayLike, n_resamples: int = 1000, seed: int = 0) -> float:
@@ -857,8 +867,7 @@ def robust_scatter_stderr(values: ArrayLike, n_resamples: int = 1000, seed: int 
     stderr
         Standard deviation of the resampled scatters; NaN for fewer than two values.
     """
-    array = _as_float_array(values, "values").ravel()
-    array = array[np.isfinite(array)]
+    array = _finite_values(values)
     if array.size < 2:
         return math.nan
     rng = np.random.default_rng(seed)
@@ -867,8 +876,7 @@ def robust_scatter_stderr(values: ArrayLike, n_resamples: int = 1000, seed: int 
     scatters = []
     for start in range(0, n_resamples, rows_per_block):
         resampled = rng.choice(array, size=(min(rows_per_block, n_resamples - start), array.size))
-        centred = np.abs(resampled - np.median(resampled, axis=1, keepdims=True))
-        scatters.append(MAD_TO_SIGMA * np.median(centred, axis=1))
+        scatters.append(_mad_sigma(resampled))
     return float(np.std(np.concatenate(scatters), ddof=1))
 
 

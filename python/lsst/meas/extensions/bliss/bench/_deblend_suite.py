@@ -41,6 +41,7 @@ from .._catalog import SOURCE_FIELDS, FullCatalog
 from .._conditions import SurveyConditions
 from .._deblend import (
     DeblendedSources,
+    GalaxyLatents,
     SourceModels,
     deblend_sources,
     measure_deblended,
@@ -143,14 +144,22 @@ def _measure_scene(
         None,
         autoencoder,
     )
-    measured = measure_deblended(
-        deblend_sources(image, variance, models), float(variance.median().sqrt()), latents=latents
-    )
+    measured = _deblend_and_measure(image, variance, models, latents)
     rows = {
         name: catalog.fields[name][0, :count].numpy()
         for name in ("detection_prob", "disk_q", "disk_frac", "bulge_q", "position_angle_rad")
     }
     return {"x": catalog.x[0, :count].numpy(), "y": catalog.y[0, :count].numpy(), **rows, **measured}
+
+
+def _deblend_and_measure(
+    image: torch.Tensor, variance: torch.Tensor, models: SourceModels, latents: GalaxyLatents | None = None
+) -> dict[str, np.ndarray]:
+    """Flux-conserving deblending of a scene by ``models`` and the measurements on it, with the
+    image's median noise as the background noise."""
+    return measure_deblended(
+        deblend_sources(image, variance, models), float(variance.median().sqrt()), latents=latents
+    )
 
 
 def _truth_models(
@@ -258,9 +267,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             both = len(match.true_index) == 2
             residuals["bliss_pair_both_found" if both else "bliss_pair_one_found"] += found
         truth_models = _truth_models(where, properties[index], fwhm_pix, conditions)
-        with_truth = measure_deblended(
-            deblend_sources(image, variance, truth_models), float(variance.median().sqrt())
-        )
+        with_truth = _deblend_and_measure(image, variance, truth_models)
         residuals[f"truth_models_{kind}"] += list(with_truth["flux_njy"] / true_flux - 1)
         hsm_failures += int(bliss["flag_moments_failed"][match.est_index].sum())
         bright = snr_rows[index][match.true_index] >= 20
