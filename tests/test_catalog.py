@@ -95,3 +95,18 @@ def test_bad_shapes_and_sizes_are_clear_errors() -> None:
     del fields["disk_q"]
     with pytest.raises(ValueError, match="missing field"):
         FullCatalog(16, 16, full.n_sources, full.x, full.y, fields)
+
+
+def test_concatenate_keeps_each_images_sources_in_order() -> None:
+    first = random_tile_catalog(seed=4).to_full_catalog()
+    second = random_tile_catalog(seed=5).to_full_catalog()
+    joined = first.concatenate(second)
+    assert torch.equal(joined.n_sources, first.n_sources + second.n_sources)
+    for image in range(first.batch_size):
+        n, m = int(first.n_sources[image]), int(second.n_sources[image])
+        assert torch.equal(joined.x[image, : n + m], torch.cat([first.x[image, :n], second.x[image, :m]]))
+        for name, value in joined.fields.items():
+            expected = torch.cat([first.fields[name][image, :n], second.fields[name][image, :m]])
+            assert torch.equal(value[image, : n + m], expected), name
+    with pytest.raises(ValueError, match="Cannot concatenate a catalog of 1 images of 16x16"):
+        first.concatenate(make_full([1.0], [2.0], [10.0]))

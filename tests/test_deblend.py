@@ -202,3 +202,27 @@ def test_galaxies_larger_than_the_autoencoder_stamp_keep_their_parametric_model(
         parametric, sources, fwhm, image, torch.ones(64, 64), small_autoencoder()
     )
     assert latents.modelled.tolist() == [False, True] and not latents.invalid.any()
+
+
+def test_stars_that_lose_light_to_masked_pixels_get_the_flux_their_valid_pixels_fit() -> None:
+    truth = catalog([dict(x=30.3, y=31.6, flux_njy=2e6), dict(x=8.0, y=8.0, flux_njy=5e4)])
+    fwhm = torch.full((2,), FWHM_PIX)
+    true_models = render_source_models(truth, fwhm, CONDITIONS, 64, 64)
+    image = scene_model(true_models, 64, 64)
+    generator = torch.Generator().manual_seed(3)
+    variance = image.clamp(min=0) / CONDITIONS.njy_to_electrons + 400.0
+    image = image + variance.sqrt() * torch.randn(64, 64, generator=generator)
+    valid = torch.ones(64, 64, dtype=torch.bool)
+    valid[26:38, 28:33] = False  # the bright star's saturated core and bleed trail
+    estimate = catalog([dict(x=30.3, y=31.6, flux_njy=1.2e6), dict(x=8.0, y=8.0, flux_njy=3e4)])
+    models, _ = model_sources(estimate, fwhm, CONDITIONS, image, variance, valid)
+    totals = models.models.sum(dim=(1, 2))
+    assert totals[0] == pytest.approx(float(true_models.models[0].sum()), rel=0.01)
+    # The star with no masked pixel keeps the encoder's flux (its stamp is clipped at the corner).
+    unfitted = render_source_models(estimate, fwhm, CONDITIONS, 64, 64).models.sum(dim=(1, 2))
+    assert totals[1] == pytest.approx(float(unfitted[1]), rel=1e-5)
+    # A fit that cannot be made (no valid pixel) leaves the model as it was.
+    models, _ = model_sources(
+        estimate, fwhm, CONDITIONS, image, variance, torch.zeros(64, 64, dtype=torch.bool)
+    )
+    assert models.models.sum(dim=(1, 2))[0] == pytest.approx(float(unfitted[0]), rel=1e-5)

@@ -170,6 +170,8 @@ def test_deblend_config_validation_names_the_field(field: str, value) -> None:
         ("tile_size", 6),
         ("stem", "pixels"),
         ("pixel_channels", [16, 32]),  # the convolution stem needs three widths for 4-pixel tiles
+        ("bright_star_density_per_arcmin2", -1.0),
+        ("bright_star_mag_range", [16.0, 12.0]),
         ("head_channels", 0),
         ("detection_loss_weight", 0.0),
         ("detection_loss_weight", float("nan")),
@@ -185,12 +187,18 @@ def test_train_config_validation_names_the_field(field: str, value) -> None:
         config.validate()
 
 
-def test_train_task_builds_the_space_to_depth_encoder() -> None:
+def test_train_task_builds_the_space_to_depth_encoder_on_a_field_with_bright_stars() -> None:
     config = BlissTrainConfig()
     config.stem, config.pixel_channels, config.head_channels = "space_to_depth", [16, 32], 32
+    config.bright_star_density_per_arcmin2, config.bright_star_mag_range = 5.0, [12.0, 15.0]
     config.validate()
-    encoder = config.training_run().encoder
+    run = config.training_run()
+    encoder = run.encoder
     assert (encoder.stem, encoder.pixel_channels, encoder.head_channels) == ("space_to_depth", (16, 32), 32)
+    assert run.prior.bright_star_density_per_arcmin2 == 5.0 and run.prior.bright_star_mag_range == (
+        12.0,
+        15.0,
+    )
 
 
 def test_train_task_defaults_train_the_packaged_model() -> None:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy import optimize
 
-from lsst.meas.extensions.bliss import PriorConfig, SourcePrior, SurveyConditions
+from lsst.meas.extensions.bliss import PriorConfig, SourcePrior, SurveyConditions, mag_to_flux_njy
 
 CONDITIONS = SurveyConditions.from_survey()
 
@@ -110,6 +110,8 @@ def test_same_seed_same_catalog() -> None:
         ("companion_fraction", 1.5),
         ("companion_max_tiles", 0),
         ("companion_delta_mag_range", (2.0, 1.0)),
+        ("bright_star_density_per_arcmin2", -1.0),
+        ("bright_star_mag_range", (16.0, 12.0)),
     ],
 )
 def test_invalid_prior_parameters_name_the_field(field: str, value) -> None:
@@ -151,3 +153,25 @@ def test_companions_are_fainter_galaxies_near_their_host_added_to_the_same_field
         assert bool(((ratio <= 1.0 + 1e-5) & (ratio >= 10 ** (-0.4 * 2.5) - 1e-5)).any())
     assert (paired.fields["disk_hlr_arcsec"][..., 0][added] > 0).all()
     assert PriorConfig.from_dict(config.to_dict()) == config
+
+
+def test_bright_stars_are_added_at_their_density_and_magnitudes() -> None:
+    config = PriorConfig(bright_star_density_per_arcmin2=20.0, bright_star_mag_range=(12.0, 14.0))
+    prior = SourcePrior(config, CONDITIONS)
+    plain = SourcePrior(PriorConfig(), CONDITIONS).sample(16, 40, 40, torch.Generator().manual_seed(8))
+    field = prior.sample(16, 40, 40, torch.Generator().manual_seed(8))
+    flux = field.fields["flux_njy"][..., 0]
+    bright = (field.n_sources > 0) & (flux > mag_to_flux_njy(14.0) * (1 - 1e-5))
+    area_arcmin2 = 16 * (40 * 4 * CONDITIONS.pixel_scale_arcsec / 60) ** 2
+    expected = 20.0 * area_arcmin2
+    assert abs(int(bright.sum()) - expected) < 4 * math.sqrt(expected)
+    assert (flux[bright] <= mag_to_flux_njy(12.0) * (1 + 1e-5)).all()
+    assert not field.fields["is_galaxy"][..., 0][bright].any()
+    for name in ("disk_hlr_arcsec", "bulge_hlr_arcsec", "disk_frac"):
+        assert (field.fields[name][..., 0][bright] == 0).all(), name
+    # Elsewhere the Poisson field is the one drawn without the option, number for number.
+    for name, value in plain.fields.items():
+        assert torch.equal(field.fields[name][~bright], value[~bright]), name
+    assert torch.equal(field.n_sources[~bright], plain.n_sources[~bright])
+    assert PriorConfig.from_dict(config.to_dict()) == config
+    assert config.poisson_field() == PriorConfig()

@@ -12,6 +12,7 @@ from lsst.meas.extensions.bliss import (
     PriorConfig,
     SimulatorConfig,
     SurveyConditions,
+    saturated_pixels,
 )
 
 CONDITIONS = SurveyConditions.from_survey()
@@ -85,13 +86,31 @@ def test_psf_fwhm_range_draws_per_image_psfs() -> None:
     assert fwhm.min() >= 0.6 and fwhm.max() <= 1.2 and fwhm.std() > 0.05
 
 
-def test_saturated_pixels_are_masked() -> None:
+def test_saturated_pixels_are_masked_and_clipped_with_their_bleed_trails() -> None:
     conditions = CONDITIONS.replace(full_well_e=2000.0)
     prior = PriorConfig(source_density_per_arcmin2=3000.0, bright_limit_mag=16.0)
     batch = ImageSimulator(conditions, prior, SimulatorConfig(), device="cpu").sample(2, seed=4)
     saturated = (batch.mask >> MASK_PLANES["SAT"]) & 1 == 1
-    expected = (batch.noiseless + conditions.sky_level_njy) * conditions.njy_to_electrons > 2000.0
-    assert saturated.any() and torch.equal(saturated, expected)
+    charge = (batch.noiseless + conditions.sky_level_njy) * conditions.njy_to_electrons
+    over = charge > 2000.0
+    assert over.any() and torch.equal(saturated, saturated_pixels(charge, 2000.0))
+    # Every pixel over the full well is masked, the trails run only along columns that saturate,
+    # and the image holds the full well (less the subtracted sky) there.
+    assert saturated[over].all() and saturated.sum() > over.sum()
+    assert not (saturated & ~over.any(dim=-2, keepdim=True)).any()
+    full_well_njy = 2000.0 / conditions.njy_to_electrons - conditions.sky_level_njy
+    assert torch.allclose(batch.image[saturated], torch.tensor(full_well_njy))
+
+
+def test_excess_charge_bleeds_up_and_down_its_column() -> None:
+    charge = torch.zeros(2, 20, 3)
+    charge[0, 9:11, 1] = 300.0  # 2 x 200 electrons above a full well of 100: 2 pixels each way
+    charge[1, 0, 2] = 450.0  # 350 above: 2 pixels each way, clipped at the top edge
+    saturated = saturated_pixels(charge, 100.0)
+    expected = torch.zeros_like(saturated)
+    expected[0, 7:13, 1] = True
+    expected[1, 0:3, 2] = True
+    assert torch.equal(saturated, expected)
 
 
 @pytest.mark.parametrize(

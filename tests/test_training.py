@@ -121,6 +121,8 @@ def test_fine_tuning_starts_from_a_package_and_keeps_its_record(tmp_path, capsys
         "finetune_detection_weight.yaml",
         "experiment_k4_detection_weight.yaml",
         "experiment_space_to_depth.yaml",
+        "experiment_bright_stars.yaml",
+        "finetune_bright_stars.yaml",
     ],
 )
 def test_packaged_training_configs_load(name: str) -> None:

@@ -149,6 +149,33 @@ class FullCatalog:
             {name: gather(value) for name, value in self.fields.items()},
         )
 
+    def concatenate(self, other: FullCatalog) -> FullCatalog:
+        """The sources of both catalogs, image by image: this one's first, then ``other``'s.
+
+        Raises
+        ------
+        ValueError
+            If the catalogs differ in batch size, image size or fields.
+        """
+        if (other.batch_size, other.height, other.width) != (self.batch_size, self.height, self.width):
+            raise ValueError(
+                f"Cannot concatenate a catalog of {other.batch_size} images of {other.height}x{other.width} "
+                f"to one of {self.batch_size} images of {self.height}x{self.width}."
+            )
+        if set(other.fields) != set(self.fields):
+            differing = sorted(set(other.fields) ^ set(self.fields))
+            raise ValueError(f"Cannot concatenate catalogs with different fields: {differing}.")
+        every_slot = torch.full_like(self.n_sources, self.max_sources + other.max_sources)
+        joined = FullCatalog(
+            self.height,
+            self.width,
+            every_slot,
+            torch.cat([self.x, other.x], dim=1),
+            torch.cat([self.y, other.y], dim=1),
+            {name: torch.cat([value, other.fields[name]], dim=1) for name, value in self.fields.items()},
+        )
+        return joined.select(torch.cat([self.is_valid, other.is_valid], dim=1))
+
     def to_tile_catalog(self, tile_size: int, max_sources_per_tile: int) -> TileCatalog:
         """Assign sources to tiles.
 

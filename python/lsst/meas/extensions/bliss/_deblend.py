@@ -8,7 +8,9 @@ code the autoencoder's encoder infers from the galaxy's stamp with its neighbour
 subtracted (`refine_galaxy_models`).  The scene model is the sum of the stamps; a source's
 deblended image gives it the share of every observed pixel that its model holds of the scene
 there, so the deblended images of all sources add up to the observed image wherever the scene
-model is positive.
+model is positive.  Stars that lose light to masked pixels (a saturated core, a bad column) are
+rescaled to the flux that fits their valid pixels (`fit_masked_star_fluxes`) before galaxies are
+modelled, so that the rest of their wings is not given to their neighbours.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ __all__ = [
     "GalaxyLatents",
     "SourceModels",
     "deblend_sources",
+    "fit_masked_star_fluxes",
     "measure_deblended",
     "model_sources",
     "refine_galaxy_models",
@@ -218,11 +221,79 @@ def model_sources(
     """
     height, width = image.shape
     models = render_source_models(catalog, psf_fwhm_pix, conditions, height, width, max_half_size)
+    is_star = ~catalog.fields["is_galaxy"][0, : len(models)].bool()
+    models = fit_masked_star_fluxes(models, is_star, image, variance, valid)
     if autoencoder is None:
         return models, None
     return refine_galaxy_models(
         models, catalog, psf_fwhm_pix, image, variance, autoencoder, valid, n_iterations
     )
+
+
+def fit_masked_star_fluxes(
+    models: SourceModels,
+    is_star: torch.Tensor,
+    image: torch.Tensor,
+    variance: torch.Tensor,
+    valid: torch.Tensor | None = None,
+    min_masked_fraction: float = 0.01,
+) -> SourceModels:
+    """Rescale the models of stars that lose light to masked pixels to the flux their valid pixels fit.
+
+    The encoder sees a star with a saturated core only through its wings, and
+    its flux estimate for such a star can be far off; the wings that its
+    model misses would then go to its neighbours.  For each star whose model
+    puts at least ``min_masked_fraction`` of its light on unusable pixels,
+    the flux is the weighted least-squares amplitude of its model (the PSF at
+    its position) against the image less every other source's model, over
+    the valid pixels of its stamp.
+
+    Parameters
+    ----------
+    models
+        Current source models, ``N`` of them.
+    is_star
+        Which sources are stars, shape (N,), bool.
+    image, variance
+        Observed image (nJy) and variance (nJy^2), shape (H, W).
+    valid
+        Usable pixels, shape (H, W), bool; default: finite with positive variance.
+    min_masked_fraction
+        Least fraction of a star's model on unusable pixels for its flux to be fitted.
+
+    Returns
+    -------
+    models
+        The models with those stars rescaled (a fit that is not finite or not
+        positive leaves the star as it was); the input is not modified.
+    """
+    if not len(models):
+        return models
+    height, width = image.shape
+    usable = torch.isfinite(image) & torch.isfinite(variance) & (variance > 0)
+    if valid is not None:
+        usable &= valid
+    rows, cols = _stamp_index(models, height, width)
+    inside = _inside_mask(models.x0, models.y0, models.stamp_size, height, width).bool()
+    stamp_valid = usable[rows, cols] & inside
+    own = models.models
+    total = own.sum(dim=(1, 2))
+    masked_fraction = torch.where(stamp_valid, 0.0, own).sum(dim=(1, 2)) / total.clamp(min=1e-30)
+    chosen = is_star.bool() & (total > 0) & (masked_fraction >= min_masked_fraction)
+    if not bool(chosen.any()):
+        return models
+    scene = scene_model(models, height, width)
+    weight = torch.where(stamp_valid, 1.0 / variance.float()[rows, cols].clamp(min=1e-30), 0.0)[chosen]
+    residual = image.float()[rows, cols][chosen] - (scene[rows, cols][chosen] - own[chosen])
+    residual = torch.where(stamp_valid[chosen], residual, 0.0)
+    star = own[chosen].double()
+    numerator = (weight * star * residual).sum(dim=(1, 2))
+    denominator = (weight * star.square()).sum(dim=(1, 2))
+    scale = numerator / denominator
+    scale = torch.where(torch.isfinite(scale) & (scale > 0), scale, 1.0).float()
+    rescaled = own.clone()
+    rescaled[chosen] = own[chosen] * scale[:, None, None]
+    return dataclasses.replace(models, models=rescaled)
 
 
 def refine_galaxy_models(
@@ -236,6 +307,7 @@ def refine_galaxy_models(
     n_iterations: int = 2,
     batch_size: int = 256,
     min_stamp_flux_fraction: float = 0.95,
+    neighbour_dominance: float = 10.0,
 ) -> tuple[SourceModels, GalaxyLatents]:
     """Replace the galaxies' models by the autoencoder's renderings.
 
@@ -266,6 +338,10 @@ def refine_galaxy_models(
     min_stamp_flux_fraction
         Least fraction of a galaxy's parametric model inside the autoencoder's
         stamp for the autoencoder to model it.
+    neighbour_dominance
+        Stamp pixels where the other sources' models exceed this many times
+        both the galaxy's current model and the noise are left out of the
+        encoding (the autoencoder treats them as masked).
 
     Returns
     -------
@@ -310,11 +386,17 @@ def refine_galaxy_models(
     stamp_variance = torch.where(stamp_valid, variance.float()[rows, cols], 1.0)
     parametric = models.models[galaxies].clone()
     original_half = models.half_size[galaxies].clone()
+    noise = stamp_variance.sqrt()
     for _ in range(n_iterations):
-        others = scene_model(models, height, width)[rows, cols] - models.models[galaxies][:, crop, crop]
-        stamps = torch.where(stamp_valid, image.float()[rows, cols] - others, 0.0)
+        own_model = models.models[galaxies][:, crop, crop]
+        others = scene_model(models, height, width)[rows, cols] - own_model
+        # Where a neighbour outshines the galaxy and the noise many times over, the residual of its
+        # model (a position or PSF error on a bright star's wings) would swamp the galaxy: not encoded.
+        dominated = others > neighbour_dominance * torch.maximum(own_model, noise)
+        encoded = stamp_valid & ~dominated
+        stamps = torch.where(encoded, image.float()[rows, cols] - others, 0.0)
         posterior, decoded = _encode_and_decode(
-            autoencoder, stamps, stamp_variance, stamp_valid, fwhm, offsets, batch_size
+            autoencoder, stamps, stamp_variance, encoded, fwhm, offsets, batch_size
         )
         good = posterior.finite() & torch.isfinite(decoded).all(dim=(1, 2))
         own = parametric.clone()

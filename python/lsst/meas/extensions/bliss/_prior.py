@@ -65,6 +65,19 @@ class PriorConfig:
     companion_delta_mag_range
         The companion is fainter than its host by a magnitude difference
         uniform in this range; its shape is drawn from the prior for its flux.
+    bright_star_density_per_arcmin2
+        Mean number per arcmin^2 of bright stars added to the field, with
+        magnitudes uniform in ``bright_star_mag_range``.  Every LSST detector
+        holds stars that saturate and bleed, far brighter than the field's
+        ``bright_limit_mag``; their masked cores and wide wings look like
+        nothing else, and at their natural density (about 0.1 per arcmin^2 at
+        r = 12-16) a training image almost never holds one.  Training raises
+        the density so that the encoder learns to report one star at the
+        masked core instead of fragments in its wings; their posteriors are
+        set by the data, not by this rate.  0 (the default) adds none and draws
+        the same random numbers as before the option.
+    bright_star_mag_range
+        AB magnitudes (brightest, faintest) of the added bright stars.
     """
 
     source_density_per_arcmin2: float = 55.0
@@ -85,6 +98,8 @@ class PriorConfig:
     companion_fraction: float = 0.0
     companion_max_tiles: int = 2
     companion_delta_mag_range: tuple[float, float] = (0.0, 2.5)
+    bright_star_density_per_arcmin2: float = 0.0
+    bright_star_mag_range: tuple[float, float] = (12.0, 16.0)
 
     def __post_init__(self) -> None:
         def require(condition: bool, field: str, allowed: str) -> None:
@@ -139,25 +154,48 @@ class PriorConfig:
         require(
             finite(low) and finite(high) and 0 <= low <= high, "companion_delta_mag_range", "0 <= low <= high"
         )
+        require(
+            finite(self.bright_star_density_per_arcmin2) and self.bright_star_density_per_arcmin2 >= 0,
+            "bright_star_density_per_arcmin2",
+            ">= 0 stars per arcmin^2",
+        )
+        brightest, faintest = self.bright_star_mag_range
+        require(
+            finite(brightest) and finite(faintest) and brightest <= faintest,
+            "bright_star_mag_range",
+            "(brightest, faintest) AB magnitudes with brightest <= faintest",
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serializable representation."""
         return dataclasses.asdict(self)
 
-    def without_companions(self) -> PriorConfig:
-        """The same prior with the companion settings at their defaults: what single sources are
-        drawn from (companions only add galaxies of the same population to the field)."""
+    def without_bright_stars(self) -> PriorConfig:
+        """The same prior without the added bright stars, whose training density is far above the
+        sky's: the prior of held-out and demo scenes (saturated stars are measured on their own, by
+        ``bliss-bench saturation`` and the demo's saturated star)."""
+        return dataclasses.replace(self, bright_star_density_per_arcmin2=0.0)
+
+    def poisson_field(self) -> PriorConfig:
+        """The same prior with the added populations (companions, bright stars) at their defaults:
+        the field that single galaxies are drawn from, which the added populations leave as it is."""
         defaults = {
             field.name: field.default
             for field in dataclasses.fields(self)
-            if field.name.startswith("companion_")
+            if field.name.startswith(("companion_", "bright_star_"))
         }
         return dataclasses.replace(self, **defaults)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PriorConfig:
         """Inverse of `to_dict`."""
-        ranges = ("bulge_size_ratio_range", "disk_q_range", "bulge_q_range", "companion_delta_mag_range")
+        ranges = (
+            "bulge_size_ratio_range",
+            "disk_q_range",
+            "bulge_q_range",
+            "companion_delta_mag_range",
+            "bright_star_mag_range",
+        )
         return cls(**{k: tuple(v) if k in ranges else v for k, v in data.items()})
 
 
@@ -311,7 +349,36 @@ class SourcePrior:
         catalog = TileCatalog(self.tile_size, counts, locations, fields)
         if config.companion_fraction > 0:
             catalog = self._add_companions(catalog, generator)
+        if config.bright_star_density_per_arcmin2 > 0:
+            catalog = self._add_bright_stars(catalog, generator)
         return catalog
+
+    def _add_bright_stars(self, catalog: TileCatalog, generator: torch.Generator) -> TileCatalog:
+        """Put a bright star (see `PriorConfig.bright_star_density_per_arcmin2`) in the first slot of
+        tiles drawn at that density; it replaces a source already there."""
+        config = self.config
+        counts, device = catalog.n_sources, catalog.n_sources.device
+        dtype = catalog.locations.dtype
+        rate = self.mean_sources_per_tile * config.bright_star_density_per_arcmin2
+        rate /= config.source_density_per_arcmin2
+        star = torch.rand(counts.shape, generator=generator, device=device) < rate
+        brightest, faintest = config.bright_star_mag_range
+        mag = _uniform(counts.shape, brightest, faintest, generator, device, torch.float64)
+        flux = (10 ** (-0.4 * (mag - AB_NJY_ZERO_POINT))).to(dtype)
+        location = torch.rand(counts.shape + (2,), generator=generator, device=device, dtype=dtype)
+        first_slot = torch.zeros_like(catalog.fields["is_galaxy"])
+        first_slot[..., 0] = star
+        neutral = {"disk_q": 1.0, "bulge_q": 1.0}
+        fields = {}
+        for name, value in catalog.fields.items():
+            if name == "flux_njy":
+                replacement = flux[..., None].expand_as(value)
+            else:
+                replacement = torch.full_like(value, neutral.get(name, 0))
+            fields[name] = torch.where(first_slot, replacement, value)
+        locations = catalog.locations.clone()
+        locations[..., 0, :] = torch.where(star[..., None], location, locations[..., 0, :])
+        return TileCatalog(self.tile_size, torch.where(star, counts.clamp(min=1), counts), locations, fields)
 
     def _add_companions(self, catalog: TileCatalog, generator: torch.Generator) -> TileCatalog:
         """Give each galaxy a companion with probability ``companion_fraction`` (see `PriorConfig`).

@@ -5,6 +5,7 @@ from __future__ import annotations
 __all__ = [
     "add_detector_defects",
     "MASK_PLANES",
+    "saturated_pixels",
     "ImageSimulator",
     "SimulatedBatch",
     "SimulatorConfig",
@@ -374,9 +375,11 @@ def observe(
     Returns
     -------
     image, variance, mask
-        Observed image (nJy), its expected variance (nJy^2) and the bit mask
-        (``SAT`` where the expected charge exceeds the full well), each of the
-        input's shape.
+        Observed image (nJy), its expected variance (nJy^2) and the bit mask,
+        each of the input's shape.  Where the expected charge exceeds the full
+        well, and along the columns into which the excess bleeds
+        (`saturated_pixels`), the image holds the full well and the mask has
+        ``SAT``.
     """
     gain = conditions.njy_to_electrons
     read_variance = conditions.read_noise_e**2
@@ -394,9 +397,42 @@ def observe(
     if subtract_background:
         image = image - conditions.sky_level_njy
     variance = (expected + read_variance) / gain**2
-    saturated = expected > conditions.full_well_e
+    saturated = saturated_pixels(expected, conditions.full_well_e)
+    full_well_njy = conditions.full_well_e / gain - (conditions.sky_level_njy if subtract_background else 0.0)
+    image = torch.where(saturated, torch.full_like(image, full_well_njy), image)
     mask = saturated.to(torch.int32) << MASK_PLANES["SAT"]
     return image, variance, mask
+
+
+def saturated_pixels(charge_e: torch.Tensor, full_well_e: float) -> torch.Tensor:
+    """Pixels a CCD reads as saturated: those over the full well, and the column pixels the excess
+    charge bleeds into.
+
+    The charge above the full well in each column spills evenly up and down
+    the column from the saturated run, filling one pixel per full well, as
+    in the bleed trails of bright stars on LSST detectors.
+
+    Parameters
+    ----------
+    charge_e
+        Expected charge, electrons, shape (..., H, W).
+    full_well_e
+        Electrons a pixel holds.
+
+    Returns
+    -------
+    saturated
+        Boolean, shape (..., H, W).
+    """
+    over = charge_e > full_well_e
+    height = charge_e.shape[-2]
+    rows = torch.arange(height, device=charge_e.device)[:, None]
+    first = torch.where(over, rows, height).amin(dim=-2)
+    last = torch.where(over, rows, -1).amax(dim=-2)
+    excess_e = (charge_e - full_well_e).clamp(min=0).sum(dim=-2)
+    spill = torch.ceil(excess_e / full_well_e / 2).long()
+    inside = (rows >= (first - spill)[..., None, :]) & (rows <= (last + spill)[..., None, :])
+    return inside & over.any(dim=-2)[..., None, :]
 
 
 def add_detector_defects(mask: np.ndarray, image: np.ndarray, generator: np.random.Generator) -> None:

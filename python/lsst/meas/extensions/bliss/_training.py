@@ -488,14 +488,15 @@ def add_autoencoder(
 
 
 def _differing_sections(
-    first: TrainingRun | BlissModel, second: BlissModel, ignore_companions: bool = False
+    first: TrainingRun | BlissModel, second: BlissModel, ignore_added_populations: bool = False
 ) -> list[str]:
     """Names of the survey sections (conditions, prior, simulator) in which two runs or packages differ;
-    with ``ignore_companions``, priors that differ only in their companion settings count as equal."""
+    with ``ignore_added_populations``, priors that differ only in their added populations
+    (`PriorConfig.poisson_field`) count as equal."""
 
     def section(owner: TrainingRun | BlissModel, name: str) -> dict[str, Any]:
         value = getattr(owner, name)
-        return (value.without_companions() if name == "prior" and ignore_companions else value).to_dict()
+        return (value.poisson_field() if name == "prior" and ignore_added_populations else value).to_dict()
 
     return [
         name for name in ("conditions", "prior", "simulator") if section(first, name) != section(second, name)
@@ -508,9 +509,9 @@ def copy_autoencoder(model: BlissModel, source: BlissModel, source_name: str) ->
     The autoencoder learns isolated galaxies drawn from the prior under the
     survey's PSF range; it does not depend on the encoder, so a retrained
     encoder can keep an autoencoder already trained for the same conditions,
-    prior and simulator.  Priors that differ only in their companion settings
-    (`PriorConfig.without_companions`) draw the same single galaxies and
-    count as the same.  The copied training summary records where it came
+    prior and simulator.  Priors that differ only in their added populations
+    of companions and bright stars (`PriorConfig.poisson_field`) draw the
+    same single galaxies and count as the same.  The copied training summary records where it came
     from.
 
     Parameters
@@ -533,7 +534,7 @@ def copy_autoencoder(model: BlissModel, source: BlissModel, source_name: str) ->
     """
     autoencoder = source.require_autoencoder(f"copying the autoencoder of {source_name}")
     # The autoencoder learns single galaxies, which companions do not change (PriorConfig).
-    differing = _differing_sections(source, model, ignore_companions=True)
+    differing = _differing_sections(source, model, ignore_added_populations=True)
     if differing:
         raise ValueError(
             f"{source_name} was trained for different {', '.join(differing)} than the model; its "

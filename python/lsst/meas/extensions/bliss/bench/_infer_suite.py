@@ -54,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _simulate_scene(model: BlissModel, size: int, seed: int) -> dict[str, np.ndarray]:
     simulator = ImageSimulator(
         model.conditions,
-        model.prior,
+        model.prior.without_bright_stars(),
         SimulatorConfig(image_height=size, image_width=size, tile_size=model.encoder.config.tile_size),
         device="cpu",
     )

@@ -14,7 +14,14 @@ from typing import Any
 
 import torch
 
-from . import _deblend_suite, _infer_suite, _pipetask_options, _render_suite, _science_suite
+from . import (
+    _deblend_suite,
+    _infer_suite,
+    _pipetask_options,
+    _render_suite,
+    _saturation_suite,
+    _science_suite,
+)
 
 # Suite name -> (description, add-options, run).
 _SUITES: dict[
@@ -24,6 +31,7 @@ _SUITES: dict[
     "science": (_science_suite.DESCRIPTION, _science_suite.add_arguments, _science_suite.run),
     "infer": (_infer_suite.DESCRIPTION, _infer_suite.add_arguments, _infer_suite.run),
     "deblend": (_deblend_suite.DESCRIPTION, _deblend_suite.add_arguments, _deblend_suite.run),
+    "saturation": (_saturation_suite.DESCRIPTION, _saturation_suite.add_arguments, _saturation_suite.run),
     # The pipeline layer's suite (Butler and pipetask); the Rubin middleware is imported only for it.
     "pipetask": (
         _pipetask_options.DESCRIPTION,

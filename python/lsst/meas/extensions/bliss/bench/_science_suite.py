@@ -66,8 +66,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--scene-prior",
         choices=("model", "default"),
         default="model",
-        help="prior of the held-out scenes: the model's own (default) or PriorConfig() defaults, to "
-        "compare models trained on different priors on the same scenes",
+        help="prior of the held-out scenes: the model's own without its added bright stars (default) or "
+        "PriorConfig() defaults, to compare models trained on different priors on the same scenes",
     )
     parser.add_argument(
         "--precision",
@@ -180,7 +180,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"--seed {args.seed} was used to train or validate this model; pick another.")
     conditions = model.conditions
     backbone_dtype = resolve_backbone_dtype(args.precision, torch.device("cpu"))
-    scene_prior = model.prior if args.scene_prior == "model" else PriorConfig()
+    scene_prior = model.prior.without_bright_stars() if args.scene_prior == "model" else PriorConfig()
     simulator = ImageSimulator(
         conditions,
         scene_prior,

@@ -19,7 +19,13 @@ from .._catalog import SOURCE_FIELDS, FullCatalog
 from .._conditions import SurveyConditions, mag_to_flux_njy
 from .._deblend import render_source_models, scene_model
 from .._model_io import BlissModel, load_default_model
-from .._simulate import MASK_PLANES, ImageSimulator, SimulatorConfig, add_detector_defects
+from .._simulate import (
+    MASK_PLANES,
+    ImageSimulator,
+    SimulatorConfig,
+    add_detector_defects,
+    saturated_pixels,
+)
 from ._compatibility import model_psf_fwhm_range_arcsec
 from ._tables import truth_table
 from ._visit_image_factory import DEMO_MASK_PLANES, LinearPsfField, make_visit_image
@@ -133,33 +139,11 @@ def _add_saturated_star(
         image.dtype
     )
     variance += light / gain
-    # A pixel holds at most the full well: sky plus sources, in the background-subtracted image.
-    level = conditions.full_well_e / gain - conditions.sky_level_njy
-    saturated = (noiseless + light) > level
-    sat_bit = 1 << MASK_PLANES["SAT"]
-    for column in np.flatnonzero(saturated.any(axis=0)):
-        rows = np.flatnonzero(saturated[:, column])
-        excess = float(np.sum(noiseless[rows, column] + light[rows, column] - level))
-        extra = int(math.ceil(excess / level / 2))  # the excess charge spills up and down the column
-        top, bottom = max(0, rows.min() - extra), min(height, rows.max() + 1 + extra)
-        image[top:bottom, column] = level
-        mask_bits[top:bottom, column] |= sat_bit
-
-
-def _append(catalog: FullCatalog, extra: FullCatalog) -> FullCatalog:
-    """The sources of two one-image catalogs together."""
-    n, m = int(catalog.n_sources[0]), int(extra.n_sources[0])
-    return FullCatalog(
-        catalog.height,
-        catalog.width,
-        torch.tensor([n + m]),
-        torch.cat([catalog.x[:, :n], extra.x[:, :m]], dim=1),
-        torch.cat([catalog.y[:, :n], extra.y[:, :m]], dim=1),
-        {
-            name: torch.cat([value[:, :n], extra.fields[name][:, :m]], dim=1)
-            for name, value in catalog.fields.items()
-        },
-    )
+    # A pixel holds at most the full well (sky plus sources); the excess bleeds along the columns.
+    charge_e = (noiseless + light + conditions.sky_level_njy) * gain
+    saturated = saturated_pixels(torch.from_numpy(charge_e), conditions.full_well_e).numpy()
+    image[saturated] = conditions.full_well_e / gain - conditions.sky_level_njy
+    mask_bits[saturated] |= 1 << MASK_PLANES["SAT"]
 
 
 def _mask_planes(mask_bits: np.ndarray) -> dict[str, np.ndarray]:
@@ -285,7 +269,7 @@ def build_demo_repo(
         _register(butler, config, conditions.band)
         simulator = ImageSimulator(
             conditions,
-            model.prior,
+            model.prior.without_bright_stars(),
             SimulatorConfig(
                 image_height=tile * math.ceil(config.height / tile),
                 image_width=tile * math.ceil(config.width / tile),
@@ -304,12 +288,14 @@ def build_demo_repo(
                 mask_bits = batch.mask[0, : config.height, : config.width].numpy().astype(np.int64)
                 # The simulation covers whole tiles; the truth keeps what falls on the detector.
                 truth = batch.truth
-                truth = truth.select((truth.x < config.width - 0.5) & (truth.y < config.height - 0.5))
+                on_detector = (truth.x < config.width - 0.5) & (truth.y < config.height - 0.5)
+                truth = truth.select(on_detector)
+                truth = dataclasses.replace(truth, height=config.height, width=config.width)
                 if config.saturated_star_mag is not None:
                     star = _bright_star(rng, config, conditions)
                     noiseless = batch.noiseless[0, : config.height, : config.width].numpy()
                     _add_saturated_star(star, field, conditions, image, variance, mask_bits, noiseless, rng)
-                    truth = _append(truth, star)
+                    truth = truth.concatenate(star)
                 if config.defects:
                     add_detector_defects(mask_bits, image, rng)
                 pointing = (

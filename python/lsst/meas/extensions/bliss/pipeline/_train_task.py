@@ -97,6 +97,14 @@ class BlissTrainConfig(PipelineTaskConfig, pipelineConnections=BlissTrainConnect
         default=[16, 32, 64],
     )
     head_channels = Field[int](doc="Width of the encoder's checkerboard head.", default=64)
+    bright_star_density_per_arcmin2 = Field[float](
+        doc="Saturated, bleeding stars added to the simulated field per arcmin^2, far above the sky's "
+        "density so that training sees them (see PriorConfig.bright_star_density_per_arcmin2); 0 adds none.",
+        default=0.0,
+    )
+    bright_star_mag_range = ListField[float](
+        doc="AB magnitudes (brightest, faintest) of the added bright stars.", default=[12.0, 16.0]
+    )
     n_steps = Field[int](doc="Optimizer steps.", default=13500)
     batch_size = Field[int](doc="Simulated images per step.", default=32)
     learning_rate = Field[float](doc="Peak Adam learning rate.", default=1e-3)
@@ -163,6 +171,15 @@ class BlissTrainConfig(PipelineTaskConfig, pipelineConnections=BlissTrainConnect
             EncoderConfig.from_dict(self._encoder_section())
         except ValueError as error:
             raise FieldValidationError(cls.pixel_channels, self, str(error)) from None
+        if not (
+            self.bright_star_density_per_arcmin2 >= 0 and math.isfinite(self.bright_star_density_per_arcmin2)
+        ):
+            raise FieldValidationError(cls.bright_star_density_per_arcmin2, self, "must be >= 0 and finite")
+        magnitudes = self.bright_star_mag_range
+        if len(magnitudes) != 2 or not all(map(math.isfinite, magnitudes)) or magnitudes[0] > magnitudes[1]:
+            raise FieldValidationError(
+                cls.bright_star_mag_range, self, "must be [brightest, faintest] finite AB magnitudes"
+            )
         if not (self.detection_loss_weight > 0 and math.isfinite(self.detection_loss_weight)):
             raise FieldValidationError(cls.detection_loss_weight, self, "must be > 0 and finite")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
@@ -217,6 +234,10 @@ class BlissTrainConfig(PipelineTaskConfig, pipelineConnections=BlissTrainConnect
             {
                 **autoencoder_sections,
                 "conditions": conditions,
+                "prior": {
+                    "bright_star_density_per_arcmin2": self.bright_star_density_per_arcmin2,
+                    "bright_star_mag_range": tuple(self.bright_star_mag_range),
+                },
                 "simulator": {
                     "image_height": self.image_size,
                     "image_width": self.image_size,

@@ -159,7 +159,7 @@ def run_methods_on_scenes(
     tile_size = encoder.config.tile_size
     fwhm = variation.psf_fwhm_arcsec or conditions.psf_fwhm_arcsec
     prior = dataclasses.replace(
-        model.prior,
+        model.prior.without_bright_stars(),
         source_density_per_arcmin2=model.prior.source_density_per_arcmin2 * variation.density_factor,
     )
     simulator = ImageSimulator(
