@@ -123,6 +123,7 @@ def test_excess_charge_bleeds_up_and_down_its_column() -> None:
         ("border_tiles", -1),
         ("psf_fwhm_range_arcsec", (0.0, 1.0)),
         ("max_sources_per_tile", 0),
+        ("masked_regions_per_image", -1.0),
     ],
 )
 def test_invalid_simulator_config_names_the_field(field: str, value) -> None:
@@ -133,3 +134,17 @@ def test_invalid_simulator_config_names_the_field(field: str, value) -> None:
 def test_invalid_batch_size() -> None:
     with pytest.raises(ValueError, match="batch_size"):
         simulator().sample(0)
+
+
+def test_masked_regions_hide_columns_and_squares_and_leave_the_rest_as_before() -> None:
+    plain = simulator(density=55.0).sample(64, seed=6)
+    masked = simulator(density=55.0, masked_regions_per_image=2.0).sample(64, seed=6)
+    assert torch.equal(plain.image, masked.image) and torch.equal(plain.truth.x, masked.truth.x)
+    bad = (masked.mask >> MASK_PLANES["BAD"]) & 1 == 1
+    no_data = (masked.mask >> MASK_PLANES["NO_DATA"]) & 1 == 1
+    # A BAD region is a whole column; NO_DATA regions are squares of side 8-48 pixels.
+    assert bad.any() and torch.equal(bad.any(dim=1, keepdim=True).expand_as(bad), bad)
+    assert no_data.any() and not torch.equal(no_data.any(dim=1, keepdim=True).expand_as(no_data), no_data)
+    regions_per_image = (bad.any(dim=1).sum(dim=1) + no_data.any(dim=(1, 2))).float().mean()
+    assert 0.8 < float(regions_per_image) <= 2.0
+    assert torch.equal(plain.mask, masked.mask & ~((1 << MASK_PLANES["BAD"]) | (1 << MASK_PLANES["NO_DATA"])))

@@ -123,6 +123,7 @@ def test_fine_tuning_starts_from_a_package_and_keeps_its_record(tmp_path, capsys
         "experiment_space_to_depth.yaml",
         "experiment_bright_stars.yaml",
         "finetune_bright_stars.yaml",
+        "finetune_masked_regions.yaml",
     ],
 )
 def test_packaged_training_configs_load(name: str) -> None:

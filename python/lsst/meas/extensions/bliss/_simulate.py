@@ -70,6 +70,14 @@ class SimulatorConfig:
         otherwise all images use the conditions' FWHM.
     max_stamp_half_size
         Largest rendering stamp half-size in pixels.
+    masked_regions_per_image
+        Mean number (Poisson) of masked regions that hide whatever lies under
+        them, added to each image: a ``BAD`` column or a ``NO_DATA`` square of
+        side 8-48 pixels, with equal odds.  Detectors mask such regions
+        whether or not a source lies there; without them in training, a
+        network that has only seen saturated stars masked learns that a mask
+        means a star.  0 (the default) adds none and draws the same random
+        numbers as before the option.
     """
 
     image_height: int = 64
@@ -81,6 +89,7 @@ class SimulatorConfig:
     subtract_background: bool = True
     psf_fwhm_range_arcsec: tuple[float, float] | None = None
     max_stamp_half_size: int = 64
+    masked_regions_per_image: float = 0.0
 
     def __post_init__(self) -> None:
         if self.tile_size < 1:
@@ -103,6 +112,10 @@ class SimulatorConfig:
         if self.max_stamp_half_size < 4:
             raise ValueError(
                 f"max_stamp_half_size={self.max_stamp_half_size} is out of range; it must be >= 4."
+            )
+        if not (math.isfinite(self.masked_regions_per_image) and self.masked_regions_per_image >= 0):
+            raise ValueError(
+                f"masked_regions_per_image={self.masked_regions_per_image} is out of range; it must be >= 0."
             )
         if self.psf_fwhm_range_arcsec is not None:
             low, high = self.psf_fwhm_range_arcsec
@@ -278,6 +291,8 @@ class ImageSimulator:
         image, variance, mask = observe(
             noiseless, self.conditions, generator, self.config.noise, self.config.subtract_background
         )
+        if config.masked_regions_per_image > 0:
+            mask = mask | _masked_regions(mask.shape, config.masked_regions_per_image, generator)
         background = torch.full((batch_size,), conditions.sky_level_njy, device=self.device)
         return SimulatedBatch(image, variance, mask, noiseless, background, fwhm, tiles.crop(border))
 
@@ -347,6 +362,36 @@ class ImageSimulator:
             return torch.full((batch_size,), self.conditions.psf_fwhm_arcsec, device=self.device)
         low, high = fwhm_range
         return low + (high - low) * torch.rand(batch_size, generator=generator, device=self.device)
+
+
+def _masked_regions(shape: torch.Size, rate: float, generator: torch.Generator) -> torch.Tensor:
+    """Masks of ``BAD`` columns and ``NO_DATA`` squares (see `SimulatorConfig.masked_regions_per_image`),
+    shape (B, H, W), int32."""
+    batch, height, width = shape
+    device = generator.device
+    counts = torch.poisson(torch.full((batch,), rate, device=device), generator=generator).long()
+    n_regions = int(counts.sum())
+    owner = torch.repeat_interleave(torch.arange(batch, device=device), counts)
+    is_column = torch.rand(n_regions, generator=generator, device=device) < 0.5
+    side = torch.randint(8, 49, (n_regions,), generator=generator, device=device)
+    centre = torch.rand(n_regions, 2, generator=generator, device=device)
+    row0 = torch.where(is_column, 0, (centre[:, 0] * height).long() - side // 2)
+    row1 = torch.where(is_column, height, row0 + side)
+    col0 = (centre[:, 1] * width).long() - torch.where(is_column, 0, side // 2)
+    col1 = col0 + torch.where(is_column, 1, side)
+    rows = torch.arange(height, device=device)
+    cols = torch.arange(width, device=device)
+    inside = (
+        (rows[None, :, None] >= row0[:, None, None])
+        & (rows[None, :, None] < row1[:, None, None])
+        & (cols[None, None, :] >= col0[:, None, None])
+        & (cols[None, None, :] < col1[:, None, None])
+    )
+    bits = torch.where(is_column, 1 << MASK_PLANES["BAD"], 1 << MASK_PLANES["NO_DATA"]).to(torch.int32)
+    regions = torch.zeros(shape, dtype=torch.int32, device=device)
+    for index in range(n_regions):
+        regions[owner[index]] |= inside[index].to(torch.int32) * bits[index]
+    return regions
 
 
 def observe(
