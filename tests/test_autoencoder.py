@@ -232,6 +232,13 @@ def test_a_retrained_encoder_keeps_an_autoencoder_trained_for_the_same_survey(tm
     # Companions add galaxies of the same population: the autoencoder still applies.
     paired = dataclasses.replace(retrained, prior=PriorConfig(companion_fraction=0.3))
     assert copy_autoencoder(paired, source, "source").autoencoder is source.autoencoder
+    # So do added bright stars and masked regions: neither changes the isolated galaxies.
+    hardened = dataclasses.replace(
+        retrained,
+        prior=PriorConfig(bright_star_density_per_arcmin2=5.0),
+        simulator=dataclasses.replace(retrained.simulator, masked_regions_per_image=1.0),
+    )
+    assert copy_autoencoder(hardened, source, "source").autoencoder is source.autoencoder
     with pytest.raises(MissingAutoencoderError, match="copying the autoencoder of plain"):
         copy_autoencoder(retrained, retrained, "plain")
     assert train_main([*argv, "--autoencoder-from", str(tmp_path / "missing.safetensors")]) == 2

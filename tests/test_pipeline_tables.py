@@ -172,6 +172,7 @@ def test_deblend_config_validation_names_the_field(field: str, value) -> None:
         ("pixel_channels", [16, 32]),  # the convolution stem needs three widths for 4-pixel tiles
         ("bright_star_density_per_arcmin2", -1.0),
         ("bright_star_mag_range", [16.0, 12.0]),
+        ("masked_regions_per_image", -0.5),
         ("head_channels", 0),
         ("detection_loss_weight", 0.0),
         ("detection_loss_weight", float("nan")),
@@ -191,8 +192,10 @@ def test_train_task_builds_the_space_to_depth_encoder_on_a_field_with_bright_sta
     config = BlissTrainConfig()
     config.stem, config.pixel_channels, config.head_channels = "space_to_depth", [16, 32], 32
     config.bright_star_density_per_arcmin2, config.bright_star_mag_range = 5.0, [12.0, 15.0]
+    config.masked_regions_per_image = 1.0
     config.validate()
     run = config.training_run()
+    assert run.simulator.masked_regions_per_image == 1.0
     encoder = run.encoder
     assert (encoder.stem, encoder.pixel_channels, encoder.head_channels) == ("space_to_depth", (16, 32), 32)
     assert run.prior.bright_star_density_per_arcmin2 == 5.0 and run.prior.bright_star_mag_range == (

@@ -492,11 +492,16 @@ def _differing_sections(
 ) -> list[str]:
     """Names of the survey sections (conditions, prior, simulator) in which two runs or packages differ;
     with ``ignore_added_populations``, priors that differ only in their added populations
-    (`PriorConfig.poisson_field`) count as equal."""
+    (`PriorConfig.poisson_field`) and simulators that differ only in their masked regions
+    (`SimulatorConfig.masked_regions_per_image`) count as equal."""
 
     def section(owner: TrainingRun | BlissModel, name: str) -> dict[str, Any]:
         value = getattr(owner, name)
-        return (value.poisson_field() if name == "prior" and ignore_added_populations else value).to_dict()
+        if ignore_added_populations and name == "prior":
+            value = value.poisson_field()
+        elif ignore_added_populations and name == "simulator":
+            value = dataclasses.replace(value, masked_regions_per_image=0.0)
+        return value.to_dict()
 
     return [
         name for name in ("conditions", "prior", "simulator") if section(first, name) != section(second, name)
@@ -511,7 +516,9 @@ def copy_autoencoder(model: BlissModel, source: BlissModel, source_name: str) ->
     encoder can keep an autoencoder already trained for the same conditions,
     prior and simulator.  Priors that differ only in their added populations
     of companions and bright stars (`PriorConfig.poisson_field`) draw the
-    same single galaxies and count as the same.  The copied training summary records where it came
+    same single galaxies and count as the same, and so do simulators that
+    differ only in their masked regions, which the autoencoder's isolated
+    stamps do not use.  The copied training summary records where it came
     from.
 
     Parameters

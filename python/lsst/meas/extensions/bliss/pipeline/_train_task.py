@@ -105,6 +105,11 @@ class BlissTrainConfig(PipelineTaskConfig, pipelineConnections=BlissTrainConnect
     bright_star_mag_range = ListField[float](
         doc="AB magnitudes (brightest, faintest) of the added bright stars.", default=[12.0, 16.0]
     )
+    masked_regions_per_image = Field[float](
+        doc="Mean number of masked regions (BAD columns, NO_DATA squares) hiding sources in each simulated "
+        "image (see SimulatorConfig.masked_regions_per_image); 0 adds none.",
+        default=0.0,
+    )
     n_steps = Field[int](doc="Optimizer steps.", default=13500)
     batch_size = Field[int](doc="Simulated images per step.", default=32)
     learning_rate = Field[float](doc="Peak Adam learning rate.", default=1e-3)
@@ -175,6 +180,8 @@ class BlissTrainConfig(PipelineTaskConfig, pipelineConnections=BlissTrainConnect
             self.bright_star_density_per_arcmin2 >= 0 and math.isfinite(self.bright_star_density_per_arcmin2)
         ):
             raise FieldValidationError(cls.bright_star_density_per_arcmin2, self, "must be >= 0 and finite")
+        if not (self.masked_regions_per_image >= 0 and math.isfinite(self.masked_regions_per_image)):
+            raise FieldValidationError(cls.masked_regions_per_image, self, "must be >= 0 and finite")
         magnitudes = self.bright_star_mag_range
         if len(magnitudes) != 2 or not all(map(math.isfinite, magnitudes)) or magnitudes[0] > magnitudes[1]:
             raise FieldValidationError(
@@ -243,6 +250,7 @@ class BlissTrainConfig(PipelineTaskConfig, pipelineConnections=BlissTrainConnect
                     "image_width": self.image_size,
                     "tile_size": self.tile_size,
                     "psf_fwhm_range_arcsec": fwhm_range,
+                    "masked_regions_per_image": self.masked_regions_per_image,
                 },
                 "encoder": self._encoder_section(),
                 "training": {
