@@ -21,8 +21,8 @@ def test_scene_figures_count_the_star_its_fragments_and_the_neighbours_fluxes() 
         # the star (1.5 px off), two fragments in its wings, the 10-px neighbour, the 40-px source
         "x": np.array([51.5, 45.0, 50.0, 60.5, 90.0]),
         "y": np.array([50.0, 55.0, 40.0, 50.0, 50.5]),
-        "flux_njy": np.array([5e6, 3000.0, 2500.0, 1100.0, 2100.0]),
-        "measured_flux_njy": np.array([5e6, 3000.0, 2500.0, 1200.0, 2000.0]),
+        "catalog_flux_njy": np.array([5e6, 3000.0, 2500.0, 1100.0, 2100.0]),
+        "flux_njy": np.array([5e6, 3000.0, 2500.0, 1200.0, 2000.0]),
     }
     figures = _scene_figures(found, truth, star_x, star_y, 1e7)
     assert figures["star_found"] and np.isclose(figures["star_flux_ratio"], 0.5)

@@ -387,10 +387,10 @@ def _masked_regions(shape: torch.Size, rate: float, generator: torch.Generator) 
         & (cols[None, None, :] >= col0[:, None, None])
         & (cols[None, None, :] < col1[:, None, None])
     )
-    bits = torch.where(is_column, 1 << MASK_PLANES["BAD"], 1 << MASK_PLANES["NO_DATA"]).to(torch.int32)
     regions = torch.zeros(shape, dtype=torch.int32, device=device)
-    for index in range(n_regions):
-        regions[owner[index]] |= inside[index].to(torch.int32) * bits[index]
+    for kind, plane in ((is_column, "BAD"), (~is_column, "NO_DATA")):
+        covered = torch.zeros(shape, device=device).index_add_(0, owner[kind], inside[kind].float()) > 0
+        regions |= covered.to(torch.int32) << MASK_PLANES[plane]
     return regions
 
 

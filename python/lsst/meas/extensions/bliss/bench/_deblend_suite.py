@@ -51,6 +51,7 @@ from .._deblend import (
 from .._frame import FrameConfig, infer_frame
 from .._metrics import ellipticity_from_shape, match_sources, robust_scatter, source_snr_and_blendedness
 from .._model_io import BlissModel, load_default_model
+from .._normalize import DEFAULT_INVALID_MASK_PLANES, invalid_mask_bits
 from .._prior import SourcePrior
 from .._sep_baseline import run_sep
 from .._simulate import ImageSimulator, SimulatorConfig
@@ -122,9 +123,13 @@ def _measure_scene(
     variance: torch.Tensor,
     fwhm_pix: float,
     autoencoder: GalaxyAutoencoder | None,
+    mask: torch.Tensor | None = None,
 ) -> dict[str, np.ndarray]:
-    """BLISS detection and deblending of one scene: positions, deblended flux, shape estimates."""
-    result = infer_frame(model, image, variance, None, fwhm_pix, FrameConfig(n_samples=0, device="cpu"))
+    """BLISS detection and deblending of one scene, as the pipeline task does them: positions,
+    catalog flux (``catalog_flux_njy``), deblended flux (``flux_njy``) and shape estimates; pixels
+    with a bit of `DEFAULT_INVALID_MASK_PLANES` in ``mask`` (shape (H, W)) are not used."""
+    result = infer_frame(model, image, variance, mask, fwhm_pix, FrameConfig(n_samples=0, device="cpu"))
+    valid = None if mask is None else (mask & invalid_mask_bits(DEFAULT_INVALID_MASK_PLANES)) == 0
     catalog = result.catalog
     count = int(catalog.n_sources[0])
     estimate = FullCatalog(
@@ -141,25 +146,29 @@ def _measure_scene(
         model.conditions,
         image,
         variance,
-        None,
+        valid,
         autoencoder,
     )
-    measured = _deblend_and_measure(image, variance, models, latents)
+    measured = _deblend_and_measure(image, variance, models, latents, valid)
     rows = {
         name: catalog.fields[name][0, :count].numpy()
         for name in ("detection_prob", "disk_q", "disk_frac", "bulge_q", "position_angle_rad")
     }
+    rows["catalog_flux_njy"] = catalog.fields["flux_njy"][0, :count].numpy()
     return {"x": catalog.x[0, :count].numpy(), "y": catalog.y[0, :count].numpy(), **rows, **measured}
 
 
 def _deblend_and_measure(
-    image: torch.Tensor, variance: torch.Tensor, models: SourceModels, latents: GalaxyLatents | None = None
+    image: torch.Tensor,
+    variance: torch.Tensor,
+    models: SourceModels,
+    latents: GalaxyLatents | None = None,
+    valid: torch.Tensor | None = None,
 ) -> dict[str, np.ndarray]:
     """Flux-conserving deblending of a scene by ``models`` and the measurements on it, with the
-    image's median noise as the background noise."""
-    return measure_deblended(
-        deblend_sources(image, variance, models), float(variance.median().sqrt()), latents=latents
-    )
+    median noise of the image's ``valid`` pixels (default all) as the background noise."""
+    noise = float((variance if valid is None else variance[valid]).median().sqrt())
+    return measure_deblended(deblend_sources(image, variance, models, valid), noise, latents=latents)
 
 
 def _truth_models(

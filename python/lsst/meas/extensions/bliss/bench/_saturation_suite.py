@@ -8,8 +8,8 @@ drawn from the model's prior without its added bright stars
 (`PriorConfig.without_bright_stars`), with one star of a given magnitude at a random position at
 least 24 pixels from the edges, observed with `ImageSimulator.simulate_catalog`
 (saturation and bleeding by `observe`) under a PSF drawn from the model's
-range.  BLISS (`infer_frame`, then the pipeline's deblending, with parametric
-galaxy models or the autoencoder's: ``--galaxy-model``) and
+range.  BLISS (detection and deblending as in the deblend suite and the pipeline task, with
+parametric galaxy models or the autoencoder's: ``--galaxy-model``) and
 SEP (the science suite's settings, saturated pixels masked) run on the same
 images.  Per star magnitude it reports:
 
@@ -31,7 +31,6 @@ from __future__ import annotations
 __all__ = ["DESCRIPTION", "add_arguments", "run"]
 
 import argparse
-import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -39,17 +38,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._autoencoder import GalaxyAutoencoder
 from .._catalog import FullCatalog
 from .._conditions import mag_to_flux_njy
-from .._deblend import deblend_sources, measure_deblended, model_sources
-from .._frame import FrameConfig, infer_frame
 from .._metrics import match_sources, robust_scatter, source_snr_and_blendedness
 from .._model_io import BlissModel, load_default_model
 from .._normalize import DEFAULT_INVALID_MASK_PLANES, invalid_mask_bits
 from .._prior import SourcePrior
 from .._sep_baseline import run_sep
 from .._simulate import ImageSimulator, SimulatorConfig
+from ._deblend_suite import _measure_scene
 
 DESCRIPTION = "detections and deblended fluxes next to saturated, bleeding stars: BLISS vs SEP"
 
@@ -107,39 +104,9 @@ def _star_catalog(flux_njy: float, x: float, y: float, template: FullCatalog) ->
     )
 
 
-def _bliss_catalog(
-    model: BlissModel,
-    image: torch.Tensor,
-    variance: torch.Tensor,
-    mask: torch.Tensor,
-    fwhm_pix: float,
-    autoencoder: GalaxyAutoencoder | None,
-) -> dict[str, np.ndarray]:
-    """BLISS's detections with their deblended fluxes, as the pipeline task measures them (galaxies
-    modelled by ``autoencoder``, or parametric without one)."""
-    result = infer_frame(model, image, variance, mask, fwhm_pix, FrameConfig(device="cpu", n_samples=0))
-    catalog = result.catalog
-    n = int(catalog.n_sources[0])
-    estimate = dataclasses.replace(
-        catalog, fields={**catalog.fields, "is_galaxy": catalog.fields["galaxy_prob"] > 0.5}
-    )
-    valid = (mask & invalid_mask_bits(DEFAULT_INVALID_MASK_PLANES)) == 0
-    models, _ = model_sources(
-        estimate, catalog.fields["psf_fwhm_pix"][0, :n], model.conditions, image, variance, valid, autoencoder
-    )
-    deblended = deblend_sources(image, variance, models, valid)
-    measured = measure_deblended(deblended, float(variance[valid].median().sqrt()))
-    return {
-        "x": catalog.x[0, :n].numpy(),
-        "y": catalog.y[0, :n].numpy(),
-        "flux_njy": catalog.fields["flux_njy"][0, :n].numpy(),
-        "measured_flux_njy": measured["flux_njy"],
-    }
-
-
 def _sep_catalog(image: torch.Tensor, variance: torch.Tensor, mask: torch.Tensor) -> dict[str, np.ndarray]:
     found = run_sep(image, variance, (mask & invalid_mask_bits(DEFAULT_INVALID_MASK_PLANES)) != 0)
-    return {"x": found.x, "y": found.y, "flux_njy": found.flux_njy, "measured_flux_njy": found.flux_njy}
+    return {"x": found.x, "y": found.y, "catalog_flux_njy": found.flux_njy, "flux_njy": found.flux_njy}
 
 
 def _scene_figures(
@@ -163,13 +130,15 @@ def _scene_figures(
     if star_found:
         spurious[nearest] = False
     match = match_sources(truth["x"], truth["y"], found["x"], found["y"], SOURCE_MATCH_PIX)
-    ratio = found["measured_flux_njy"][match.est_index] / truth["flux_njy"][match.true_index]
+    ratio = found["flux_njy"][match.est_index] / truth["flux_njy"][match.true_index]
     distance = truth["distance_pix"][match.true_index]
     bright = truth["snr"][match.true_index] >= 10
     low, high = NEIGHBOUR_RANGE_PIX
     return {
         "star_found": bool(star_found),
-        "star_flux_ratio": float(found["flux_njy"][nearest] / star_flux_njy) if star_found else np.nan,
+        "star_flux_ratio": float(found["catalog_flux_njy"][nearest] / star_flux_njy)
+        if star_found
+        else np.nan,
         "spurious": int(spurious.sum()),
         "neighbour_ratio": ratio[bright & (distance >= low) & (distance <= high)],
         "far_ratio": ratio[bright & (distance > high)],
@@ -251,7 +220,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             }
             image, variance, mask = batch.image[0], batch.variance[0], batch.mask[0]
             catalogs = {
-                "bliss": _bliss_catalog(model, image, variance, mask, fwhm_pix, autoencoder),
+                "bliss": _measure_scene(model, image, variance, fwhm_pix, autoencoder, mask),
                 "sep": _sep_catalog(image, variance, mask),
             }
             for method, found in catalogs.items():
