@@ -3,7 +3,9 @@
 import json
 
 import numpy as np
+import pytest
 
+from lsst.meas.extensions.bliss import load_default_model
 from lsst.meas.extensions.bliss.bench._main import main
 from lsst.meas.extensions.bliss.bench._saturation_suite import _scene_figures
 
@@ -49,3 +51,9 @@ def test_saturation_suite_reports_both_methods_per_star_magnitude(tmp_path, caps
         == (results["by_star_mag"]["13.5"]["bliss"]["spurious_near_star_per_scene"])
     )
     assert "sep_spurious_near_star_per_scene" in capsys.readouterr().out.splitlines()[-1]
+
+
+def test_saturation_suite_refuses_the_models_training_seed() -> None:
+    seed = load_default_model().training["seed"]
+    with pytest.raises(ValueError, match=f"--seed {seed} was used to train or validate this model"):
+        main(["saturation", "--n-scenes", "1", "--seed", str(seed)])
