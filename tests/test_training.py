@@ -114,18 +114,8 @@ def test_fine_tuning_starts_from_a_package_and_keeps_its_record(tmp_path, capsys
 
 
 @pytest.mark.parametrize(
-    "name",
-    [
-        "train_default.yaml",
-        "finetune_companions.yaml",
-        "finetune_detection_weight.yaml",
-        "experiment_k4_detection_weight.yaml",
-        "experiment_space_to_depth.yaml",
-        "experiment_bright_stars.yaml",
-        "finetune_bright_stars.yaml",
-        "finetune_masked_regions.yaml",
-    ],
+    "path", sorted((Path(__file__).parents[1] / "config").glob("*.yaml")), ids=lambda path: path.name
 )
-def test_packaged_training_configs_load(name: str) -> None:
-    run = load_run_config(Path(__file__).parents[1] / "config" / name)
+def test_packaged_training_configs_load(path: Path) -> None:
+    run = load_run_config(path)
     assert run.encoder.checkerboard_groups == 4
