@@ -3,8 +3,10 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import surveycodex
+import torch
 
 from lsst.meas.extensions.bliss import SurveyConditions, flux_njy_to_mag, mag_to_flux_njy
 
@@ -47,6 +49,10 @@ def test_other_surveys_by_name() -> None:
 def test_magnitude_conversions_round_trip() -> None:
     assert mag_to_flux_njy(31.4) == pytest.approx(1.0)
     assert flux_njy_to_mag(mag_to_flux_njy(24.0)) == pytest.approx(24.0)
+    mags = torch.tensor([12.0, 24.0], dtype=torch.float64)
+    fluxes = mag_to_flux_njy(mags)
+    assert isinstance(fluxes, torch.Tensor) and fluxes.dtype == torch.float64
+    np.testing.assert_allclose(fluxes.numpy(), mag_to_flux_njy(mags.numpy()), rtol=1e-15)
 
 
 def test_json_round_trip() -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import surveycodex
+import torch
 
 from ._psf import GaussianPsf, MoffatPsf, PointSpreadFunction
 
@@ -22,8 +23,10 @@ LSST_VISIT_EXPOSURE_S: float = 30.0
 """Exposure time of an LSST single visit (one 30 s snap pair is counted as 30 s)."""
 
 
-def mag_to_flux_njy(mag: float | np.ndarray) -> float | np.ndarray:
-    """Convert AB magnitudes to fluxes in nJy."""
+def mag_to_flux_njy(mag: float | np.ndarray | torch.Tensor) -> float | np.ndarray | torch.Tensor:
+    """Convert AB magnitudes to fluxes in nJy; a torch tensor gives a tensor of its dtype and device."""
+    if isinstance(mag, torch.Tensor):
+        return 10.0 ** (-0.4 * (mag - AB_NJY_ZERO_POINT))
     return 10.0 ** (-0.4 * (np.asarray(mag) - AB_NJY_ZERO_POINT))
 
 

@@ -364,7 +364,7 @@ class SourcePrior:
         star = torch.rand(counts.shape, generator=generator, device=device) < rate
         brightest, faintest = config.bright_star_mag_range
         mag = _uniform(counts.shape, brightest, faintest, generator, device, torch.float64)
-        flux = (10 ** (-0.4 * (mag - AB_NJY_ZERO_POINT))).to(dtype)
+        flux = mag_to_flux_njy(mag).to(dtype)
         location = torch.rand(counts.shape + (2,), generator=generator, device=device, dtype=dtype)
         first_slot = torch.zeros_like(catalog.fields["is_galaxy"])
         first_slot[..., 0] = star
