@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from lsst.meas.extensions.bliss import (
@@ -32,10 +33,18 @@ def test_infer_suite_times_bliss_and_sep_at_three_sizes(tmp_path, capsys) -> Non
     model_path = model.save(tmp_path / "tiny.safetensors")
     path = tmp_path / "infer.json"
     argv = ["infer", "--model", str(model_path), "--size", "256", "--n-samples", "2", "--json", str(path)]
-    assert main(argv) == 0
+    assert main([*argv, "--repeats", "2"]) == 0
     results = json.loads(path.read_text())
     assert REQUIRED_KEYS <= results.keys()
     assert results["sizes"] == [64, 128, 256] and results["n_true_sources"] > 0
     assert results["per_size"]["256"]["bliss_stage_s"]["samples"] > 0
+    for entry in results["per_size"].values():  # medians of the two interleaved passes
+        assert len(entry["bliss_s_runs"]) == len(entry["sep_s_runs"]) == 2
+        assert entry["bliss_s"] == pytest.approx(sum(entry["bliss_s_runs"]) / 2)
     assert 0 < results["peak_rss_gb"] < 4 and results["ratio_vs_sep"] > 0
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("bliss_s_256px = ")
+
+
+def test_infer_suite_refuses_fewer_than_one_pass() -> None:
+    with pytest.raises(ValueError, match="--repeats 0 must be at least 1"):
+        main(["infer", "--size", "256", "--repeats", "0"])
