@@ -117,8 +117,9 @@ def _run_child(*args: Any) -> dict:
 
 
 def _median_run(runs: list[tuple[float, dict]]) -> dict[str, Any]:
-    """One size's figures from its passes ``(sep_seconds, child result)``: median times (the BLISS
-    stages of its median pass), every pass's times, and the largest peak memory."""
+    """One size's figures from its passes ``(sep_seconds, child result)``: median times, the BLISS
+    stages and counts of its median pass (the lower middle one for an even count), every pass's
+    times, and the largest peak memory."""
     bliss_s = [bliss["seconds"] for _, bliss in runs]
     sep_s = [sep for sep, _ in runs]
     median_pass = runs[int(np.argsort(bliss_s)[(len(runs) - 1) // 2])][1]
