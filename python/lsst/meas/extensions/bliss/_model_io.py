@@ -117,6 +117,17 @@ class BlissModel:
             )
         return self.autoencoder
 
+    def require_held_out_seed(self, seed: int, label: str = "seed") -> None:
+        """Refuse a seed of this model's training or validation images for held-out simulations.
+
+        Raises
+        ------
+        ValueError
+            Naming the seed (as ``label``, e.g. the command-line option that set it).
+        """
+        if seed in {self.training.get("seed"), self.training.get("validation_seed")}:
+            raise ValueError(f"{label} {seed} was used to train or validate this model; pick another.")
+
     def describe(self) -> dict[str, Any]:
         """The JSON document stored with the weights (without the digest)."""
         return {

@@ -171,9 +171,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run the suite; returns the JSON results plus a one-line ``summary``."""
     start = time.perf_counter()
     model = BlissModel.load(args.model) if args.model is not None else load_default_model()
-    training_seeds = {model.training.get("seed"), model.training.get("validation_seed")}
-    if args.seed in training_seeds:
-        raise ValueError(f"--seed {args.seed} was used to train or validate this model; pick another.")
+    model.require_held_out_seed(args.seed, "--seed")
     n_scenes = args.n_scenes or (15 if args.quick else 60)
     autoencoder = None
     if args.galaxy_model == "autoencoder":

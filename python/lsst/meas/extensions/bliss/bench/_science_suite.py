@@ -175,9 +175,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     model = BlissModel.load(args.model) if args.model is not None else load_default_model()
     n_scenes = args.n_scenes or (40 if args.quick else 200)
     sweep_trials = args.sweep_trials or (50 if args.quick else 200)
-    training_seeds = {model.training.get("seed"), model.training.get("validation_seed")}
-    if args.seed in training_seeds:
-        raise ValueError(f"--seed {args.seed} was used to train or validate this model; pick another.")
+    model.require_held_out_seed(args.seed, "--seed")
     conditions = model.conditions
     backbone_dtype = resolve_backbone_dtype(args.precision, torch.device("cpu"))
     scene_prior = model.prior.without_bright_stars() if args.scene_prior == "model" else PriorConfig()

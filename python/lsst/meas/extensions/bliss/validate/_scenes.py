@@ -151,8 +151,7 @@ def run_methods_on_scenes(
     ValueError
         If the seed was used in training, or the sizes are invalid.
     """
-    if seed in {model.training.get("seed"), model.training.get("validation_seed")}:
-        raise ValueError(f"seed {seed} was used to train or validate this model; pick another.")
+    model.require_held_out_seed(seed)
     if n_scenes < 1 or batch_size < 1:
         raise ValueError(f"n_scenes={n_scenes} and batch_size={batch_size} must be >= 1.")
     conditions, encoder = model.conditions, model.encoder
