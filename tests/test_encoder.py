@@ -205,10 +205,13 @@ def test_invalid_pixels_never_propagate_nan() -> None:
     variance[1, 2, 2] = -4.0
     mask[2, 10:20, 10:20] |= 1 << MASK_PLANES["CR"]
     mask[3] |= 1 << MASK_PLANES["NO_DATA"]  # all masked
-    inputs = prepare_inputs(image, variance, mask, 4.0)
+    inputs = prepare_inputs(image, variance, mask, 5.0)
     assert torch.isfinite(inputs.tensor).all()
     assert not inputs.valid[0, 3].any() and not inputs.valid[1, :, 7].any() and not inputs.valid[2, 15, 15]
     assert inputs.n_valid[3] == 0 and torch.isfinite(inputs.flux_scale_njy).all()
+    # Invalid pixels look like the zero padding beyond the image: every channel, the PSF plane too.
+    assert (inputs.tensor.permute(1, 0, 2, 3)[:, ~inputs.valid] == 0).all()
+    assert (inputs.tensor[:, -1][inputs.valid] == 1.0).all()  # (5 px - 4 px reference) / 1 px
     posterior = encoder.posterior(inputs)
     for name, value in posterior.params.items():
         assert torch.isfinite(value).all(), name

@@ -61,7 +61,8 @@ class NetworkInputs:
         Shape (B, N_INPUT_CHANNELS, H, W): ``asinh(image / (s sqrt(variance)))``
         for each softening ``s`` of `ASINH_SOFTENING` (zero where invalid), the
         validity of each pixel (0 or 1), and the PSF FWHM in pixels,
-        standardized, as a constant plane.
+        standardized, as a plane (zero where invalid: an invalid pixel has every
+        channel zero, as the convolutions' padding beyond the image does).
     flux_scale_njy
         Median per-pixel noise of each image in nJy, shape (B,); fluxes are
         predicted in these units, which makes the network independent of the
@@ -153,4 +154,8 @@ def prepare_inputs(
         torch.asinh(torch.div(signal, softening, out=tensor[:, channel]), out=tensor[:, channel])
     tensor[:, len(ASINH_SOFTENING)] = valid
     torch.sub(fwhm, PSF_FWHM_REFERENCE_PIX, out=tensor[:, -1]).div_(PSF_FWHM_SCALE_PIX)
+    # Invalid pixels then look like the zero padding beyond an image's edge, which every training image
+    # shows; a PSF plane that stops only at the image edge made a step that one model read as sources
+    # along masked detector borders (EDGE).
+    tensor[:, -1].masked_fill_(~valid, 0.0)
     return NetworkInputs(tensor=tensor, flux_scale_njy=flux_scale, valid=valid)
