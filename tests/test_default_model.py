@@ -1,6 +1,8 @@
 """The packaged default model loads with one call and finds bright sources."""
 
+import dataclasses
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,7 +20,9 @@ from lsst.meas.extensions.bliss import (
     source_snr_and_blendedness,
 )
 from lsst.meas.extensions.bliss._catalog import _empty_fields
+from lsst.meas.extensions.bliss._training import TrainingRun
 from lsst.meas.extensions.bliss.bench._science_suite import tile_position_sweep
+from lsst.meas.extensions.bliss.cli._train import load_run_config
 
 
 def test_default_model_is_small_and_describes_itself() -> None:
@@ -28,7 +32,16 @@ def test_default_model_is_small_and_describes_itself() -> None:
     assert (model.conditions.survey, model.conditions.band) == ("LSST", "r")
     assert model.conditions.exposure_time_s == 30.0
     assert model.simulator.psf_fwhm_range_arcsec == (0.6, 1.2)
-    assert model.training["command"].startswith("bliss-train config/train_default.yaml")
+    # The package records the run that trained it: config/train_default.yaml's (the file's name was
+    # config/experiment_space_to_depth.yaml then); only the time limit and the device may differ.
+    assert model.training["command"].startswith("bliss-train config/")
+    packaged = load_run_config(Path(__file__).resolve().parents[1] / "config" / "train_default.yaml")
+    recorded = TrainingRun.from_dict(model.training["run"])
+    for section in ("conditions", "prior", "simulator", "encoder"):
+        assert getattr(recorded, section) == getattr(packaged, section), section
+    assert dataclasses.replace(recorded.training, max_minutes=None, device="auto") == dataclasses.replace(
+        packaged.training, max_minutes=None, device="auto"
+    )
     assert model.training["wall_time_s"] <= 90 * 60
 
 

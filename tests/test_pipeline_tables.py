@@ -169,7 +169,7 @@ def test_deblend_config_validation_names_the_field(field: str, value) -> None:
         ("downsample_kernel", 5),
         ("tile_size", 6),
         ("stem", "pixels"),
-        ("pixel_channels", [16, 32]),  # the convolution stem needs three widths for 4-pixel tiles
+        ("pixel_channels", [16, 32, 64]),  # the space-to-depth stem takes two widths for 4-pixel tiles
         ("bright_star_density_per_arcmin2", -1.0),
         ("bright_star_mag_range", [16.0, 12.0]),
         ("masked_regions_per_image", -0.5),

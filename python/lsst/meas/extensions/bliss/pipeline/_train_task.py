@@ -89,14 +89,14 @@ class BlissTrainConfig(PipelineTaskConfig, pipelineConnections=BlissTrainConnect
     stem = Field[str](
         doc="How the encoder's backbone starts: 'convolution' (full-resolution layers) or 'space_to_depth' "
         "(2x2 pixel blocks to half-resolution channels; see EncoderConfig.stem).",
-        default="convolution",
+        default="space_to_depth",
     )
     pixel_channels = ListField[int](
         doc="Encoder widths from the stem's resolution down to tile resolution (log2(tile_size) + 1 "
         "widths with the convolution stem, one fewer with space_to_depth).",
-        default=[16, 32, 64],
+        default=[16, 32],
     )
-    head_channels = Field[int](doc="Width of the encoder's checkerboard head.", default=64)
+    head_channels = Field[int](doc="Width of the encoder's checkerboard head.", default=32)
     bright_star_density_per_arcmin2 = Field[float](
         doc="Saturated, bleeding stars added to the simulated field per arcmin^2, far above the sky's "
         "density so that training sees them (see PriorConfig.bright_star_density_per_arcmin2); 0 adds none.",
@@ -110,7 +110,7 @@ class BlissTrainConfig(PipelineTaskConfig, pipelineConnections=BlissTrainConnect
         "image (see SimulatorConfig.masked_regions_per_image); 0 adds none.",
         default=0.0,
     )
-    n_steps = Field[int](doc="Optimizer steps.", default=13500)
+    n_steps = Field[int](doc="Optimizer steps.", default=34000)
     batch_size = Field[int](doc="Simulated images per step.", default=32)
     learning_rate = Field[float](doc="Peak Adam learning rate.", default=1e-3)
     warmup_steps = Field[int](doc="Steps of linear learning-rate warm-up.", default=300)
