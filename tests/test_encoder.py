@@ -21,6 +21,7 @@ from lsst.meas.extensions.bliss import (
     prepare_inputs,
 )
 from lsst.meas.extensions.bliss._normalize import N_INPUT_CHANNELS
+from lsst.meas.extensions.bliss._sparse_checkerboard import sample_sources
 
 CONDITIONS = SurveyConditions.from_survey()
 TINY = EncoderConfig(pixel_channels=(8, 8, 16), tile_blocks=1, head_channels=16)
@@ -321,6 +322,22 @@ def test_sparse_four_group_posterior_equals_the_dense_group_loop(present_fractio
             torch.testing.assert_close(fast.values[name][compared], dense.values[name][compared], msg=name)
         assert torch.equal(fast.values["detection"], dense.values["detection"])
         assert 0 < int(present.sum()) < present.numel()
+    # Two samples drawn together as a sparse list of sources: the dense loop's present tiles, in
+    # the order of the colour groups, with their parameters and values.
+    randomness = TileRandomness(3, tile_origin=(2, 4), sample_indices=(1, 5))
+    first = prepare_inputs(image[:1], torch.ones_like(image[:1]), None, 4.0)
+    sources = sample_sources(encoder, encoder.encode(first).absent.repeat(2), randomness)
+    twice = prepare_inputs(image[:1].expand(2, -1, -1), torch.ones_like(image), None, 4.0)
+    dense = encoder._posterior_dense(encoder.encode(twice), randomness, twice.flux_scale_njy)
+    present = dense.values["detection"][..., 0] > 0.5
+    order = torch.argsort((sources.images * 1000 + sources.rows) * 1000 + sources.cols)
+    images, rows, cols = torch.nonzero(present, as_tuple=True)
+    assert torch.equal(sources.images[order], images)
+    assert torch.equal(sources.rows[order], rows)
+    assert torch.equal(sources.cols[order], cols)
+    for name in sources.params:
+        torch.testing.assert_close(sources.params[name][order], dense.params[name][present], msg=name)
+        torch.testing.assert_close(sources.values[name][order], dense.values[name][present], msg=name)
 
 
 @pytest.mark.parametrize(

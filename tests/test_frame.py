@@ -13,6 +13,7 @@ from lsst.meas.extensions.bliss import (
     BlissModel,
     EncoderConfig,
     FrameConfig,
+    FullCatalog,
     ImageSimulator,
     PriorConfig,
     SimulatorConfig,
@@ -20,6 +21,8 @@ from lsst.meas.extensions.bliss import (
     infer_frame,
     psf_kernel_fwhm_pix,
 )
+from lsst.meas.extensions.bliss._catalog import _empty_fields
+from lsst.meas.extensions.bliss._frame import _footprint_flags
 
 CONDITIONS = SurveyConditions.from_survey()
 FWHM_PIX = CONDITIONS.psf_fwhm_pix
@@ -170,6 +173,33 @@ def test_sources_near_invalid_pixels_and_the_image_edge_are_flagged() -> None:
     assert far_from_all.any() and not masked[far_from_all].any()
     inner = (x > 20) & (x < 107) & (y > 20) & (y < 107) & (catalog.fields["disk_hlr_arcsec"][0] < 0.5)
     assert edge[(x < 2) | (y < 2)].all() and not edge[inner].any()
+
+
+def test_footprint_flags_equal_a_box_by_box_check() -> None:
+    generator = torch.Generator().manual_seed(3)
+    height, width, n_sources = 70, 90, 300
+    valid = torch.rand(height, width, generator=generator) > 0.01
+    valid[30:34, :] = False  # a masked band
+    fields = _empty_fields((1, n_sources), torch.device("cpu"), torch.float32)
+    fields["disk_hlr_arcsec"][0] = torch.rand(n_sources, generator=generator) * 2.0
+    catalog = FullCatalog(
+        height,
+        width,
+        torch.tensor([n_sources]),
+        torch.rand(1, n_sources, generator=generator) * (width + 10) - 5,
+        torch.rand(1, n_sources, generator=generator) * (height + 10) - 5,
+        fields,
+    )
+    fwhm_map = 2.0 + torch.rand(height, width, generator=generator) * 3
+    flags = _footprint_flags(catalog, valid, fwhm_map, 0.2)
+    for index in range(n_sources):
+        col = int(catalog.x[0, index].round().clamp(0, width - 1))
+        row = int(catalog.y[0, index].round().clamp(0, height - 1))
+        radius = math.ceil(2.0 * fwhm_map[row, col] + 2.0 * fields["disk_hlr_arcsec"][0, index] / 0.2)
+        box = valid[max(0, row - radius) : row + radius + 1, max(0, col - radius) : col + radius + 1]
+        assert bool(flags["flag_masked"][0, index]) == bool((~box).any())
+        crosses = row - radius < 0 or col - radius < 0 or row + radius >= height or col + radius >= width
+        assert bool(flags["flag_image_edge"][0, index]) == crosses
 
 
 def test_configured_mask_planes_decide_what_is_invalid() -> None:

@@ -33,7 +33,7 @@ from ._inference import ESTIMATE_FIELDS, _evaluation_mode, _normalized_inputs, p
 from ._model_io import BlissModel
 from ._normalize import DEFAULT_INVALID_MASK_PLANES, N_INPUT_CHANNELS, invalid_mask_bits
 from ._random import TileRandomness
-from ._sparse_checkerboard import sparse_posterior
+from ._sparse_checkerboard import SampledSources, sample_sources
 
 PsfModel = float | Callable[[float, float], "float | np.ndarray"]
 """A PSF FWHM in pixels for the whole image, or a callable ``(x, y) -> FWHM in pixels or a kernel image``."""
@@ -74,8 +74,8 @@ class FrameConfig:
     device
         Torch device; ``"auto"`` uses CUDA when available.
     sample_batch_size
-        Posterior samples drawn together in one pass; None: all of them on a
-        GPU, 4 on a CPU.  The samples do not depend on it.
+        Posterior samples drawn together in one pass; None: all of them.  The
+        samples do not depend on it.
     precision
         Arithmetic of the encoder's backbone (see `resolve_backbone_dtype`):
         ``"float32"``, ``"bfloat16"``, or ``"auto"`` (bfloat16 on a CPU that
@@ -290,27 +290,16 @@ def _layout(
     return _ChunkLayout(n_tiles_h, n_tiles_w, core, halo, head_margin)
 
 
-def _sample_batches(
-    config: FrameConfig, encoded: EncodedImage, device: torch.device
-) -> list[tuple[int, ...]]:
+def _sample_batches(config: FrameConfig, encoded: EncodedImage) -> list[tuple[int, ...]]:
     """Sample indices drawn together: one at a time without the sparse passes, else batches of
-    ``config.sample_batch_size`` (default: all on a GPU, where per-pass overhead dominates; 4 on a
-    CPU, which bounds the memory of the per-sample context tensors)."""
+    ``config.sample_batch_size`` (default: all, since a pass keeps only its sources and the tiles
+    near them, and each pass has a fixed cost)."""
     if encoded.absent is None:
         return [(index,) for index in range(config.n_samples)]
-    size = config.sample_batch_size or (config.n_samples if device.type == "cuda" else 4)
+    size = config.sample_batch_size or max(1, config.n_samples)
     return [
         tuple(range(first, min(first + size, config.n_samples))) for first in range(0, config.n_samples, size)
     ]
-
-
-def _batch_element(posterior: TilePosterior, index: int) -> TilePosterior:
-    """Batch element ``index`` of a posterior, as a batch of one."""
-    return TilePosterior(
-        {name: value[index : index + 1] for name, value in posterior.params.items()},
-        {name: value[index : index + 1] for name, value in posterior.values.items()},
-        posterior.flux_scale_njy[index : index + 1],
-    )
 
 
 def _crop_posterior(posterior: TilePosterior, rows: slice, cols: slice) -> TilePosterior:
@@ -328,17 +317,79 @@ def _catalog_rows(
     tile_origin: tuple[int, int],
     n_tiles_w: int,
 ) -> dict[str, torch.Tensor]:
-    """Sources of one chunk's core (a batch of one) as flat rows, with global positions and tile index."""
+    """Sources of one chunk's core (a batch of one) as flat rows, with global positions and tile index
+    (``detection_threshold`` None: the tiles whose decided detection is 1)."""
     if detection_threshold is None:
         present = posterior.values["detection"][0, ..., 0] > 0.5
     else:
         present = torch.sigmoid(posterior.params["detection"][0, ..., 0]) > detection_threshold
     tile_rows, tile_cols = torch.nonzero(present, as_tuple=True)
+    return _tile_rows(
+        {name: value[0, tile_rows, tile_cols] for name, value in posterior.params.items()},
+        {name: value[0, tile_rows, tile_cols] for name, value in posterior.values.items()},
+        posterior.flux_scale_njy,
+        tile_rows,
+        tile_cols,
+        encoder,
+        pixel_scale_arcsec,
+        detection_threshold,
+        tile_origin,
+        n_tiles_w,
+    )
+
+
+def _sample_rows(
+    sources: SampledSources,
+    offset: int,
+    core: tuple[slice, slice],
+    flux_scale_njy: torch.Tensor,
+    encoder: BlissEncoder,
+    pixel_scale_arcsec: float,
+    tile_origin: tuple[int, int],
+    n_tiles_w: int,
+) -> dict[str, torch.Tensor]:
+    """Sources of batch element ``offset`` of `sample_sources` within a chunk's core, as flat rows."""
+    rows, cols = core
+    kept = sources.select(
+        (sources.images == offset)
+        & (sources.rows >= rows.start)
+        & (sources.rows < rows.stop)
+        & (sources.cols >= cols.start)
+        & (sources.cols < cols.stop)
+    )
+    return _tile_rows(
+        kept.params,
+        kept.values,
+        flux_scale_njy,
+        kept.rows - rows.start,
+        kept.cols - cols.start,
+        encoder,
+        pixel_scale_arcsec,
+        None,
+        tile_origin,
+        n_tiles_w,
+    )
+
+
+def _tile_rows(
+    params: dict[str, torch.Tensor],
+    values: dict[str, torch.Tensor],
+    flux_scale_njy: torch.Tensor,
+    tile_rows: torch.Tensor,
+    tile_cols: torch.Tensor,
+    encoder: BlissEncoder,
+    pixel_scale_arcsec: float,
+    detection_threshold: float | None,
+    tile_origin: tuple[int, int],
+    n_tiles_w: int,
+) -> dict[str, torch.Tensor]:
+    """Catalog rows of ``P`` tiles of a chunk's core from their parameters and values (each (P, n)),
+    at core tile ``(tile_rows, tile_cols)`` (each (P,))."""
     # The catalog fields of the selected tiles only, laid out as a one-row tile grid (1, 1, P).
     selected = TilePosterior(
-        {name: value[:, tile_rows, tile_cols][:, None] for name, value in posterior.params.items()},
-        {name: value[:, tile_rows, tile_cols][:, None] for name, value in posterior.values.items()},
-        posterior.flux_scale_njy,
+        {name: value[None, None] for name, value in params.items()},
+        {name: value[None, None] for name, value in values.items()},
+        flux_scale_njy,
     )
     tiles = posterior_to_tile_catalog(selected, encoder, pixel_scale_arcsec, detection_threshold)
     location = tiles.locations[0, 0, :, 0]
@@ -399,11 +450,17 @@ def _footprint_flags(
     radius = torch.ceil(2.0 * fwhm_map[row, col] + 2.0 * hlr_pix / pixel_scale_arcsec).long()
     top, bottom, left, right = row - radius, row + radius, col - radius, col + radius
     edge = (top < 0) | (left < 0) | (bottom >= height) | (right >= width)
-    invalid = torch.zeros(height + 1, width + 1, dtype=torch.int32)
-    invalid[1:, 1:] = (~valid).to(torch.int32).cumsum(0).cumsum(1)
-    top, left = top.clamp(0, height), left.clamp(0, width)
-    bottom, right = (bottom + 1).clamp(0, height), (right + 1).clamp(0, width)
-    count = invalid[bottom, right] - invalid[top, right] - invalid[bottom, left] + invalid[top, left]
+    # Invalid pixels per box from prefix sums along rows, summed over each box's rows (a 2-d integral
+    # image would need a cumulative sum down the columns, several times slower on a CPU).
+    invalid = torch.zeros(height, width + 1, dtype=torch.int32)
+    invalid[:, 1:] = (~valid).to(torch.int32).cumsum(1)
+    top, left = top.clamp(0, height - 1), left.clamp(0, width)
+    bottom, right = bottom.clamp(0, height - 1), (right + 1).clamp(0, width)
+    box_rows = top[:, None] + torch.arange(int((bottom - top).max()) + 1)
+    in_box = box_rows <= bottom[:, None]
+    box_rows = box_rows.clamp(max=height - 1)
+    per_row = invalid[box_rows, right[:, None]] - invalid[box_rows, left[:, None]]
+    count = (per_row * in_box).sum(dim=1)
     return {"flag_masked": (count > 0)[None], "flag_image_edge": edge[None]}
 
 
@@ -552,28 +609,34 @@ def infer_frame(
             )
             timings["network"] += time.perf_counter() - tick
             tick = time.perf_counter()
-            for indices in _sample_batches(config, encoded, device):
+            for indices in _sample_batches(config, encoded):
                 randomness = TileRandomness(
                     config.seed, tile_origin=(head_r0, head_c0), sample_indices=indices
                 )
                 if encoded.absent is None:
-                    posteriors = [encoder.posterior(chunk_inputs, randomness=randomness, encoded=encoded)]
-                else:
-                    # Several samples in one sparse pass: the same numbers as one at a time, fewer steps.
-                    batch = sparse_posterior(
-                        encoder,
-                        encoded.absent.repeat(len(indices)),
-                        randomness,
-                        chunk_inputs.flux_scale_njy.expand(len(indices)),
-                    )
-                    posteriors = [_batch_element(batch, offset) for offset in range(len(indices))]
-                for index, sample in zip(indices, posteriors, strict=True):
-                    sample_parts[index].append(
+                    sample = encoder.posterior(chunk_inputs, randomness=randomness, encoded=encoded)
+                    sample_parts[indices[0]].append(
                         _catalog_rows(
                             _crop_posterior(sample, *core),
                             encoder,
                             pixel_scale,
                             None,
+                            (row0, col0),
+                            n_tiles_w,
+                        )
+                    )
+                    continue
+                # Several samples in one sparse pass: the same numbers as one at a time, fewer steps.
+                sources = sample_sources(encoder, encoded.absent.repeat(len(indices)), randomness)
+                for offset, index in enumerate(indices):
+                    sample_parts[index].append(
+                        _sample_rows(
+                            sources,
+                            offset,
+                            core,
+                            chunk_inputs.flux_scale_njy,
+                            encoder,
+                            pixel_scale,
                             (row0, col0),
                             n_tiles_w,
                         )

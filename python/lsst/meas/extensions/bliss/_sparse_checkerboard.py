@@ -10,7 +10,9 @@ hence the parameters of later groups within two tiles.  Those few tiles are
 recomputed from gathered 3x3 neighbourhoods; the rest keep the absent
 trajectory's parameters.  The result equals the dense group loop
 (`BlissEncoder._posterior_dense`, tested) at a small fraction of its cost, since
-sources occupy a few percent of the tiles.
+sources occupy a few percent of the tiles.  A posterior sample's catalog needs
+only the tiles it decides to hold a source: `sample_sources` returns those,
+without the dense per-sample parameter and value tensors of `sparse_posterior`.
 """
 
 from __future__ import annotations
@@ -105,13 +107,11 @@ class _ContextChange:
     """
 
     def __init__(self, shape: tuple[int, int, int], channels: int, reference: torch.Tensor) -> None:
-        # Row 0 of ``values`` is the zero change of every tile without an entry.
+        # Row 0 of ``values`` is the zero change of every tile without an entry; ``tiles`` holds the
+        # flat tile index ``(b * Ht + r) * Wt + c`` of every other row.
         self.row_of = torch.zeros(shape, dtype=torch.int64, device=reference.device)
         self.values = reference.new_zeros(1, channels)
-
-    def gather(self, images: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-        """The change at the listed tiles (any shape ``S``), shape ``S + (C,)``."""
-        return self.values[self.row_of[images, rows, cols]]
+        self.tiles = torch.zeros(0, dtype=torch.int64, device=reference.device)
 
     def add(
         self, images: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, contribution: torch.Tensor
@@ -123,18 +123,32 @@ class _ContextChange:
         if new.numel():
             first = self.values.shape[0]
             flat_rows[new] = torch.arange(first, first + new.numel(), device=new.device)
+            self.tiles = torch.cat([self.tiles, new])
             self.values = torch.cat([self.values, self.values.new_zeros(new.numel(), self.values.shape[1])])
         self.values.index_add_(0, flat_rows[flat], contribution)
 
 
-def _gather_hidden(
-    hidden: torch.Tensor, images: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
+def _gather_tiles(
+    tensor: torch.Tensor, images: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
 ) -> torch.Tensor:
-    """``hidden[images, rows, cols]`` of a (B, Ht, Wt, C) layer, without indexing a batch that only
+    """``tensor[images, rows, cols]`` of a (B, Ht, Wt, C) tensor, without indexing a batch that only
     repeats one image (`AbsentTrajectory.repeat`)."""
-    if hidden.shape[0] > 1 and hidden.stride(0) == 0:
-        return hidden[0][rows, cols]
-    return hidden[images, rows, cols]
+    if tensor.shape[0] > 1 and tensor.stride(0) == 0:
+        return tensor[0][rows, cols]
+    return tensor[images, rows, cols]
+
+
+def _tile_table(tensor: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    """A (N, C) view of a (B, Ht, Wt, C) tensor whose tiles each hold C contiguous channels (a crop of
+    a channels-last tensor, or one repeated over the batch), with the row steps of an image and of a
+    tile row: tile ``(b, r, c)`` is row ``b * image_step + r * row_step + c``.  Gathering rows of it
+    is faster than advanced indexing of the 4-d tensor, and needs no copy of a crop."""
+    batch, n_rows, n_cols, channels = tensor.shape
+    if tensor.stride(3) != 1 or tensor.stride(2) != channels or tensor.stride(1) % channels:
+        tensor = tensor.contiguous()
+    image_step, row_step = tensor.stride(0) // channels, tensor.stride(1) // channels
+    size = (batch - 1) * image_step + (n_rows - 1) * row_step + n_cols
+    return tensor.as_strided((size, channels), (channels, 1)), image_step, row_step
 
 
 def _head_at(
@@ -149,19 +163,31 @@ def _head_at(
     _, conv, _, output = encoder.head
     _, n_rows, n_cols, channels = hidden.shape
     shifts = torch.arange(-1, 2, device=rows.device)
-    near_rows = (rows[:, None, None] + shifts[None, :, None]).expand(-1, 3, 3)
-    near_cols = (cols[:, None, None] + shifts[None, None, :]).expand(-1, 3, 3)
-    inside = (near_rows >= 0) & (near_rows < n_rows) & (near_cols >= 0) & (near_cols < n_cols)
-    index = (
-        images[:, None, None].expand(-1, 3, 3),
-        near_rows.clamp(0, n_rows - 1),
-        near_cols.clamp(0, n_cols - 1),
+    near_rows, near_cols = rows[:, None] + shifts, cols[:, None] + shifts  # (P, 3) each
+    outside = ((near_rows < 0) | (near_rows >= n_rows))[:, :, None] | (
+        (near_cols < 0) | (near_cols >= n_cols)
+    )[:, None, :]
+    # One table holds every input the 3x3 convolution may read: the absent trajectory's activations,
+    # then those of the tiles whose hidden layer sources change, then the zero of the padding.
+    hidden_table, image_step, row_step = _tile_table(hidden)
+    tile_image, tile_in_image = change.tiles // (n_rows * n_cols), change.tiles % (n_rows * n_cols)
+    changed_at = tile_image * image_step + (tile_in_image // n_cols) * row_step + tile_in_image % n_cols
+    table = torch.cat(
+        [
+            nn.functional.silu(hidden_table),
+            nn.functional.silu(hidden_table[changed_at] + change.values[1:]),
+            hidden_table.new_zeros(1, channels),
+        ]
     )
-    # The dense convolution pads the activated hidden layer with zeros.
-    activated = nn.functional.silu(_gather_hidden(hidden, *index) + change.gather(*index))
-    activated = activated * inside[..., None].to(hidden.dtype)
+    near_images = images[:, None, None]
+    index = near_images * image_step + near_rows[:, :, None] * row_step + near_cols[:, None, :]
+    tile = (near_images * n_rows + near_rows[:, :, None]) * n_cols + near_cols[:, None, :]
+    change_rows = change.row_of.view(-1)[tile.masked_fill(outside, 0)]
+    index = torch.where(change_rows > 0, change_rows + (hidden_table.shape[0] - 1), index)
+    index = index.masked_fill(outside, table.shape[0] - 1)
+    inputs = table.index_select(0, index.view(-1)).view(-1, 9 * channels)
     weight = conv.weight.permute(0, 2, 3, 1).reshape(conv.out_channels, 9 * channels)
-    layer = nn.functional.silu(nn.functional.linear(activated.reshape(-1, 9 * channels), weight, conv.bias))
+    layer = nn.functional.silu(nn.functional.linear(inputs, weight, conv.bias))
     return encoder._split_params(nn.functional.linear(layer, output.weight[:, :, 0, 0], output.bias))
 
 
@@ -241,9 +267,8 @@ def sparse_posterior(
         if present_tiles:
             sources = [torch.cat(parts) for parts in zip(*present_tiles, strict=True)]
             images, rows, cols = _tiles_near(*sources, (batch, n_rows, n_cols), row, col)
-            for name, value in _head_at(
-                encoder, trajectory.hidden[group], change, images, rows, cols
-            ).items():
+            recomputed = _head_at(encoder, trajectory.hidden[group], change, images, rows, cols)
+            for name, value in recomputed.items():
                 params[name][images, rows, cols] = value
         group_detection = params["detection"][:, row::2, col::2]
         if randomness is None:
@@ -287,3 +312,147 @@ def sparse_posterior(
         if group < N_GROUPS - 1:
             _add_context(encoder, change, chosen, images, rows, cols)
     return TilePosterior(params=params, values=values, flux_scale_njy=flux_scale_njy)
+
+
+@dataclasses.dataclass
+class SampledSources:
+    """The tiles that posterior samples decided to hold a source.
+
+    Attributes
+    ----------
+    images
+        Batch element (sample) of each of ``P`` tiles, int64, shape (P,).
+    rows, cols
+        Tile row and column, int64, shape (P,).
+    params
+        Raw parameters per factor at those tiles, shape (P, n).
+    values
+        Decided values per factor at those tiles, shape (P, dims) (detection: ones).
+    """
+
+    images: torch.Tensor
+    rows: torch.Tensor
+    cols: torch.Tensor
+    params: dict[str, torch.Tensor]
+    values: dict[str, torch.Tensor]
+
+    def select(self, keep: torch.Tensor) -> SampledSources:
+        """The tiles where the boolean ``keep`` (P,) is true."""
+        return SampledSources(
+            self.images[keep],
+            self.rows[keep],
+            self.cols[keep],
+            {name: value[keep] for name, value in self.params.items()},
+            {name: value[keep] for name, value in self.values.items()},
+        )
+
+    @classmethod
+    def concatenate(cls, parts: list[SampledSources]) -> SampledSources:
+        """The tiles of ``parts`` (at least one) in order."""
+
+        def cat(tensors: list[torch.Tensor]) -> torch.Tensor:
+            return torch.cat(tensors) if len(tensors) > 1 else tensors[0]
+
+        return cls(
+            cat([part.images for part in parts]),
+            cat([part.rows for part in parts]),
+            cat([part.cols for part in parts]),
+            {name: cat([part.params[name] for part in parts]) for name in parts[0].params},
+            {name: cat([part.values[name] for part in parts]) for name in parts[0].values},
+        )
+
+
+def sample_sources(
+    encoder: BlissEncoder, trajectory: AbsentTrajectory, randomness: TileRandomness
+) -> SampledSources:
+    """The sources of one four-group posterior sample per batch element of ``trajectory``.
+
+    The same tiles, parameters and values as `sparse_posterior` with ``randomness`` gives where its
+    decided detection is 1, at a fraction of the cost: each colour group draws the detection of all
+    its tiles from the absent trajectory's parameters, then redraws, with the same uniform numbers,
+    the tiles near earlier sources whose parameters those sources change; nothing of size (B, Ht, Wt)
+    is kept beyond the group.
+
+    Parameters
+    ----------
+    encoder
+        The encoder (its head, context embedding and factors).
+    trajectory
+        Absent trajectory of B images (`AbsentTrajectory.repeat` for B samples of one image).
+    randomness
+        The samples' random numbers.
+
+    Returns
+    -------
+    sources
+        The sampled sources of all batch elements, group by group.
+    """
+    batch, n_rows, n_cols, _ = trajectory.hidden[0].shape
+    reference = trajectory.hidden[0]
+    change = _ContextChange((batch, n_rows, n_cols), reference.shape[-1], reference)
+    streams = {factor.name: stream for stream, factor in enumerate(encoder.factors)}
+    detection = encoder.factors[streams["detection"]]
+    found: list[SampledSources] = []
+    for group in range(N_GROUPS):
+        row, col = divmod(group, 2)
+        group_params = {name: value[:, row::2, col::2] for name, value in trajectory.params.items()}
+        uniform = randomness.uniform(
+            streams["detection"],
+            group_params["detection"].shape[:3],
+            1,
+            reference.device,
+            reference.dtype,
+            (row, col),
+            2,
+        )
+        decided = detection.sample(group_params["detection"], uniform)[..., 0] > 0.5
+        recomputed = None
+        if found:
+            earlier = SampledSources.concatenate(found)
+            images, rows, cols = _tiles_near(
+                earlier.images, earlier.rows, earlier.cols, (batch, n_rows, n_cols), row, col
+            )
+            new_params = _head_at(encoder, trajectory.hidden[group], change, images, rows, cols)
+            sub_rows, sub_cols = rows // 2, cols // 2
+            redrawn = detection.sample(new_params["detection"], uniform[images, sub_rows, sub_cols])
+            decided[images, sub_rows, sub_cols] = redrawn[..., 0] > 0.5
+            recomputed = (images, sub_rows, sub_cols, new_params)
+        images, sub_rows, sub_cols = torch.nonzero(decided, as_tuple=True)
+        if images.numel() == 0:
+            continue
+        params = {
+            name: _gather_tiles(value, images, sub_rows, sub_cols) for name, value in group_params.items()
+        }
+        if recomputed is not None and recomputed[0].numel():
+            # Both tile lists are in raster order, so a binary search finds the recomputed ones.
+            group_rows, group_cols = decided.shape[1:]
+            recomputed_flat = (recomputed[0] * group_rows + recomputed[1]) * group_cols + recomputed[2]
+            present_flat = (images * group_rows + sub_rows) * group_cols + sub_cols
+            position = torch.searchsorted(recomputed_flat, present_flat).clamp(
+                max=recomputed_flat.numel() - 1
+            )
+            hit = recomputed_flat[position] == present_flat
+            for name, value in params.items():
+                value[hit] = recomputed[3][name][position[hit]]
+        rows, cols = row + 2 * sub_rows, col + 2 * sub_cols
+        values = {"detection": torch.ones_like(params["detection"])}
+        for factor in encoder.factors:
+            if factor.name == "detection":
+                continue
+            uniform_at = randomness.uniform_at(
+                streams[factor.name], images, rows, cols, factor.dims, reference.dtype
+            )
+            values[factor.name] = factor.sample(params[factor.name], uniform_at)
+        if group < N_GROUPS - 1:
+            _add_context(encoder, change, values, images, rows, cols)
+        found.append(SampledSources(images, rows, cols, params, values))
+    if found:
+        return SampledSources.concatenate(found)
+    empty = torch.zeros(0, dtype=torch.int64, device=reference.device)
+    return SampledSources(
+        empty,
+        empty,
+        empty,
+        {name: value.new_zeros(0, value.shape[-1]) for name, value in trajectory.params.items()},
+        {factor.name: reference.new_zeros(0, factor.dims) for factor in encoder.factors},
+    )
