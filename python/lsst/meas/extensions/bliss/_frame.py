@@ -309,98 +309,93 @@ def _crop_posterior(posterior: TilePosterior, rows: slice, cols: slice) -> TileP
     return TilePosterior(crop(posterior.params), crop(posterior.values), posterior.flux_scale_njy)
 
 
-def _catalog_rows(
-    posterior: TilePosterior,
-    encoder: BlissEncoder,
-    pixel_scale_arcsec: float,
-    detection_threshold: float | None,
-    tile_origin: tuple[int, int],
-    n_tiles_w: int,
-) -> dict[str, torch.Tensor]:
-    """Sources of one chunk's core (a batch of one) as flat rows, with global positions and tile index
-    (``detection_threshold`` None: the tiles whose decided detection is 1)."""
-    if detection_threshold is None:
-        present = posterior.values["detection"][0, ..., 0] > 0.5
-    else:
-        present = torch.sigmoid(posterior.params["detection"][0, ..., 0]) > detection_threshold
-    tile_rows, tile_cols = torch.nonzero(present, as_tuple=True)
-    return _tile_rows(
-        {name: value[0, tile_rows, tile_cols] for name, value in posterior.params.items()},
-        {name: value[0, tile_rows, tile_cols] for name, value in posterior.values.items()},
-        posterior.flux_scale_njy,
-        tile_rows,
-        tile_cols,
-        encoder,
-        pixel_scale_arcsec,
-        detection_threshold,
-        tile_origin,
-        n_tiles_w,
-    )
+@dataclasses.dataclass(frozen=True)
+class _CoreTiles:
+    """A chunk's core on the image's tile grid, to turn its tiles into catalog rows.
 
+    Attributes
+    ----------
+    encoder
+        The encoder (its factors and tile size).
+    pixel_scale_arcsec
+        Arcsec per pixel.
+    origin
+        Global ``(row, col)`` tile index of the core's first tile.
+    n_tiles_w
+        Tiles per row of the whole image (for the global tile index).
+    """
 
-def _sample_rows(
-    sources: SampledSources,
-    offset: int,
-    core: tuple[slice, slice],
-    flux_scale_njy: torch.Tensor,
-    encoder: BlissEncoder,
-    pixel_scale_arcsec: float,
-    tile_origin: tuple[int, int],
-    n_tiles_w: int,
-) -> dict[str, torch.Tensor]:
-    """Sources of batch element ``offset`` of `sample_sources` within a chunk's core, as flat rows."""
-    rows, cols = core
-    kept = sources.select(
-        (sources.images == offset)
-        & (sources.rows >= rows.start)
-        & (sources.rows < rows.stop)
-        & (sources.cols >= cols.start)
-        & (sources.cols < cols.stop)
-    )
-    return _tile_rows(
-        kept.params,
-        kept.values,
-        flux_scale_njy,
-        kept.rows - rows.start,
-        kept.cols - cols.start,
-        encoder,
-        pixel_scale_arcsec,
-        None,
-        tile_origin,
-        n_tiles_w,
-    )
+    encoder: BlissEncoder
+    pixel_scale_arcsec: float
+    origin: tuple[int, int]
+    n_tiles_w: int
 
+    def estimate_rows(
+        self, posterior: TilePosterior, detection_threshold: float | None
+    ) -> dict[str, torch.Tensor]:
+        """Sources of the core's posterior (a batch of one) as flat rows, with global positions and tile
+        index (``detection_threshold`` None: the tiles whose decided detection is 1)."""
+        if detection_threshold is None:
+            present = posterior.values["detection"][0, ..., 0] > 0.5
+        else:
+            present = torch.sigmoid(posterior.params["detection"][0, ..., 0]) > detection_threshold
+        tile_rows, tile_cols = torch.nonzero(present, as_tuple=True)
+        return self.rows(
+            {name: value[0, tile_rows, tile_cols] for name, value in posterior.params.items()},
+            {name: value[0, tile_rows, tile_cols] for name, value in posterior.values.items()},
+            posterior.flux_scale_njy,
+            tile_rows,
+            tile_cols,
+            detection_threshold,
+        )
 
-def _tile_rows(
-    params: dict[str, torch.Tensor],
-    values: dict[str, torch.Tensor],
-    flux_scale_njy: torch.Tensor,
-    tile_rows: torch.Tensor,
-    tile_cols: torch.Tensor,
-    encoder: BlissEncoder,
-    pixel_scale_arcsec: float,
-    detection_threshold: float | None,
-    tile_origin: tuple[int, int],
-    n_tiles_w: int,
-) -> dict[str, torch.Tensor]:
-    """Catalog rows of ``P`` tiles of a chunk's core from their parameters and values (each (P, n)),
-    at core tile ``(tile_rows, tile_cols)`` (each (P,))."""
-    # The catalog fields of the selected tiles only, laid out as a one-row tile grid (1, 1, P).
-    selected = TilePosterior(
-        {name: value[None, None] for name, value in params.items()},
-        {name: value[None, None] for name, value in values.items()},
-        flux_scale_njy,
-    )
-    tiles = posterior_to_tile_catalog(selected, encoder, pixel_scale_arcsec, detection_threshold)
-    location = tiles.locations[0, 0, :, 0]
-    tile = tiles.tile_size
-    rows = {
-        "x": (tile_cols + tile_origin[1] + location[:, 0]) * tile - 0.5,
-        "y": (tile_rows + tile_origin[0] + location[:, 1]) * tile - 0.5,
-        "tile_index": (tile_rows + tile_origin[0]) * n_tiles_w + tile_cols + tile_origin[1],
-    }
-    rows.update({name: value[0, 0, :, 0] for name, value in tiles.fields.items()})
-    return rows
+    def sample_rows(
+        self, sources: SampledSources, offset: int, core: tuple[slice, slice], flux_scale_njy: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Sources of batch element ``offset`` of `sample_sources` (whose tiles count from the window
+        that ``core`` indexes) within the core, as flat rows."""
+        rows, cols = core
+        kept = sources.select(
+            (sources.images == offset)
+            & (sources.rows >= rows.start)
+            & (sources.rows < rows.stop)
+            & (sources.cols >= cols.start)
+            & (sources.cols < cols.stop)
+        )
+        return self.rows(
+            kept.params, kept.values, flux_scale_njy, kept.rows - rows.start, kept.cols - cols.start, None
+        )
+
+    def rows(
+        self,
+        params: dict[str, torch.Tensor],
+        values: dict[str, torch.Tensor],
+        flux_scale_njy: torch.Tensor,
+        tile_rows: torch.Tensor,
+        tile_cols: torch.Tensor,
+        detection_threshold: float | None,
+    ) -> dict[str, torch.Tensor]:
+        """Catalog rows of ``P`` core tiles ``(tile_rows, tile_cols)`` (each (P,)) from their parameters
+        and values (each (P, n))."""
+        # The catalog fields of the selected tiles only, laid out as a one-row tile grid (1, 1, P).
+        selected = TilePosterior(
+            {name: value[None, None] for name, value in params.items()},
+            {name: value[None, None] for name, value in values.items()},
+            flux_scale_njy,
+        )
+        tiles = posterior_to_tile_catalog(
+            selected, self.encoder, self.pixel_scale_arcsec, detection_threshold
+        )
+        location = tiles.locations[0, 0, :, 0]
+        tile = tiles.tile_size
+        row0, col0 = self.origin
+        rows = {
+            "x": (tile_cols + col0 + location[:, 0]) * tile - 0.5,
+            "y": (tile_rows + row0 + location[:, 1]) * tile - 0.5,
+            "tile_index": (tile_rows + row0) * self.n_tiles_w + tile_cols + col0,
+        }
+        rows.update({name: value[0, 0, :, 0] for name, value in tiles.fields.items()})
+        return rows
 
 
 def _assemble(
@@ -602,11 +597,8 @@ def infer_frame(
             estimate = _crop_posterior(encoder.posterior(chunk_inputs, encoded=encoded), *core)
             for name, params in estimate.params.items():
                 tile_params[name][row0:row1, col0:col1] = params[0].cpu()
-            estimate_parts.append(
-                _catalog_rows(
-                    estimate, encoder, pixel_scale, config.detection_threshold, (row0, col0), n_tiles_w
-                )
-            )
+            core_tiles = _CoreTiles(encoder, pixel_scale, (row0, col0), n_tiles_w)
+            estimate_parts.append(core_tiles.estimate_rows(estimate, config.detection_threshold))
             timings["network"] += time.perf_counter() - tick
             tick = time.perf_counter()
             for indices in _sample_batches(config, encoded):
@@ -615,31 +607,14 @@ def infer_frame(
                 )
                 if encoded.absent is None:
                     sample = encoder.posterior(chunk_inputs, randomness=randomness, encoded=encoded)
-                    sample_parts[indices[0]].append(
-                        _catalog_rows(
-                            _crop_posterior(sample, *core),
-                            encoder,
-                            pixel_scale,
-                            None,
-                            (row0, col0),
-                            n_tiles_w,
-                        )
-                    )
+                    sample = _crop_posterior(sample, *core)
+                    sample_parts[indices[0]].append(core_tiles.estimate_rows(sample, None))
                     continue
                 # Several samples in one sparse pass: the same numbers as one at a time, fewer steps.
                 sources = sample_sources(encoder, encoded.absent.repeat(len(indices)), randomness)
                 for offset, index in enumerate(indices):
                     sample_parts[index].append(
-                        _sample_rows(
-                            sources,
-                            offset,
-                            core,
-                            chunk_inputs.flux_scale_njy,
-                            encoder,
-                            pixel_scale,
-                            (row0, col0),
-                            n_tiles_w,
-                        )
+                        core_tiles.sample_rows(sources, offset, core, chunk_inputs.flux_scale_njy)
                     )
             timings["samples"] += time.perf_counter() - tick
             if progress is not None:
