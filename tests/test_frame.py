@@ -2,6 +2,7 @@
 
 import dataclasses
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -22,7 +23,7 @@ from lsst.meas.extensions.bliss import (
     psf_kernel_fwhm_pix,
 )
 from lsst.meas.extensions.bliss._catalog import _empty_fields
-from lsst.meas.extensions.bliss._frame import _footprint_flags
+from lsst.meas.extensions.bliss._frame import CPU_SAMPLE_BATCH, _footprint_flags, _sample_batches
 
 CONDITIONS = SurveyConditions.from_survey()
 FWHM_PIX = CONDITIONS.psf_fwhm_pix
@@ -173,6 +174,18 @@ def test_sources_near_invalid_pixels_and_the_image_edge_are_flagged() -> None:
     assert far_from_all.any() and not masked[far_from_all].any()
     inner = (x > 20) & (x < 107) & (y > 20) & (y < 107) & (catalog.fields["disk_hlr_arcsec"][0] < 0.5)
     assert edge[(x < 2) | (y < 2)].all() and not edge[inner].any()
+
+
+def test_default_sample_batches_are_bounded_on_a_cpu() -> None:
+    sparse = SimpleNamespace(absent=object())  # the four-group passes that draw samples together
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    batches = _sample_batches(FrameConfig(n_samples=40), sparse, cpu)
+    assert [len(batch) for batch in batches] == [CPU_SAMPLE_BATCH, CPU_SAMPLE_BATCH, 8]
+    assert [index for batch in batches for index in batch] == list(range(40))
+    assert [len(batch) for batch in _sample_batches(FrameConfig(n_samples=40), sparse, cuda)] == [40]
+    chosen = _sample_batches(FrameConfig(n_samples=40, sample_batch_size=32), sparse, cpu)
+    assert [len(batch) for batch in chosen] == [32, 8]
+    assert _sample_batches(FrameConfig(n_samples=0), sparse, cpu) == []
 
 
 def test_footprint_flags_equal_a_box_by_box_check() -> None:
