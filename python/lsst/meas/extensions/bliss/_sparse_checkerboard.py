@@ -408,9 +408,13 @@ def sample_sources(
         decided = detection.sample(group_params["detection"], uniform)[..., 0] > 0.5
         recomputed = None
         if found:
-            earlier = SampledSources.concatenate(found)
             images, rows, cols = _tiles_near(
-                earlier.images, earlier.rows, earlier.cols, (batch, n_rows, n_cols), row, col
+                torch.cat([part.images for part in found]),
+                torch.cat([part.rows for part in found]),
+                torch.cat([part.cols for part in found]),
+                (batch, n_rows, n_cols),
+                row,
+                col,
             )
             new_params = _head_at(encoder, trajectory.hidden[group], change, images, rows, cols)
             sub_rows, sub_cols = rows // 2, cols // 2
