@@ -3,6 +3,7 @@
 import dataclasses
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -20,7 +21,12 @@ from lsst.meas.extensions.bliss import (
     make_tile_truth,
     prepare_inputs,
 )
-from lsst.meas.extensions.bliss._normalize import N_INPUT_CHANNELS
+from lsst.meas.extensions.bliss._normalize import (
+    DEFAULT_INVALID_MASK_PLANES,
+    N_INPUT_CHANNELS,
+    _noise_units,
+    invalid_mask_bits,
+)
 from lsst.meas.extensions.bliss._sparse_checkerboard import sample_sources
 
 CONDITIONS = SurveyConditions.from_survey()
@@ -216,6 +222,33 @@ def test_invalid_pixels_never_propagate_nan() -> None:
     posterior = encoder.posterior(inputs)
     for name, value in posterior.params.items():
         assert torch.isfinite(value).all(), name
+
+
+def test_numpy_and_torch_normalizations_agree() -> None:
+    """The CPU's numpy path and the torch path (other devices) give the same validity and the same
+    values within float32 rounding, for every kind of invalid pixel and a 16-bit mask."""
+    batch = simulated_batch(seed=3, batch=2)
+    image, variance = batch.image.clone(), batch.variance.clone()
+    mask = batch.mask.clone().to(torch.int16)
+    image[0, 3, :] = math.nan
+    image[0, 5, 5] = -math.inf
+    variance[1, :, 7] = 0.0
+    variance[1, 2, 2] = math.inf
+    mask[1, 10:20, 10:20] |= 1 << MASK_PLANES["SAT"]
+    bits = invalid_mask_bits(DEFAULT_INVALID_MASK_PLANES)
+    on_numpy = _noise_units(np, image.numpy(), variance.numpy(), mask.long().numpy(), bits)
+    on_torch = _noise_units(torch, image, variance, mask.long(), bits)
+    assert np.array_equal(on_numpy[0], on_torch[0].numpy())
+    assert not on_numpy[0][0, 3].any() and not on_numpy[0][1, 2, 2] and not on_numpy[0][1, 15, 15]
+    for from_numpy, from_torch in zip(on_numpy[1:], on_torch[1:], strict=True):
+        np.testing.assert_allclose(from_numpy, from_torch.numpy(), rtol=1e-6, atol=1e-7)
+    inputs = prepare_inputs(image, variance, mask, 4.0)
+    assert torch.equal(inputs.valid, torch.from_numpy(on_numpy[0]))
+    median = on_torch[1][0][on_torch[0][0]].median()
+    assert float(inputs.flux_scale_njy[0]) == pytest.approx(float(median), rel=1e-6)
+    # Neither path gives float32 asinh exactly as the other; both are within a few ulp of float64.
+    exact = torch.asinh(torch.from_numpy(on_numpy[2]).double())
+    np.testing.assert_allclose(inputs.tensor[:, 0].double(), exact, rtol=1e-6, atol=1e-7)
 
 
 def test_bad_shapes_and_sizes_are_clear_errors() -> None:
