@@ -19,8 +19,9 @@ import torch
 _MASK32 = 0xFFFFFFFF
 
 
-def _mix32(x: torch.Tensor) -> torch.Tensor:
-    """A 32-bit integer hash (the "lowbias32" finalizer) on int64 tensors holding values < 2**32."""
+def _mix32[Bits: (int, torch.Tensor)](x: Bits) -> Bits:
+    """A 32-bit integer hash (the "lowbias32" finalizer) of a Python int or an int64 tensor holding values
+    < 2**32 (the same bits for both)."""
     # Products may wrap around int64; masking keeps their exact low 32 bits.
     x = x ^ (x >> 16)
     x = (x * 0x7FEB352D) & _MASK32
@@ -122,17 +123,19 @@ class TileRandomness:
         components: torch.Tensor,
         dtype: torch.dtype,
     ) -> torch.Tensor:
-        key = _mix32(torch.tensor([self.seed & _MASK32], dtype=torch.int64, device=rows.device))
-        key = _mix32(key ^ ((self.seed >> 32) & _MASK32))
+        # The key of (seed, sample, stream) is hashed in Python: as tensor operations on one element each
+        # it cost more than the per-tile hashes of a small chunk.
+        key = _mix32(_mix32(self.seed & _MASK32) ^ ((self.seed >> 32) & _MASK32))
+
+        def sample_key(index: int) -> int:
+            return _mix32(_mix32(key ^ (index & _MASK32)) ^ (stream & _MASK32))
+
         if self.sample_indices is None:
-            samples: int | torch.Tensor = self.sample_index & _MASK32
+            bits = _mix32(sample_key(self.sample_index) ^ (images & _MASK32))
         else:
-            indices = torch.tensor(self.sample_indices, dtype=torch.int64, device=rows.device)
-            samples = indices[images] & _MASK32
-            images = torch.zeros_like(images)
-        key = _mix32(key ^ samples)
-        key = _mix32(key ^ (stream & _MASK32))
-        bits = key
-        for counter in (images, rows + self.tile_origin[0], cols + self.tile_origin[1], components):
+            # Batch element b holds sample sample_indices[b] of image 0.
+            keys = [_mix32(sample_key(index)) for index in self.sample_indices]
+            bits = torch.tensor(keys, dtype=torch.int64, device=rows.device)[images]
+        for counter in (rows + self.tile_origin[0], cols + self.tile_origin[1], components):
             bits = _mix32(bits ^ (counter & _MASK32))
         return ((bits >> 8).to(dtype) + 0.5) * (1.0 / 2**24)

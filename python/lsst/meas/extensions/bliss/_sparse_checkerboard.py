@@ -107,25 +107,33 @@ class _ContextChange:
     """
 
     def __init__(self, shape: tuple[int, int, int], channels: int, reference: torch.Tensor) -> None:
-        # Row 0 of ``values`` is the zero change of every tile without an entry; ``tiles`` holds the
-        # flat tile index ``(b * Ht + r) * Wt + c`` of every other row.
-        self.row_of = torch.zeros(shape, dtype=torch.int64, device=reference.device)
+        # Row 0 of ``values`` is the zero change of every tile without an entry.  ``row_of`` covers the
+        # grid with a border of one tile (the 3x3 convolution's padding, which never changes), so that
+        # the neighbours of any tile index it without bounds checks; ``tiles`` holds the `flat_index` of
+        # every other row.
+        batch, n_rows, n_cols = shape
+        self.shape = shape
+        self.row_of = torch.zeros((batch, n_rows + 2, n_cols + 2), dtype=torch.int64, device=reference.device)
         self.values = reference.new_zeros(1, channels)
         self.tiles = torch.zeros(0, dtype=torch.int64, device=reference.device)
+
+    def flat_index(self, images: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """Index of tiles (each argument (P,), int64) in the flattened bordered grid of ``row_of``."""
+        _, grid_rows, grid_cols = self.row_of.shape
+        return (images * grid_rows + rows + 1) * grid_cols + cols + 1
 
     def add(
         self, images: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, contribution: torch.Tensor
     ) -> None:
         """Accumulate ``contribution`` (P, C) at the listed tiles (each (P,), repeats allowed)."""
-        flat_rows = self.row_of.view(-1)
-        flat = (images * self.row_of.shape[1] + rows) * self.row_of.shape[2] + cols
-        new = torch.unique(flat[flat_rows[flat] == 0])
+        flat = self.flat_index(images, rows, cols)
+        new = torch.unique(flat[torch.take(self.row_of, flat) == 0])
         if new.numel():
             first = self.values.shape[0]
-            flat_rows[new] = torch.arange(first, first + new.numel(), device=new.device)
+            self.row_of.view(-1)[new] = torch.arange(first, first + new.numel(), device=new.device)
             self.tiles = torch.cat([self.tiles, new])
             self.values = torch.cat([self.values, self.values.new_zeros(new.numel(), self.values.shape[1])])
-        self.values.index_add_(0, flat_rows[flat], contribution)
+        self.values.index_add_(0, torch.take(self.row_of, flat), contribution)
 
 
 def _gather_tiles(
@@ -138,19 +146,6 @@ def _gather_tiles(
     return tensor[images, rows, cols]
 
 
-def _tile_table(tensor: torch.Tensor) -> tuple[torch.Tensor, int, int]:
-    """A (N, C) view of a (B, Ht, Wt, C) tensor whose tiles each hold C contiguous channels (a crop of
-    a channels-last tensor, or one repeated over the batch), with the row steps of an image and of a
-    tile row: tile ``(b, r, c)`` is row ``b * image_step + r * row_step + c``.  Gathering rows of it
-    is faster than advanced indexing of the 4-d tensor, and needs no copy of a crop."""
-    batch, n_rows, n_cols, channels = tensor.shape
-    if tensor.stride(3) != 1 or tensor.stride(2) != channels or tensor.stride(1) % channels:
-        tensor = tensor.contiguous()
-    image_step, row_step = tensor.stride(0) // channels, tensor.stride(1) // channels
-    size = (batch - 1) * image_step + (n_rows - 1) * row_step + n_cols
-    return tensor.as_strided((size, channels), (channels, 1)), image_step, row_step
-
-
 def _head_at(
     encoder: BlissEncoder,
     hidden: torch.Tensor,
@@ -161,30 +156,29 @@ def _head_at(
 ) -> dict[str, torch.Tensor]:
     """`head` at the listed tiles from the hidden layer ``hidden`` (B, Ht, Wt, C) plus ``change``."""
     _, conv, _, output = encoder.head
-    _, n_rows, n_cols, channels = hidden.shape
+    batch, _, _, channels = hidden.shape
+    _, grid_rows, grid_cols = change.row_of.shape
+    grid_size = grid_rows * grid_cols
+    # One table holds every input the 3x3 convolution may read: the absent trajectory's activations on
+    # the bordered grid of ``change`` (zero on the border), then those of the tiles whose hidden layer
+    # sources change.  A batch that repeats one image (`AbsentTrajectory.repeat`) needs one grid.
+    shared = batch > 1 and hidden.stride(0) == 0
+    n_grids = 1 if shared else batch
+    table = hidden.new_empty(n_grids * grid_size + change.tiles.numel(), channels)
+    grids = table[: n_grids * grid_size].view(n_grids, grid_rows, grid_cols, channels)
+    grids[:, 1:-1, 1:-1] = hidden[:n_grids]
+    for border in (grids[:, 0], grids[:, -1], grids[:, :, 0], grids[:, :, -1]):
+        border.zero_()
+    changed = change.tiles % grid_size if shared else change.tiles
+    table[n_grids * grid_size :] = table.index_select(0, changed) + change.values[1:]
+    nn.functional.silu(table, inplace=True)  # silu(0) = 0: the border stays the padding
     shifts = torch.arange(-1, 2, device=rows.device)
-    near_rows, near_cols = rows[:, None] + shifts, cols[:, None] + shifts  # (P, 3) each
-    outside = ((near_rows < 0) | (near_rows >= n_rows))[:, :, None] | (
-        (near_cols < 0) | (near_cols >= n_cols)
-    )[:, None, :]
-    # One table holds every input the 3x3 convolution may read: the absent trajectory's activations,
-    # then those of the tiles whose hidden layer sources change, then the zero of the padding.
-    hidden_table, image_step, row_step = _tile_table(hidden)
-    tile_image, tile_in_image = change.tiles // (n_rows * n_cols), change.tiles % (n_rows * n_cols)
-    changed_at = tile_image * image_step + (tile_in_image // n_cols) * row_step + tile_in_image % n_cols
-    table = torch.cat(
-        [
-            nn.functional.silu(hidden_table),
-            nn.functional.silu(hidden_table[changed_at] + change.values[1:]),
-            hidden_table.new_zeros(1, channels),
-        ]
-    )
-    near_images = images[:, None, None]
-    index = near_images * image_step + near_rows[:, :, None] * row_step + near_cols[:, None, :]
-    tile = (near_images * n_rows + near_rows[:, :, None]) * n_cols + near_cols[:, None, :]
-    change_rows = change.row_of.view(-1)[tile.masked_fill(outside, 0)]
-    index = torch.where(change_rows > 0, change_rows + (hidden_table.shape[0] - 1), index)
-    index = index.masked_fill(outside, table.shape[0] - 1)
+    neighbours = (shifts[:, None] * grid_cols + shifts).view(-1)  # in the weight's (ky, kx) order
+    centres = change.flat_index(images, rows, cols)
+    # take and index_select gather about twice as fast as advanced indexing.
+    change_rows = torch.take(change.row_of, centres[:, None] + neighbours)
+    in_grids = (centres % grid_size if shared else centres)[:, None] + neighbours
+    index = torch.where(change_rows > 0, change_rows + (n_grids * grid_size - 1), in_grids)
     inputs = table.index_select(0, index.view(-1)).view(-1, 9 * channels)
     weight = conv.weight.permute(0, 2, 3, 1).reshape(conv.out_channels, 9 * channels)
     layer = nn.functional.silu(nn.functional.linear(inputs, weight, conv.bias))
@@ -212,7 +206,7 @@ def _add_context(
     difference = embed(source) - embed(empty_source)
     # Output (y, x) of a 3x3 convolution takes input (y + ky - 1, x + kx - 1) with weight (ky, kx).
     contribution = torch.einsum("pc,ockl->pklo", difference, encoder.head_context.weight)
-    _, n_rows, n_cols = change.row_of.shape
+    _, n_rows, n_cols = change.shape
     shifts = torch.arange(2, -1, -1, device=rows.device) - 1  # ky = 0, 1, 2 -> y = row + 1, row, row - 1
     target_rows = (rows[:, None, None] + shifts[None, :, None]).expand(-1, 3, 3)
     target_cols = (cols[:, None, None] + shifts[None, None, :]).expand(-1, 3, 3)
@@ -231,16 +225,28 @@ def _tiles_near(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Tiles ``(row + 2 i, col + 2 j)`` within two tiles (Chebyshev) of the listed ones, each once,
     as (images, rows, cols) in raster order."""
-    near = torch.zeros(shape, dtype=torch.bool, device=rows.device)
-    _, n_rows, n_cols = shape
-    for shift_row in range(-2, 3):
-        target_rows = rows + shift_row
-        keep_rows = (target_rows % 2 == row) & (target_rows >= 0) & (target_rows < n_rows)
-        for shift_col in range(-2, 3):
-            target_cols = cols + shift_col
-            keep = keep_rows & (target_cols % 2 == col) & (target_cols >= 0) & (target_cols < n_cols)
-            near[images[keep], target_rows[keep], target_cols[keep]] = True
-    return torch.nonzero(near, as_tuple=True)
+    batch, n_rows, n_cols = shape
+    # Within two tiles of r lie i = m - 1 (where r - row is even), m and m + 1, for m = (r - row) // 2;
+    # they are marked on the sublattice's grid with a border of one tile, which takes what falls off it.
+    near = torch.zeros(
+        (batch, (n_rows - row + 1) // 2 + 2, (n_cols - col + 1) // 2 + 2),
+        dtype=torch.bool,
+        device=rows.device,
+    )
+    middle_rows, middle_cols = (rows - row) // 2 + 1, (cols - col) // 2 + 1
+    even_rows, even_cols = (rows - row) % 2 == 0, (cols - col) % 2 == 0
+    for shift_row in (-1, 0, 1):
+        for shift_col in (-1, 0, 1):
+            target = (images, middle_rows + shift_row, middle_cols + shift_col)
+            conditions = [
+                even for even, shift in ((even_rows, shift_row), (even_cols, shift_col)) if shift < 0
+            ]
+            if conditions:
+                keep = conditions[0] & conditions[-1]
+                target = (target[0][keep], target[1][keep], target[2][keep])
+            near[target] = True
+    near_images, sub_rows, sub_cols = torch.nonzero(near[:, 1:-1, 1:-1], as_tuple=True)
+    return near_images, row + 2 * sub_rows, col + 2 * sub_cols
 
 
 def sparse_posterior(
