@@ -236,8 +236,10 @@ def test_numpy_and_torch_normalizations_agree() -> None:
     variance[1, 2, 2] = math.inf
     mask[1, 10:20, 10:20] |= 1 << MASK_PLANES["SAT"]
     bits = invalid_mask_bits(DEFAULT_INVALID_MASK_PLANES)
-    on_numpy = _noise_units(np, image.numpy(), variance.numpy(), mask.long().numpy(), bits)
-    on_torch = _noise_units(torch, image, variance, mask.long(), bits)
+    numpy_signal, torch_signal = torch.empty_like(image), torch.empty_like(image)
+    arrays = (image.numpy(), variance.numpy(), mask.long().numpy())
+    on_numpy = (*_noise_units(np, *arrays, bits, numpy_signal.numpy()), numpy_signal.numpy())
+    on_torch = (*_noise_units(torch, image, variance, mask.long(), bits, torch_signal), torch_signal)
     assert np.array_equal(on_numpy[0], on_torch[0].numpy())
     assert not on_numpy[0][0, 3].any() and not on_numpy[0][1, 2, 2] and not on_numpy[0][1, 15, 15]
     for from_numpy, from_torch in zip(on_numpy[1:], on_torch[1:], strict=True):

@@ -140,8 +140,13 @@ def prepare_inputs(
     # of 1.0 s.  The results agree to within 2 ulp.
     on_cpu = image.device.type == "cpu" and image.dtype in (torch.float32, torch.float64)
     xp: ModuleType = np if on_cpu else torch
+    # The channels are written in place into one tensor instead of stacked from copies; the first holds
+    # the signal-to-noise until the others are made from it.
+    tensor = image.new_empty(image.shape[0], N_INPUT_CHANNELS, *image.shape[1:])
+    channels = _as_array(tensor, on_cpu)
+    signal = channels[:, 0]
     arrays = [_as_array(array, on_cpu) for array in (image, variance, mask)]
-    valid, noise, signal = _noise_units(xp, *arrays, invalid_bits)
+    valid, noise = _noise_units(xp, *arrays, invalid_bits, signal)
     flux_scale = torch.tensor(
         [_lower_median(n[v]) if bool(v.any()) else 1.0 for n, v in zip(noise, valid, strict=True)],
         dtype=image.dtype,
@@ -155,11 +160,9 @@ def prepare_inputs(
             )
     else:
         fwhm = fwhm.reshape(-1, 1, 1).expand_as(image)
-    # The channels are written in place into one tensor instead of stacked from copies.
-    tensor = image.new_empty(image.shape[0], N_INPUT_CHANNELS, *image.shape[1:])
-    channels = _as_array(tensor, on_cpu)
-    for channel, softening in enumerate(ASINH_SOFTENING):
-        xp.asinh(xp.divide(signal, softening, out=channels[:, channel]), out=channels[:, channel])
+    for channel in reversed(range(len(ASINH_SOFTENING))):
+        target = channels[:, channel]
+        xp.asinh(xp.divide(signal, ASINH_SOFTENING[channel], out=target), out=target)
     channels[:, len(ASINH_SOFTENING)] = valid
     valid = torch.as_tensor(valid)
     torch.sub(fwhm, PSF_FWHM_REFERENCE_PIX, out=tensor[:, -1]).div_(PSF_FWHM_SCALE_PIX)
@@ -176,15 +179,19 @@ def _as_array(tensor: torch.Tensor | None, as_numpy: bool) -> np.ndarray | torch
 
 
 def _noise_units[Array: (np.ndarray, torch.Tensor)](
-    xp: ModuleType, image: Array, variance: Array, mask: Array | None, invalid_bits: int
-) -> tuple[Array, Array, Array]:
-    """Validity, noise (sqrt of the variance, 1 where invalid) and signal-to-noise (0 where invalid) of
-    each pixel, shape (B, H, W) each, computed with the array module ``xp`` (numpy or torch)."""
+    xp: ModuleType, image: Array, variance: Array, mask: Array | None, invalid_bits: int, signal: Array
+) -> tuple[Array, Array]:
+    """Validity and noise (sqrt of the variance, 1 where invalid) of each pixel, shape (B, H, W) each,
+    computed with the array module ``xp`` (numpy or torch); the signal-to-noise (0 where invalid) is
+    written to ``signal``.  (Few temporaries: on a CPU, memory touched for the first time costs about
+    as much as the arithmetic.)"""
     valid = xp.isfinite(image) & xp.isfinite(variance) & (variance > 0)
     if mask is not None:
         valid &= (mask & invalid_bits) == 0
-    noise = xp.sqrt(xp.where(valid, variance, 1.0))
-    return valid, noise, xp.where(valid, image / noise, 0.0)
+    noise = xp.where(valid, variance, 1.0)
+    xp.sqrt(noise, out=noise)
+    xp.divide(xp.where(valid, image, 0.0), noise, out=signal)
+    return valid, noise
 
 
 def _lower_median(values: np.ndarray | torch.Tensor) -> float:
