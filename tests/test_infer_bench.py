@@ -1,6 +1,7 @@
 """The ``bliss-bench infer`` suite runs and reports its keys (figures come from the real benchmark)."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -42,7 +43,12 @@ def test_infer_suite_times_bliss_and_sep_at_three_sizes(tmp_path, capsys) -> Non
         assert len(entry["bliss_s_runs"]) == len(entry["sep_s_runs"]) == 2
         assert entry["bliss_s"] == pytest.approx(sum(entry["bliss_s_runs"]) / 2)
     assert 0 < results["peak_rss_gb"] < 4 and results["ratio_vs_sep"] > 0
-    assert capsys.readouterr().out.strip().splitlines()[-1].startswith("bliss_s_256px = ")
+    assert results["bliss_warm_s_256px"] == results["per_size"]["256"]["bliss_warm_s"] > 0
+    assert math.isfinite(results["scaling_exponent_warm"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-2].startswith("bliss_s_256px = ") and lines[-1].startswith(
+        "second calls: bliss_warm_s_256px"
+    )
 
 
 def test_infer_suite_refuses_fewer_than_one_pass() -> None:
