@@ -382,15 +382,25 @@ class BlissEncoder(nn.Module):
         return params
 
     def _head_on_sublattice(self, hidden: torch.Tensor, row: int, col: int) -> dict[str, torch.Tensor]:
-        """`head` evaluated only at tiles ``(row + 2 i, col + 2 j)``: params (B, h, w, n), with h or w
-        zero where the grid has no such tile (an image one tile high or wide)."""
+        """`head` evaluated only at tiles ``(row + 2 i, col + 2 j)`` of the hidden layer (B, C, Ht, Wt):
+        params (B, h, w, n), with h or w zero where the grid has no such tile (an image one tile high or
+        wide)."""
+        return self._head_on_bordered_sublattice(nn.functional.pad(hidden, (1, 1, 1, 1)), row, col)
+
+    def _head_on_bordered_sublattice(
+        self, bordered: torch.Tensor, row: int, col: int
+    ) -> dict[str, torch.Tensor]:
+        """`_head_on_sublattice` of a hidden layer given with a zero border of one tile, shape
+        (B, C, Ht + 2, Wt + 2): the head convolution's padding, since silu(0) = 0."""
         _, conv, _, output = self.head
-        n_rows, n_cols = (hidden.shape[-2] - row + 1) // 2, (hidden.shape[-1] - col + 1) // 2
+        n_rows, n_cols = (bordered.shape[-2] - 1 - row) // 2, (bordered.shape[-1] - 1 - col) // 2
         if n_rows == 0 or n_cols == 0:
-            return self._raw_to_params(hidden.new_zeros(hidden.shape[0], output.out_channels, n_rows, n_cols))
-        padded = nn.functional.pad(nn.functional.silu(hidden), (1, 1, 1, 1))[..., row:, col:]
+            return self._raw_to_params(
+                bordered.new_zeros(bordered.shape[0], output.out_channels, n_rows, n_cols)
+            )
+        active = nn.functional.silu(bordered)[..., row:, col:]
         return self._raw_to_params(
-            output(nn.functional.silu(nn.functional.conv2d(padded, conv.weight, conv.bias, stride=2)))
+            output(nn.functional.silu(nn.functional.conv2d(active, conv.weight, conv.bias, stride=2)))
         )
 
     def _context_update(

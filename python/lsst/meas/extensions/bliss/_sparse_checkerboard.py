@@ -71,13 +71,16 @@ class AbsentTrajectory:
 def absent_trajectory(encoder: BlissEncoder, hidden_empty: torch.Tensor) -> AbsentTrajectory:
     """Compute `AbsentTrajectory` from the empty-context hidden layer (B, C, Ht, Wt)."""
     batch, _, n_rows, n_cols = hidden_empty.shape
-    hidden = hidden_empty
+    # Each group's hidden layer is written with a zero border of one tile, the head convolution's
+    # padding, instead of being padded by a copy in every group.
+    bordered = nn.functional.pad(hidden_empty, (1, 1, 1, 1))
     hiddens: list[torch.Tensor] = []
     params: dict[str, torch.Tensor] = {}
     for group in range(N_GROUPS):
         row, col = divmod(group, 2)
-        hiddens.append(hidden.permute(0, 2, 3, 1).contiguous())
-        group_params = encoder._head_on_sublattice(hidden, row, col)
+        hidden = bordered[..., 1:-1, 1:-1]
+        hiddens.append(hidden.permute(0, 2, 3, 1))
+        group_params = encoder._head_on_bordered_sublattice(bordered, row, col)
         for name, value in group_params.items():
             if name not in params:
                 params[name] = value.new_zeros(batch, n_rows, n_cols, value.shape[-1])
@@ -85,8 +88,22 @@ def absent_trajectory(encoder: BlissEncoder, hidden_empty: torch.Tensor) -> Abse
         if group < N_GROUPS - 1:
             shape = group_params["detection"].shape[:3]
             absent = {factor.name: hidden.new_zeros(*shape, factor.dims) for factor in encoder.factors}
-            hidden = hidden + encoder._context_update(absent, row, col, (n_rows, n_cols))
+            update = encoder._context_update(absent, row, col, (n_rows, n_cols))
+            if torch.is_grad_enabled():
+                bordered = nn.functional.pad(hidden + update, (1, 1, 1, 1))
+            else:
+                bordered = _zero_bordered_like(bordered)
+                torch.add(hidden, update, out=bordered[..., 1:-1, 1:-1])
     return AbsentTrajectory(hiddens, params)
+
+
+def _zero_bordered_like(bordered: torch.Tensor) -> torch.Tensor:
+    """A tensor like ``bordered`` (B, C, Ht + 2, Wt + 2), uninitialized but for a zero border of one
+    tile."""
+    bordered = torch.empty_like(bordered)
+    for edge in (bordered[..., 0, :], bordered[..., -1, :], bordered[..., :, 0], bordered[..., :, -1]):
+        edge.zero_()
+    return bordered
 
 
 class _ContextChange:
