@@ -252,6 +252,10 @@ def test_numpy_and_torch_normalizations_agree() -> None:
     # Neither path gives float32 asinh exactly as the other; both are within a few ulp of float64.
     exact = torch.asinh(torch.from_numpy(on_numpy[2]).double())
     np.testing.assert_allclose(inputs.tensor[:, 0].double(), exact, rtol=1e-6, atol=1e-7)
+    # A dtype numpy lacks takes the torch path through the whole function.
+    half = prepare_inputs(image.bfloat16(), variance.bfloat16(), mask, 4.0)
+    assert torch.equal(half.valid, inputs.valid) and half.tensor.dtype == torch.bfloat16
+    np.testing.assert_allclose(half.tensor.float(), inputs.tensor, rtol=0.02, atol=0.02)
 
 
 def test_bad_shapes_and_sizes_are_clear_errors() -> None:
