@@ -368,7 +368,8 @@ class SampledSources:
     values: dict[str, torch.Tensor]
 
     def select(self, keep: torch.Tensor) -> SampledSources:
-        """The tiles where the boolean ``keep`` (P,) is true."""
+        """The tiles where the boolean ``keep`` (P,) is true, or those that the integer ``keep`` lists,
+        in its order."""
         return SampledSources(
             self.images[keep],
             self.rows[keep],
