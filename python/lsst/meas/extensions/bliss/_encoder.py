@@ -423,7 +423,10 @@ class BlissEncoder(nn.Module):
         update = nn.functional.conv_transpose2d(change, weight, stride=2, padding=(1 - row, 1 - col))
         n_rows, n_cols = shape
         update = update[..., :n_rows, :n_cols]
-        return nn.functional.pad(update, (0, n_cols - update.shape[-1], 0, n_rows - update.shape[-2]))
+        missing_rows, missing_cols = n_rows - update.shape[-2], n_cols - update.shape[-1]
+        if missing_rows or missing_cols:  # a padding of zero still copies
+            update = nn.functional.pad(update, (0, missing_cols, 0, missing_rows))
+        return update
 
     def _groups(self, features: torch.Tensor) -> torch.Tensor:
         return checkerboard_groups(*features.shape[-2:], self.config.checkerboard_groups, features.device)

@@ -133,9 +133,9 @@ def _normalized_inputs(
     mask = None if mask is None else _pad_to_tiles(mask, tile, 0)
     if isinstance(psf_fwhm_pix, torch.Tensor) and psf_fwhm_pix.ndim == 3:
         pad_h, pad_w = image.shape[-2] - psf_fwhm_pix.shape[-2], image.shape[-1] - psf_fwhm_pix.shape[-1]
-        psf_fwhm_pix = torch.nn.functional.pad(psf_fwhm_pix[:, None], (0, pad_w, 0, pad_h), mode="replicate")[
-            :, 0
-        ]
+        if pad_h or pad_w:  # a padding of zero still copies
+            padded = torch.nn.functional.pad(psf_fwhm_pix[:, None], (0, pad_w, 0, pad_h), mode="replicate")
+            psf_fwhm_pix = padded[:, 0]
     return prepare_inputs(image, variance, mask, psf_fwhm_pix, invalid_bits)
 
 
