@@ -435,13 +435,13 @@ def _assemble(
     }
     if rows["tile_index"].dtype != torch.long:
         rows["tile_index"] = rows["tile_index"].long()
-    inside = (rows["x"] < width - 0.5) & (rows["y"] < height - 0.5)
-    order = torch.argsort(rows["tile_index"][inside], stable=True)
-    kept = {name: value[inside][order] for name, value in rows.items()}
+    inside = torch.nonzero((rows["x"] < width - 0.5) & (rows["y"] < height - 0.5), as_tuple=True)[0]
+    kept_index = inside[torch.argsort(rows["tile_index"][inside], stable=True)]
+    kept = {name: value.index_select(0, kept_index) for name, value in rows.items()}
     return FullCatalog(
         height,
         width,
-        torch.tensor([order.numel()]),
+        torch.tensor([kept_index.numel()]),
         kept["x"][None],
         kept["y"][None],
         {name: kept[name][None] for name in names},
