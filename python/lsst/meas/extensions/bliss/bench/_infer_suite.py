@@ -12,8 +12,8 @@ interleaved passes and each figure is the median over the passes, since the
 speed of a shared machine drifts by tens of percent within minutes.
 
 The headline times are each process's first call, which also pays the
-process's one-time costs (oneDNN generating its convolution kernels, memory
-touched for the first time): about 0.1 s, a fifth of a 1k image's time, so
+process's one-time costs (memory touched for the first time, oneDNN generating
+its convolution kernels): about 0.1 s, a fifth of a 1k image's time, so
 they pull ``scaling_exponent`` below the per-pixel scaling.  Each child then
 times a second call on the same image, the cost of every further image in a
 long-running process (a ``pipetask`` worker runs many quanta); those figures
@@ -189,6 +189,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if torch.cuda.is_available() and not args.no_gpu:
             gpu = _run_child(scene_path, model_path, largest, args.n_samples, "cuda", args.precision)
             results[f"gpu_s_{largest // 1024}k"] = gpu["seconds"]
+            results[f"gpu_warm_s_{largest // 1024}k"] = gpu["warm_seconds"]
             results["gpu_stage_s"] = gpu["timings"]
     label = f"{largest // 1024}k" if largest % 1024 == 0 else f"{largest}px"
     top = per_size[str(largest)]
