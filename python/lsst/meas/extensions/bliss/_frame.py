@@ -377,14 +377,15 @@ class _CoreTiles:
         """Sources of each of the ``n_samples`` batch elements of `sample_sources` (whose tiles count
         from the window that ``core`` indexes) within the core, as flat rows per sample."""
         rows, cols = core
-        kept = sources.select(
+        inside = torch.nonzero(
             (sources.rows >= rows.start)
             & (sources.rows < rows.stop)
             & (sources.cols >= cols.start)
-            & (sources.cols < cols.stop)
-        )
+            & (sources.cols < cols.stop),
+            as_tuple=True,
+        )[0]
         # The rows of all samples at once, then split by sample: a stable sort keeps each sample's order.
-        kept = kept.select(torch.sort(kept.images, stable=True).indices)
+        kept = sources.select(inside[torch.sort(sources.images[inside], stable=True).indices])
         every = self.rows(
             kept.params, kept.values, flux_scale_njy, kept.rows - rows.start, kept.cols - cols.start, None
         )

@@ -94,18 +94,18 @@ def absent_trajectory(encoder: BlissEncoder, hidden_empty: torch.Tensor) -> Abse
             if torch.is_grad_enabled():
                 bordered = nn.functional.pad(hidden + update, (1, 1, 1, 1))
             else:
-                bordered = _zero_bordered_like(bordered)
+                bordered = _zero_border(torch.empty_like(bordered), 2)
                 torch.add(hidden, update, out=bordered[..., 1:-1, 1:-1])
     return AbsentTrajectory(hiddens, params)
 
 
-def _zero_bordered_like(bordered: torch.Tensor) -> torch.Tensor:
-    """A tensor like ``bordered`` (B, C, Ht + 2, Wt + 2), uninitialized but for a zero border of one
-    tile."""
-    bordered = torch.empty_like(bordered)
-    for edge in (bordered[..., 0, :], bordered[..., -1, :], bordered[..., :, 0], bordered[..., :, -1]):
-        edge.zero_()
-    return bordered
+def _zero_border(grid: torch.Tensor, row_dim: int) -> torch.Tensor:
+    """Zero, in place, the first and last rows and columns of ``grid``, whose tile rows and columns
+    are dimensions ``row_dim`` and ``row_dim + 1``; returns ``grid``."""
+    for dim in (row_dim, row_dim + 1):
+        grid.select(dim, 0).zero_()
+        grid.select(dim, -1).zero_()
+    return grid
 
 
 class _ContextChange:
@@ -185,9 +185,7 @@ def _head_at(
     n_grids = 1 if shared else batch
     table = hidden.new_empty(n_grids * grid_size + change.tiles.numel(), channels)
     grids = table[: n_grids * grid_size].view(n_grids, grid_rows, grid_cols, channels)
-    grids[:, 1:-1, 1:-1] = hidden[:n_grids]
-    for border in (grids[:, 0], grids[:, -1], grids[:, :, 0], grids[:, :, -1]):
-        border.zero_()
+    _zero_border(grids, 1)[:, 1:-1, 1:-1] = hidden[:n_grids]
     changed = change.tiles % grid_size if shared else change.tiles
     table[n_grids * grid_size :] = table.index_select(0, changed) + change.values[1:]
     nn.functional.silu(table, inplace=True)  # silu(0) = 0: the border stays the padding
