@@ -18,6 +18,7 @@ from ._frame import *
 from ._heap import *
 from ._inference import *
 from ._metrics import *
+from ._model_fit import *
 from ._model_io import *
 from ._normalize import *
 from ._prior import *

@@ -19,6 +19,7 @@ __all__ = [
     "DEBLEND_FLAGS",
     "DeblendedSources",
     "GalaxyLatents",
+    "blended_sources",
     "SourceModels",
     "deblend_sources",
     "fit_masked_star_fluxes",
@@ -39,6 +40,7 @@ import torch
 from ._autoencoder import GalaxyAutoencoder, GalaxyLatentPosterior
 from ._catalog import FullCatalog
 from ._conditions import SurveyConditions
+from ._model_fit import ModelFitConfig, fit_source_models
 from ._render import STAMP_HALF_SIZES, render_stamps, stamp_half_size
 from ._simulate import catalog_to_render_sources
 
@@ -47,10 +49,12 @@ DEBLEND_FLAGS: tuple[str, ...] = (
     "flag_moments_failed",
     "flag_no_model",
     "flag_latent_invalid",
+    "flag_fit_failed",
 )
 """Per-source flags of `measure_deblended`: the stamp reaches beyond the image; adaptive moments
 did not converge; the model stamp is empty or not finite (no deblended image); the galaxy
-autoencoder's latent or stamp was not finite (the parametric model stands in)."""
+autoencoder's latent or stamp was not finite (the parametric model stands in); the fit of the
+blended source's model to the image failed (the encoder's estimate stands in)."""
 
 
 @dataclasses.dataclass
@@ -70,6 +74,9 @@ class SourceModels:
         (pixel ``[h, h]`` is the source's nearest pixel).
     clipped
         The source's own stamp reaches beyond the image, shape (N,), bool.
+    fit_failed
+        The source's model comes from the encoder's estimate because its fit to the image
+        (`fit_source_models`) failed, shape (N,), bool; None when no fit was made.
     """
 
     models: torch.Tensor
@@ -77,6 +84,7 @@ class SourceModels:
     x0: torch.Tensor
     y0: torch.Tensor
     clipped: torch.Tensor
+    fit_failed: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.models.shape[0])
@@ -199,8 +207,10 @@ def model_sources(
     autoencoder: GalaxyAutoencoder | None = None,
     max_half_size: int = STAMP_HALF_SIZES[-1],
     n_iterations: int = 2,
+    fit: ModelFitConfig | None = None,
 ) -> tuple[SourceModels, GalaxyLatents | None]:
-    """Model every source of an image: parametric models, then the autoencoder's galaxies.
+    """Model every source of an image: parametric models, fitted to the image where sources blend,
+    then the autoencoder's galaxies.
 
     Parameters
     ----------
@@ -213,6 +223,10 @@ def model_sources(
         Galaxy autoencoder; None keeps the parametric galaxy models.
     n_iterations
         Passes of `refine_galaxy_models`.
+    fit
+        Options of the joint fit (`fit_source_models`) of the blended sources' parametric models,
+        those whose 1-sigma footprint shares a pixel with another source's (`blended_sources`);
+        None keeps the encoder's estimates.
 
     Returns
     -------
@@ -221,6 +235,13 @@ def model_sources(
     """
     height, width = image.shape
     models = render_source_models(catalog, psf_fwhm_pix, conditions, height, width, max_half_size)
+    if fit is not None and len(models):
+        blended = blended_sources(models, _median_noise(variance, valid))
+        catalog, fit_failed = fit_source_models(
+            catalog, psf_fwhm_pix, conditions, image, variance, valid, fit, max_half_size, blended
+        )
+        models = render_source_models(catalog, psf_fwhm_pix, conditions, height, width, max_half_size)
+        models = dataclasses.replace(models, fit_failed=fit_failed)
     is_star = ~catalog.fields["is_galaxy"][0, : len(models)].bool()
     models = fit_masked_star_fluxes(models, is_star, image, variance, valid)
     if autoencoder is None:
@@ -228,6 +249,45 @@ def model_sources(
     return refine_galaxy_models(
         models, catalog, psf_fwhm_pix, image, variance, autoencoder, valid, n_iterations
     )
+
+
+def _median_noise(variance: torch.Tensor, valid: torch.Tensor | None) -> float:
+    """Median per-pixel noise of the usable pixels (1 if there are none), nJy."""
+    usable = torch.isfinite(variance) & (variance > 0)
+    if valid is not None:
+        usable &= valid
+    return float(variance[usable].median().sqrt()) if bool(usable.any()) else 1.0
+
+
+def blended_sources(models: SourceModels, noise_njy: float, footprint_nsigma: float = 1.0) -> torch.Tensor:
+    """Sources whose footprint shares a pixel with another source's footprint.
+
+    Parameters
+    ----------
+    models
+        Source models, ``N`` of them.
+    noise_njy, footprint_nsigma
+        A footprint is where the model exceeds ``footprint_nsigma * noise_njy`` (as in
+        `measure_deblended`), and at least the source's centre pixel.
+
+    Returns
+    -------
+    blended
+        Shape (N,), bool.
+    """
+    if not len(models):
+        return torch.zeros(0, dtype=torch.bool)
+    # The stamps on a grid that holds all of them (their pixels beyond the image are zero).
+    x0, y0 = models.x0 - models.x0.min(), models.y0 - models.y0.min()
+    grid_height, grid_width = int(y0.max()) + models.stamp_size, int(x0.max()) + models.stamp_size
+    rows, cols = _stamp_index(dataclasses.replace(models, x0=x0, y0=y0), grid_height, grid_width)
+    footprint = models.models > footprint_nsigma * noise_njy
+    centre = models.stamp_size // 2
+    footprint[:, centre, centre] = True
+    counts = torch.zeros(grid_height, grid_width, dtype=torch.int32)
+    counts.index_put_((rows[footprint], cols[footprint]), torch.ones(1, dtype=torch.int32), accumulate=True)
+    shared = (counts[rows, cols] > 1) & footprint
+    return shared.any(dim=(1, 2))
 
 
 def fit_masked_star_fluxes(
@@ -457,7 +517,9 @@ def _with_stamp_size(models: SourceModels, size: int) -> SourceModels:
         return dataclasses.replace(models, models=models.models.clone(), half_size=models.half_size.clone())
     pad = (size - models.stamp_size) // 2
     stamps = torch.nn.functional.pad(models.models, (pad, pad, pad, pad))
-    return SourceModels(stamps, models.half_size.clone(), models.x0 - pad, models.y0 - pad, models.clipped)
+    return SourceModels(
+        stamps, models.half_size.clone(), models.x0 - pad, models.y0 - pad, models.clipped, models.fit_failed
+    )
 
 
 def _window_index(
@@ -608,6 +670,8 @@ def measure_deblended(
     flags["flag_stamp_clipped"] = models.clipped.numpy().copy()
     if latents is not None:
         flags["flag_latent_invalid"] = latents.invalid.numpy().copy()
+    if models.fit_failed is not None:
+        flags["flag_fit_failed"] = models.fit_failed.numpy().copy()
     if n_sources == 0:
         return {**results, **flags}
     centre = models.stamp_size // 2

@@ -50,6 +50,7 @@ from .._deblend import (
 )
 from .._frame import FrameConfig, infer_frame
 from .._metrics import ellipticity_from_shape, match_sources, robust_scatter, source_snr_and_blendedness
+from .._model_fit import ModelFitConfig
 from .._model_io import BlissModel, load_default_model
 from .._normalize import DEFAULT_INVALID_MASK_PLANES, invalid_mask_bits
 from .._prior import SourcePrior
@@ -59,6 +60,8 @@ from .._simulate import ImageSimulator, SimulatorConfig
 DESCRIPTION = "deblended flux and shape of isolated vs blended galaxies, BLISS vs SEP; separation sweep"
 SCENE_SIZE = 64
 MATCH_RADIUS_PIX = 1.5
+DEFAULT_MODEL_FIT = ModelFitConfig()
+"""How the blended sources' models are fitted by default, as in `BlissDeblendMeasureTask`."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -78,6 +81,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("autoencoder", "parametric"),
         default="parametric",
         help="how galaxies are modelled for deblending (default: parametric, as BlissDeblendMeasureTask)",
+    )
+    parser.add_argument(
+        "--no-model-fit",
+        action="store_true",
+        help="deblend with the encoder's estimates, without fitting the blended sources' models to the image",
     )
     parser.add_argument(
         "--ae-stamps",
@@ -124,10 +132,12 @@ def _measure_scene(
     fwhm_pix: float,
     autoencoder: GalaxyAutoencoder | None,
     mask: torch.Tensor | None = None,
+    fit: ModelFitConfig | None = None,
 ) -> dict[str, np.ndarray]:
     """BLISS detection and deblending of one scene, as the pipeline task does them: positions,
     catalog flux (``catalog_flux_njy``), deblended flux (``flux_njy``) and shape estimates; pixels
-    with a bit of `DEFAULT_INVALID_MASK_PLANES` in ``mask`` (shape (H, W)) are not used."""
+    with a bit of `DEFAULT_INVALID_MASK_PLANES` in ``mask`` (shape (H, W)) are not used; ``fit``:
+    how the blended sources' models are fitted (None: not at all)."""
     result = infer_frame(model, image, variance, mask, fwhm_pix, FrameConfig(n_samples=0, device="cpu"))
     valid = None if mask is None else (mask & invalid_mask_bits(DEFAULT_INVALID_MASK_PLANES)) == 0
     catalog = result.catalog
@@ -148,6 +158,7 @@ def _measure_scene(
         variance,
         valid,
         autoencoder,
+        fit=fit,
     )
     measured = _deblend_and_measure(image, variance, models, latents, valid)
     rows = {
@@ -205,6 +216,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.galaxy_model == "autoencoder":
         autoencoder = model.require_autoencoder("bliss-bench deblend --galaxy-model autoencoder")
     conditions = model.conditions
+    fit = None if args.no_model_fit else DEFAULT_MODEL_FIT
     n_scenes = args.n_scenes or (60 if args.quick else 300)
     n_trials = args.sweep_trials or (10 if args.quick else 40)
     rng = np.random.default_rng(args.seed)
@@ -267,7 +279,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         image, variance = batch.image[index], batch.variance[index]
         true_flux = properties[index]["flux_njy"]
         where = positions[index]
-        bliss = _measure_scene(model, image, variance, fwhm_pix, autoencoder)
+        bliss = _measure_scene(model, image, variance, fwhm_pix, autoencoder, fit=fit)
         match = match_sources(where[:, 0], where[:, 1], bliss["x"], bliss["y"], MATCH_RADIUS_PIX)
         ok = ~bliss["flag_no_model"][match.est_index]
         found = list(bliss["flux_njy"][match.est_index][ok] / true_flux[match.true_index][ok] - 1)
@@ -303,7 +315,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     scatter = {name: robust_scatter(np.asarray(values)) for name, values in residuals.items()}
     bias = {name: float(np.median(values)) if values else float("nan") for name, values in residuals.items()}
-    sweep = _separation_sweep(model, autoencoder, simulator, rng, generator, n_trials)
+    sweep = _separation_sweep(model, autoencoder, simulator, rng, generator, n_trials, fit)
     ae_chi2 = None
     if autoencoder is not None:
         ae_chi2 = _autoencoder_chi2(
@@ -311,6 +323,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
     results: dict[str, Any] = {
         "galaxy_model": args.galaxy_model,
+        "model_fit": fit is not None,
         **(ae_chi2 or {}),
         "n_scenes_per_kind": n_scenes,
         "match_radius_pix": MATCH_RADIUS_PIX,
@@ -390,7 +403,11 @@ def _autoencoder_chi2(
 
 
 def separation_sweep(
-    model: BlissModel, n_trials: int, seed: int, autoencoder: GalaxyAutoencoder | None = None
+    model: BlissModel,
+    n_trials: int,
+    seed: int,
+    autoencoder: GalaxyAutoencoder | None = None,
+    fit: ModelFitConfig | None = DEFAULT_MODEL_FIT,
 ) -> list[dict[str, float]]:
     """The two-galaxy case study: the second galaxy's detection and both fluxes against separation.
 
@@ -422,6 +439,7 @@ def separation_sweep(
         np.random.default_rng(seed),
         torch.Generator().manual_seed(seed),
         n_trials,
+        fit,
     )
 
 
@@ -432,6 +450,7 @@ def _separation_sweep(
     rng: np.random.Generator,
     generator: torch.Generator,
     n_trials: int,
+    fit: ModelFitConfig | None,
 ) -> list[dict[str, float]]:
     """Second-source detection probability and flux residuals against separation (1-10 px)."""
     conditions = model.conditions
@@ -456,7 +475,9 @@ def _separation_sweep(
         batch = simulator.simulate_catalog(truth, generator, torch.full((n_trials,), fwhm_arcsec))
         detection, residual_first, residual_second = [], [], []
         for index in range(n_trials):
-            bliss = _measure_scene(model, batch.image[index], batch.variance[index], fwhm_pix, autoencoder)
+            bliss = _measure_scene(
+                model, batch.image[index], batch.variance[index], fwhm_pix, autoencoder, fit=fit
+            )
             where = positions[index]
             match = match_sources(where[:, 0], where[:, 1], bliss["x"], bliss["y"], MATCH_RADIUS_PIX)
             found = dict(zip(match.true_index.tolist(), match.est_index.tolist(), strict=True))

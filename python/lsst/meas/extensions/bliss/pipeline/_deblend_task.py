@@ -39,6 +39,7 @@ from .._autoencoder import GalaxyAutoencoder
 from .._conditions import SurveyConditions
 from .._deblend import deblend_sources, measure_deblended, model_sources
 from .._frame import FrameConfig, FrameResult, infer_frame
+from .._model_fit import ModelFitConfig
 from .._model_io import BlissModel
 from .._normalize import DEFAULT_INVALID_MASK_PLANES
 from ._compatibility import ExposureConditions, compatibility_problems, measure_exposure_conditions
@@ -217,6 +218,14 @@ class BlissDeblendMeasureConfig(PipelineTaskConfig, pipelineConnections=BlissDeb
     autoencoder_iterations = Field[int](
         doc="Passes of encoding each galaxy with its neighbours' current models subtracted.", default=2
     )
+    fit_blended_models = Field[bool](
+        doc="Fit the parametric models of blended sources (1-sigma footprints that touch) jointly to the "
+        "image, with the encoder's estimates as the prior's centre, before deblending (fit_source_models; "
+        "bliss-bench deblend: blended-pair flux scatter about 0.15 -> 0.10). The catalog's posterior "
+        "columns keep the encoder's estimates.",
+        default=True,
+    )
+    fit_iterations = Field[int](doc="L-BFGS iterations of the blended sources' fit.", default=60)
     model_from_pipeline = Field[bool](
         doc="Read bliss_model as a regular input instead of a prerequisite, so that a BlissTrainTask in "
         "the same pipeline can produce it.",
@@ -239,6 +248,8 @@ class BlissDeblendMeasureConfig(PipelineTaskConfig, pipelineConnections=BlissDeb
             raise FieldValidationError(cls.max_stamp_half_size, self, "must be at least 2")
         if self.autoencoder_iterations < 1:
             raise FieldValidationError(cls.autoencoder_iterations, self, "must be at least 1")
+        if self.fit_iterations < 1:
+            raise FieldValidationError(cls.fit_iterations, self, "must be at least 1")
         if self.psf_grid_pixels < 1:
             raise FieldValidationError(cls.psf_grid_pixels, self, "must be positive")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
@@ -412,6 +423,9 @@ class BlissDeblendMeasureTask(PipelineTask):
         n_sources = int(catalog.n_sources[0])
         image, variance = torch.from_numpy(pixels.image), torch.from_numpy(pixels.variance)
         valid = torch.from_numpy(~pixels.invalid)
+        fit = None
+        if self.config.fit_blended_models:
+            fit = ModelFitConfig(max_iterations=self.config.fit_iterations)
         models, latents = model_sources(
             estimate,
             catalog.fields["psf_fwhm_pix"][0, :n_sources],
@@ -422,6 +436,7 @@ class BlissDeblendMeasureTask(PipelineTask):
             autoencoder,
             self.config.max_stamp_half_size,
             self.config.autoencoder_iterations,
+            fit=fit,
         )
         deblended = deblend_sources(image, variance, models, valid)
         usable = np.isfinite(pixels.variance) & (pixels.variance > 0) & ~pixels.invalid
@@ -429,6 +444,7 @@ class BlissDeblendMeasureTask(PipelineTask):
         add_deblend_columns(sources, measure_deblended(deblended, noise, latents=latents))
         self.metadata["time_deblend_s"] = time.perf_counter() - start
         self.metadata["n_moments_failed"] = int(np.sum(sources["bliss_moments_failed_flag"]))
+        self.metadata["n_fit_failed"] = int(np.sum(sources["bliss_fit_failed_flag"]))
         if latents is not None:
             self.metadata["n_autoencoder_models"] = int(latents.modelled.sum())
             self.metadata["n_latent_invalid"] = int(latents.invalid.sum())

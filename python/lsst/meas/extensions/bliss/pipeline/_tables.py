@@ -329,6 +329,12 @@ DEBLEND_COLUMNS: tuple[tuple[str, str, u.UnitBase | None, str], ...] = (
         None,
         "The galaxy autoencoder gave a non-finite latent posterior or stamp; the parametric model was used.",
     ),
+    (
+        "bliss_fit_failed_flag",
+        "flag_fit_failed",
+        None,
+        "The fit of the blended source's model to the image failed; the encoder's estimate was used.",
+    ),
 )
 """Deblending columns of ``bliss_source``: (column, key of `measure_deblended`, unit, description)."""
 
