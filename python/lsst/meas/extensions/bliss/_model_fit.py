@@ -170,12 +170,13 @@ def fit_source_models(
         ],
         dim=1,
     )
-    fit_failed = ~torch.isfinite(start).all(dim=1)
-    centre_x, centre_y = torch.round(sources.x).long(), torch.round(sources.y).long()
     if selected is None:
         selected = torch.ones(n_sources, dtype=torch.bool)
     elif selected.shape != (n_sources,):
         raise ValueError(f"selected has shape {tuple(selected.shape)}; expected ({n_sources},).")
+    # Only sources that were to be fitted can fail; the others keep their estimates unflagged.
+    fit_failed = selected.bool() & ~torch.isfinite(start).all(dim=1)
+    centre_x, centre_y = torch.round(sources.x).long(), torch.round(sources.y).long()
     chosen = torch.nonzero(selected.bool() & ~fit_failed).squeeze(1)
     fitted = start.clone()
     if chosen.numel() > 0:
@@ -197,7 +198,7 @@ def fit_source_models(
             fit_failed[chosen] = True
         else:
             fitted[chosen] = result
-            fit_failed |= ~torch.isfinite(fitted).all(dim=1)
+            fit_failed[chosen] |= ~torch.isfinite(result).all(dim=1)
     updated = torch.zeros(n_sources, dtype=torch.bool)
     updated[chosen] = True
     return _with_parameters(catalog, fitted, updated & ~fit_failed, is_galaxy, scale), fit_failed
