@@ -12,6 +12,7 @@ import pytest
 from astropy.table import Table
 from lsst.daf.butler import Butler
 from lsst.daf.butler.tests import addDatasetType, makeTestRepo
+from lsst.pex.config import FieldValidationError
 from lsst.pipe.base import AnnotatedPartialOutputsError, NoWorkFound, Pipeline, UnprocessableDataError
 from lsst.pipe.base.simple_pipeline_executor import SimplePipelineExecutor
 from lsst.pipe.base.testUtils import assertValidOutput, lintConnections, makeQuantum, runTestQuantum
@@ -413,3 +414,24 @@ def test_frame_options_reach_the_core() -> None:
     assert task_config().frame_config(seed=0).precision == "float32"
     with pytest.raises(ValueError, match="precision"):
         task_config(precision="float16")
+
+
+def test_the_blended_sources_fit_changes_only_the_deblending(demo: dict) -> None:
+    butler = Butler.from_config(demo["root"], collections=demo["inputs"])
+    (ref, *_) = butler.query_datasets("calexp", explain=False)
+    calexp, model = butler.get(ref), butler.get("bliss_model", {})
+    fitted = BlissDeblendMeasureTask(config=task_config(n_samples=0)).run(calexp, model).bliss_source
+    plain = (
+        BlissDeblendMeasureTask(config=task_config(n_samples=0, fit_blended_models=False))
+        .run(calexp, model)
+        .bliss_source
+    )
+    assert not np.asarray(fitted["bliss_fit_failed_flag"]).any()
+    assert not np.asarray(plain["bliss_fit_failed_flag"]).any()
+    # The posterior catalog is the encoder's either way; the deblended fluxes of blended sources move.
+    for column in ("x", "y", "bliss_flux", "bliss_galaxy_prob", "bliss_disk_hlr"):
+        assert np.array_equal(np.asarray(fitted[column]), np.asarray(plain[column]), equal_nan=True), column
+    moved = np.ma.getdata(fitted["bliss_deblend_flux"]) != np.ma.getdata(plain["bliss_deblend_flux"])
+    assert 0 < moved.sum() < len(fitted)
+    with pytest.raises(FieldValidationError, match="fit_iterations"):
+        task_config(fit_iterations=0).validate()
