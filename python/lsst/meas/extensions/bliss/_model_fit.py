@@ -16,8 +16,11 @@ unconstrained coordinates:
 Stars keep their type and fit only position and flux.  The prior keeps the sources that the pixels
 barely constrain near the encoder's estimates, while the pixels of bright blends move their
 shapes to what the data say.  Each source's parameters are whitened by its own Gauss-Newton block
-(the curvature of the likelihood of its stamp, with the prior's) at the start, so that one L-BFGS
-run (strong Wolfe line search) over all sources converges whatever their brightness and size.
+(the curvature of the likelihood of its stamp, with the prior's) at the start, so that they are of
+unit curvature whatever the source's brightness and size.  Each blend (a connected group of
+overlapping stamps) is then an independent problem with its own L-BFGS iterations and backtracking
+line search; all blends of an image advance together in one batch of tensor operations
+(`_batched_lbfgs`), so the cost is that of the largest blend's iterations, not of their sum.
 Only the deblending models use the fitted values; the posterior catalog keeps the encoder's.
 """
 
@@ -26,8 +29,10 @@ from __future__ import annotations
 __all__ = ["ModelFitConfig", "fit_source_models"]
 
 import dataclasses
+import math
 from collections.abc import Callable
 
+import scipy.ndimage
 import torch
 
 from ._catalog import FullCatalog
@@ -47,6 +52,7 @@ _SHAPE_FIELDS = (
 _FRACTION_LIMITS = (0.01, 0.99)
 """Fractions and axis ratios are clamped into this range before their logits are taken."""
 _MIN_HLR_PIX = 0.05
+_RENDER_DTYPE = torch.float64
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,7 +190,7 @@ def fit_source_models(
         usable = torch.isfinite(image) & torch.isfinite(variance) & (variance > 0) & region
         if valid is not None:
             usable &= valid
-        result = _fit(
+        result, failed = _fit(
             sources.select(chosen),
             start[chosen],
             half_size[chosen],
@@ -194,11 +200,8 @@ def fit_source_models(
             region,
             config,
         )
-        if result is None:
-            fit_failed[chosen] = True
-        else:
-            fitted[chosen] = result
-            fit_failed[chosen] |= ~torch.isfinite(result).all(dim=1)
+        fitted[chosen] = result
+        fit_failed[chosen] |= failed | ~torch.isfinite(result).all(dim=1)
     updated = torch.zeros(n_sources, dtype=torch.bool)
     updated[chosen] = True
     return _with_parameters(catalog, fitted, updated & ~fit_failed, is_galaxy, scale), fit_failed
@@ -235,9 +238,9 @@ def _fit(
     weight: torch.Tensor,
     region: torch.Tensor,
     config: ModelFitConfig,
-) -> torch.Tensor | None:
-    """Fitted parameters (n, 9) of ``sources``, or None if the objective is not finite
-    or does not decrease; ``observed`` and ``weight`` (H, W) are zero outside the usable pixels of
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fitted parameters (n, 9) of ``sources`` and which of them failed (their blend's objective was
+    not finite), shape (n,); ``observed`` and ``weight`` (H, W) are zero outside the usable pixels of
     ``region``, the pixels the objective is summed over."""
     height, width = observed.shape
     is_galaxy = sources.is_galaxy.bool()
@@ -266,8 +269,15 @@ def _fit(
     sizes = torch.unique(half_size).tolist()
     by_size = {value: torch.nonzero(half_size == value).squeeze(1) for value in sizes}
 
-    def stamps(params: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Per stamp size: the stamps (n, S, S), their region pixel index and whether in the region."""
+    lower, upper = _parameter_bounds(start)
+
+    def stamps(
+        params: torch.Tensor, subset: torch.Tensor | None = None
+    ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Per stamp size: the sources (of ``subset``, default all), their stamps (m, S, S), each stamp
+        pixel's region index and whether it lies in the region."""
+        # A trial step of the line search may reach absurd values; the renderer gets sane ones.
+        params = torch.maximum(torch.minimum(torch.nan_to_num(params), upper), lower)
         current = dataclasses.replace(
             sources,
             x=params[:, 0],
@@ -285,58 +295,176 @@ def _fit(
         centre_y = torch.round(params[:, 1].detach()).long()
         groups = []
         for value in sizes:
-            chosen = by_size[value]
-            rendered = render_stamps(current.select(chosen), psf, value, dtype=torch.float64)
+            chosen = by_size[value] if subset is None else by_size[value][subset[by_size[value]]]
+            if chosen.numel() == 0:
+                continue
+            rendered = render_stamps(current.select(chosen), psf, value, dtype=_RENDER_DTYPE).double()
             offsets = torch.arange(-value, value + 1)
             rows = (centre_y[chosen, None] + offsets)[:, :, None].expand(rendered.shape)
             cols = (centre_x[chosen, None] + offsets)[:, None, :].expand(rendered.shape)
             on_image = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
             index = lookup[rows.clamp(0, height - 1) * width + cols.clamp(0, width - 1)]
             inside = on_image & (index >= 0)
-            groups.append((rendered, index.clamp(min=0), inside))
+            groups.append((chosen, rendered, index.clamp(min=0), inside))
         return groups
 
-    def scene(params: torch.Tensor) -> torch.Tensor:
+    def scene(params: torch.Tensor, subset: torch.Tensor | None = None) -> torch.Tensor:
         total = torch.zeros(n_region, dtype=torch.float64)
-        for rendered, index, inside in stamps(params):
+        for _, rendered, index, inside in stamps(params, subset):
             total = total.index_add(0, index.reshape(-1), torch.where(inside, rendered, 0.0).reshape(-1))
         return total
 
     prior_precision = free / prior_sigma.square()
     whitening = _whitening(stamps, start, weight, sizes, by_size, free, prior_precision)
 
-    def objective(whitened: torch.Tensor) -> torch.Tensor:
+    # Blends are independent problems: each connected part of the region is one group, fitted by
+    # its own L-BFGS iterations (in one batch), so that no group waits on another's line search.
+    labels, n_groups = scipy.ndimage.label(region.numpy())
+    labels = torch.from_numpy(labels).reshape(-1).long() - 1
+    pixel_group = labels[region_flat]
+    centre_rows = torch.round(start[:, 1]).long().clamp(0, height - 1)
+    centre_cols = torch.round(start[:, 0]).long().clamp(0, width - 1)
+    source_group = labels[centre_rows * width + centre_cols]
+
+    def evaluate(whitened: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The objective (G,) and its gradient with respect to ``whitened`` (n, 9) of the ``groups``
+        (G,), bool; zero for the others, whose sources are not rendered."""
+        whitened = whitened.detach().requires_grad_(True)
         params = start + torch.einsum("nij,nj->ni", whitening, whitened)
-        chi2 = (weight * (observed - scene(params)).square()).sum()
-        prior = ((params - start).square() * prior_precision).sum()
-        return 0.5 * (chi2 + prior)
+        subset = groups[source_group]
+        chi2 = weight * (observed - scene(params, subset)).square() * groups[pixel_group]
+        prior = ((params - start).square() * prior_precision).sum(dim=1) * subset
+        value = 0.5 * (
+            torch.zeros(n_groups, dtype=torch.float64)
+            .index_add(0, pixel_group, chi2)
+            .index_add(0, source_group, prior)
+        )
+        (gradient,) = torch.autograd.grad(value.sum(), whitened)
+        return value.detach(), gradient
 
-    whitened = torch.zeros_like(start, requires_grad=True)
-    # In whitened units a gradient g promises a gain of about g^2 / 2 in chi^2 / 2: stop when no
-    # parameter promises 1e-6 (the chi^2's own noise is of order one).
-    optimizer = torch.optim.LBFGS(
-        [whitened],
-        lr=1.0,
-        max_iter=config.max_iterations,
-        tolerance_grad=1e-3,
-        tolerance_change=1e-6,
-        line_search_fn="strong_wolfe",
-    )
-
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        value = objective(whitened)
-        value.backward()
-        return value
-
+    whitened, failed = _batched_lbfgs(evaluate, start.shape, source_group, n_groups, config.max_iterations)
     with torch.no_grad():
-        initial = objective(whitened)
-    optimizer.step(closure)
-    with torch.no_grad():
-        final = objective(whitened)
-        if not (bool(torch.isfinite(final)) and float(final) <= float(initial)):
-            return None
-        return start + torch.einsum("nij,nj->ni", whitening, whitened)
+        return start + torch.einsum("nij,nj->ni", whitening, whitened), failed
+
+
+_LBFGS_HISTORY = 10
+_ARMIJO = 1e-4
+_MAX_HALVINGS = 20
+_GRADIENT_TOLERANCE = 1e-3
+"""In whitened units a gradient g promises a gain of about g^2 / 2 in the objective (chi^2 / 2, whose
+own noise is of order one): a group stops when no parameter promises 1e-6 ..."""
+_VALUE_TOLERANCE = 1e-6
+"""... or when an iteration gains less than this."""
+
+
+def _parameter_bounds(start: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bounds (n, 9) of what the renderer is given: positions within 5 px and fluxes within a factor
+    e^5 of the start, logits within +-8, half-light radii 0.05-200 px, angles within 2 pi."""
+    lower, upper = start.clone(), start.clone()
+    span = torch.tensor([5.0, 5.0, 5.0, 0, 0, 0, 0, 0, 2 * math.pi], dtype=torch.float64)
+    lower -= span
+    upper += span
+    for column in (3, 5, 7):
+        lower[:, column], upper[:, column] = -8.0, 8.0
+    for column in (4, 6):
+        lower[:, column], upper[:, column] = math.log(_MIN_HLR_PIX), math.log(200.0)
+    return lower, upper
+
+
+def _batched_lbfgs(
+    evaluate: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    shape: tuple[int, ...],
+    group: torch.Tensor,
+    n_groups: int,
+    max_iterations: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Minimize a sum of independent group objectives, each with its own L-BFGS and line search.
+
+    Parameters
+    ----------
+    evaluate
+        Maps the variables (n, P) and the groups to evaluate (G,), bool, to their objectives (G,)
+        and the gradient (n, P) (other groups: anything, unused).
+    shape
+        ``(n, P)``: ``P`` variables for each of ``n`` sources.
+    group
+        Group of each source, shape (n,), int64 in ``[0, G)``.
+    n_groups, max_iterations
+        ``G`` and the iterations.
+
+    Returns
+    -------
+    variables, failed
+        The minimizer (n, P), zero for the sources of groups whose objective was not finite at the
+        start, which are ``failed`` (n,), bool.
+    """
+
+    def group_dot(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(n_groups, dtype=first.dtype).index_add(0, group, (first * second).sum(dim=1))
+
+    def per_source(values: torch.Tensor) -> torch.Tensor:
+        return values[group][:, None]
+
+    variables = torch.zeros(shape, dtype=torch.float64)
+    value, gradient = evaluate(variables, torch.ones(n_groups, dtype=torch.bool))
+    failed_groups = ~torch.isfinite(value) | ~torch.isfinite(group_dot(gradient, gradient))
+    gradient = torch.where(per_source(failed_groups), 0.0, gradient)
+    stalled = torch.zeros(n_groups, dtype=torch.bool)
+    history: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    for _ in range(max_iterations):
+        largest = torch.zeros(n_groups, dtype=torch.float64).scatter_reduce(
+            0, group, gradient.abs().amax(dim=1), "amax", include_self=True
+        )
+        active = (largest > _GRADIENT_TOLERANCE) & ~failed_groups & ~stalled
+        if not bool(active.any()):
+            break
+        # Two-loop recursion, with every scalar per group.
+        direction = gradient.clone()
+        alphas = []
+        for step, change, rho in reversed(history):
+            alpha = rho * group_dot(step, direction)
+            alphas.append(alpha)
+            direction -= per_source(alpha) * change
+        if history:
+            step, change, _ = history[-1]
+            curvature = group_dot(change, change)
+            scale = torch.where(curvature > 0, group_dot(step, change) / curvature.clamp(min=1e-300), 1.0)
+            direction *= per_source(torch.where(scale > 0, scale, 1.0))
+        for (step, change, rho), alpha in zip(history, reversed(alphas), strict=True):
+            beta = rho * group_dot(change, direction)
+            direction += per_source(alpha - beta) * step
+        direction = -direction
+        slope = group_dot(gradient, direction)
+        # A direction that does not descend falls back to the gradient's.
+        direction = torch.where(per_source(slope < 0), direction, -gradient)
+        slope = torch.where(slope < 0, slope, -group_dot(gradient, gradient))
+        # Backtracking (Armijo) line search, per group; each group keeps the first step it accepts.
+        length = active.double()
+        pending = active.clone()
+        new_value, new_gradient = value.clone(), gradient.clone()
+        for _ in range(_MAX_HALVINGS):
+            trial_value, trial_gradient = evaluate(variables + per_source(length) * direction, pending)
+            sufficient = trial_value <= value + _ARMIJO * length * slope
+            accepted = pending & torch.isfinite(trial_value) & sufficient
+            new_value = torch.where(accepted, trial_value, new_value)
+            new_gradient = torch.where(per_source(accepted), trial_gradient, new_gradient)
+            pending &= ~accepted
+            if not bool(pending.any()):
+                break
+            length = torch.where(pending, 0.5 * length, length)
+        # A group whose step was never accepted stays where it was and stops: it is at the precision
+        # of its objective. So does one whose objective no longer changes.
+        length = torch.where(pending, 0.0, length)
+        stalled |= pending | ((length > 0) & (value - new_value < _VALUE_TOLERANCE))
+        step = per_source(length) * direction
+        change = new_gradient - gradient
+        curvature = group_dot(step, change)
+        rho = torch.where((length > 0) & (curvature > 1e-12), 1.0 / curvature.clamp(min=1e-300), 0.0)
+        history = [*history[-(_LBFGS_HISTORY - 1) :], (step, change, rho)]
+        variables = variables + step
+        value, gradient = new_value, new_gradient
+    failed = failed_groups[group]
+    return torch.where(failed[:, None], 0.0, variables), failed
 
 
 def _with_parameters(
@@ -375,7 +503,7 @@ _JACOBIAN_STEP = 1e-4
 
 
 def _whitening(
-    stamps: Callable[[torch.Tensor], list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]],
+    stamps: Callable[[torch.Tensor], list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]],
     start: torch.Tensor,
     flat_weight: torch.Tensor,
     sizes: list[int],
@@ -397,7 +525,7 @@ def _whitening(
             step = torch.zeros_like(start)
             step[:, index] = _JACOBIAN_STEP
             plus, minus = stamps(start + step), stamps(start - step)
-            for group, ((up, flat, inside), (down, _, _)) in enumerate(zip(plus, minus, strict=True)):
+            for group, ((_, up, flat, inside), (_, down, _, _)) in enumerate(zip(plus, minus, strict=True)):
                 derivative = (up - down) / (2 * _JACOBIAN_STEP)
                 jacobians[group].append(torch.where(inside, derivative, 0.0) * flat_weight[flat].sqrt())
         information = torch.zeros(n_sources, n_params, n_params, dtype=torch.float64)
