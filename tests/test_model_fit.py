@@ -178,3 +178,53 @@ def test_model_sources_fits_the_blended_sources_and_flags_failures() -> None:
     assert broken.fit_failed.tolist() == [False, False, False]
     flags = measure_deblended(deblend_sources(image, variance, broken), NOISE_NJY)
     assert flags["flag_no_model"].tolist() == [True, False, False]
+
+
+def test_batched_lbfgs_solves_independent_groups_and_isolates_a_broken_one() -> None:
+    from lsst.meas.extensions.bliss._model_fit import _batched_lbfgs
+
+    # Three groups of coupled quadratics (of different scales and conditioning) and a fourth whose
+    # objective is not finite.
+    generator = torch.Generator().manual_seed(0)
+    group = torch.tensor([0, 0, 1, 2, 2, 2, 3])
+    n_params = 4
+    matrices = []
+    for _ in range(len(group)):
+        factor = torch.randn(n_params, n_params, generator=generator, dtype=torch.float64)
+        matrices.append(factor @ factor.T + 0.1 * torch.eye(n_params, dtype=torch.float64))
+    hessian = torch.stack(matrices)
+    target = torch.randn(len(group), n_params, generator=generator, dtype=torch.float64)
+    coupling = 0.3  # sources of a group pull each other towards their mean
+
+    def per_group(variables: torch.Tensor) -> torch.Tensor:
+        offset = variables - target
+        own = 0.5 * torch.einsum("ni,nij,nj->n", offset, hessian, offset)
+        mean = torch.zeros(4, n_params, dtype=torch.float64).index_add(0, group, variables)
+        mean = mean / torch.bincount(group, minlength=4)[:, None]
+        pull = 0.5 * coupling * (variables - mean[group]).square().sum(dim=1)
+        value = torch.zeros(4, dtype=torch.float64).index_add(0, group, own + pull)
+        return torch.where(torch.arange(4) == 3, torch.nan, value)
+
+    def evaluate(variables: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        variables = variables.detach().requires_grad_(True)
+        value = per_group(variables)
+        (gradient,) = torch.autograd.grad(value.nan_to_num().sum(), variables)
+        return value.detach(), gradient
+
+    variables, failed = _batched_lbfgs(evaluate, (len(group), n_params), group, 4, 200)
+    assert failed.tolist() == [False] * 6 + [True]
+    assert torch.equal(variables[6], torch.zeros(n_params, dtype=torch.float64))
+    # The exact minimum of the finite groups, from their (quadratic) objective's Newton step.
+    padding = torch.zeros(1, n_params, dtype=torch.float64)
+
+    def total(flat: torch.Tensor) -> torch.Tensor:
+        return per_group(torch.cat([flat.reshape(6, n_params), padding]))[:3].sum()
+
+    zero = torch.zeros(6 * n_params, dtype=torch.float64)
+    newton = torch.autograd.functional.hessian(total, zero)
+    slope = torch.autograd.functional.jacobian(total, zero)
+    optimum = torch.cat([-torch.linalg.solve(newton, slope).reshape(6, n_params), padding])
+    everything = torch.ones(4, dtype=torch.bool)
+    best, _ = evaluate(optimum, everything)
+    reached, _ = evaluate(variables, everything)
+    assert ((reached - best)[:3] < 1e-5).all() and ((reached - best)[:3] > -1e-9).all(), (reached, best)
