@@ -35,20 +35,14 @@ from collections.abc import Callable
 import scipy.ndimage
 import torch
 
-from ._catalog import FullCatalog
+from ._catalog import SOURCE_FIELDS, FullCatalog
 from ._conditions import SurveyConditions
 from ._psf import PointSpreadFunction
 from ._render import STAMP_HALF_SIZES, RenderSources, render_stamps, stamp_half_size
 from ._simulate import catalog_to_render_sources
 
-_SHAPE_FIELDS = (
-    "disk_frac",
-    "disk_hlr_arcsec",
-    "disk_q",
-    "bulge_hlr_arcsec",
-    "bulge_q",
-    "position_angle_rad",
-)
+_SHAPE_FIELDS = tuple(name for name in SOURCE_FIELDS if name not in ("flux_njy", "is_galaxy"))
+"""The galaxy shape fields, which stars keep as they are."""
 _FRACTION_LIMITS = (0.01, 0.99)
 """Fractions and axis ratios are clamped into this range before their logits are taken."""
 _MIN_HLR_PIX = 0.05
