@@ -225,8 +225,8 @@ def model_sources(
         Passes of `refine_galaxy_models`.
     fit
         Options of the joint fit (`fit_source_models`) of the blended sources' parametric models,
-        those whose 1-sigma footprint shares a pixel with another source's (`blended_sources`);
-        None keeps the encoder's estimates.
+        those whose footprint (at ``fit.blend_footprint_nsigma``) shares a pixel with another
+        source's (`blended_sources`); None keeps the encoder's estimates.
 
     Returns
     -------
@@ -236,7 +236,7 @@ def model_sources(
     height, width = image.shape
     models = render_source_models(catalog, psf_fwhm_pix, conditions, height, width, max_half_size)
     if fit is not None and len(models):
-        blended = blended_sources(models, _median_noise(variance, valid))
+        blended = blended_sources(models, _median_noise(variance, valid), fit.blend_footprint_nsigma)
         catalog, fit_failed = fit_source_models(
             catalog, psf_fwhm_pix, conditions, image, variance, valid, fit, max_half_size, blended
         )

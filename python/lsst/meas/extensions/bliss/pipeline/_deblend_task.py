@@ -219,7 +219,7 @@ class BlissDeblendMeasureConfig(PipelineTaskConfig, pipelineConnections=BlissDeb
         doc="Passes of encoding each galaxy with its neighbours' current models subtracted.", default=2
     )
     fit_blended_models = Field[bool](
-        doc="Fit the parametric models of blended sources (1-sigma footprints that touch) jointly to the "
+        doc="Fit the parametric models of blended sources (0.3-sigma footprints that touch) jointly to the "
         "image, with the encoder's estimates as the prior's centre, before deblending (fit_source_models; "
         "bliss-bench deblend: blended-pair flux scatter about 0.15 -> 0.10). The catalog's posterior "
         "columns keep the encoder's estimates.",
