@@ -145,9 +145,9 @@ def fit_source_models(
         A copy of ``catalog`` with fitted ``x``, ``y``, ``flux_njy`` and, for galaxies, shapes,
         for the selected sources.
     fit_failed
-        Sources that keep the encoder's estimate because it or their fitted values are not
-        finite, shape (N,), bool.  If the joint fit fails (its objective is not finite or does not
-        decrease), every source in it is marked.
+        Selected sources that keep the encoder's estimate because it or their fitted values are
+        not finite, or because their blend's objective is not finite at the start, shape (N,),
+        bool.  Every other blend's objective only decreases (Armijo steps).
     """
     config = config or ModelFitConfig()
     if catalog.batch_size != 1:
