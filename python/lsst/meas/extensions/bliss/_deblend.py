@@ -5,7 +5,10 @@ Each detected source is rendered from its posterior point estimate on a stamp si
 source: a star with the PSF at its position; a galaxy from its bulge+disk shape convolved with
 that PSF (the parametric model) or, with a galaxy autoencoder, by the decoder from the latent
 code the autoencoder's encoder infers from the galaxy's stamp with its neighbours' models
-subtracted (`refine_galaxy_models`).  The scene model is the sum of the stamps; a source's
+subtracted (`refine_galaxy_models`).  Before that, the parametric models of blended sources (whose
+footprints touch, `blended_sources`) can be fitted to the image with the encoder's estimates as
+the prior's centre (`fit_source_models`), because the encoder's shapes are least accurate where
+light overlaps.  The scene model is the sum of the stamps; a source's
 deblended image gives it the share of every observed pixel that its model holds of the scene
 there, so the deblended images of all sources add up to the observed image wherever the scene
 model is positive.  Stars that lose light to masked pixels (a saturated core, a bad column) are
@@ -19,8 +22,8 @@ __all__ = [
     "DEBLEND_FLAGS",
     "DeblendedSources",
     "GalaxyLatents",
-    "blended_sources",
     "SourceModels",
+    "blended_sources",
     "deblend_sources",
     "fit_masked_star_fluxes",
     "measure_deblended",
