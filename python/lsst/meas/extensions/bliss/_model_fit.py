@@ -315,10 +315,19 @@ def _fit(
             groups.append((chosen, rendered, index.clamp(min=0), inside))
         return groups
 
-    def scene(params: torch.Tensor, subset: torch.Tensor | None = None) -> torch.Tensor:
-        total = torch.zeros(n_region, dtype=torch.float64)
+    def scene(
+        params: torch.Tensor, subset: torch.Tensor | None = None, kept: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The scene model of the ``subset`` of sources on the region's pixels, or on those of them
+        that ``kept`` (n_region,) numbers 0, 1, ... (the others -1)."""
+        size = n_region if kept is None else int(kept.max()) + 1
+        total = torch.zeros(size, dtype=torch.float64)
         for _, rendered, index, inside in stamps(params, subset):
-            total = total.index_add(0, index.reshape(-1), torch.where(inside, rendered, 0.0).reshape(-1))
+            if kept is not None:
+                index = kept[index]
+                inside = inside & (index >= 0)
+            flat = index.clamp(min=0).reshape(-1)
+            total = total.index_add(0, flat, torch.where(inside, rendered, 0.0).reshape(-1))
         return total
 
     prior_precision = free / prior_sigma.square()
@@ -339,11 +348,16 @@ def _fit(
         whitened = whitened.detach().requires_grad_(True)
         params = start + torch.einsum("nij,nj->ni", whitening, whitened)
         subset = groups[source_group]
-        chi2 = weight * (observed - scene(params, subset)).square() * groups[pixel_group]
+        # Only the pixels of the groups still being fitted are modelled (late iterations hold few).
+        pixels = torch.nonzero(groups[pixel_group]).squeeze(1)
+        kept = torch.full((n_region,), -1, dtype=torch.int64)
+        kept[pixels] = torch.arange(pixels.numel())
+        model = scene(params, subset, kept) if pixels.numel() else torch.zeros(0, dtype=torch.float64)
+        chi2 = weight[pixels] * (observed[pixels] - model).square()
         prior = ((params - start).square() * prior_precision).sum(dim=1) * subset
         value = 0.5 * (
             torch.zeros(n_groups, dtype=torch.float64)
-            .index_add(0, pixel_group, chi2)
+            .index_add(0, pixel_group[pixels], chi2)
             .index_add(0, source_group, prior)
         )
         (gradient,) = torch.autograd.grad(value.sum(), whitened)
@@ -356,7 +370,7 @@ def _fit(
 
 _LBFGS_HISTORY = 10
 _ARMIJO = 1e-4
-_MAX_HALVINGS = 20
+_MAX_HALVINGS = 10
 _GRADIENT_TOLERANCE = 1e-3
 """In whitened units a gradient g promises a gain of about g^2 / 2 in the objective (chi^2 / 2, whose
 own noise is of order one): a group stops when no parameter promises 1e-6 ..."""
