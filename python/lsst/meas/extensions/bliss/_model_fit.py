@@ -214,10 +214,11 @@ def fit_source_models(
     return _with_parameters(catalog, fitted, updated & ~fit_failed, is_galaxy, scale), fit_failed
 
 
-def _box_counts(
+def _covered(
     centre_x: torch.Tensor, centre_y: torch.Tensor, half_size: torch.Tensor, height: int, width: int
 ) -> torch.Tensor:
-    """How many of the boxes ``centre +- half_size`` (clipped to the image) hold each pixel, (H, W)."""
+    """Pixels inside at least one of the boxes ``centre +- half_size`` (clipped to the image), (H, W),
+    bool: the boxes' corners marked +-1 and summed along both axes count the boxes over each pixel."""
     x0 = (centre_x - half_size).clamp(0, width)
     x1 = (centre_x + half_size + 1).clamp(0, width)
     y0 = (centre_y - half_size).clamp(0, height)
@@ -226,14 +227,7 @@ def _box_counts(
     ones = torch.ones_like(x0, dtype=torch.int32)
     for rows, cols, sign in ((y0, x0, 1), (y0, x1, -1), (y1, x0, -1), (y1, x1, 1)):
         corners.index_put_((rows, cols), sign * ones, accumulate=True)
-    return corners.cumsum(0).cumsum(1)[:height, :width]
-
-
-def _covered(
-    centre_x: torch.Tensor, centre_y: torch.Tensor, half_size: torch.Tensor, height: int, width: int
-) -> torch.Tensor:
-    """Pixels inside at least one of the boxes, (H, W), bool."""
-    return _box_counts(centre_x, centre_y, half_size, height, width) > 0
+    return corners.cumsum(0).cumsum(1)[:height, :width] > 0
 
 
 def _fit(
@@ -315,17 +309,13 @@ def _fit(
             groups.append((chosen, rendered, index.clamp(min=0), inside))
         return groups
 
-    def scene(
-        params: torch.Tensor, subset: torch.Tensor | None = None, kept: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """The scene model of the ``subset`` of sources on the region's pixels, or on those of them
-        that ``kept`` (n_region,) numbers 0, 1, ... (the others -1)."""
-        size = n_region if kept is None else int(kept.max()) + 1
-        total = torch.zeros(size, dtype=torch.float64)
+    def scene(params: torch.Tensor, subset: torch.Tensor, kept: torch.Tensor, n_kept: int) -> torch.Tensor:
+        """The scene model of the ``subset`` of sources on the ``n_kept`` region pixels that ``kept``
+        (n_region,) numbers 0, 1, ... (the others -1)."""
+        total = torch.zeros(n_kept, dtype=torch.float64)
         for _, rendered, index, inside in stamps(params, subset):
-            if kept is not None:
-                index = kept[index]
-                inside = inside & (index >= 0)
+            index = kept[index]
+            inside = inside & (index >= 0)
             flat = index.clamp(min=0).reshape(-1)
             total = total.index_add(0, flat, torch.where(inside, rendered, 0.0).reshape(-1))
         return total
@@ -352,7 +342,7 @@ def _fit(
         pixels = torch.nonzero(groups[pixel_group]).squeeze(1)
         kept = torch.full((n_region,), -1, dtype=torch.int64)
         kept[pixels] = torch.arange(pixels.numel())
-        model = scene(params, subset, kept) if pixels.numel() else torch.zeros(0, dtype=torch.float64)
+        model = scene(params, subset, kept, pixels.numel())
         chi2 = weight[pixels] * (observed[pixels] - model).square()
         prior = ((params - start).square() * prior_precision).sum(dim=1) * subset
         value = 0.5 * (
