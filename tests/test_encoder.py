@@ -26,6 +26,7 @@ from lsst.meas.extensions.bliss._normalize import (
     N_INPUT_CHANNELS,
     _noise_units,
     invalid_mask_bits,
+    noise_scale,
 )
 from lsst.meas.extensions.bliss._random import _as_int32, _mix32, _mix32_tensor
 from lsst.meas.extensions.bliss._sparse_checkerboard import sample_sources
@@ -256,6 +257,35 @@ def test_numpy_and_torch_normalizations_agree() -> None:
     half = prepare_inputs(image.bfloat16(), variance.bfloat16(), mask, 4.0)
     assert torch.equal(half.valid, inputs.valid) and half.tensor.dtype == torch.bfloat16
     np.testing.assert_allclose(half.tensor.float(), inputs.tensor, rtol=0.02, atol=0.02)
+
+
+def test_windows_normalized_with_the_whole_images_noise_scale_match_the_whole_image() -> None:
+    """`infer_frame` normalizes a chunk at a time: `noise_scale` gives the validity and noise unit of the
+    whole image, and each window normalized with that unit is the whole image's normalization there."""
+    generator = torch.Generator().manual_seed(5)
+    image = torch.randn(2, 40, 36, generator=generator) * 30.0
+    variance = torch.rand(2, 40, 36, generator=generator) * 400.0 + 50.0
+    mask = torch.zeros(2, 40, 36, dtype=torch.int32)
+    image[0, 3, :] = math.nan
+    variance[1, :, 7] = 0.0
+    mask[1, 10:20, 10:20] |= 1 << MASK_PLANES["SAT"]
+    fwhm = 3.0 + torch.rand(2, 40, 36, generator=generator)
+    whole = prepare_inputs(image, variance, mask, fwhm)
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        valid, scale = noise_scale(image.to(dtype), variance.to(dtype), mask)
+        assert torch.equal(valid, whole.valid)
+        expected = prepare_inputs(image.to(dtype), variance.to(dtype), mask, fwhm).flux_scale_njy
+        assert torch.equal(scale, expected), dtype
+    valid, scale = noise_scale(image, variance, mask)
+    window = (..., slice(5, 23), slice(3, 31))
+    part = prepare_inputs(image[window], variance[window], mask[window], fwhm[window], flux_scale_njy=scale)
+    assert torch.equal(part.tensor, whole.tensor[window]) and torch.equal(part.flux_scale_njy, scale)
+    # Without the whole image's unit, a window gets its own median noise.
+    assert not torch.equal(
+        prepare_inputs(image[window], variance[window], mask[window], 4.0).flux_scale_njy, scale
+    )
+    with pytest.raises(ValueError, match=r"flux_scale_njy has shape \(1,\); expected \(2,\)"):
+        prepare_inputs(image, variance, mask, fwhm, flux_scale_njy=scale[:1])
 
 
 def test_bad_shapes_and_sizes_are_clear_errors() -> None:

@@ -115,8 +115,19 @@ def _normalized_inputs(
     psf_fwhm_pix: torch.Tensor | float,
     invalid_bits: int | None = None,
 ) -> NetworkInputs:
-    """`prepare_inputs` of images padded with invalid pixels to whole tiles (a per-pixel PSF FWHM
-    map (B, H, W) is extended with its edge values)."""
+    """`prepare_inputs` of images padded with invalid pixels to whole tiles (`_padded_to_tiles`)."""
+    return prepare_inputs(*_padded_to_tiles(encoder, image, variance, mask, psf_fwhm_pix), invalid_bits)
+
+
+def _padded_to_tiles(
+    encoder: BlissEncoder,
+    image: torch.Tensor,
+    variance: torch.Tensor,
+    mask: torch.Tensor | None,
+    psf_fwhm_pix: torch.Tensor | float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | float]:
+    """Images (B, H, W) padded with invalid pixels to whole tiles; a per-pixel PSF FWHM map (B, H, W)
+    is extended with its edge values (the arrays themselves where no padding is needed)."""
     tile = encoder.config.tile_size
     if image.ndim != 3 or min(image.shape[-2:]) < tile:
         raise ValueError(
@@ -136,7 +147,7 @@ def _normalized_inputs(
         if pad_h or pad_w:  # a padding of zero still copies
             padded = torch.nn.functional.pad(psf_fwhm_pix[:, None], (0, pad_w, 0, pad_h), mode="replicate")
             psf_fwhm_pix = padded[:, 0]
-    return prepare_inputs(image, variance, mask, psf_fwhm_pix, invalid_bits)
+    return image, variance, mask, psf_fwhm_pix
 
 
 def posterior_to_tile_catalog(
