@@ -17,7 +17,8 @@ REQUIRED_KEYS = {
 
 def test_deblend_suite_reports_scatter_ratio_and_sweep(tmp_path, capsys) -> None:
     path = tmp_path / "deblend.json"
-    assert main(["deblend", "--n-scenes", "6", "--sweep-trials", "2", "--json", str(path)]) == 0
+    arguments = ["deblend", "--n-scenes", "6", "--sweep-trials", "2", "--fit-from-truth", "--json", str(path)]
+    assert main(arguments) == 0
     results = json.loads(path.read_text())
     assert REQUIRED_KEYS <= results.keys()
     assert [entry["separation_pix"] for entry in results["separation_sweep"]] == [
@@ -33,4 +34,9 @@ def test_deblend_suite_reports_scatter_ratio_and_sweep(tmp_path, capsys) -> None
     assert counts["bliss_pair_both_found"] + counts["bliss_pair_one_found"] == counts["bliss_pair"]
     assert counts["truth_models_isolated"] == 6 and counts["truth_models_pair"] == 12
     assert abs(results["flux_bias"]["truth_models_isolated"]) < 0.1
+    # Fitted from the truth, with the default prior and with a prior ten times wider, every galaxy.
+    for label in ("prior", "wide"):
+        assert counts[f"truth_start_{label}_isolated"] == 6 and counts[f"truth_start_{label}_pair"] == 12
+        assert abs(results["flux_bias"][f"truth_start_{label}_isolated"]) < 0.1
+        assert math.isfinite(results[f"truth_start_{label}_blend_flux_scatter_ratio"])
     assert "blend_flux_scatter_ratio" in capsys.readouterr().out.splitlines()[-1]

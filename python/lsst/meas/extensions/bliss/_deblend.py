@@ -27,6 +27,7 @@ __all__ = [
     "deblend_sources",
     "fit_masked_star_fluxes",
     "measure_deblended",
+    "median_noise_njy",
     "model_sources",
     "refine_galaxy_models",
     "render_source_models",
@@ -239,7 +240,7 @@ def model_sources(
     height, width = image.shape
     models = render_source_models(catalog, psf_fwhm_pix, conditions, height, width, max_half_size)
     if fit is not None and len(models):
-        blended = blended_sources(models, _median_noise(variance, valid), fit.blend_footprint_nsigma)
+        blended = blended_sources(models, median_noise_njy(variance, valid), fit.blend_footprint_nsigma)
         catalog, fit_failed = fit_source_models(
             catalog, psf_fwhm_pix, conditions, image, variance, valid, fit, max_half_size, blended
         )
@@ -254,8 +255,10 @@ def model_sources(
     )
 
 
-def _median_noise(variance: torch.Tensor, valid: torch.Tensor | None) -> float:
-    """Median per-pixel noise of the usable pixels (1 if there are none), nJy."""
+def median_noise_njy(variance: torch.Tensor, valid: torch.Tensor | None = None) -> float:
+    """Median per-pixel noise of the usable pixels (finite positive variance, and ``valid`` (H, W)
+    where given), nJy: the root of their (lower) median variance, 1 if there are none.  The noise of
+    the footprints' isophotes in `blended_sources` and `measure_deblended`."""
     usable = torch.isfinite(variance) & (variance > 0)
     if valid is not None:
         usable &= valid

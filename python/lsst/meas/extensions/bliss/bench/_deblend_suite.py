@@ -15,7 +15,10 @@ compared too (``bliss_posterior_e_scatter_snr20``).  To tell detection from
 modelling, the pairs' BLISS residuals are also split by whether both galaxies
 were found (``bliss_pair_both_found``, ``bliss_pair_one_found``), and the
 same split of each image with the true galaxies as models gives the method's
-floor (``truth_models_*``).  A sweep places a second
+floor (``truth_models_*``); ``--fit-from-truth`` adds the model fit started
+at the true galaxies (``truth_start_prior_*``: the default prior centred on
+them, what a perfect encoder would give the fit; ``truth_start_wide_*``: a
+prior ten times wider, about what the pixels alone determine).  A sweep places a second
 galaxy (half as bright, two thirds the size) at 1-10 pixels from a first one.
 The autoencoder's reconstruction is checked on held-out isolated galaxies
 drawn from the model's prior (``ae_chi2_median``: median reduced chi^2 at
@@ -27,6 +30,7 @@ from __future__ import annotations
 __all__ = ["DESCRIPTION", "add_arguments", "run", "separation_sweep"]
 
 import argparse
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -45,12 +49,13 @@ from .._deblend import (
     SourceModels,
     deblend_sources,
     measure_deblended,
+    median_noise_njy,
     model_sources,
     render_source_models,
 )
 from .._frame import FrameConfig, infer_frame
 from .._metrics import ellipticity_from_shape, match_sources, robust_scatter, source_snr_and_blendedness
-from .._model_fit import ModelFitConfig
+from .._model_fit import ModelFitConfig, fit_source_models
 from .._model_io import BlissModel, load_default_model
 from .._normalize import DEFAULT_INVALID_MASK_PLANES, invalid_mask_bits
 from .._prior import SourcePrior
@@ -62,6 +67,19 @@ SCENE_SIZE = 64
 MATCH_RADIUS_PIX = 1.5
 DEFAULT_MODEL_FIT = ModelFitConfig()
 """How the blended sources' models are fitted by default, as in `BlissDeblendMeasureTask`."""
+TRUTH_START_FITS = {
+    "prior": DEFAULT_MODEL_FIT,
+    "wide": dataclasses.replace(
+        DEFAULT_MODEL_FIT,
+        position_sigma_pix=10 * DEFAULT_MODEL_FIT.position_sigma_pix,
+        log_hlr_sigma=10 * DEFAULT_MODEL_FIT.log_hlr_sigma,
+        disk_frac_logit_sigma=10 * DEFAULT_MODEL_FIT.disk_frac_logit_sigma,
+        axis_ratio_logit_sigma=10 * DEFAULT_MODEL_FIT.axis_ratio_logit_sigma,
+    ),
+}
+"""``--fit-from-truth``: the fit started at the true galaxies with the default prior centred on them
+(what a perfect encoder would give the fit), and with priors ten times wider (about the maximum
+likelihood: what the pixels alone determine)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -86,6 +104,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-model-fit",
         action="store_true",
         help="deblend with the encoder's estimates, without fitting the blended sources' models to the image",
+    )
+    parser.add_argument(
+        "--fit-from-truth",
+        action="store_true",
+        help="also fit the true galaxies of every scene, started at the truth (the fit's floor where "
+        "detection and starting estimates are perfect)",
     )
     parser.add_argument(
         "--ae-stamps",
@@ -178,7 +202,7 @@ def _deblend_and_measure(
 ) -> dict[str, np.ndarray]:
     """Flux-conserving deblending of a scene by ``models`` and the measurements on it, with the
     median noise of the image's ``valid`` pixels (default all) as the background noise."""
-    noise = float((variance if valid is None else variance[valid]).median().sqrt())
+    noise = median_noise_njy(variance, valid)
     return measure_deblended(deblend_sources(image, variance, models, valid), noise, latents=latents)
 
 
@@ -188,6 +212,25 @@ def _truth_models(
     """Noiseless models of a scene's true galaxies on their own stamps."""
     fwhm = torch.full((len(where),), fwhm_pix)
     return render_source_models(_scenes([where], [values]), fwhm, conditions, SCENE_SIZE, SCENE_SIZE)
+
+
+def _fit_from_truth(
+    where: np.ndarray,
+    values: dict[str, np.ndarray],
+    fwhm_pix: float,
+    conditions: SurveyConditions,
+    image: torch.Tensor,
+    variance: torch.Tensor,
+    config: ModelFitConfig,
+) -> dict[str, np.ndarray]:
+    """Deblended measurements of a scene whose true galaxies were fitted to it, started (and their
+    prior centred) at the truth."""
+    fwhm = torch.full((len(where),), fwhm_pix)
+    fitted, _ = fit_source_models(
+        _scenes([where], [values]), fwhm, conditions, image, variance, config=config
+    )
+    models = render_source_models(fitted, fwhm, conditions, SCENE_SIZE, SCENE_SIZE)
+    return _deblend_and_measure(image, variance, models)
 
 
 def _true_moments(models: SourceModels, conditions: SurveyConditions) -> dict[str, np.ndarray]:
@@ -290,6 +333,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         truth_models = _truth_models(where, properties[index], fwhm_pix, conditions)
         with_truth = _deblend_and_measure(image, variance, truth_models)
         residuals[f"truth_models_{kind}"] += list(with_truth["flux_njy"] / true_flux - 1)
+        if args.fit_from_truth:
+            for label, config in TRUTH_START_FITS.items():
+                fitted = _fit_from_truth(
+                    where, properties[index], fwhm_pix, conditions, image, variance, config
+                )
+                residuals.setdefault(f"truth_start_{label}_{kind}", [])
+                residuals[f"truth_start_{label}_{kind}"] += list(fitted["flux_njy"] / true_flux - 1)
         hsm_failures += int(bliss["flag_moments_failed"][match.est_index].sum())
         bright = snr_rows[index][match.true_index] >= 20
         if bright.any():
@@ -338,6 +388,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "bliss_pair_both_found_flux_scatter": scatter["bliss_pair_both_found"],
         "bliss_pair_one_found_flux_scatter": scatter["bliss_pair_one_found"],
         "truth_models_blend_flux_scatter": scatter["truth_models_pair"],
+        **{
+            f"truth_start_{label}_blend_flux_scatter_ratio": scatter[f"truth_start_{label}_pair"]
+            / scatter[f"truth_start_{label}_isolated"]
+            for label in TRUTH_START_FITS
+            if args.fit_from_truth
+        },
         "bliss_e_scatter_snr20": robust_scatter(np.asarray(e_residuals)),
         "n_e_residuals": len(e_residuals),
         "bliss_posterior_e_scatter_snr20": robust_scatter(np.asarray(posterior_e_residuals)),

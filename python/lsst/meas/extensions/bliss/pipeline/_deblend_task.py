@@ -37,7 +37,7 @@ from lsst.pipe.base import connectionTypes as cT
 
 from .._autoencoder import GalaxyAutoencoder
 from .._conditions import SurveyConditions
-from .._deblend import deblend_sources, measure_deblended, model_sources
+from .._deblend import deblend_sources, measure_deblended, median_noise_njy, model_sources
 from .._frame import FrameConfig, FrameResult, infer_frame
 from .._model_fit import ModelFitConfig
 from .._model_io import BlissModel
@@ -439,8 +439,7 @@ class BlissDeblendMeasureTask(PipelineTask):
             fit=fit,
         )
         deblended = deblend_sources(image, variance, models, valid)
-        usable = np.isfinite(pixels.variance) & (pixels.variance > 0) & ~pixels.invalid
-        noise = float(np.sqrt(np.median(pixels.variance[usable]))) if usable.any() else 1.0
+        noise = median_noise_njy(variance, valid)
         add_deblend_columns(sources, measure_deblended(deblended, noise, latents=latents))
         self.metadata["time_deblend_s"] = time.perf_counter() - start
         self.metadata["n_moments_failed"] = int(np.sum(sources["bliss_moments_failed_flag"]))
