@@ -203,12 +203,12 @@ def test_footprint_flags_equal_a_box_by_box_check() -> None:
         torch.rand(1, n_sources, generator=generator) * (height + 10) - 5,
         fields,
     )
-    fwhm_map = 2.0 + torch.rand(height, width, generator=generator) * 3
-    flags = _footprint_flags(catalog, valid, fwhm_map, 0.2)
+    fwhm_pix = 2.0 + torch.rand(n_sources, generator=generator) * 3
+    flags = _footprint_flags(catalog, valid, fwhm_pix, 0.2)
     for index in range(n_sources):
         col = int(catalog.x[0, index].round().clamp(0, width - 1))
         row = int(catalog.y[0, index].round().clamp(0, height - 1))
-        radius = math.ceil(2.0 * fwhm_map[row, col] + 2.0 * fields["disk_hlr_arcsec"][0, index] / 0.2)
+        radius = math.ceil(2.0 * fwhm_pix[index] + 2.0 * fields["disk_hlr_arcsec"][0, index] / 0.2)
         box = valid[max(0, row - radius) : row + radius + 1, max(0, col - radius) : col + radius + 1]
         assert bool(flags["flag_masked"][0, index]) == bool((~box).any())
         crosses = row - radius < 0 or col - radius < 0 or row + radius >= height or col + radius >= width

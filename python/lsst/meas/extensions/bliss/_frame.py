@@ -207,15 +207,66 @@ def _effective_area_table(
     return fwhm_pix, area.numpy()
 
 
-def _psf_fwhm_map(
+@dataclasses.dataclass(frozen=True)
+class _PsfFwhmGrid:
+    """The PSF FWHM of an image (pixels) evaluated on a grid of nodes and bilinear in between.
+
+    Each chunk takes its window of the map (`window`) and the catalog its sources' values (`at`)
+    instead of one image-sized map: a 4k map and its temporaries were 0.2 GB of memory that a first
+    call touches for the first time.  Both give what the whole map would, value for value.
+    """
+
+    node_x: np.ndarray
+    """Node columns, shape (NX,), float64, from 0 to ``width - 1``."""
+    node_y: np.ndarray
+    """Node rows, shape (NY,), float64, from 0 to ``height - 1``."""
+    values: np.ndarray
+    """FWHM at the nodes, pixels, shape (NY, NX)."""
+    height: int
+    width: int
+
+    def window(self, rows: slice, cols: slice) -> torch.Tensor:
+        """FWHM at the pixels of ``rows`` x ``cols`` (which may run past the image, where the edge
+        values are repeated, as for an image padded to whole tiles), shape (h, w), float32."""
+        row_index = np.clip(np.arange(rows.start, rows.stop), 0, self.height - 1)
+        col_index = np.clip(np.arange(cols.start, cols.stop), 0, self.width - 1)
+        lower, fraction, along_x, step = self._terms(row_index, col_index)
+        return torch.addcmul(along_x[lower], fraction[:, None], step[lower])
+
+    def at(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        """FWHM at the pixels ``(rows[i], cols[i])`` inside the image, shape (N,), float32."""
+        lower, fraction, along_x, step = self._terms(rows.numpy(), cols.numpy())
+        columns = torch.arange(cols.numel())
+        return torch.addcmul(along_x[lower, columns], fraction, step[lower, columns])
+
+    def _terms(
+        self, rows: np.ndarray, cols: np.ndarray
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Bilinear interpolation as lower + fraction x (upper - lower), which keeps a constant PSF
+        exact: each row's lower node row (R,), its fraction of the way to the next (R,), and the FWHM
+        along x at every node row (NY, C) with its step to the next node row (NY, C), float32.  (A
+        matrix product with numpy's BLAS cost as much, and its threads kept spinning afterwards,
+        taking a core from the normalization that follows.)"""
+        along_x = torch.from_numpy(np.stack([np.interp(cols, self.node_x, row) for row in self.values]))
+        step = torch.cat([along_x[1:] - along_x[:-1], along_x.new_zeros(1, along_x.shape[1])])
+        rows_float = rows.astype(np.float64)
+        lower = np.searchsorted(self.node_y, rows_float, side="right") - 1
+        spacing = np.append(np.diff(self.node_y), 1.0)
+        fraction = torch.from_numpy((rows_float - self.node_y[lower]) / spacing[lower]).to(torch.float32)
+        return torch.from_numpy(lower), fraction, along_x.to(torch.float32), step.to(torch.float32)
+
+
+def _psf_fwhm_grid(
     psf: PsfModel, height: int, width: int, grid_pixels: int, conditions: SurveyConditions
-) -> torch.Tensor:
-    """Per-pixel PSF FWHM (H, W) in pixels, bilinear between evaluations on a grid."""
+) -> _PsfFwhmGrid:
+    """The PSF model evaluated every ``grid_pixels`` pixels (and at the last row and column); a fixed
+    FWHM is one node."""
     if not callable(psf):
         fwhm = float(psf)
         if not math.isfinite(fwhm) or fwhm <= 0:
             raise ValueError(f"PSF FWHM {fwhm} pixels must be finite and positive.")
-        return torch.full((height, width), fwhm, dtype=torch.float32)
+        origin = np.zeros(1)
+        return _PsfFwhmGrid(origin, origin.copy(), np.full((1, 1), fwhm), height, width)
 
     def nodes(size: int) -> np.ndarray:
         return np.unique(np.append(np.arange(0, size, grid_pixels), size - 1)).astype(np.float64)
@@ -239,18 +290,7 @@ def _psf_fwhm_map(
                     "it must be finite and positive."
                 )
             values[i, j] = fwhm
-    # Bilinear: along x at the grid's rows, then between the two grid rows around each image row, as
-    # lower + fraction x (upper - lower), which keeps a constant PSF exact. (A matrix product with
-    # numpy's BLAS cost as much, and its threads kept spinning afterwards, taking a core from the
-    # normalization that follows.)
-    along_x = torch.from_numpy(np.stack([np.interp(np.arange(width), node_x, row) for row in values]))
-    step = torch.cat([along_x[1:] - along_x[:-1], along_x.new_zeros(1, width)]).to(torch.float32)
-    rows = np.arange(height, dtype=np.float64)
-    lower = np.searchsorted(node_y, rows, side="right") - 1
-    spacing = np.append(np.diff(node_y), 1.0)
-    fraction = torch.from_numpy((rows - node_y[lower]) / spacing[lower]).to(torch.float32)
-    lower_t = torch.from_numpy(lower)
-    return torch.addcmul(along_x.to(torch.float32)[lower_t], fraction[:, None], step[lower_t])
+    return _PsfFwhmGrid(node_x, node_y, values, height, width)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -455,27 +495,26 @@ def _assemble(
     )
 
 
-def _at_sources(values: torch.Tensor, catalog: FullCatalog) -> torch.Tensor:
-    """``values`` (H, W) at the nearest pixel of each source of a one-image catalog, shape (1, M)."""
-    height, width = values.shape
-    col = catalog.x[0].round().long().clamp(0, width - 1)
-    row = catalog.y[0].round().long().clamp(0, height - 1)
-    return values[row, col][None].to(catalog.x.dtype)
+def _nearest_pixels(catalog: FullCatalog) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column (M,) of the pixel nearest each source of a one-image catalog, clamped to the
+    image."""
+    row = catalog.y[0].round().long().clamp(0, catalog.height - 1)
+    col = catalog.x[0].round().long().clamp(0, catalog.width - 1)
+    return row, col
 
 
 def _footprint_flags(
-    catalog: FullCatalog, valid: torch.Tensor, fwhm_map: torch.Tensor, pixel_scale_arcsec: float
+    catalog: FullCatalog, valid: torch.Tensor, fwhm_pix: torch.Tensor, pixel_scale_arcsec: float
 ) -> dict[str, torch.Tensor]:
-    """`FRAME_FLAGS` of each source, from an integral image of the invalid pixels."""
+    """`FRAME_FLAGS` of each source (PSF FWHM ``fwhm_pix`` (M,) at its nearest pixel), from an
+    integral image of the invalid pixels (H, W)."""
     height, width = valid.shape
-    x, y = catalog.x[0], catalog.y[0]
-    if x.numel() == 0:
+    if catalog.x[0].numel() == 0:
         empty = torch.zeros(1, 0, dtype=torch.bool)
         return {"flag_masked": empty, "flag_image_edge": empty}
-    col = x.round().long().clamp(0, width - 1)
-    row = y.round().long().clamp(0, height - 1)
+    row, col = _nearest_pixels(catalog)
     hlr_pix = torch.maximum(catalog.fields["disk_hlr_arcsec"][0], catalog.fields["bulge_hlr_arcsec"][0])
-    radius = torch.ceil(2.0 * fwhm_map[row, col] + 2.0 * hlr_pix / pixel_scale_arcsec).long()
+    radius = torch.ceil(2.0 * fwhm_pix + 2.0 * hlr_pix / pixel_scale_arcsec).long()
     top, bottom, left, right = row - radius, row + radius, col - radius, col + radius
     edge = (top < 0) | (left < 0) | (bottom >= height) | (right >= width)
     # Invalid pixels per box from prefix sums along rows, summed over each box's rows (a 2-d integral
@@ -573,19 +612,19 @@ def infer_frame(
         )
     invalid_bits = invalid_mask_bits(config.invalid_mask_planes, mask_plane_bits)
     pixel_scale = model.conditions.pixel_scale_arcsec
-    fwhm_map = _psf_fwhm_map(psf, height, width, config.psf_grid_pixels, model.conditions)
+    fwhm_grid = _psf_fwhm_grid(psf, height, width, config.psf_grid_pixels, model.conditions)
 
     # Each chunk's inputs are normalized when it is reached, with the whole image's noise unit: the
     # same channels as the whole image's at once, without a 4k image's 0.3 GB of them in memory (memory
     # touched for the first time costs a first call as much as the arithmetic on it).
-    frame = _padded_to_tiles(
+    padded_image, padded_variance, padded_mask, _ = _padded_to_tiles(
         encoder,
         image_t.to(torch.float32)[None],
         variance_t.to(torch.float32)[None],
         None if mask_t is None else mask_t[None],
-        fwhm_map[None],
+        0.0,  # the PSF map comes a window at a time from the grid
     )
-    padded_valid, flux_scale_t = noise_scale(*frame[:3], invalid_bits)
+    padded_valid, flux_scale_t = noise_scale(padded_image, padded_variance, padded_mask, invalid_bits)
     valid = padded_valid[0, :height, :width]
     flux_scale = float(flux_scale_t[0])
     timings["normalize"] = time.perf_counter() - start
@@ -615,9 +654,14 @@ def infer_frame(
             tick = time.perf_counter()
             win_r0, win_r1 = layout.window(row0, row1, n_tiles_h)
             win_c0, win_c1 = layout.window(col0, col1, n_tiles_w)
-            window = (..., slice(win_r0 * tile, win_r1 * tile), slice(win_c0 * tile, win_c1 * tile))
+            rows, cols = slice(win_r0 * tile, win_r1 * tile), slice(win_c0 * tile, win_c1 * tile)
             chunk_inputs = prepare_inputs(
-                *(None if array is None else array[window] for array in frame), invalid_bits, flux_scale_t
+                padded_image[..., rows, cols],
+                padded_variance[..., rows, cols],
+                None if padded_mask is None else padded_mask[..., rows, cols],
+                fwhm_grid.window(rows, cols)[None],
+                invalid_bits,
+                flux_scale_t,
             )
             chunk_inputs = dataclasses.replace(
                 chunk_inputs,
@@ -663,8 +707,9 @@ def infer_frame(
                 progress(chunk_index + 1, len(chunks))
     tick = time.perf_counter()
     catalog = _assemble(estimate_parts, names, height, width)
-    catalog.fields.update(_footprint_flags(catalog, valid, fwhm_map, pixel_scale))
-    catalog.fields["psf_fwhm_pix"] = _at_sources(fwhm_map, catalog)
+    source_fwhm = fwhm_grid.at(*_nearest_pixels(catalog))
+    catalog.fields.update(_footprint_flags(catalog, valid, source_fwhm, pixel_scale))
+    catalog.fields["psf_fwhm_pix"] = source_fwhm[None].to(catalog.x.dtype)
     samples = [_assemble(parts, names, height, width) for parts in sample_parts]
     timings["catalog"] = time.perf_counter() - tick
     timings["total"] = time.perf_counter() - start
