@@ -1,5 +1,6 @@
 """Prior sanity: counts, flux power law, star fraction, shapes, reproducibility, validation."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -110,6 +111,7 @@ def test_same_seed_same_catalog() -> None:
         ("companion_fraction", 1.5),
         ("companion_max_tiles", 0),
         ("companion_delta_mag_range", (2.0, 1.0)),
+        ("companion_min_separation_pix", -1.0),
         ("bright_star_density_per_arcmin2", -1.0),
         ("bright_star_mag_range", (16.0, 12.0)),
     ],
@@ -153,6 +155,41 @@ def test_companions_are_fainter_galaxies_near_their_host_added_to_the_same_field
         assert bool(((ratio <= 1.0 + 1e-5) & (ratio >= 10 ** (-0.4 * 2.5) - 1e-5)).any())
     assert (paired.fields["disk_hlr_arcsec"][..., 0][added] > 0).all()
     assert PriorConfig.from_dict(config.to_dict()) == config
+
+
+def test_companions_closer_than_the_minimum_separation_are_not_drawn() -> None:
+    """With a minimum separation the companions are a subset of those drawn without it (the same random
+    numbers, the same companions); each one left out lies closer than the minimum to a galaxy of the
+    field at least as bright as it (its host)."""
+    config = PriorConfig(companion_fraction=1.0, companion_delta_mag_range=(0.0, 1.0))
+    generator = torch.Generator
+    every = SourcePrior(config, CONDITIONS).sample(8, 40, 40, generator().manual_seed(5))
+    distant = dataclasses.replace(config, companion_min_separation_pix=3.5)
+    kept = SourcePrior(distant, CONDITIONS).sample(8, 40, 40, generator().manual_seed(5))
+    plain = SourcePrior(PriorConfig(), CONDITIONS).sample(8, 40, 40, generator().manual_seed(5))
+    field = plain.n_sources > 0
+    added, added_kept = (every.n_sources > 0) & ~field, (kept.n_sources > 0) & ~field
+    assert bool((added_kept <= added).all()) and 0 < int(added_kept.sum()) < int(added.sum())
+    for name, value in every.fields.items():
+        assert torch.equal(kept.fields[name][added_kept], value[added_kept]), name
+    assert torch.equal(kept.locations[added_kept], every.locations[added_kept])
+
+    def positions_pix(catalog, where):
+        image, row, col = torch.nonzero(where, as_tuple=True)
+        local = catalog.locations[image, row, col, 0]
+        return image, (torch.stack([col, row], dim=1) + local) * 4
+
+    # A dropped companion is closer than 3.5 px to a field galaxy at least as bright as it (its host).
+    host_galaxy = field & plain.fields["is_galaxy"][..., 0]
+    host_image, host_xy = positions_pix(plain, host_galaxy)
+    host_flux = plain.fields["flux_njy"][..., 0][host_galaxy]
+    dropped = added & ~added_kept
+    image, xy = positions_pix(every, dropped)
+    flux = every.fields["flux_njy"][..., 0][dropped]
+    for index in range(len(image)):
+        brighter = (host_image == image[index]) & (host_flux >= flux[index] * (1 - 1e-6))
+        assert float((host_xy[brighter] - xy[index]).norm(dim=1).min()) < 3.5
+    assert PriorConfig.from_dict(distant.to_dict()) == distant
 
 
 def test_bright_stars_are_added_at_their_density_and_magnitudes() -> None:

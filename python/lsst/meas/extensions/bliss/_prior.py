@@ -65,6 +65,11 @@ class PriorConfig:
     companion_delta_mag_range
         The companion is fainter than its host by a magnitude difference
         uniform in this range; its shape is drawn from the prior for its flux.
+    companion_min_separation_pix
+        Companions that fall closer than this to their host are not drawn
+        (0: none is dropped): a pair closer than the PSF is one source to
+        any method, and a model that sees such pairs learns only to widen the
+        flux intervals of every source.
     bright_star_density_per_arcmin2
         Mean number per arcmin^2 of bright stars added to the field, with
         magnitudes uniform in ``bright_star_mag_range``.  Every LSST detector
@@ -98,6 +103,7 @@ class PriorConfig:
     companion_fraction: float = 0.0
     companion_max_tiles: int = 2
     companion_delta_mag_range: tuple[float, float] = (0.0, 2.5)
+    companion_min_separation_pix: float = 0.0
     bright_star_density_per_arcmin2: float = 0.0
     bright_star_mag_range: tuple[float, float] = (12.0, 16.0)
 
@@ -153,6 +159,11 @@ class PriorConfig:
         low, high = self.companion_delta_mag_range
         require(
             finite(low) and finite(high) and 0 <= low <= high, "companion_delta_mag_range", "0 <= low <= high"
+        )
+        require(
+            finite(self.companion_min_separation_pix) and self.companion_min_separation_pix >= 0,
+            "companion_min_separation_pix",
+            ">= 0 pixels",
         )
         require(
             finite(self.bright_star_density_per_arcmin2) and self.bright_star_density_per_arcmin2 >= 0,
@@ -410,17 +421,27 @@ class SourcePrior:
             0, target, (flux[host] * 10 ** (-0.4 * delta_mag[host]))[inside], reduce="amax"
         )
         companion_flux = companion_flux.reshape(counts.shape)
+        shapes = self.sample_galaxy_shapes(companion_flux.clamp(min=self.min_flux_njy), generator)
+        location = torch.rand((batch, n_rows, n_cols, 2), generator=generator, device=device)
         # Companions fainter than the prior's faint limit are not drawn, as for any other source.
         new = (companion_flux >= self.min_flux_njy) & (counts == 0)
+        if config.companion_min_separation_pix > 0:
+            # Each tile's companion is that of the host whose companion flux it got (the brightest).
+            host_xy = catalog.locations[images, rows, cols, 0][inside] + torch.stack([cols, rows], 1)[inside]
+            won = (flux[host] * 10 ** (-0.4 * delta_mag[host]))[inside] == companion_flux.reshape(-1)[target]
+            tile_xy = torch.stack([target % n_cols, target // n_cols % n_rows], dim=1)
+            companion_xy = location.reshape(-1, 2)[target] + tile_xy
+            separation_pix = self.tile_size * (companion_xy - host_xy).norm(dim=1)
+            too_close = torch.zeros(batch * n_rows * n_cols, dtype=torch.bool, device=device)
+            too_close[target[won & (separation_pix < config.companion_min_separation_pix)]] = True
+            new &= ~too_close.reshape(counts.shape)
         first_slot = torch.zeros_like(catalog.fields["is_galaxy"])
         first_slot[..., 0] = new
-        shapes = self.sample_galaxy_shapes(companion_flux.clamp(min=self.min_flux_njy), generator)
         fields = dict(catalog.fields)
         fields["flux_njy"] = torch.where(first_slot, companion_flux[..., None], fields["flux_njy"])
         fields["is_galaxy"] = fields["is_galaxy"] | first_slot
         for name, value in shapes.items():
             fields[name] = torch.where(first_slot, value[..., None], fields[name])
-        location = torch.rand((batch, n_rows, n_cols, 2), generator=generator, device=device)
         locations = catalog.locations.clone()
         locations[..., 0, :] = torch.where(new[..., None], location.to(locations.dtype), locations[..., 0, :])
         return TileCatalog(self.tile_size, torch.where(new, 1, counts), locations, fields)
