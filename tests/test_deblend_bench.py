@@ -28,6 +28,8 @@ def test_deblend_suite_reports_scatter_ratio_and_sweep(tmp_path, capsys) -> None
     # Isolated bright galaxies: the deblended flux of the packaged model is nearly unbiased.
     assert abs(results["flux_bias"]["bliss_isolated"]) < 0.1
     assert math.isfinite(results["bliss_isolated_flux_scatter"])
+    assert results["blend_flux_scatter_ratio_stderr"] > 0
+    assert results["flux_scatter_stderr"].keys() == results["flux_scatter"].keys()
     # The pairs' matches split into scenes with both or one galaxy found; the true models are measured
     # for every galaxy, and with them the split of the image is nearly unbiased.
     counts = results["n_matched"]

@@ -54,7 +54,13 @@ from .._deblend import (
     render_source_models,
 )
 from .._frame import FrameConfig, infer_frame
-from .._metrics import ellipticity_from_shape, match_sources, robust_scatter, source_snr_and_blendedness
+from .._metrics import (
+    ellipticity_from_shape,
+    match_sources,
+    robust_scatter,
+    robust_scatter_stderr,
+    source_snr_and_blendedness,
+)
 from .._model_fit import ModelFitConfig, fit_source_models
 from .._model_io import BlissModel, load_default_model
 from .._normalize import DEFAULT_INVALID_MASK_PLANES, invalid_mask_bits
@@ -364,6 +370,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
 
     scatter = {name: robust_scatter(np.asarray(values)) for name, values in residuals.items()}
+    scatter_stderr = {name: robust_scatter_stderr(np.asarray(values)) for name, values in residuals.items()}
+    # The pairs' and the isolated galaxies' scatters come from different scenes: independent errors.
+    ratio_stderr = (scatter["bliss_pair"] / scatter["bliss_isolated"]) * math.hypot(
+        scatter_stderr["bliss_pair"] / scatter["bliss_pair"],
+        scatter_stderr["bliss_isolated"] / scatter["bliss_isolated"],
+    )
     bias = {name: float(np.median(values)) if values else float("nan") for name, values in residuals.items()}
     sweep = _separation_sweep(model, autoencoder, simulator, rng, generator, n_trials, fit)
     ae_chi2 = None
@@ -378,11 +390,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "n_scenes_per_kind": n_scenes,
         "match_radius_pix": MATCH_RADIUS_PIX,
         "flux_scatter": scatter,
+        "flux_scatter_stderr": scatter_stderr,
         "flux_bias": bias,
         "n_matched": {name: len(values) for name, values in residuals.items()},
         "bliss_isolated_flux_scatter": scatter["bliss_isolated"],
         "bliss_blend_flux_scatter": scatter["bliss_pair"],
         "blend_flux_scatter_ratio": scatter["bliss_pair"] / scatter["bliss_isolated"],
+        "blend_flux_scatter_ratio_stderr": ratio_stderr,
         "sep_isolated_flux_scatter": scatter["sep_isolated"],
         "sep_blend_flux_scatter": scatter["sep_pair"],
         "bliss_pair_both_found_flux_scatter": scatter["bliss_pair_both_found"],
@@ -403,7 +417,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
     results["summary"] = (
         f"deblend: {n_scenes} isolated + {n_scenes} pair scenes; blend_flux_scatter_ratio = "
-        f"{results['blend_flux_scatter_ratio']:.2f}, bliss_blend_flux_scatter = {scatter['bliss_pair']:.3f}, "
+        f"{results['blend_flux_scatter_ratio']:.2f} +- {ratio_stderr:.2f}, "
+        f"bliss_blend_flux_scatter = {scatter['bliss_pair']:.3f}, "
         f"sep_blend_flux_scatter = {scatter['sep_pair']:.3f}, bliss_e_scatter_snr20 = "
         f"{results['bliss_e_scatter_snr20']:.3f}"
         + ("" if ae_chi2 is None else f", ae_chi2_median = {ae_chi2['ae_chi2_median']:.3f}")
