@@ -68,8 +68,9 @@ class PriorConfig:
     companion_min_separation_pix
         Companions that fall closer than this to their host are not drawn
         (0: none is dropped): a pair closer than the PSF is one source to
-        any method, and a model that sees such pairs learns only to widen the
-        flux intervals of every source.
+        any method, so a model can learn nothing from it but wider flux
+        intervals (leaving such pairs out narrowed them only a little; see
+        the README's Deblending section).
     bright_star_density_per_arcmin2
         Mean number per arcmin^2 of bright stars added to the field, with
         magnitudes uniform in ``bright_star_mag_range``.  Every LSST detector
