@@ -88,12 +88,17 @@ def test_scenes_can_come_from_the_default_prior(tmp_path) -> None:
     )
     path = paired.save(tmp_path / "paired.safetensors")
     counts = {}
-    for scene_prior in ("model", "default"):
-        json_path = tmp_path / f"{scene_prior}.json"
+    # The scenes of another model file's prior: here the paired model's, for the model without pairs.
+    for label, model_path, scene_prior in (
+        ("model", path, "model"),
+        ("default", path, "default"),
+        ("other", tmp_path / "tiny.safetensors", str(path)),
+    ):
+        json_path = tmp_path / f"{label}.json"
         argv = [
             "science",
             "--model",
-            str(path),
+            str(model_path),
             "--n-scenes",
             "3",
             "--sweep-trials",
@@ -103,9 +108,11 @@ def test_scenes_can_come_from_the_default_prior(tmp_path) -> None:
         ]
         assert main([*argv, "--scene-prior", scene_prior]) == 0
         results = json.loads(json_path.read_text())
-        counts[scene_prior] = results["n_true_sources"]
-        assert results["scene_prior"]["companion_fraction"] == (1.0 if scene_prior == "model" else 0.0)
-    assert counts["model"] > counts["default"]
+        counts[label] = results["n_true_sources"]
+        assert results["scene_prior"]["companion_fraction"] == (0.0 if label == "default" else 1.0)
+    assert counts["model"] > counts["default"] and counts["other"] == counts["model"]
+    with pytest.raises(ValueError, match="neither 'model', 'default' nor a model file"):
+        main(["science", "--model", str(path), "--scene-prior", str(tmp_path / "missing.safetensors")])
 
 
 def test_tile_position_sweep_compares_placements_on_common_random_numbers(monkeypatch) -> None:

@@ -64,10 +64,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--scene-prior",
-        choices=("model", "default"),
         default="model",
-        help="prior of the held-out scenes: the model's own without its added bright stars (default) or "
-        "PriorConfig() defaults, to compare models trained on different priors on the same scenes",
+        metavar="{model,default,MODEL_PATH}",
+        help="prior of the held-out scenes: the model's own without its added bright stars (default), "
+        "PriorConfig() defaults, or the prior of another model file (without its bright stars), to "
+        "compare models trained on different priors on the same scenes",
     )
     parser.add_argument(
         "--precision",
@@ -170,6 +171,20 @@ def tile_position_sweep(
     return results
 
 
+def _scene_prior(choice: str, model: BlissModel) -> PriorConfig:
+    """The held-out scenes' prior for ``--scene-prior``."""
+    if choice == "model":
+        return model.prior.without_bright_stars()
+    if choice == "default":
+        return PriorConfig()
+    path = Path(choice)
+    if not path.is_file():
+        raise ValueError(
+            f"--scene-prior {choice!r} is neither 'model', 'default' nor a model file; give one of those."
+        )
+    return BlissModel.load(path).prior.without_bright_stars()
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run the suite; returns the JSON results plus a one-line ``summary``."""
     model = BlissModel.load(args.model) if args.model is not None else load_default_model()
@@ -178,7 +193,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     model.require_held_out_seed(args.seed, "--seed")
     conditions = model.conditions
     backbone_dtype = resolve_backbone_dtype(args.precision, torch.device("cpu"))
-    scene_prior = model.prior.without_bright_stars() if args.scene_prior == "model" else PriorConfig()
+    scene_prior = _scene_prior(args.scene_prior, model)
     simulator = ImageSimulator(
         conditions,
         scene_prior,
