@@ -171,8 +171,9 @@ def tile_position_sweep(
     return results
 
 
-def _scene_prior(choice: str, model: BlissModel) -> PriorConfig:
-    """The held-out scenes' prior for ``--scene-prior``."""
+def _scene_prior(choice: str, model: BlissModel, seed: int) -> PriorConfig:
+    """The held-out scenes' prior for ``--scene-prior``; the scenes of another model's prior must be
+    held out from its training too."""
     if choice == "model":
         return model.prior.without_bright_stars()
     if choice == "default":
@@ -182,7 +183,9 @@ def _scene_prior(choice: str, model: BlissModel) -> PriorConfig:
         raise ValueError(
             f"--scene-prior {choice!r} is neither 'model', 'default' nor a model file; give one of those."
         )
-    return BlissModel.load(path).prior.without_bright_stars()
+    other = BlissModel.load(path)
+    other.require_held_out_seed(seed, "--seed")
+    return other.prior.without_bright_stars()
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -193,7 +196,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     model.require_held_out_seed(args.seed, "--seed")
     conditions = model.conditions
     backbone_dtype = resolve_backbone_dtype(args.precision, torch.device("cpu"))
-    scene_prior = _scene_prior(args.scene_prior, model)
+    scene_prior = _scene_prior(args.scene_prior, model, args.seed)
     simulator = ImageSimulator(
         conditions,
         scene_prior,
