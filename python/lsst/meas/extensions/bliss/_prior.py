@@ -417,10 +417,9 @@ class SourcePrior:
         target_cols = cols + offsets[choice[host], 1]
         inside = (target_rows >= 0) & (target_rows < n_rows) & (target_cols >= 0) & (target_cols < n_cols)
         target = (images[inside] * n_rows + target_rows[inside]) * n_cols + target_cols[inside]
+        offered_flux = (flux[host] * 10 ** (-0.4 * delta_mag[host]))[inside]
         companion_flux = torch.zeros(batch * n_rows * n_cols, dtype=flux.dtype, device=device)
-        companion_flux.scatter_reduce_(
-            0, target, (flux[host] * 10 ** (-0.4 * delta_mag[host]))[inside], reduce="amax"
-        )
+        companion_flux.scatter_reduce_(0, target, offered_flux, reduce="amax")
         companion_flux = companion_flux.reshape(counts.shape)
         shapes = self.sample_galaxy_shapes(companion_flux.clamp(min=self.min_flux_njy), generator)
         location = torch.rand((batch, n_rows, n_cols, 2), generator=generator, device=device)
@@ -429,7 +428,7 @@ class SourcePrior:
         if config.companion_min_separation_pix > 0:
             # Each tile's companion is that of the host whose companion flux it got (the brightest).
             host_xy = catalog.locations[images, rows, cols, 0][inside] + torch.stack([cols, rows], 1)[inside]
-            won = (flux[host] * 10 ** (-0.4 * delta_mag[host]))[inside] == companion_flux.reshape(-1)[target]
+            won = offered_flux == companion_flux.reshape(-1)[target]
             tile_xy = torch.stack([target % n_cols, target // n_cols % n_rows], dim=1)
             companion_xy = location.reshape(-1, 2)[target] + tile_xy
             separation_pix = self.tile_size * (companion_xy - host_xy).norm(dim=1)
