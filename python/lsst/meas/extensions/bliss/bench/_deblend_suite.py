@@ -344,8 +344,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 fitted = _fit_from_truth(
                     where, properties[index], fwhm_pix, conditions, image, variance, config
                 )
-                residuals.setdefault(f"truth_start_{label}_{kind}", [])
-                residuals[f"truth_start_{label}_{kind}"] += list(fitted["flux_njy"] / true_flux - 1)
+                residual = fitted["flux_njy"] / true_flux - 1
+                residuals.setdefault(f"truth_start_{label}_{kind}", []).extend(residual)
         hsm_failures += int(bliss["flag_moments_failed"][match.est_index].sum())
         bright = snr_rows[index][match.true_index] >= 20
         if bright.any():
