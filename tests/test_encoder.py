@@ -21,6 +21,7 @@ from lsst.meas.extensions.bliss import (
     make_tile_truth,
     prepare_inputs,
 )
+from lsst.meas.extensions.bliss._fused import _onednn_fusion_available
 from lsst.meas.extensions.bliss._normalize import (
     DEFAULT_INVALID_MASK_PLANES,
     N_INPUT_CHANNELS,
@@ -400,6 +401,15 @@ def test_sparse_four_group_posterior_equals_the_dense_group_loop(present_fractio
             torch.testing.assert_close(fast.values[name][compared], dense.values[name][compared], msg=name)
         assert torch.equal(fast.values["detection"], dense.values["detection"])
         assert 0 < int(present.sum()) < present.numel()
+        # An encoding that kept only the absent trajectory gives the same sparse pass, and no dense one.
+        lean = encoder.encode(inputs, keep_dense=False)
+        assert lean.features is None and lean.crop(slice(0, 4), slice(0, 4)).projected is None
+        from_lean = encoder.posterior(inputs, randomness=randomness, encoded=lean)
+        for name in fast.params:
+            assert torch.equal(from_lean.params[name], fast.params[name])
+            assert torch.equal(from_lean.values[name], fast.values[name])
+        with pytest.raises(ValueError, match="keep_dense=True"):
+            encoder.posterior(inputs, randomness=randomness, encoded=lean, checkerboard=False)
     # Two samples drawn together as a sparse list of sources: the dense loop's present tiles, in
     # the order of the colour groups, with their parameters and values.
     randomness = TileRandomness(3, tile_origin=(2, 4), sample_indices=(1, 5))
@@ -481,7 +491,10 @@ def test_stem_is_validated_and_older_models_load_with_the_convolution_stem() -> 
         EncoderConfig(stem="space_to_depth", pixel_channels=(8, 16), tile_blocks=2, head_channels=16),
     ],
 )
-def test_inference_backbone_overwrites_activations_without_changing_them(config: EncoderConfig) -> None:
+def test_inference_backbone_overwrites_and_fuses_without_changing_the_features(config: EncoderConfig) -> None:
+    """Without autograd the backbone overwrites its activations and runs the space-to-depth stem as one
+    strided convolution, and (where oneDNN has them) convolutions fused with their SiLU or residual
+    sum: the features agree with the training path's within float32 rounding."""
     torch.manual_seed(2)
     encoder = BlissEncoder(config).eval()
     for module in encoder.modules():
@@ -493,5 +506,10 @@ def test_inference_backbone_overwrites_activations_without_changing_them(config:
     with torch.enable_grad():
         reference = encoder.features(inputs)
     with torch.no_grad():
-        assert torch.equal(encoder.features(inputs), reference)
+        torch.testing.assert_close(encoder.features(inputs), reference, rtol=1e-5, atol=1e-6)
+        for fused in (False, True) if _onednn_fusion_available() else (False,):
+            for layout in (torch.contiguous_format, torch.channels_last):
+                pixels = inputs.tensor.contiguous(memory_format=layout)
+                features = encoder._backbone(pixels, fused=fused)
+                torch.testing.assert_close(features, reference, rtol=1e-5, atol=1e-6)
     assert torch.equal(inputs.tensor, before)  # the input is never overwritten

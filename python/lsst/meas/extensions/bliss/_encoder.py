@@ -31,6 +31,7 @@ from torch import nn
 
 from ._catalog import TileCatalog
 from ._factors import Factor, TileTruth, make_factors
+from ._fused import conv_add_, conv_silu, fusion_applies, is_foldable_stem, space_to_depth_conv
 from ._normalize import N_INPUT_CHANNELS, NetworkInputs
 from ._random import TileRandomness
 from ._sparse_checkerboard import AbsentTrajectory, absent_trajectory, sparse_posterior
@@ -187,11 +188,18 @@ class _ResidualBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled():
             return nn.functional.silu(x + self.second(nn.functional.silu(self.first(x))))
-        # Without autograd the activations may be overwritten: fewer fresh full-resolution tensors,
-        # whose first touch costs about as much as the activation itself on a CPU.
         hidden = self.second(nn.functional.silu(self.first(x), inplace=True))
         hidden += x
         return nn.functional.silu(hidden, inplace=True)
+
+    def forward_in_place_(self, x: torch.Tensor, fused: bool) -> torch.Tensor:
+        """`forward` without autograd, overwriting ``x`` with the result (fewer fresh full-resolution
+        tensors, whose first touch costs about as much as the activation itself on a CPU); ``fused``
+        runs oneDNN's fused convolutions (see `_fused`)."""
+        hidden = conv_silu(self.first, x, fused)
+        conv_add_(self.second, hidden, x, fused)
+        del hidden
+        return nn.functional.silu(x, inplace=True)
 
 
 @dataclasses.dataclass
@@ -221,28 +229,35 @@ class EncodedImage:
     Attributes
     ----------
     features
-        Backbone features, (B, C, Ht, Wt).
+        Backbone features, (B, C, Ht, Wt); None in an encoding made for the
+        sparse passes only (``BlissEncoder.encode(..., keep_dense=False)``).
     projected
-        The head's feature convolution of them, (B, head_channels, Ht, Wt).
+        The head's feature convolution of them, (B, head_channels, Ht, Wt),
+        or None as ``features``.
     hidden_empty
         The head's first hidden layer with an empty context (no tile
-        decided), (B, head_channels, Ht, Wt): the first colour group's input.
+        decided), (B, head_channels, Ht, Wt): the first colour group's input;
+        or None as ``features``.
     absent
         With four colour groups, the pass in which every tile is decided
         empty, from which every pass is computed sparsely.
     """
 
-    features: torch.Tensor
-    projected: torch.Tensor
-    hidden_empty: torch.Tensor
+    features: torch.Tensor | None
+    projected: torch.Tensor | None
+    hidden_empty: torch.Tensor | None
     absent: AbsentTrajectory | None = None
 
     def crop(self, rows: slice, cols: slice) -> EncodedImage:
         """A window of tiles; passes over it are exact at least ``2 x groups`` tiles from its edges."""
+
+        def window(tensor: torch.Tensor | None) -> torch.Tensor | None:
+            return None if tensor is None else tensor[..., rows, cols]
+
         return EncodedImage(
-            self.features[..., rows, cols],
-            self.projected[..., rows, cols],
-            self.hidden_empty[..., rows, cols],
+            window(self.features),
+            window(self.projected),
+            window(self.hidden_empty),
             None if self.absent is None else self.absent.crop(rows, cols),
         )
 
@@ -319,14 +334,36 @@ class BlissEncoder(nn.Module):
                 return self._backbone(inputs.tensor).float()
         return self._backbone(inputs.tensor)
 
-    def _backbone(self, pixels: torch.Tensor) -> torch.Tensor:
+    def _backbone(self, pixels: torch.Tensor, fused: bool | None = None) -> torch.Tensor:
+        """The backbone on ``pixels`` (B, N_INPUT_CHANNELS, H, W).  Without autograd its activations are
+        overwritten in place and, with ``fused`` (default: where `fusion_applies`), a convolution and the
+        SiLU or residual sum after it run as one oneDNN step (see `_fused`); the same values within
+        float32 rounding."""
         if torch.is_grad_enabled():
             return self.backbone(pixels)
-        features = pixels
-        for layer in self.backbone:
-            # In place (the same values) when no gradient needs the pre-activation.
-            is_activation = isinstance(layer, nn.SiLU) and features is not pixels
-            features = nn.functional.silu(features, inplace=True) if is_activation else layer(features)
+        fused = fusion_applies(pixels) if fused is None else fused
+        layers = list(self.backbone)
+        features, index = pixels, 0
+        while index < len(layers):
+            layer = layers[index]
+            following = layers[index + 1] if index + 1 < len(layers) else None
+            silu_follows = isinstance(following, nn.SiLU)
+            if following is not None and is_foldable_stem(layer, following):
+                silu = index + 2 < len(layers) and isinstance(layers[index + 2], nn.SiLU)
+                features = space_to_depth_conv(following, features, silu, fused)
+                index += 3 if silu else 2
+            elif isinstance(layer, nn.Conv2d) and silu_follows:
+                features = conv_silu(layer, features, fused)
+                index += 2
+            elif isinstance(layer, _ResidualBlock) and features is not pixels:
+                features = layer.forward_in_place_(features, fused)
+                index += 1
+            elif isinstance(layer, nn.SiLU) and features is not pixels:
+                features = nn.functional.silu(features, inplace=True)
+                index += 1
+            else:
+                features = layer(features)
+                index += 1
         return features
 
     def _source_context(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -358,16 +395,39 @@ class BlissEncoder(nn.Module):
         """Raw parameters per factor, (B, Ht, Wt, n); ``projected`` is ``head_features(features)``."""
         return self._raw_to_params(self.head(projected + self.head_context(self.context_embedding(context))))
 
-    def encode(self, inputs: NetworkInputs, compute_dtype: torch.dtype = torch.float32) -> EncodedImage:
-        """Backbone and the context-free part of the head, to be shared by several posterior passes
-        (``compute_dtype``: that of the backbone, see `features`)."""
+    def encode(
+        self, inputs: NetworkInputs, compute_dtype: torch.dtype = torch.float32, keep_dense: bool = True
+    ) -> EncodedImage:
+        """Backbone and the context-free part of the head, to be shared by several posterior passes.
+
+        Parameters
+        ----------
+        inputs
+            Normalized images, (B, N_INPUT_CHANNELS, H, W).
+        compute_dtype
+            Arithmetic of the backbone (see `features`).
+        keep_dense
+            False, with four colour groups, keeps only the absent trajectory
+            that the sparse passes start from, and frees the features, their
+            projection and the empty-context hidden layer before it is
+            computed (three tile-resolution tensors of ``head_channels``
+            each, 0.1 GB for a 2k x 2k chunk).  Such an encoding serves
+            `posterior` with the checkerboard only.  Ignored with other group
+            counts, whose passes are dense.
+        """
         features = self.features(inputs, compute_dtype)
         projected = self.head_features(features)
         batch, _, n_rows, n_cols = features.shape
         empty = features.new_zeros(batch, CONTEXT_CHANNELS, n_rows, n_cols)
         hidden_empty = projected + self.head_context(self.context_embedding(empty))
-        absent = absent_trajectory(self, hidden_empty) if self.config.checkerboard_groups == 4 else None
-        return EncodedImage(features, projected, hidden_empty, absent)
+        if self.config.checkerboard_groups != 4:
+            return EncodedImage(features, projected, hidden_empty, None)
+        if keep_dense:
+            return EncodedImage(features, projected, hidden_empty, absent_trajectory(self, hidden_empty))
+        # Freed before the trajectory's four hidden layers are made: memory touched for the first time
+        # costs a first call on a CPU about as much as the arithmetic on it.
+        del features, projected, empty
+        return EncodedImage(None, None, None, absent_trajectory(self, hidden_empty))
 
     def _raw_to_params(self, raw: torch.Tensor) -> dict[str, torch.Tensor]:
         """Split the head's output (B, n_total, Ht, Wt) into raw parameters per factor, (B, Ht, Wt, n)."""
@@ -539,6 +599,11 @@ class BlissEncoder(nn.Module):
         checkerboard: bool = True,
     ) -> TilePosterior:
         """`posterior` with the head evaluated on every tile for every colour group."""
+        if encoded.features is None or encoded.projected is None or encoded.hidden_empty is None:
+            raise ValueError(
+                "This encoding kept only the absent trajectory (encode(..., keep_dense=False)), which "
+                "serves the four-group checkerboard passes; encode with keep_dense=True for dense passes."
+            )
         groups = self._groups(encoded.features)
         n_groups = self.config.checkerboard_groups
         if not checkerboard:

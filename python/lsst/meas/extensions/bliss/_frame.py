@@ -674,7 +674,7 @@ def infer_frame(
             # the colour groups; the rest of the halo served the backbone's receptive field.
             head_r0, head_r1 = max(win_r0, row0 - layout.head_margin), min(win_r1, row1 + layout.head_margin)
             head_c0, head_c1 = max(win_c0, col0 - layout.head_margin), min(win_c1, col1 + layout.head_margin)
-            encoded = encoder.encode(chunk_inputs, backbone_dtype).crop(
+            encoded = encoder.encode(chunk_inputs, backbone_dtype, keep_dense=False).crop(
                 slice(head_r0 - win_r0, head_r1 - win_r0), slice(head_c0 - win_c0, head_c1 - win_c0)
             )
             core = (slice(row0 - head_r0, row1 - head_r0), slice(col0 - head_c0, col1 - head_c0))

@@ -4,21 +4,25 @@ A 4096 x 4096 single-visit scene is simulated at the model's default
 conditions with LSST-like defects: bad columns, saturated cores, cosmic rays,
 a NO_DATA corner and EDGE pixels at the border.  `infer_frame` (catalog plus
 ``n_samples`` posterior samples, PSF from a callable) runs in a fresh
-process per image size, so that its peak resident memory is its own; SEP
-(the science suite's settings) runs on the same image in this process.
-Times at a quarter, half and the whole side (1k, 2k and 4k) give the
-scaling exponent of time with pixels. The sizes are timed in ``--repeats``
-interleaved passes and each figure is the median over the passes, since the
-speed of a shared machine drifts by tens of percent within minutes.
+process per image size, so that its peak resident memory is its own, and SEP
+(the science suite's settings) on the same image in another fresh process,
+so that both are timed alike.  Times at a quarter, half and the whole side
+(1k, 2k and 4k) give the scaling exponent of time with pixels. The sizes are
+timed in ``--repeats`` interleaved passes and each figure is the median over
+the passes, since the speed of a shared machine drifts by tens of percent
+within minutes.
 
 The headline times are each process's first call, which also pays the
 process's one-time costs (memory touched for the first time, oneDNN generating
-its convolution kernels): about 0.1 s, a fifth of a 1k image's time, so
-they pull ``scaling_exponent`` below the per-pixel scaling.  Each child then
-times a second call on the same image, the cost of every further image in a
-long-running process (a ``pipetask`` worker runs many quanta); those figures
-are reported beside the first-call ones as ``bliss_warm_s_*`` and
-``scaling_exponent_warm``.
+its convolution kernels); at 1k they pull ``scaling_exponent`` below the
+per-pixel scaling.  Each child then times a second call on the same image, the
+cost of every further image in a long-running process (a ``pipetask`` worker
+runs many quanta); those figures are reported beside the first-call ones as
+``bliss_warm_s_*``, ``sep_warm_s_*``, ``ratio_vs_sep_warm`` and
+``scaling_exponent_warm``.  (Until 2026-12-02 SEP ran in the parent process,
+whose heap the 4k simulation had already touched, against BLISS's first call
+in a fresh one: SEP's first call in a fresh process takes 0.2-1.4 s more than
+its second on the 2-core machine.)
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import multiprocessing
 import resource
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -125,30 +130,47 @@ def _infer_in_child(
     }
 
 
-def _run_child(*args: Any) -> dict:
+def _sep_in_child(scene_path: str, size: int, invalid_bits: int) -> dict:
+    """Run SEP twice on the top-left ``size x size`` crop; executed in a fresh process."""
+    window = (slice(0, size), slice(0, size))
+    with np.load(scene_path) as scene:
+        image, variance, mask = (scene[name][window].copy() for name in ("image", "variance", "mask"))
+    times = []
+    for _ in range(2):
+        start = time.perf_counter()
+        catalog = run_sep(image, variance, (mask & invalid_bits) != 0)
+        times.append(time.perf_counter() - start)
+    return {"seconds": times[0], "warm_seconds": times[1], "n_detected": len(catalog)}
+
+
+def _run_child(function: Callable[..., dict], *args: Any) -> dict:
     context = multiprocessing.get_context("spawn")
     with context.Pool(1) as pool:
-        return pool.apply(_infer_in_child, args)
+        return pool.apply(function, args)
 
 
-def _median_run(runs: list[tuple[float, dict]]) -> dict[str, Any]:
-    """One size's figures from its passes ``(sep_seconds, child result)``: median times, the BLISS
-    stages and counts of its median pass (the lower middle one for an even count), every pass's
+def _median_run(runs: list[tuple[dict, dict]]) -> dict[str, Any]:
+    """One size's figures from its passes ``(SEP child result, BLISS child result)``: median times, the
+    BLISS stages and counts of its median pass (the lower middle one for an even count), every pass's
     times, and the largest peak memory."""
-    bliss_s = [bliss["seconds"] for _, bliss in runs]
-    bliss_warm_s = [bliss["warm_seconds"] for _, bliss in runs]
-    sep_s = [sep for sep, _ in runs]
-    median_pass = runs[int(np.argsort(bliss_s)[(len(runs) - 1) // 2])][1]
+    times = {
+        f"{method}{kind}": [result[f"{'warm_' if kind else ''}seconds"] for result in results]
+        for method, results in (("sep_s", [sep for sep, _ in runs]), ("bliss_s", [b for _, b in runs]))
+        for kind in ("", "_warm")
+    }
+    median_pass = runs[int(np.argsort(times["bliss_s"])[(len(runs) - 1) // 2])]
     return {
-        "bliss_s": float(np.median(bliss_s)),
-        "sep_s": float(np.median(sep_s)),
-        "bliss_s_runs": bliss_s,
-        "bliss_warm_s": float(np.median(bliss_warm_s)),
-        "bliss_warm_s_runs": bliss_warm_s,
-        "sep_s_runs": sep_s,
-        "bliss_stage_s": median_pass["timings"],
-        "bliss_n_detected": median_pass["n_detected"],
-        "sep_n_detected": median_pass["sep_n_detected"],
+        "bliss_s": float(np.median(times["bliss_s"])),
+        "sep_s": float(np.median(times["sep_s"])),
+        "bliss_warm_s": float(np.median(times["bliss_s_warm"])),
+        "sep_warm_s": float(np.median(times["sep_s_warm"])),
+        "bliss_s_runs": times["bliss_s"],
+        "bliss_warm_s_runs": times["bliss_s_warm"],
+        "sep_s_runs": times["sep_s"],
+        "sep_warm_s_runs": times["sep_s_warm"],
+        "bliss_stage_s": median_pass[1]["timings"],
+        "bliss_n_detected": median_pass[1]["n_detected"],
+        "sep_n_detected": median_pass[0]["n_detected"],
         "bliss_peak_rss_gb": max(bliss["peak_rss_gb"] for _, bliss in runs),
     }
 
@@ -172,22 +194,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         scene_path = str(Path(workdir) / "scene.npz")
         np.savez(scene_path, **scene)
         model_path = str(args.model) if args.model else None
-        runs: dict[int, list[tuple[float, dict]]] = {size: [] for size in sizes}
+        runs: dict[int, list[tuple[dict, dict]]] = {size: [] for size in sizes}
         for _ in range(args.repeats):
             for size in sizes:
-                window = (slice(0, size), slice(0, size))
-                start = time.perf_counter()
-                sep = run_sep(
-                    scene["image"][window],
-                    scene["variance"][window],
-                    (scene["mask"][window] & invalid_bits) != 0,
+                sep = _run_child(_sep_in_child, scene_path, size, invalid_bits)
+                bliss = _run_child(
+                    _infer_in_child, scene_path, model_path, size, args.n_samples, "cpu", args.precision
                 )
-                sep_seconds = time.perf_counter() - start
-                bliss = _run_child(scene_path, model_path, size, args.n_samples, "cpu", args.precision)
-                runs[size].append((sep_seconds, bliss | {"sep_n_detected": len(sep)}))
+                runs[size].append((sep, bliss))
         per_size = {str(size): _median_run(runs[size]) for size in sizes}
         if torch.cuda.is_available() and not args.no_gpu:
-            gpu = _run_child(scene_path, model_path, largest, args.n_samples, "cuda", args.precision)
+            gpu = _run_child(
+                _infer_in_child, scene_path, model_path, largest, args.n_samples, "cuda", args.precision
+            )
             results[f"gpu_s_{largest // 1024}k"] = gpu["seconds"]
             results[f"gpu_warm_s_{largest // 1024}k"] = gpu["warm_seconds"]
             results["gpu_stage_s"] = gpu["timings"]
@@ -210,6 +229,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"bliss_s_{label}": top["bliss_s"],
             f"sep_s_{label}": top["sep_s"],
             "ratio_vs_sep": top["bliss_s"] / top["sep_s"],
+            f"sep_warm_s_{label}": top["sep_warm_s"],
+            "ratio_vs_sep_warm": top["bliss_warm_s"] / top["sep_warm_s"],
             "mpix_per_s": largest**2 / 1e6 / top["bliss_s"],
             "peak_rss_gb": max(entry["bliss_peak_rss_gb"] for entry in per_size.values()),
             "scaling_exponent": exponent,
@@ -227,6 +248,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"ratio_vs_sep = {results['ratio_vs_sep']:.2f}, mpix_per_s = {results['mpix_per_s']:.3f}, "
             f"peak_rss_gb = {results['peak_rss_gb']:.2f}, scaling_exponent = {exponent:.3f}",
             f"second calls: bliss_warm_s_{label} = {top['bliss_warm_s']:.1f}, "
+            f"sep_warm_s_{label} = {top['sep_warm_s']:.1f}, "
+            f"ratio_vs_sep_warm = {results['ratio_vs_sep_warm']:.2f}, "
             f"scaling_exponent_warm = {warm_exponent:.3f}",
         ]
     )
