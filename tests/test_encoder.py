@@ -410,6 +410,12 @@ def test_sparse_four_group_posterior_equals_the_dense_group_loop(present_fractio
             assert torch.equal(from_lean.values[name], fast.values[name])
         with pytest.raises(ValueError, match="keep_dense=True"):
             encoder.posterior(inputs, randomness=randomness, encoded=lean, checkerboard=False)
+    with torch.no_grad():  # inference writes the first hidden layer straight into its bordered copy
+        lean, full = encoder.encode(inputs, keep_dense=False).absent, encoder.encode(inputs).absent
+    for group, hidden in enumerate(full.hidden):
+        assert torch.equal(lean.hidden[group], hidden)
+    for name, value in full.params.items():
+        assert torch.equal(lean.params[name], value)
     # Two samples drawn together as a sparse list of sources: the dense loop's present tiles, in
     # the order of the colour groups, with their parameters and values.
     randomness = TileRandomness(3, tile_origin=(2, 4), sample_indices=(1, 5))

@@ -34,7 +34,13 @@ from ._factors import Factor, TileTruth, make_factors
 from ._fused import conv_add_, conv_silu, fusion_applies, is_foldable_stem, space_to_depth_conv
 from ._normalize import N_INPUT_CHANNELS, NetworkInputs
 from ._random import TileRandomness
-from ._sparse_checkerboard import AbsentTrajectory, absent_trajectory, sparse_posterior
+from ._sparse_checkerboard import (
+    AbsentTrajectory,
+    absent_trajectory,
+    absent_trajectory_from_bordered,
+    bordered_like,
+    sparse_posterior,
+)
 
 DEFAULT_FACTORS: tuple[str, ...] = (
     "detection",
@@ -419,15 +425,23 @@ class BlissEncoder(nn.Module):
         projected = self.head_features(features)
         batch, _, n_rows, n_cols = features.shape
         empty = features.new_zeros(batch, CONTEXT_CHANNELS, n_rows, n_cols)
-        hidden_empty = projected + self.head_context(self.context_embedding(empty))
-        if self.config.checkerboard_groups != 4:
-            return EncodedImage(features, projected, hidden_empty, None)
-        if keep_dense:
-            return EncodedImage(features, projected, hidden_empty, absent_trajectory(self, hidden_empty))
-        # Freed before the trajectory's four hidden layers are made: memory touched for the first time
-        # costs a first call on a CPU about as much as the arithmetic on it.
-        del features, projected, empty
-        return EncodedImage(None, None, None, absent_trajectory(self, hidden_empty))
+        empty_context = self.head_context(self.context_embedding(empty))
+        dense = keep_dense or self.config.checkerboard_groups != 4
+        if dense:
+            hidden_empty = projected + empty_context
+            absent = absent_trajectory(self, hidden_empty) if self.config.checkerboard_groups == 4 else None
+            return EncodedImage(features, projected, hidden_empty, absent)
+        # Written straight into the trajectory's first bordered hidden layer, and the rest freed before
+        # the other three are made: memory touched for the first time costs a first call on a CPU about
+        # as much as the arithmetic on it.
+        del features
+        if torch.is_grad_enabled():
+            bordered = nn.functional.pad(projected + empty_context, (1, 1, 1, 1))
+        else:
+            bordered = bordered_like(projected)
+            torch.add(projected, empty_context, out=bordered[..., 1:-1, 1:-1])
+        del projected, empty, empty_context
+        return EncodedImage(None, None, None, absent_trajectory_from_bordered(self, bordered))
 
     def _raw_to_params(self, raw: torch.Tensor) -> dict[str, torch.Tensor]:
         """Split the head's output (B, n_total, Ht, Wt) into raw parameters per factor, (B, Ht, Wt, n)."""

@@ -72,10 +72,31 @@ class AbsentTrajectory:
 
 def absent_trajectory(encoder: BlissEncoder, hidden_empty: torch.Tensor) -> AbsentTrajectory:
     """Compute `AbsentTrajectory` from the empty-context hidden layer (B, C, Ht, Wt)."""
-    batch, _, n_rows, n_cols = hidden_empty.shape
+    return absent_trajectory_from_bordered(encoder, nn.functional.pad(hidden_empty, (1, 1, 1, 1)))
+
+
+def bordered_like(tensor: torch.Tensor) -> torch.Tensor:
+    """A tensor for ``tensor`` (B, C, Ht, Wt) with a zero border of one tile, (B, C, Ht + 2, Wt + 2), in
+    its memory format; the inside is left to be written."""
+    batch, channels, n_rows, n_cols = tensor.shape
+    channels_last = tensor.is_contiguous(memory_format=torch.channels_last) and not tensor.is_contiguous()
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    bordered = torch.empty(
+        (batch, channels, n_rows + 2, n_cols + 2),
+        dtype=tensor.dtype,
+        device=tensor.device,
+        memory_format=layout,
+    )
+    return _zero_border(bordered, 2)
+
+
+def absent_trajectory_from_bordered(encoder: BlissEncoder, bordered: torch.Tensor) -> AbsentTrajectory:
+    """`absent_trajectory` of the empty-context hidden layer given with a zero border of one tile,
+    (B, C, Ht + 2, Wt + 2) (see `bordered_like`), which it keeps as the first group's."""
+    batch, _, n_rows, n_cols = bordered.shape
+    n_rows, n_cols = n_rows - 2, n_cols - 2
     # Each group's hidden layer is written with a zero border of one tile, the head convolution's
     # padding, instead of being padded by a copy in every group.
-    bordered = nn.functional.pad(hidden_empty, (1, 1, 1, 1))
     hiddens: list[torch.Tensor] = []
     params: dict[str, torch.Tensor] = {}
     for group in range(N_GROUPS):
