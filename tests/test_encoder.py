@@ -421,6 +421,12 @@ def test_sparse_four_group_posterior_equals_the_dense_group_loop(present_fractio
     randomness = TileRandomness(3, tile_origin=(2, 4), sample_indices=(1, 5))
     first = prepare_inputs(image[:1], torch.ones_like(image[:1]), None, 4.0)
     sources = sample_sources(encoder, encoder.encode(first).absent.repeat(2), randomness)
+    with torch.no_grad():  # inference gathers the changed rows in place: the same sources
+        trajectory = encoder.encode(first, keep_dense=False).absent
+        without_grad = sample_sources(encoder, trajectory.repeat(2), randomness)
+    assert torch.equal(without_grad.rows, sources.rows) and torch.equal(without_grad.cols, sources.cols)
+    for name in sources.params:
+        torch.testing.assert_close(without_grad.params[name], sources.params[name], msg=name)
     twice = prepare_inputs(image[:1].expand(2, -1, -1), torch.ones_like(image), None, 4.0)
     dense = encoder._posterior_dense(encoder.encode(twice), randomness, twice.flux_scale_njy)
     present = dense.values["detection"][..., 0] > 0.5
