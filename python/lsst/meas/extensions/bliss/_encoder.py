@@ -31,7 +31,6 @@ from torch import nn
 
 from ._catalog import TileCatalog
 from ._factors import Factor, TileTruth, make_factors
-from ._fused import conv_add_, conv_silu, fusion_applies, is_foldable_stem, space_to_depth_conv
 from ._normalize import N_INPUT_CHANNELS, NetworkInputs
 from ._random import TileRandomness
 from ._sparse_checkerboard import (
@@ -41,6 +40,7 @@ from ._sparse_checkerboard import (
     bordered_like,
     sparse_posterior,
 )
+from ._stem import is_foldable_stem, space_to_depth_conv
 
 DEFAULT_FACTORS: tuple[str, ...] = (
     "detection",
@@ -194,18 +194,11 @@ class _ResidualBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled():
             return nn.functional.silu(x + self.second(nn.functional.silu(self.first(x))))
+        # Without autograd the activations may be overwritten: fewer fresh full-resolution tensors,
+        # whose first touch costs about as much as the activation itself on a CPU.
         hidden = self.second(nn.functional.silu(self.first(x), inplace=True))
         hidden += x
         return nn.functional.silu(hidden, inplace=True)
-
-    def forward_in_place_(self, x: torch.Tensor, fused: bool) -> torch.Tensor:
-        """`forward` without autograd, overwriting ``x`` with the result (fewer fresh full-resolution
-        tensors, whose first touch costs about as much as the activation itself on a CPU); ``fused``
-        runs oneDNN's fused convolutions (see `_fused`)."""
-        hidden = conv_silu(self.first, x, fused)
-        conv_add_(self.second, hidden, x, fused)
-        del hidden
-        return nn.functional.silu(x, inplace=True)
 
 
 @dataclasses.dataclass
@@ -340,36 +333,20 @@ class BlissEncoder(nn.Module):
                 return self._backbone(inputs.tensor).float()
         return self._backbone(inputs.tensor)
 
-    def _backbone(self, pixels: torch.Tensor, fused: bool | None = None) -> torch.Tensor:
+    def _backbone(self, pixels: torch.Tensor) -> torch.Tensor:
         """The backbone on ``pixels`` (B, N_INPUT_CHANNELS, H, W).  Without autograd its activations are
-        overwritten in place and, with ``fused`` (default: where `fusion_applies`), a convolution and the
-        SiLU or residual sum after it run as one oneDNN step (see `_fused`); the same values within
-        float32 rounding."""
+        overwritten in place and a space-to-depth stem runs as one strided convolution (see `_stem`):
+        the same features within float32 rounding."""
         if torch.is_grad_enabled():
             return self.backbone(pixels)
-        fused = fusion_applies(pixels) if fused is None else fused
         layers = list(self.backbone)
-        features, index = pixels, 0
-        while index < len(layers):
-            layer = layers[index]
-            following = layers[index + 1] if index + 1 < len(layers) else None
-            silu_follows = isinstance(following, nn.SiLU)
-            if following is not None and is_foldable_stem(layer, following):
-                silu = index + 2 < len(layers) and isinstance(layers[index + 2], nn.SiLU)
-                features = space_to_depth_conv(following, features, silu, fused)
-                index += 3 if silu else 2
-            elif isinstance(layer, nn.Conv2d) and silu_follows:
-                features = conv_silu(layer, features, fused)
-                index += 2
-            elif isinstance(layer, _ResidualBlock) and features is not pixels:
-                features = layer.forward_in_place_(features, fused)
-                index += 1
-            elif isinstance(layer, nn.SiLU) and features is not pixels:
-                features = nn.functional.silu(features, inplace=True)
-                index += 1
-            else:
-                features = layer(features)
-                index += 1
+        features, first = pixels, 0
+        if len(layers) > 1 and is_foldable_stem(layers[0], layers[1]):
+            features, first = space_to_depth_conv(layers[1], pixels), 2
+        for layer in layers[first:]:
+            # In place (the same values) when no gradient needs the pre-activation.
+            is_activation = isinstance(layer, nn.SiLU) and features is not pixels
+            features = nn.functional.silu(features, inplace=True) if is_activation else layer(features)
         return features
 
     def _source_context(self, values: dict[str, torch.Tensor]) -> torch.Tensor:
