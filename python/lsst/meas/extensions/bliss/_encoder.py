@@ -398,7 +398,11 @@ class BlissEncoder(nn.Module):
             `posterior` with the checkerboard only.  Ignored with other group
             counts, whose passes are dense.
         """
-        features = self.features(inputs, compute_dtype)
+        return self.encode_features(self.features(inputs, compute_dtype), keep_dense)
+
+    def encode_features(self, features: torch.Tensor, keep_dense: bool = True) -> EncodedImage:
+        """`encode` of backbone features (B, C, Ht, Wt) already computed (`features`), so that a caller
+        may free the inputs before the absent trajectory is made."""
         projected = self.head_features(features)
         batch, _, n_rows, n_cols = features.shape
         empty = features.new_zeros(batch, CONTEXT_CHANNELS, n_rows, n_cols)
@@ -578,9 +582,21 @@ class BlissEncoder(nn.Module):
             Parameters and decided values of every tile.
         """
         encoded = self.encode(inputs) if encoded is None else encoded
+        return self.posterior_from_encoded(encoded, inputs.flux_scale_njy, randomness, checkerboard)
+
+    @torch.no_grad()
+    def posterior_from_encoded(
+        self,
+        encoded: EncodedImage,
+        flux_scale_njy: torch.Tensor,
+        randomness: TileRandomness | None = None,
+        checkerboard: bool = True,
+    ) -> TilePosterior:
+        """`posterior` of images already encoded, without their inputs: ``flux_scale_njy`` (B,) is
+        their flux unit in nJy (``NetworkInputs.flux_scale_njy``)."""
         if checkerboard and encoded.absent is not None:
-            return sparse_posterior(self, encoded.absent, randomness, inputs.flux_scale_njy)
-        return self._posterior_dense(encoded, randomness, inputs.flux_scale_njy, checkerboard)
+            return sparse_posterior(self, encoded.absent, randomness, flux_scale_njy)
+        return self._posterior_dense(encoded, randomness, flux_scale_njy, checkerboard)
 
     def _posterior_dense(
         self,
