@@ -402,7 +402,8 @@ class BlissEncoder(nn.Module):
 
     def encode_features(self, features: torch.Tensor, keep_dense: bool = True) -> EncodedImage:
         """`encode` of backbone features (B, C, Ht, Wt) already computed (`features`), so that a caller
-        may free the inputs before the absent trajectory is made."""
+        may free the inputs before the absent trajectory is made.  With ``keep_dense=False`` the
+        features are freed early only if the caller holds no other reference to them."""
         projected = self.head_features(features)
         batch, _, n_rows, n_cols = features.shape
         empty = features.new_zeros(batch, CONTEXT_CHANNELS, n_rows, n_cols)
