@@ -649,6 +649,7 @@ def infer_frame(
     sample_parts: list[list[dict[str, torch.Tensor]]] = [[] for _ in range(config.n_samples)]
     timings["network"] = timings["samples"] = 0.0
     chunks = layout.chunks()
+    device_flux_scale = flux_scale_t.to(device)  # every chunk is normalized with the whole image's unit
     with _evaluation_mode(encoder), torch.no_grad():
         for chunk_index, (row0, row1, col0, col1) in enumerate(chunks):
             tick = time.perf_counter()
@@ -666,7 +667,6 @@ def infer_frame(
             chunk_inputs = dataclasses.replace(
                 chunk_inputs,
                 tensor=chunk_inputs.tensor.to(device).contiguous(memory_format=torch.channels_last),
-                flux_scale_njy=flux_scale_t.to(device),
             )
             timings["normalize"] += time.perf_counter() - tick
             tick = time.perf_counter()
@@ -675,16 +675,15 @@ def infer_frame(
             head_r0, head_r1 = max(win_r0, row0 - layout.head_margin), min(win_r1, row1 + layout.head_margin)
             head_c0, head_c1 = max(win_c0, col0 - layout.head_margin), min(win_c1, col1 + layout.head_margin)
             features = encoder.features(chunk_inputs, backbone_dtype)
-            chunk_flux_scale = chunk_inputs.flux_scale_njy
-            # The passes need only the inputs' flux unit: their channels (78 MB for a 2k x 2k chunk) are
-            # freed before the absent trajectory and the samples are made.
+            # The passes need only the image's flux unit: the chunk's input channels (78 MB for a
+            # 2k x 2k chunk) are freed before the absent trajectory and the samples are made.
             del chunk_inputs
             encoded = encoder.encode_features(features, keep_dense=False).crop(
                 slice(head_r0 - win_r0, head_r1 - win_r0), slice(head_c0 - win_c0, head_c1 - win_c0)
             )
             del features
             core = (slice(row0 - head_r0, row1 - head_r0), slice(col0 - head_c0, col1 - head_c0))
-            estimate = _crop_posterior(encoder.posterior_from_encoded(encoded, chunk_flux_scale), *core)
+            estimate = _crop_posterior(encoder.posterior_from_encoded(encoded, device_flux_scale), *core)
             for name, params in estimate.params.items():
                 tile_params[name][row0:row1, col0:col1] = params[0].cpu()
             core_tiles = _CoreTiles(encoder, pixel_scale, (row0, col0), n_tiles_w)
@@ -696,13 +695,13 @@ def infer_frame(
                     config.seed, tile_origin=(head_r0, head_c0), sample_indices=indices
                 )
                 if encoded.absent is None:
-                    sample = encoder.posterior_from_encoded(encoded, chunk_flux_scale, randomness)
+                    sample = encoder.posterior_from_encoded(encoded, device_flux_scale, randomness)
                     sample = _crop_posterior(sample, *core)
                     sample_parts[indices[0]].append(core_tiles.estimate_rows(sample, None))
                     continue
                 # Several samples in one sparse pass: the same numbers as one at a time, fewer steps.
                 sources = sample_sources(encoder, encoded.absent.repeat(len(indices)), randomness)
-                per_sample = core_tiles.sample_rows(sources, len(indices), core, chunk_flux_scale)
+                per_sample = core_tiles.sample_rows(sources, len(indices), core, device_flux_scale)
                 for index, rows in zip(indices, per_sample, strict=True):
                     sample_parts[index].append(rows)
             timings["samples"] += time.perf_counter() - tick
