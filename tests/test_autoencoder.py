@@ -161,7 +161,7 @@ def test_format_version_2_files_still_load(tmp_path) -> None:
     header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
     document = json.loads(header["__metadata__"]["bliss_model"])
     tensors = {name: value.contiguous() for name, value in model.encoder.state_dict().items()}
-    from lsst.meas.extensions.bliss._model_io import _weights_digest
+    from lsst.meas.extensions.bliss.io._model_io import _weights_digest
 
     document.update(format_version=2, weights_sha256=_weights_digest(tensors))
     del document["autoencoder"]

@@ -2,7 +2,7 @@
 
 import json
 
-from lsst.meas.extensions.bliss.bench import main
+from lsst.meas.extensions.bliss.cli import bench_main as main
 
 REQUIRED_KEYS = {
     "galsim_galaxies_per_s",

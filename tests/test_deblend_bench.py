@@ -3,7 +3,7 @@
 import json
 import math
 
-from lsst.meas.extensions.bliss.bench import main
+from lsst.meas.extensions.bliss.cli import bench_main as main
 
 REQUIRED_KEYS = {
     "blend_flux_scatter_ratio",

@@ -19,10 +19,9 @@ from lsst.meas.extensions.bliss import (
     match_sources,
     source_snr_and_blendedness,
 )
-from lsst.meas.extensions.bliss._catalog import _empty_fields
-from lsst.meas.extensions.bliss._training import TrainingRun
-from lsst.meas.extensions.bliss.bench._science_suite import tile_position_sweep
-from lsst.meas.extensions.bliss.cli._train import load_run_config
+from lsst.meas.extensions.bliss.catalog import empty_source_fields
+from lsst.meas.extensions.bliss.training import TrainingRun, load_run_config
+from lsst.meas.extensions.bliss.validate import tile_position_sweep
 
 
 def test_default_model_is_small_and_describes_itself() -> None:
@@ -99,7 +98,7 @@ def test_frame_posterior_samples_spread_as_the_reported_uncertainties() -> None:
     grid = torch.arange(6, dtype=torch.float32) * 30 + 18
     x = (grid[None, :] + torch.rand(6, 6, generator=generator) * 4).reshape(1, -1)
     y = (grid[:, None] + torch.rand(6, 6, generator=generator) * 4).reshape(1, -1)
-    fields = _empty_fields((1, n_stars), torch.device("cpu"), torch.float32)
+    fields = empty_source_fields((1, n_stars), torch.device("cpu"), torch.float32)
     sigma_psf = conditions.psf_fwhm_pix / 2.3548
     snr = 15 + 25 * torch.rand(1, n_stars, generator=generator)
     fields["flux_njy"] = snr * conditions.background_noise_njy * math.sqrt(4 * math.pi * sigma_psf**2)

@@ -8,33 +8,27 @@ import pytest
 from astropy.table import QTable
 from lsst.daf.butler import Butler, DatasetType
 
-from lsst.meas.extensions.bliss import load_default_model
-from lsst.meas.extensions.bliss._conditions import flux_njy_to_mag
-from lsst.meas.extensions.bliss._frame import psf_kernel_fwhm_pix
-from lsst.meas.extensions.bliss.pipeline import (
+from lsst.meas.extensions.bliss.cli import make_demo_repo_main
+from lsst.meas.extensions.bliss.inference import psf_kernel_fwhm_pix
+from lsst.meas.extensions.bliss.pipeline.demo import (
     DEMO_MASK_PLANES,
     DemoRepoConfig,
     LinearPsfField,
     build_demo_repo,
     make_visit_image,
 )
-from lsst.meas.extensions.bliss.pipeline.cli import make_demo_repo_main
+from lsst.meas.extensions.bliss.survey import flux_njy_to_mag
 
 HEIGHT, WIDTH = 128, 160
 DIMENSIONS = {"instrument", "visit", "detector"}
 
 
 @pytest.fixture(scope="module")
-def model():
-    return load_default_model()
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory, model) -> dict:
+def demo(tmp_path_factory: pytest.TempPathFactory, default_model) -> dict:
     """One visit x two 128 x 160 detectors."""
     root = tmp_path_factory.mktemp("demo") / "repo"
     config = DemoRepoConfig(n_visits=1, n_detectors=2, height=HEIGHT, width=WIDTH, seed=7)
-    summary = build_demo_repo(root, config, model=model)
+    summary = build_demo_repo(root, config, model=default_model)
     summary["config"] = config
     return summary
 
@@ -58,7 +52,7 @@ def pixel_scale_arcsec(sky_projection, x: float, y: float) -> tuple[float, float
     return sky[0].separation(sky[1]).to_value(u.arcsec), sky[0].separation(sky[2]).to_value(u.arcsec)
 
 
-def test_summary_and_dimension_records(demo: dict, butler: Butler, model) -> None:
+def test_summary_and_dimension_records(demo: dict, butler: Butler, default_model) -> None:
     config = demo["config"]
     assert len(demo["data_ids"]) == 2 and len(demo["n_truth"]) == 2
     assert all(n > 0 for n in demo["n_truth"])
@@ -75,7 +69,10 @@ def test_summary_and_dimension_records(demo: dict, butler: Butler, model) -> Non
     }
     assert [r.name for r in records["instrument"]] == [config.instrument]
     (physical_filter,) = records["physical_filter"]
-    assert (physical_filter.name, physical_filter.band) == (config.physical_filter, model.conditions.band)
+    assert (physical_filter.name, physical_filter.band) == (
+        config.physical_filter,
+        default_model.conditions.band,
+    )
     assert sorted(r.id for r in records["detector"]) == [d["detector"] for d in demo["data_ids"]]
     assert len(records["day_obs"]) == 1
     (visit,) = records["visit"]
@@ -93,13 +90,13 @@ def test_summary_and_dimension_records(demo: dict, butler: Butler, model) -> Non
         assert len(refs) == 2 and {ref.run for ref in refs} == {demo["calexp_collection"]}
 
 
-def test_stored_calexp(demo: dict, butler: Butler, model) -> None:
+def test_stored_calexp(demo: dict, butler: Butler, default_model) -> None:
     config = demo["config"]
     calexp = butler.get("calexp", demo["data_ids"][0])
     assert calexp.image.array.shape == (HEIGHT, WIDTH)
     assert (calexp.bbox.x.start, calexp.bbox.y.start) == (0, 0)
     assert calexp.unit == u.nJy and calexp.variance.unit == u.nJy**2
-    assert calexp.band == model.conditions.band
+    assert calexp.band == default_model.conditions.band
     assert calexp.obs_info.physical_filter == config.physical_filter
     assert calexp.obs_info.instrument == config.instrument
     descriptions = calexp.mask.schema.descriptions
@@ -118,12 +115,12 @@ def test_stored_calexp(demo: dict, butler: Butler, model) -> None:
     assert np.std(calexp.image.array[faint] / sigma[faint]) == pytest.approx(1.0, abs=0.15)
     for x, y in ((0.0, 0.0), (WIDTH - 1.0, HEIGHT - 1.0)):
         assert pixel_scale_arcsec(calexp.sky_projection, x, y) == pytest.approx(
-            (model.conditions.pixel_scale_arcsec,) * 2, rel=1e-3
+            (default_model.conditions.pixel_scale_arcsec,) * 2, rel=1e-3
         )
 
 
 @pytest.mark.parametrize("psf_model", ["moffat", "gaussian"])
-def test_visit_image_round_trip(demo: dict, model, psf_model: str) -> None:
+def test_visit_image_round_trip(demo: dict, default_model, psf_model: str) -> None:
     """A VisitImage built from arrays survives a Butler put/get, its spatially varying PSF included."""
     rng = np.random.default_rng(5)
     height, width = 47, 61
@@ -159,7 +156,7 @@ def test_visit_image_round_trip(demo: dict, model, psf_model: str) -> None:
         assert read.mask.schema.descriptions[name] == DEMO_MASK_PLANES[name]
     assert read.band == "r"
     # The PSF keeps its variation: kernels at two positions follow the field, before and after the trip.
-    family = model.conditions.replace(psf_model=psf_model)
+    family = default_model.conditions.replace(psf_model=psf_model)
     kernels = []
     for x, y in ((0.0, 0.0), (width - 1.0, height - 1.0)):
         expected = float(field.fwhm_at(x, y))
@@ -175,8 +172,8 @@ def test_visit_image_round_trip(demo: dict, model, psf_model: str) -> None:
     assert sky[1].ra < sky[0].ra and sky[2].dec > sky[0].dec
 
 
-def test_truth_table(demo: dict, butler: Butler, model) -> None:
-    trained = model.simulator.psf_fwhm_range_arcsec
+def test_truth_table(demo: dict, butler: Butler, default_model) -> None:
+    trained = default_model.simulator.psf_fwhm_range_arcsec
     for data_id, n_truth in zip(demo["data_ids"], demo["n_truth"], strict=True):
         truth = butler.get("bliss_truth", data_id)
         calexp = butler.get("calexp", data_id)
@@ -212,7 +209,7 @@ def test_truth_table(demo: dict, butler: Butler, model) -> None:
         # The PSF at each source is within the trained range and is the PSF stored in the calexp there.
         assert (truth["psf_fwhm"] >= trained[0]).all() and (truth["psf_fwhm"] <= trained[1]).all()
         for row in truth[:5]:
-            measured = kernel_fwhm_arcsec(calexp.psf, row["x"], row["y"], model.conditions)
+            measured = kernel_fwhm_arcsec(calexp.psf, row["x"], row["y"], default_model.conditions)
             assert measured == pytest.approx(row["psf_fwhm"], rel=0.01)
 
 
@@ -234,9 +231,9 @@ def test_truth_positions_match_pixels(demo: dict, butler: Butler) -> None:
     assert n_bright > 0
 
 
-def test_any_detector_size(tmp_path, model) -> None:
+def test_any_detector_size(tmp_path, default_model) -> None:
     config = DemoRepoConfig(n_visits=1, n_detectors=1, height=67, width=70, seed=1)
-    summary = build_demo_repo(tmp_path / "odd", config, model=model)
+    summary = build_demo_repo(tmp_path / "odd", config, model=default_model)
     with Butler.from_config(summary["root"], collections=summary["calexp_collection"]) as butler:
         calexp = butler.get("calexp", summary["data_ids"][0])
         truth = butler.get("bliss_truth", summary["data_ids"][0])
@@ -244,33 +241,36 @@ def test_any_detector_size(tmp_path, model) -> None:
     assert (truth["x"] < 69.5).all() and (truth["y"] < 66.5).all()
 
 
-def test_detector_without_sources(tmp_path, model) -> None:
+def test_detector_without_sources(tmp_path, default_model) -> None:
     # With this seed the 64 x 64 detector gets no source of its own (only light from the border tiles).
     config = DemoRepoConfig(n_visits=1, n_detectors=1, height=64, width=64, seed=2, saturated_star_mag=None)
-    summary = build_demo_repo(tmp_path / "empty", config, model=model)
+    summary = build_demo_repo(tmp_path / "empty", config, model=default_model)
     assert summary["n_truth"] == [0]
     with Butler.from_config(summary["root"], collections=summary["calexp_collection"]) as butler:
         truth = butler.get("bliss_truth", summary["data_ids"][0])
     assert len(truth) == 0 and {"x", "y", "coord_ra", "coord_dec", "flux"} <= set(truth.colnames)
 
 
-def test_simulation_without_any_source(tmp_path, model) -> None:
+def test_simulation_without_any_source(tmp_path, default_model) -> None:
     empty = dataclasses.replace(
-        model, prior=dataclasses.replace(model.prior, source_density_per_arcmin2=1e-9)
+        default_model, prior=dataclasses.replace(default_model.prior, source_density_per_arcmin2=1e-9)
     )
     config = DemoRepoConfig(n_visits=1, n_detectors=1, height=64, width=64, seed=2, saturated_star_mag=None)
     summary = build_demo_repo(tmp_path / "empty", config, model=empty)
     assert summary["n_truth"] == [0]
 
 
-def test_existing_repo_needs_overwrite(tmp_path, model) -> None:
+def test_existing_repo_needs_overwrite(tmp_path, default_model) -> None:
     root = tmp_path / "repo"
     config = DemoRepoConfig(n_visits=1, n_detectors=1, height=96, width=96, seed=2)
-    build_demo_repo(root, config, model=model)
+    build_demo_repo(root, config, model=default_model)
     with pytest.raises(FileExistsError, match="overwrite"):
-        build_demo_repo(root, config, model=model)
+        build_demo_repo(root, config, model=default_model)
     summary = build_demo_repo(
-        root, DemoRepoConfig(n_visits=1, n_detectors=1, height=96, width=104), model=model, overwrite=True
+        root,
+        DemoRepoConfig(n_visits=1, n_detectors=1, height=96, width=104),
+        model=default_model,
+        overwrite=True,
     )
     with Butler.from_config(summary["root"], collections=summary["calexp_collection"]) as butler:
         assert butler.get("calexp", summary["data_ids"][0]).image.array.shape == (96, 104)
@@ -291,12 +291,12 @@ def test_bad_config_values(field: str, value) -> None:
         DemoRepoConfig(**{field: value})
 
 
-def test_psf_range_outside_the_model(tmp_path, model) -> None:
-    low, high = model.simulator.psf_fwhm_range_arcsec
+def test_psf_range_outside_the_model(tmp_path, default_model) -> None:
+    low, high = default_model.simulator.psf_fwhm_range_arcsec
     root = tmp_path / "repo"
     for fwhm_range in ((low - 0.1, high), (low, high + 0.3)):
         with pytest.raises(ValueError, match="psf_fwhm_range_arcsec"):
-            build_demo_repo(root, DemoRepoConfig(psf_fwhm_range_arcsec=fwhm_range), model=model)
+            build_demo_repo(root, DemoRepoConfig(psf_fwhm_range_arcsec=fwhm_range), model=default_model)
     assert not root.exists()
 
 

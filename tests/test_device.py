@@ -24,7 +24,7 @@ def test_invalid_device_string() -> None:
 
 
 def test_backbone_precision_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
-    from lsst.meas.extensions.bliss import _device
+    from lsst.meas.extensions.bliss.runtime import _device
 
     cpu = torch.device("cpu")
     assert resolve_backbone_dtype("float32", cpu) == torch.float32

@@ -21,15 +21,15 @@ from lsst.meas.extensions.bliss import (
     make_tile_truth,
     prepare_inputs,
 )
-from lsst.meas.extensions.bliss._normalize import (
+from lsst.meas.extensions.bliss.network import sample_sources
+from lsst.meas.extensions.bliss.network._normalize import (
     DEFAULT_INVALID_MASK_PLANES,
     N_INPUT_CHANNELS,
     _noise_units,
     invalid_mask_bits,
     noise_scale,
 )
-from lsst.meas.extensions.bliss._random import _as_int32, _mix32, _mix32_tensor
-from lsst.meas.extensions.bliss._sparse_checkerboard import sample_sources
+from lsst.meas.extensions.bliss.network._random import _as_int32, _mix32, _mix32_tensor
 
 CONDITIONS = SurveyConditions.from_survey()
 TINY = EncoderConfig(pixel_channels=(8, 8, 16), tile_blocks=1, head_channels=16)

@@ -22,8 +22,8 @@ from lsst.meas.extensions.bliss import (
     infer_frame,
     psf_kernel_fwhm_pix,
 )
-from lsst.meas.extensions.bliss._catalog import _empty_fields
-from lsst.meas.extensions.bliss._frame import CPU_SAMPLE_BATCH, _footprint_flags, _sample_batches
+from lsst.meas.extensions.bliss.catalog import empty_source_fields
+from lsst.meas.extensions.bliss.inference._frame import CPU_SAMPLE_BATCH, _footprint_flags, _sample_batches
 
 CONDITIONS = SurveyConditions.from_survey()
 FWHM_PIX = CONDITIONS.psf_fwhm_pix
@@ -87,7 +87,7 @@ def test_chunked_and_single_chunk_runs_agree(stem: str) -> None:
 def test_too_small_a_halo_or_head_margin_would_show_seams(shrunk: str) -> None:
     """Both margins are needed: half of either changes tiles near chunk edges (with the checkerboard
     head's margin, the posterior samples)."""
-    from lsst.meas.extensions.bliss import _frame
+    from lsst.meas.extensions.bliss.inference import _frame
 
     model = random_model()
     image, variance, mask = scene(256, 256)
@@ -193,7 +193,7 @@ def test_footprint_flags_equal_a_box_by_box_check() -> None:
     height, width, n_sources = 70, 90, 300
     valid = torch.rand(height, width, generator=generator) > 0.01
     valid[30:34, :] = False  # a masked band
-    fields = _empty_fields((1, n_sources), torch.device("cpu"), torch.float32)
+    fields = empty_source_fields((1, n_sources), torch.device("cpu"), torch.float32)
     fields["disk_hlr_arcsec"][0] = torch.rand(n_sources, generator=generator) * 2.0
     catalog = FullCatalog(
         height,
@@ -313,7 +313,7 @@ def test_bfloat16_backbone_is_close_to_float32_and_configurable() -> None:
 
 
 def test_chunks_of_a_side_are_balanced() -> None:
-    from lsst.meas.extensions.bliss import _frame
+    from lsst.meas.extensions.bliss.inference import _frame
 
     encoder = BlissEncoder(EncoderConfig(checkerboard_groups=4))  # the packaged architecture
     # 2048 pixels with the 1 GB CPU budget: two chunks of 256 tiles, not one of 400 and one of 112.
@@ -326,7 +326,7 @@ def test_chunks_of_a_side_are_balanced() -> None:
 
 
 def test_chunks_grow_as_the_backbone_narrows() -> None:
-    from lsst.meas.extensions.bliss import _frame
+    from lsst.meas.extensions.bliss.inference import _frame
 
     # The space-to-depth stem's widest activation is 4 channels per pixel against 16: a 2048-pixel
     # image is one chunk and a 4096-pixel one four, within the same memory budget.

@@ -58,6 +58,7 @@ def test_core_modules_do_not_import_lsst() -> None:
 def test_importing_the_core_loads_no_middleware() -> None:
     code = (
         "import sys, lsst.meas.extensions.bliss, lsst.meas.extensions.bliss.bench\n"
+        "import lsst.meas.extensions.bliss.cli, lsst.meas.extensions.bliss.validate\n"
         f"print(sorted(m for m in sys.modules if m.startswith('lsst') and not m.startswith('{OWN_PACKAGE}')))"
     )
     output = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout

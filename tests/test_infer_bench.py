@@ -14,7 +14,7 @@ from lsst.meas.extensions.bliss import (
     SimulatorConfig,
     SurveyConditions,
 )
-from lsst.meas.extensions.bliss.bench import main
+from lsst.meas.extensions.bliss.cli import bench_main as main
 
 REQUIRED_KEYS = {
     "bliss_s_256px",

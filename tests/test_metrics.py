@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lsst.meas.extensions.bliss import SOURCE_FIELDS, FullCatalog, SurveyConditions
-from lsst.meas.extensions.bliss._metrics import (
+from lsst.meas.extensions.bliss.metrics import (
     classification_accuracy,
     cramer_rao_flux_sigma,
     detection_metrics,

@@ -181,7 +181,7 @@ def test_model_sources_fits_the_blended_sources_and_flags_failures() -> None:
 
 
 def test_batched_lbfgs_solves_independent_groups_and_isolates_a_broken_one() -> None:
-    from lsst.meas.extensions.bliss._model_fit import _batched_lbfgs
+    from lsst.meas.extensions.bliss.deblend._model_fit import _batched_lbfgs
 
     # Three groups of coupled quadratics (of different scales and conditioning) and a fourth whose
     # objective is not finite.

@@ -16,7 +16,6 @@ from lsst.meas.extensions.bliss import (
     infer_frame,
     load_default_model,
 )
-from lsst.meas.extensions.bliss.cli._train import load_run_config
 from lsst.meas.extensions.bliss.pipeline import (
     SAMPLE_COLUMNS,
     SOURCE_COLUMNS,
@@ -29,6 +28,7 @@ from lsst.meas.extensions.bliss.pipeline import (
     samples_table,
     source_table,
 )
+from lsst.meas.extensions.bliss.training import load_run_config
 
 
 def tangent_plane(x: np.ndarray, y: np.ndarray) -> SkyCoord:

@@ -18,7 +18,7 @@ from lsst.pipe.base.simple_pipeline_executor import SimplePipelineExecutor
 from lsst.pipe.base.testUtils import assertValidOutput, lintConnections, makeQuantum, runTestQuantum
 
 from lsst.meas.extensions.bliss import MissingAutoencoderError, match_sources
-from lsst.meas.extensions.bliss.bench import main as bench_main
+from lsst.meas.extensions.bliss.cli import bench_main
 from lsst.meas.extensions.bliss.pipeline import (
     DEFAULT_MODEL_RUN,
     MODEL_STORAGE_CLASS,
@@ -28,13 +28,15 @@ from lsst.meas.extensions.bliss.pipeline import (
     BlissTrainConnections,
     BlissValidateSummaryTask,
     BlissValidateTask,
-    DemoRepoConfig,
     IncompatibleExposureError,
     NonFiniteOutputError,
-    build_demo_repo,
     ingest_model,
     register_bliss_storage_class,
     scene_model_from_table,
+)
+from lsst.meas.extensions.bliss.pipeline.demo import (
+    DemoRepoConfig,
+    build_demo_repo,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

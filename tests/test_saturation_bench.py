@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from lsst.meas.extensions.bliss import load_default_model
-from lsst.meas.extensions.bliss.bench._main import main
 from lsst.meas.extensions.bliss.bench._saturation_suite import _scene_figures
+from lsst.meas.extensions.bliss.cli import bench_main as main
 
 
 def test_scene_figures_count_the_star_its_fragments_and_the_neighbours_fluxes() -> None:

@@ -17,7 +17,8 @@ from lsst.meas.extensions.bliss import (
     SurveyConditions,
     load_default_model,
 )
-from lsst.meas.extensions.bliss.bench import _science_suite, main
+from lsst.meas.extensions.bliss.cli import bench_main as main
+from lsst.meas.extensions.bliss.validate import _sweeps
 
 REQUIRED_KEYS = {
     "bliss_f1",
@@ -119,12 +120,12 @@ def test_tile_position_sweep_compares_placements_on_common_random_numbers(monkey
     """Two placements at the same position see the same stars, noise and sampling seeds, so their
     difference (the dip) is exactly zero; independent draws would make it a noise figure."""
     model = load_default_model()
-    monkeypatch.setattr(_science_suite, "TILE_PLACEMENTS", {"first": (0.0, 0.0), "again": (0.0, 0.0)})
-    same = _science_suite.tile_position_sweep(model, n_trials=8, seed=3, snr_range=(5, 8), n_samples=4)
+    monkeypatch.setattr(_sweeps, "TILE_PLACEMENTS", {"first": (0.0, 0.0), "again": (0.0, 0.0)})
+    same = _sweeps.tile_position_sweep(model, n_trials=8, seed=3, snr_range=(5, 8), n_samples=4)
     assert 0.0 < same["first"] < 1.0
     assert same["edge_dip"] == 0.0 and same["edge_dip_stderr"] == 0.0
-    monkeypatch.setattr(_science_suite, "TILE_PLACEMENTS", {"centre": (0.5, 0.5), "corner": (0.0, 0.0)})
-    moved = _science_suite.tile_position_sweep(model, n_trials=8, seed=3, snr_range=(5, 8), n_samples=4)
+    monkeypatch.setattr(_sweeps, "TILE_PLACEMENTS", {"centre": (0.5, 0.5), "corner": (0.0, 0.0)})
+    moved = _sweeps.tile_position_sweep(model, n_trials=8, seed=3, snr_range=(5, 8), n_samples=4)
     assert moved["corner"] == same["first"]
     assert moved["edge_dip"] == pytest.approx(abs(moved["centre"] - moved["corner"]))
     assert moved["edge_dip_stderr"] > 0.0

@@ -12,8 +12,8 @@ from lsst.meas.extensions.bliss import (
     SurveyConditions,
     mag_to_flux_njy,
 )
-from lsst.meas.extensions.bliss._metrics import match_sources
-from lsst.meas.extensions.bliss._sep_baseline import SepCatalog, run_sep, run_sep_batch
+from lsst.meas.extensions.bliss.baselines import SepCatalog, run_sep, run_sep_batch
+from lsst.meas.extensions.bliss.metrics import match_sources
 
 pytest.importorskip("sep")
 

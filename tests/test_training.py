@@ -8,7 +8,7 @@ import yaml
 
 from lsst.meas.extensions.bliss import BlissModel, TrainingRun, train
 from lsst.meas.extensions.bliss.cli import train_main
-from lsst.meas.extensions.bliss.cli._train import load_run_config
+from lsst.meas.extensions.bliss.training import load_run_config
 
 TINY = {
     "simulator": {"image_height": 32, "image_width": 32},

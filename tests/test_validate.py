@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lsst.meas.extensions.bliss import catalog_scores, combined_catalog_scores, load_default_model
-from lsst.meas.extensions.bliss._photutils_baseline import PhotutilsCatalog, run_photutils
+from lsst.meas.extensions.bliss import catalog_scores, combined_catalog_scores
+from lsst.meas.extensions.bliss.baselines import PhotutilsCatalog, run_photutils
+from lsst.meas.extensions.bliss.cli import validate_main as main
 from lsst.meas.extensions.bliss.validate import (
     VARIATIONS,
     ValidationPlan,
-    main,
     run_methods_on_scenes,
     run_validation,
     score_scenes,
@@ -110,17 +110,12 @@ def test_catalog_scores_of_perfect_and_broken_catalogs() -> None:
         combined_catalog_scores([truth], [sources, sources])
 
 
-@pytest.fixture(scope="module")
-def model():
-    return load_default_model()
-
-
-def test_scene_results_and_scores_are_consistent(model) -> None:
-    results = run_methods_on_scenes(model, VARIATIONS[-1], n_scenes=3, seed=5, batch_size=2)
+def test_scene_results_and_scores_are_consistent(default_model) -> None:
+    results = run_methods_on_scenes(default_model, VARIATIONS[-1], n_scenes=3, seed=5, batch_size=2)
     assert results.n_scenes == 3
-    assert results.psf_fwhm_arcsec == pytest.approx(np.full(3, model.conditions.psf_fwhm_arcsec))
+    assert results.psf_fwhm_arcsec == pytest.approx(np.full(3, default_model.conditions.psf_fwhm_arcsec))
     tiles = results.tiles
-    n_tiles = 3 * (128 // model.encoder.config.tile_size) ** 2
+    n_tiles = 3 * (128 // default_model.encoder.config.tile_size) ** 2
     assert tiles["tile_detection_prob"].shape == tiles["tile_has_source"].shape == (n_tiles,)
     assert tiles["tile_pit_flux"].shape == tiles["tile_pit_x"].shape == tiles["tile_pit_snr"].shape
     assert np.all((tiles["tile_pit_flux"] >= 0) & (tiles["tile_pit_flux"] <= 1))
@@ -144,10 +139,10 @@ def test_scene_results_and_scores_are_consistent(model) -> None:
         "detection_ece",
     }
     with pytest.raises(ValueError, match="was used to train or validate"):
-        run_methods_on_scenes(model, VARIATIONS[0], 1, seed=model.training["seed"])
+        run_methods_on_scenes(default_model, VARIATIONS[0], 1, seed=default_model.training["seed"])
 
 
-def test_report_files_are_complete_and_strict_json(model, tmp_path: Path) -> None:
+def test_report_files_are_complete_and_strict_json(default_model, tmp_path: Path) -> None:
     plan = ValidationPlan(
         default_scenes=3,
         variation_scenes=1,
@@ -156,8 +151,8 @@ def test_report_files_are_complete_and_strict_json(model, tmp_path: Path) -> Non
         n_samples=2,
         variations=VARIATIONS[:2],
     )
-    metrics, extras = run_validation(model, plan)
-    written = write_report(tmp_path / "report", metrics, extras, model, dpi=40)
+    metrics, extras = run_validation(default_model, plan)
+    written = write_report(tmp_path / "report", metrics, extras, default_model, dpi=40)
     names = {path.name for path in written}
     assert {"metrics.json", "index.html", "calibration.png", "example_scene.png"} <= names
     assert not list((tmp_path / "report").glob(".*partial"))
@@ -176,7 +171,7 @@ def test_report_files_are_complete_and_strict_json(model, tmp_path: Path) -> Non
     # A missed target is printed in red, a met one in green.
     metrics["targets"]["detection_ece"]["met"] = False
     metrics["targets"]["flux_coverage68"]["met"] = True
-    write_report(tmp_path / "missed", metrics, extras, model, dpi=20)
+    write_report(tmp_path / "missed", metrics, extras, default_model, dpi=20)
     page = (tmp_path / "missed" / "index.html").read_text()
     assert "<td>detection_ece</td>" in page
     row = page[page.index("<td>detection_ece</td>") :].split("</tr>")[0]

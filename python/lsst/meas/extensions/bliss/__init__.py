@@ -1,32 +1,23 @@
 """BLISS, the Bayesian Light Source Separator, for the Rubin Science Pipelines.
 
-The modules imported here form the pure torch/numpy core (simulation,
-rendering, catalogs); they never import ``lsst.*``.  The Butler-facing
-pipeline layer lives in the ``pipeline`` subpackage.
+The sub-packages imported here form the pure torch/numpy core; they never
+import ``lsst.*``.  Their public names are re-exported, so
+``from lsst.meas.extensions.bliss import infer_frame`` works whichever
+sub-package defines the name.  The Butler-facing layer lives in ``pipeline``,
+the command-line programs in ``cli``, the benchmark suites in ``bench`` and
+the validation report in ``validate``.
 """
 
-from ._autoencoder import *
-from ._autoencoder_training import *
-from ._catalog import *
-from ._catalog_scores import *
-from ._conditions import *
-from ._deblend import *
-from ._device import *
-from ._encoder import *
-from ._factors import *
-from ._frame import *
-from ._heap import *
-from ._inference import *
-from ._metrics import *
-from ._model_fit import *
-from ._model_io import *
-from ._normalize import *
-from ._prior import *
-from ._profiles import *
-from ._psf import *
-from ._random import *
-from ._render import *
-from ._sep_baseline import *
-from ._simulate import *
-from ._training import *
+from .baselines import *
+from .catalog import *
+from .deblend import *
+from .inference import *
+from .io import *
+from .metrics import *
+from .network import *
+from .rendering import *
+from .runtime import *
+from .simulation import *
+from .survey import *
+from .training import *
 from .version import *

@@ -27,7 +27,7 @@ SNR >= 10).
 
 from __future__ import annotations
 
-__all__ = ["DESCRIPTION", "add_arguments", "run", "separation_sweep"]
+__all__ = ["DESCRIPTION", "add_arguments", "run"]
 
 import argparse
 import dataclasses
@@ -39,40 +39,45 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._autoencoder import GalaxyAutoencoder, reconstruction_chi2, simulate_galaxy_stamps
-from .._autoencoder_training import galaxy_stamp_snr
-from .._catalog import SOURCE_FIELDS, FullCatalog
-from .._conditions import SurveyConditions
-from .._deblend import (
+from ..baselines import run_sep
+from ..deblend import (
     DeblendedSources,
-    GalaxyLatents,
+    ModelFitConfig,
     SourceModels,
-    deblend_sources,
+    fit_source_models,
     measure_deblended,
-    median_noise_njy,
-    model_sources,
     render_source_models,
 )
-from .._frame import FrameConfig, infer_frame
-from .._metrics import (
+from ..io import BlissModel, load_default_model
+from ..metrics import (
     ellipticity_from_shape,
     match_sources,
     robust_scatter,
     robust_scatter_stderr,
     source_snr_and_blendedness,
 )
-from .._model_fit import ModelFitConfig, fit_source_models
-from .._model_io import BlissModel, load_default_model
-from .._normalize import DEFAULT_INVALID_MASK_PLANES, invalid_mask_bits
-from .._prior import SourcePrior
-from .._sep_baseline import run_sep
-from .._simulate import ImageSimulator, SimulatorConfig
+from ..network import GalaxyAutoencoder, reconstruction_chi2
+from ..simulation import (
+    ImageSimulator,
+    SimulatorConfig,
+    SourcePrior,
+    simulate_galaxy_stamps,
+)
+from ..survey import SurveyConditions
+from ..training import galaxy_stamp_snr
+from ..validate import (
+    DEFAULT_MODEL_FIT,
+    MATCH_RADIUS_PIX,
+    PAIR_SCENE_SIZE,
+    deblend_and_measure,
+    disk_galaxies,
+    measure_scene,
+    run_separation_sweep,
+    scene_catalog,
+)
 
 DESCRIPTION = "deblended flux and shape of isolated vs blended galaxies, BLISS vs SEP; separation sweep"
-SCENE_SIZE = 64
-MATCH_RADIUS_PIX = 1.5
-DEFAULT_MODEL_FIT = ModelFitConfig()
-"""How the blended sources' models are fitted by default, as in `BlissDeblendMeasureTask`."""
+SCENE_SIZE = PAIR_SCENE_SIZE
 TRUTH_START_FITS = {
     "prior": DEFAULT_MODEL_FIT,
     "wide": dataclasses.replace(
@@ -125,99 +130,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _galaxies(rng: np.random.Generator, n: int, flux_range_njy: tuple[float, float]) -> dict[str, np.ndarray]:
-    """Random disk-dominated galaxies (log-uniform flux)."""
-    return {
-        "flux_njy": np.exp(rng.uniform(*np.log(flux_range_njy), n)),
-        "is_galaxy": np.ones(n),
-        "disk_frac": rng.uniform(0.5, 1.0, n),
-        "disk_hlr_arcsec": rng.uniform(0.3, 0.8, n),
-        "disk_q": rng.uniform(0.3, 1.0, n),
-        "bulge_hlr_arcsec": rng.uniform(0.15, 0.4, n),
-        "bulge_q": rng.uniform(0.5, 1.0, n),
-        "position_angle_rad": rng.uniform(0.0, math.pi, n),
-    }
-
-
-def _scenes(positions: list[np.ndarray], properties: list[dict[str, np.ndarray]]) -> FullCatalog:
-    """A batch of scenes: per scene, positions (k, 2) as (x, y) and k sources' properties."""
-    batch, width = len(positions), max(len(p) for p in positions)
-    fields = {name: torch.zeros(batch, width) for name in SOURCE_FIELDS}
-    x, y = torch.zeros(batch, width), torch.zeros(batch, width)
-    for index, (where, values) in enumerate(zip(positions, properties, strict=True)):
-        count = len(where)
-        x[index, :count] = torch.as_tensor(where[:, 0])
-        y[index, :count] = torch.as_tensor(where[:, 1])
-        for name in SOURCE_FIELDS:
-            fields[name][index, :count] = torch.as_tensor(values[name], dtype=torch.float32)
-    fields["is_galaxy"] = fields["is_galaxy"] > 0.5
-    counts = torch.tensor([len(p) for p in positions])
-    return FullCatalog(SCENE_SIZE, SCENE_SIZE, counts, x, y, fields)
-
-
-def _measure_scene(
-    model: BlissModel,
-    image: torch.Tensor,
-    variance: torch.Tensor,
-    fwhm_pix: float,
-    autoencoder: GalaxyAutoencoder | None,
-    mask: torch.Tensor | None = None,
-    fit: ModelFitConfig | None = None,
-) -> dict[str, np.ndarray]:
-    """BLISS detection and deblending of one scene, as the pipeline task does them: positions,
-    catalog flux (``catalog_flux_njy``), deblended flux (``flux_njy``) and shape estimates; pixels
-    with a bit of `DEFAULT_INVALID_MASK_PLANES` in ``mask`` (shape (H, W)) are not used; ``fit``:
-    how the blended sources' models are fitted (None: not at all)."""
-    result = infer_frame(model, image, variance, mask, fwhm_pix, FrameConfig(n_samples=0, device="cpu"))
-    valid = None if mask is None else (mask & invalid_mask_bits(DEFAULT_INVALID_MASK_PLANES)) == 0
-    catalog = result.catalog
-    count = int(catalog.n_sources[0])
-    estimate = FullCatalog(
-        catalog.height,
-        catalog.width,
-        catalog.n_sources,
-        catalog.x,
-        catalog.y,
-        {**catalog.fields, "is_galaxy": catalog.fields["galaxy_prob"] > 0.5},
-    )
-    models, latents = model_sources(
-        estimate,
-        catalog.fields["psf_fwhm_pix"][0, :count],
-        model.conditions,
-        image,
-        variance,
-        valid,
-        autoencoder,
-        fit=fit,
-    )
-    measured = _deblend_and_measure(image, variance, models, latents, valid)
-    rows = {
-        name: catalog.fields[name][0, :count].numpy()
-        for name in ("detection_prob", "disk_q", "disk_frac", "bulge_q", "position_angle_rad")
-    }
-    rows["catalog_flux_njy"] = catalog.fields["flux_njy"][0, :count].numpy()
-    return {"x": catalog.x[0, :count].numpy(), "y": catalog.y[0, :count].numpy(), **rows, **measured}
-
-
-def _deblend_and_measure(
-    image: torch.Tensor,
-    variance: torch.Tensor,
-    models: SourceModels,
-    latents: GalaxyLatents | None = None,
-    valid: torch.Tensor | None = None,
-) -> dict[str, np.ndarray]:
-    """Flux-conserving deblending of a scene by ``models`` and the measurements on it, with the
-    median noise of the image's ``valid`` pixels (default all) as the background noise."""
-    noise = median_noise_njy(variance, valid)
-    return measure_deblended(deblend_sources(image, variance, models, valid), noise, latents=latents)
-
-
 def _truth_models(
     where: np.ndarray, values: dict[str, np.ndarray], fwhm_pix: float, conditions: SurveyConditions
 ) -> SourceModels:
     """Noiseless models of a scene's true galaxies on their own stamps."""
     fwhm = torch.full((len(where),), fwhm_pix)
-    return render_source_models(_scenes([where], [values]), fwhm, conditions, SCENE_SIZE, SCENE_SIZE)
+    return render_source_models(scene_catalog([where], [values]), fwhm, conditions, SCENE_SIZE, SCENE_SIZE)
 
 
 def _fit_from_truth(
@@ -233,10 +151,10 @@ def _fit_from_truth(
     prior centred) at the truth."""
     fwhm = torch.full((len(where),), fwhm_pix)
     fitted, _ = fit_source_models(
-        _scenes([where], [values]), fwhm, conditions, image, variance, config=config
+        scene_catalog([where], [values]), fwhm, conditions, image, variance, config=config
     )
     models = render_source_models(fitted, fwhm, conditions, SCENE_SIZE, SCENE_SIZE)
-    return _deblend_and_measure(image, variance, models)
+    return deblend_and_measure(image, variance, models)
 
 
 def _true_moments(models: SourceModels, conditions: SurveyConditions) -> dict[str, np.ndarray]:
@@ -286,7 +204,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for _ in range(n_scenes):
             if kind == "isolated":
                 where = np.array([[centre, centre]]) + rng.uniform(-0.5, 0.5, (1, 2))
-                values = _galaxies(rng, 1, flux_range)
+                values = disk_galaxies(rng, 1, flux_range)
             else:
                 separation = rng.uniform(1.0, 3.0) * fwhm_pix
                 angle = rng.uniform(0, 2 * math.pi)
@@ -296,11 +214,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     + np.stack([offset, -offset])
                     + rng.uniform(-0.5, 0.5, (1, 2))
                 )
-                values = _galaxies(rng, 2, flux_range)
+                values = disk_galaxies(rng, 2, flux_range)
             positions.append(where)
             properties.append(values)
             kinds.append(kind)
-    truth = _scenes(positions, properties)
+    truth = scene_catalog(positions, properties)
     generator = torch.Generator().manual_seed(args.seed)
     batch = simulator.simulate_catalog(truth, generator, torch.full((len(positions),), fwhm_arcsec))
     true_snr, _ = source_snr_and_blendedness(
@@ -328,7 +246,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         image, variance = batch.image[index], batch.variance[index]
         true_flux = properties[index]["flux_njy"]
         where = positions[index]
-        bliss = _measure_scene(model, image, variance, fwhm_pix, autoencoder, fit=fit)
+        bliss = measure_scene(model, image, variance, fwhm_pix, autoencoder, fit=fit)
         match = match_sources(where[:, 0], where[:, 1], bliss["x"], bliss["y"], MATCH_RADIUS_PIX)
         ok = ~bliss["flag_no_model"][match.est_index]
         found = list(bliss["flux_njy"][match.est_index][ok] / true_flux[match.true_index][ok] - 1)
@@ -337,7 +255,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             both = len(match.true_index) == 2
             residuals["bliss_pair_both_found" if both else "bliss_pair_one_found"] += found
         truth_models = _truth_models(where, properties[index], fwhm_pix, conditions)
-        with_truth = _deblend_and_measure(image, variance, truth_models)
+        with_truth = deblend_and_measure(image, variance, truth_models)
         residuals[f"truth_models_{kind}"] += list(with_truth["flux_njy"] / true_flux - 1)
         if args.fit_from_truth:
             for label, config in TRUTH_START_FITS.items():
@@ -377,7 +295,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         scatter_stderr["bliss_isolated"] / scatter["bliss_isolated"],
     )
     bias = {name: float(np.median(values)) if values else float("nan") for name, values in residuals.items()}
-    sweep = _separation_sweep(model, autoencoder, simulator, rng, generator, n_trials, fit)
+    sweep = run_separation_sweep(model, autoencoder, simulator, rng, generator, n_trials, fit)
     ae_chi2 = None
     if autoencoder is not None:
         ae_chi2 = _autoencoder_chi2(
@@ -471,103 +389,3 @@ def _autoencoder_chi2(
         "ae_chi2_n_galaxies": int(bright.sum()),
         "ae_chi2_by_snr": by_snr,
     }
-
-
-def separation_sweep(
-    model: BlissModel,
-    n_trials: int,
-    seed: int,
-    autoencoder: GalaxyAutoencoder | None = None,
-    fit: ModelFitConfig | None = DEFAULT_MODEL_FIT,
-) -> list[dict[str, float]]:
-    """The two-galaxy case study: the second galaxy's detection and both fluxes against separation.
-
-    A first galaxy of 40 times the 5-sigma point-source flux (disk half-light
-    radius 0.6") and a second half as bright and two thirds the size are
-    placed 1, 2, ..., 10 pixels apart (random direction, sub-pixel offsets)
-    at the model's nominal PSF; each separation has ``n_trials`` noise
-    realizations.
-
-    Returns
-    -------
-    sweep
-        One entry per separation: ``separation_pix``, ``second_detection_prob``
-        (mean detection probability of the estimate matched to the second
-        galaxy, 0 when none), ``second_found_fraction``, and median flux
-        residuals of both galaxies (``*_flux_residual_median``) with the
-        second's robust scatter.
-    """
-    simulator = ImageSimulator(
-        model.conditions,
-        model.prior,
-        SimulatorConfig(image_height=SCENE_SIZE, image_width=SCENE_SIZE),
-        device="cpu",
-    )
-    return _separation_sweep(
-        model,
-        autoencoder,
-        simulator,
-        np.random.default_rng(seed),
-        torch.Generator().manual_seed(seed),
-        n_trials,
-        fit,
-    )
-
-
-def _separation_sweep(
-    model: BlissModel,
-    autoencoder: GalaxyAutoencoder | None,
-    simulator: ImageSimulator,
-    rng: np.random.Generator,
-    generator: torch.Generator,
-    n_trials: int,
-    fit: ModelFitConfig | None,
-) -> list[dict[str, float]]:
-    """Second-source detection probability and flux residuals against separation (1-10 px)."""
-    conditions = model.conditions
-    fwhm_arcsec = conditions.psf_fwhm_arcsec
-    fwhm_pix = fwhm_arcsec / conditions.pixel_scale_arcsec
-    depth_njy = 10 ** ((31.4 - conditions.point_source_depth_mag()) / 2.5)
-    centre = (SCENE_SIZE - 1) / 2
-    sweep = []
-    for separation in range(1, 11):
-        positions, properties = [], []
-        for _ in range(n_trials):
-            angle = rng.uniform(0, 2 * math.pi)
-            first = np.array([centre, centre]) + rng.uniform(-0.5, 0.5, 2)
-            second = first + separation * np.array([math.cos(angle), math.sin(angle)])
-            values = _galaxies(rng, 2, (1.0, 2.0))
-            values["flux_njy"] = np.array([40.0, 20.0]) * depth_njy  # the first twice as bright
-            values["disk_hlr_arcsec"] = np.array([0.6, 0.4])  # and 50% larger
-            values["bulge_hlr_arcsec"] = np.array([0.3, 0.2])
-            positions.append(np.stack([first, second]))
-            properties.append(values)
-        truth = _scenes(positions, properties)
-        batch = simulator.simulate_catalog(truth, generator, torch.full((n_trials,), fwhm_arcsec))
-        detection, residual_first, residual_second = [], [], []
-        for index in range(n_trials):
-            bliss = _measure_scene(
-                model, batch.image[index], batch.variance[index], fwhm_pix, autoencoder, fit=fit
-            )
-            where = positions[index]
-            match = match_sources(where[:, 0], where[:, 1], bliss["x"], bliss["y"], MATCH_RADIUS_PIX)
-            found = dict(zip(match.true_index.tolist(), match.est_index.tolist(), strict=True))
-            detection.append(float(bliss["detection_prob"][found[1]]) if 1 in found else 0.0)
-            for which, bucket in ((0, residual_first), (1, residual_second)):
-                if which in found:
-                    bucket.append(bliss["flux_njy"][found[which]] / properties[index]["flux_njy"][which] - 1)
-        sweep.append(
-            {
-                "separation_pix": float(separation),
-                "second_detection_prob": float(np.mean(detection)),
-                "second_found_fraction": len(residual_second) / n_trials,
-                "first_flux_residual_median": float(np.median(residual_first))
-                if residual_first
-                else float("nan"),
-                "second_flux_residual_median": float(np.median(residual_second))
-                if residual_second
-                else float("nan"),
-                "second_flux_residual_scatter": robust_scatter(np.asarray(residual_second)),
-            }
-        )
-    return sweep

@@ -41,12 +41,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._device import BACKBONE_PRECISIONS
-from .._frame import FrameConfig, infer_frame
-from .._model_io import BlissModel, load_default_model
-from .._normalize import DEFAULT_INVALID_MASK_PLANES, invalid_mask_bits
-from .._sep_baseline import run_sep
-from .._simulate import ImageSimulator, SimulatorConfig, add_detector_defects
+from ..baselines import run_sep
+from ..inference import FrameConfig, infer_frame
+from ..io import BlissModel, load_default_model
+from ..runtime import BACKBONE_PRECISIONS
+from ..simulation import ImageSimulator, SimulatorConfig, add_detector_defects
+from ..survey import DEFAULT_INVALID_MASK_PLANES, invalid_mask_bits
 
 DESCRIPTION = "full-frame BLISS inference vs SEP on a simulated 4k x 4k detector: time, memory, scaling"
 

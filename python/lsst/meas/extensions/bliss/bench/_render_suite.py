@@ -24,13 +24,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._catalog import FullCatalog
-from .._conditions import SurveyConditions
-from .._galsim_reference import render_galsim_stamp
-from .._prior import PriorConfig, SourcePrior
-from .._psf import GaussianPsf, MoffatPsf, PointSpreadFunction
-from .._render import RenderSources, render_stamps, stamp_half_size
-from .._simulate import catalog_to_render_sources
+from ..catalog import FullCatalog
+from ..rendering import (
+    GaussianPsf,
+    MoffatPsf,
+    PointSpreadFunction,
+    RenderSources,
+    catalog_to_render_sources,
+    render_galsim_stamp,
+    render_stamps,
+    stamp_half_size,
+)
+from ..simulation import PriorConfig, SourcePrior
+from ..survey import SurveyConditions
 
 DESCRIPTION = "torch renderer vs GalSim: galaxies per second and stamp accuracy"
 

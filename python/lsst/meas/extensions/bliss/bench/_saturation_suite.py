@@ -38,15 +38,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._catalog import FullCatalog
-from .._conditions import mag_to_flux_njy
-from .._metrics import match_sources, robust_scatter, source_snr_and_blendedness
-from .._model_io import BlissModel, load_default_model
-from .._normalize import DEFAULT_INVALID_MASK_PLANES, invalid_mask_bits
-from .._prior import SourcePrior
-from .._sep_baseline import run_sep
-from .._simulate import ImageSimulator, SimulatorConfig
-from ._deblend_suite import _measure_scene
+from ..baselines import run_sep
+from ..catalog import FullCatalog
+from ..io import BlissModel, load_default_model
+from ..metrics import match_sources, robust_scatter, source_snr_and_blendedness
+from ..simulation import ImageSimulator, SimulatorConfig, SourcePrior
+from ..survey import DEFAULT_INVALID_MASK_PLANES, invalid_mask_bits, mag_to_flux_njy
+from ..validate import measure_scene
 
 DESCRIPTION = "detections and deblended fluxes next to saturated, bleeding stars: BLISS vs SEP"
 
@@ -218,7 +216,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             }
             image, variance, mask = batch.image[0], batch.variance[0], batch.mask[0]
             catalogs = {
-                "bliss": _measure_scene(model, image, variance, fwhm_pix, autoencoder, mask),
+                "bliss": measure_scene(model, image, variance, fwhm_pix, autoencoder, mask),
                 "sep": _sep_catalog(image, variance, mask),
             }
             for method, found in catalogs.items():

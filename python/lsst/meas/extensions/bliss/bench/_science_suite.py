@@ -11,7 +11,7 @@ the tile-boundary dip of the detection probability.
 
 from __future__ import annotations
 
-__all__ = ["DESCRIPTION", "add_arguments", "run", "tile_position_sweep"]
+__all__ = ["DESCRIPTION", "add_arguments", "run"]
 
 import argparse
 import math
@@ -22,33 +22,27 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._catalog import FullCatalog, _empty_fields
-from .._conditions import flux_njy_to_mag
-from .._device import BACKBONE_PRECISIONS, resolve_backbone_dtype
-from .._inference import estimate_catalog, sample_catalogs
-from .._metrics import (
+from ..baselines import run_sep_batch
+from ..inference import estimate_catalog
+from ..io import BlissModel, load_default_model
+from ..metrics import (
     classification_accuracy,
     detection_metrics,
-    match_sources,
     matched_attributes,
     robust_scatter,
     robust_scatter_stderr,
     source_snr_and_blendedness,
 )
-from .._model_io import BlissModel, load_default_model
-from .._prior import PriorConfig
-from .._sep_baseline import run_sep_batch
-from .._simulate import ImageSimulator, SimulatorConfig
+from ..runtime import BACKBONE_PRECISIONS, resolve_backbone_dtype
+from ..simulation import ImageSimulator, PriorConfig, SimulatorConfig
+from ..survey import flux_njy_to_mag
+from ..validate import (
+    catalog_rows,
+    tile_position_sweep,
+)
 
 DESCRIPTION = "BLISS model vs SEP on held-out scenes: F1, recall/precision, classification, flux, calibration"
 SCENE_SIZE = 128
-TILE_PLACEMENTS: dict[str, tuple[float, float]] = {
-    "centre": (0.5, 0.5),
-    "edge_x": (0.0, 0.5),
-    "edge_y": (0.5, 0.0),
-    "corner": (0.0, 0.0),
-}
-"""Position of the star within its tile (fractions of the tile side); 0 is the tile boundary."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -81,94 +75,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _mag(flux_njy: np.ndarray) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(flux_njy > 0, flux_njy_to_mag(np.clip(flux_njy, 1e-30, None)), np.nan)
-
-
-def _valid_rows(catalog: FullCatalog, index: int) -> dict[str, np.ndarray]:
-    count = int(catalog.n_sources[index])
-    rows = {"x": catalog.x[index, :count], "y": catalog.y[index, :count]}
-    rows.update({name: value[index, :count] for name, value in catalog.fields.items()})
-    return {name: value.detach().cpu().numpy() for name, value in rows.items()}
-
-
-def tile_position_sweep(
-    model: BlissModel,
-    n_trials: int,
-    seed: int,
-    snr_range: tuple[float, float] = (10, 30),
-    n_samples: int = 16,
-    checkerboard: bool = True,
-    backbone_dtype: torch.dtype = torch.float32,
-) -> dict[str, float]:
-    """Detection probability of isolated stars at tile centres, edges and corners.
-
-    Each trial is a 32 x 32 image holding one star of SNR drawn uniformly in
-    ``snr_range`` near its centre.  The star's detection probability is the
-    fraction of posterior catalog samples (drawn through the checkerboard)
-    that hold a source within 1 pixel of it: the probability under the whole
-    posterior, whichever tile claims the star.  ``checkerboard=False`` samples
-    every tile independently (the ablation of `BlissEncoder.posterior`);
-    ``backbone_dtype`` is the arithmetic of the encoder's backbone.
-
-    The placements are compared on common random numbers: trial ``i`` has the
-    same SNR, pixel noise and sampling seed at every placement, so that the
-    differences between placements come from the position in the tile, not
-    from independent draws (which, through the maximum and minimum over
-    placements, would inflate ``edge_dip``).
-
-    Returns
-    -------
-    results
-        Mean probability per placement (`TILE_PLACEMENTS`); ``edge_dip``, the
-        largest minus the smallest of them; and ``edge_dip_stderr``, the
-        standard error of that difference from its per-trial values.
-    """
-    conditions, tile = model.conditions, model.encoder.config.tile_size
-    size = 32
-    simulator = ImageSimulator(
-        conditions,
-        model.prior,
-        SimulatorConfig(image_height=size, image_width=size, tile_size=tile, border_tiles=0),
-        device="cpu",
-    )
-    sigma_psf = conditions.psf_fwhm_pix / (2.0 * math.sqrt(2.0 * math.log(2.0)))
-    flux_per_snr = conditions.background_noise_njy * math.sqrt(4.0 * math.pi * sigma_psf**2)
-    snr = snr_range[0] + (snr_range[1] - snr_range[0]) * torch.rand(
-        n_trials, 1, generator=torch.Generator().manual_seed(seed)
-    )
-    centre_tile = size // (2 * tile)
-    fwhm = torch.full((n_trials,), conditions.psf_fwhm_arcsec)
-    detected: dict[str, np.ndarray] = {}
-    for name, (frac_x, frac_y) in TILE_PLACEMENTS.items():
-        x = torch.full((n_trials, 1), (centre_tile + frac_x) * tile - 0.5)
-        y = torch.full((n_trials, 1), (centre_tile + frac_y) * tile - 0.5)
-        fields = _empty_fields((n_trials, 1), torch.device("cpu"), torch.float32)
-        fields["flux_njy"] = snr * flux_per_snr
-        catalog = FullCatalog(size, size, torch.ones(n_trials, dtype=torch.long), x, y, fields)
-        batch = simulator.simulate_catalog(catalog, torch.Generator().manual_seed(seed + 1), fwhm)
-        samples = sample_catalogs(
-            model.encoder,
-            batch.image,
-            batch.variance,
-            batch.mask,
-            conditions.psf_fwhm_pix,
-            conditions.pixel_scale_arcsec,
-            n_samples,
-            seed=seed + 2,
-            checkerboard=checkerboard,
-            backbone_dtype=backbone_dtype,
-        )
-        detected[name] = np.zeros(n_trials)
-        for sample in samples:
-            for index in range(n_trials):
-                rows = _valid_rows(sample, index)
-                match = match_sources(x[index].numpy(), y[index].numpy(), rows["x"], rows["y"], 1.0)
-                detected[name][index] += match.n_matched / n_samples
-    results: dict[str, float] = {name: float(values.mean()) for name, values in detected.items()}
-    highest, lowest = max(results, key=results.__getitem__), min(results, key=results.__getitem__)
-    difference = detected[highest] - detected[lowest]
-    results["edge_dip"] = float(difference.mean())
-    results["edge_dip_stderr"] = float(difference.std(ddof=1) / math.sqrt(n_trials)) if n_trials > 1 else 0.0
-    return results
 
 
 def _scene_prior(choice: str, model: BlissModel, seed: int) -> PriorConfig:
@@ -236,8 +142,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         seconds["sep"] += time.perf_counter() - start
         for index in range(size):
             true_rows, est_rows, sep = (
-                _valid_rows(truth, index),
-                _valid_rows(estimate, index),
+                catalog_rows(truth, index),
+                catalog_rows(estimate, index),
                 sep_catalogs[index],
             )
             count = len(true_rows["x"])

@@ -6,36 +6,20 @@ __all__ = ["train_main"]
 
 import argparse
 import dataclasses
-import json
 import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import yaml
-
-from .._model_io import BlissModel, ModelFormatError
-from .._training import TrainingRun, add_autoencoder, check_initial_model, copy_autoencoder, train
-
-
-def load_run_config(path: Path) -> TrainingRun:
-    """Read a YAML or JSON training config file.
-
-    Raises
-    ------
-    ValueError
-        If the file cannot be parsed or its content is not a valid training config.
-    """
-    if not path.is_file():
-        raise ValueError(f"Training config {path} does not exist.")
-    text = path.read_text()
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as err:
-        raise ValueError(f"Cannot parse training config {path}: {err}") from err
-    if not isinstance(data, dict):
-        raise ValueError(f"Training config {path} must be a mapping of sections; got {type(data).__name__}.")
-    return TrainingRun.from_dict(data)
+from ..io import BlissModel, ModelFormatError
+from ..training import (
+    TrainingRun,
+    add_autoencoder,
+    check_initial_model,
+    copy_autoencoder,
+    load_run_config,
+    train,
+)
 
 
 def _log(line: str) -> None:

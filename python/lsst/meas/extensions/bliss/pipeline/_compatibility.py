@@ -15,9 +15,9 @@ import numpy as np
 
 from lsst.images import VisitImage
 
-from .._conditions import SurveyConditions
-from .._frame import psf_kernel_fwhm_pix
-from .._model_io import BlissModel
+from ..inference import psf_kernel_fwhm_pix
+from ..io import BlissModel
+from ..survey import SurveyConditions
 from ._exposure import local_pixel_scale_arcsec
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "BLISS_INVALID_PLANE",
     "BlissDeblendMeasureConfig",
     "BlissDeblendMeasureConnections",
     "BlissDeblendMeasureTask",
@@ -35,20 +36,18 @@ from lsst.pipe.base import (
 )
 from lsst.pipe.base import connectionTypes as cT
 
-from .._autoencoder import GalaxyAutoencoder
-from .._conditions import SurveyConditions
-from .._deblend import deblend_sources, measure_deblended, median_noise_njy, model_sources
-from .._frame import FrameConfig, FrameResult, infer_frame
-from .._model_fit import ModelFitConfig
-from .._model_io import BlissModel
-from .._normalize import DEFAULT_INVALID_MASK_PLANES
+from ..deblend import ModelFitConfig, deblend_sources, measure_deblended, median_noise_njy, model_sources
+from ..inference import FrameConfig, FrameResult, infer_frame
+from ..io import BlissModel
+from ..network import GalaxyAutoencoder
+from ..survey import DEFAULT_INVALID_MASK_PLANES, SurveyConditions
 from ._compatibility import ExposureConditions, compatibility_problems, measure_exposure_conditions
 from ._exposure import ExposurePixels, exposure_pixels, psf_kernel_function
 from ._ids import SourceIdGenerator, SourceIdGeneratorConfig
 from ._model_dataset import DEFAULT_MODEL_DATASET_TYPE, MODEL_STORAGE_CLASS
 from ._tables import add_deblend_columns, deblended_models_table, samples_table, source_table
 
-_INVALID_PLANE = "BLISS_INVALID"
+BLISS_INVALID_PLANE = "BLISS_INVALID"
 """Single plane of the boolean invalid-pixel map handed to the core."""
 
 
@@ -267,7 +266,7 @@ class BlissDeblendMeasureConfig(PipelineTaskConfig, pipelineConnections=BlissDeb
             detection_threshold=self.detection_threshold,
             n_samples=self.n_samples,
             seed=seed,
-            invalid_mask_planes=(_INVALID_PLANE,),
+            invalid_mask_planes=(BLISS_INVALID_PLANE,),
             chunk_pixels=self.chunk_pixels,
             memory_budget_gb=self.memory_budget_gb,
             psf_grid_pixels=self.psf_grid_pixels,
@@ -528,7 +527,7 @@ class BlissDeblendMeasureTask(PipelineTask):
             pixels.invalid.astype(np.uint8),
             psf_kernel_function(calexp),
             self.config.frame_config(seed),
-            mask_plane_bits={_INVALID_PLANE: 0},
+            mask_plane_bits={BLISS_INVALID_PLANE: 0},
             progress=progress,
         )
         invalid_fraction = float(pixels.invalid.mean())

@@ -29,7 +29,7 @@ import yaml
 
 from lsst.daf.butler import Butler, DatasetRef, DatasetType, FormatterV2
 
-from .._model_io import BlissModel, load_default_model
+from ..io import BlissModel, load_default_model
 
 MODEL_STORAGE_CLASS = "BlissModel"
 """Name of the storage class of trained BLISS models."""

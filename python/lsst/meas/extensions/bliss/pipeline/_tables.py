@@ -30,10 +30,10 @@ import torch
 from astropy.coordinates import SkyCoord
 from astropy.table import MaskedColumn, Table
 
-from .._catalog import FullCatalog
-from .._conditions import flux_njy_to_mag
-from .._deblend import GalaxyLatents, SourceModels
-from .._frame import FrameResult
+from ..catalog import FullCatalog
+from ..deblend import GalaxyLatents, SourceModels
+from ..inference import FrameResult
+from ..survey import flux_njy_to_mag
 
 # (column, unit, description, value of a catalog) with the catalog's positions already in parent pixels.
 _ColumnSpec = tuple[str, u.UnitBase | None, str, Callable[[FullCatalog], np.ndarray]]

@@ -26,10 +26,10 @@ from lsst.pipe.base import (
 )
 from lsst.pipe.base import connectionTypes as cT
 
-from .._conditions import SurveyConditions, flux_njy_to_mag
-from .._encoder import STEMS, EncoderConfig
-from .._model_io import BlissModel
-from .._training import TrainingRun, train
+from ..io import BlissModel
+from ..network import STEMS, EncoderConfig
+from ..survey import SurveyConditions, flux_njy_to_mag
+from ..training import TrainingRun, train
 from ._compatibility import ExposureConditions, measure_exposure_conditions
 from ._model_dataset import DEFAULT_MODEL_DATASET_TYPE, MODEL_STORAGE_CLASS
 

@@ -31,7 +31,7 @@ from lsst.pipe.base import (
 )
 from lsst.pipe.base import connectionTypes as cT
 
-from .._catalog_scores import combined_catalog_scores, json_safe
+from ..metrics import combined_catalog_scores, json_safe
 
 
 def _match_radius_field() -> Field[float]:

@@ -9,7 +9,7 @@ plus an HTML page of PNG figures.  Pure numpy/torch/matplotlib: no
 `catalog_scores`).
 """
 
-from ._main import *
 from ._report import *
 from ._scenes import *
 from ._scores import *
+from ._sweeps import *

@@ -17,14 +17,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from .._catalog_scores import json_safe
-from .._inference import sample_catalogs
-from .._model_io import BlissModel
-from ..bench._deblend_suite import separation_sweep
-from ..bench._science_suite import tile_position_sweep
+from ..inference import sample_catalogs
+from ..io import BlissModel
+from ..metrics import json_safe
 from . import _plots
 from ._scenes import METHODS, VARIATIONS, SceneResults, Variation, run_methods_on_scenes
 from ._scores import score_scenes, targets_met
+from ._sweeps import separation_sweep, tile_position_sweep
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,15 +19,13 @@ import time
 import numpy as np
 import torch
 
-from .._catalog import FullCatalog, TileCatalog
-from .._encoder import TilePosterior
-from .._factors import LocationFactor, LogNormalFactor
-from .._inference import posterior_to_catalog, run_encoder
-from .._metrics import ellipticity_from_shape, source_snr_and_blendedness
-from .._model_io import BlissModel
-from .._photutils_baseline import run_photutils
-from .._sep_baseline import run_sep_batch
-from .._simulate import ImageSimulator, SimulatedBatch, SimulatorConfig
+from ..baselines import run_photutils, run_sep_batch
+from ..catalog import FullCatalog, TileCatalog
+from ..inference import posterior_to_catalog, run_encoder
+from ..io import BlissModel
+from ..metrics import ellipticity_from_shape, source_snr_and_blendedness
+from ..network import LocationFactor, LogNormalFactor, TilePosterior
+from ..simulation import ImageSimulator, SimulatedBatch, SimulatorConfig
 
 METHODS: tuple[str, ...] = ("bliss", "sep", "photutils")
 """The methods compared, in report order."""

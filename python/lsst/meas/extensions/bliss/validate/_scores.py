@@ -18,8 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .._conditions import flux_njy_to_mag
-from .._metrics import (
+from ..metrics import (
     DEFAULT_SNR_EDGES,
     classification_accuracy,
     detection_metrics,
@@ -29,6 +28,7 @@ from .._metrics import (
     relative_residual_stats,
     residual_stats,
 )
+from ..survey import flux_njy_to_mag
 from ._scenes import METHODS, SceneResults
 
 SCORE_SNR_EDGES: tuple[float, ...] = (3.0, 5.0, 7.0, 10.0, 15.0, 20.0, 30.0, 50.0, 100.0, 300.0, math.inf)

@@ -1,0 +1,47 @@
+"""The registry of benchmark suites that ``bliss-bench`` runs."""
+
+from __future__ import annotations
+
+__all__ = ["SUITES", "BenchSuite"]
+
+import argparse
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from . import (
+    _deblend_suite,
+    _infer_suite,
+    _pipetask_options,
+    _render_suite,
+    _saturation_suite,
+    _science_suite,
+)
+
+
+class BenchSuite(NamedTuple):
+    """One suite: what it measures, its command-line options, and the function that runs it."""
+
+    description: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], dict[str, Any]]
+
+
+def _run_pipetask_suite(args: argparse.Namespace) -> dict[str, Any]:
+    # The pipeline layer's suite (Butler and pipetask): the Rubin middleware is imported only for it.
+    from ..pipeline.demo import run_pipetask_suite
+
+    return run_pipetask_suite(args)
+
+
+SUITES: dict[str, BenchSuite] = {
+    "render": BenchSuite(_render_suite.DESCRIPTION, _render_suite.add_arguments, _render_suite.run),
+    "science": BenchSuite(_science_suite.DESCRIPTION, _science_suite.add_arguments, _science_suite.run),
+    "infer": BenchSuite(_infer_suite.DESCRIPTION, _infer_suite.add_arguments, _infer_suite.run),
+    "deblend": BenchSuite(_deblend_suite.DESCRIPTION, _deblend_suite.add_arguments, _deblend_suite.run),
+    "saturation": BenchSuite(
+        _saturation_suite.DESCRIPTION, _saturation_suite.add_arguments, _saturation_suite.run
+    ),
+    "pipetask": BenchSuite(
+        _pipetask_options.DESCRIPTION, _pipetask_options.add_arguments, _run_pipetask_suite
+    ),
+}

@@ -1,0 +1,714 @@
+"""Deblending: per-source model stamps, the scene model, flux-conserving deblended images and
+measurements on them.
+
+Each detected source is rendered from its posterior point estimate on a stamp sized to the
+source: a star with the PSF at its position; a galaxy from its bulge+disk shape convolved with
+that PSF (the parametric model) or, with a galaxy autoencoder, by the decoder from the latent
+code the autoencoder's encoder infers from the galaxy's stamp with its neighbours' models
+subtracted (`refine_galaxy_models`).  Before that, the parametric models of blended sources (whose
+footprints touch, `blended_sources`) can be fitted to the image with the encoder's estimates as
+the prior's centre (`fit_source_models`), because the encoder's shapes are least accurate where
+light overlaps.  The scene model is the sum of the stamps; a source's
+deblended image gives it the share of every observed pixel that its model holds of the scene
+there, so the deblended images of all sources add up to the observed image wherever the scene
+model is positive.  Stars that lose light to masked pixels (a saturated core, a bad column) are
+rescaled to the flux that fits their valid pixels (`fit_masked_star_fluxes`) before galaxies are
+modelled, so that the rest of their wings is not given to their neighbours.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DEBLEND_FLAGS",
+    "DeblendedSources",
+    "GalaxyLatents",
+    "SourceModels",
+    "blended_sources",
+    "deblend_sources",
+    "fit_masked_star_fluxes",
+    "measure_deblended",
+    "median_noise_njy",
+    "model_sources",
+    "refine_galaxy_models",
+    "render_source_models",
+    "scene_model",
+]
+
+import dataclasses
+import math
+
+import galsim
+import numpy as np
+import torch
+
+from ..catalog import FullCatalog
+from ..network import GalaxyAutoencoder, GalaxyLatentPosterior
+from ..rendering import STAMP_HALF_SIZES, catalog_to_render_sources, render_stamps, stamp_half_size
+from ..survey import SurveyConditions
+from ._model_fit import ModelFitConfig, fit_source_models
+
+DEBLEND_FLAGS: tuple[str, ...] = (
+    "flag_stamp_clipped",
+    "flag_moments_failed",
+    "flag_no_model",
+    "flag_latent_invalid",
+    "flag_fit_failed",
+)
+"""Per-source flags of `measure_deblended`: the stamp reaches beyond the image; adaptive moments
+did not converge; the model stamp is empty or not finite (no deblended image); the galaxy
+autoencoder's latent or stamp was not finite (the parametric model stands in); the fit of the
+blended source's model to the image failed (the encoder's estimate stands in)."""
+
+
+@dataclasses.dataclass
+class SourceModels:
+    """Model stamps of the sources of one image.
+
+    Attributes
+    ----------
+    models
+        Model of each source, nJy per pixel, shape (N, S, S) with ``S = 2 h + 1``
+        for the largest half-size ``h``; a source's own stamp is the centred
+        ``2 h_i + 1`` square (zero outside it), and pixels beyond the image are zero.
+    half_size
+        Half-size ``h_i`` of each source's own stamp, shape (N,), int64.
+    x0, y0
+        Image column and row of stamp pixel ``[0, 0]`` of each source, shape (N,), int64
+        (pixel ``[h, h]`` is the source's nearest pixel).
+    clipped
+        The source's own stamp reaches beyond the image, shape (N,), bool.
+    fit_failed
+        The source's model comes from the encoder's estimate because its fit to the image
+        (`fit_source_models`) failed, shape (N,), bool; None when no fit was made.
+    """
+
+    models: torch.Tensor
+    half_size: torch.Tensor
+    x0: torch.Tensor
+    y0: torch.Tensor
+    clipped: torch.Tensor
+    fit_failed: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return int(self.models.shape[0])
+
+    @property
+    def stamp_size(self) -> int:
+        """Side ``S`` of the stored stamps, pixels."""
+        return int(self.models.shape[-1])
+
+
+def render_source_models(
+    catalog: FullCatalog,
+    psf_fwhm_pix: torch.Tensor,
+    conditions: SurveyConditions,
+    height: int,
+    width: int,
+    max_half_size: int = STAMP_HALF_SIZES[-1],
+) -> SourceModels:
+    """Render every source of an estimated catalog on its own stamp.
+
+    Parameters
+    ----------
+    catalog
+        Sources of one image (batch of one): positions in image pixels,
+        ``flux_njy``, ``is_galaxy`` and the galaxy shape in arcsec.
+    psf_fwhm_pix
+        PSF FWHM at each source, pixels, shape (N,).
+    conditions
+        The PSF family (Gaussian or Moffat) and pixel scale.
+    height, width
+        Image size; stamps are clipped to it.
+    max_half_size
+        Largest stamp half-size, pixels.
+
+    Returns
+    -------
+    models
+        The model stamps.
+
+    Raises
+    ------
+    ValueError
+        If the catalog holds more than one image or ``psf_fwhm_pix`` does not
+        match its sources.
+    """
+    if catalog.batch_size != 1:
+        raise ValueError(f"render_source_models takes a catalog of one image; got {catalog.batch_size}.")
+    sources = catalog_to_render_sources(catalog, conditions.pixel_scale_arcsec)
+    n_sources = len(sources)
+    fwhm = torch.as_tensor(psf_fwhm_pix, dtype=torch.float64).reshape(-1)
+    if fwhm.numel() != n_sources or not bool(torch.isfinite(fwhm).all() & (fwhm > 0).all()):
+        raise ValueError(f"psf_fwhm_pix needs one finite positive FWHM per source ({n_sources}).")
+    if n_sources == 0:
+        empty = torch.zeros(0, dtype=torch.int64)
+        return SourceModels(torch.zeros(0, 1, 1), empty, empty, empty, torch.zeros(0, dtype=torch.bool))
+    sources = dataclasses.replace(sources, psf_index=torch.arange(n_sources))
+    psf = conditions.psf(fwhm.numpy() * conditions.pixel_scale_arcsec)
+    half_size = stamp_half_size(sources, psf, max_half_size)
+    largest = int(half_size.max())
+    size = 2 * largest + 1
+    models = torch.zeros(n_sources, size, size)
+    for value in torch.unique(half_size).tolist():
+        chosen = torch.nonzero(half_size == value).squeeze(1)
+        stamps = render_stamps(sources.select(chosen), psf, int(value))
+        # Stamps of every size share the centre pixel [largest, largest].
+        offset = largest - int(value)
+        models[chosen, offset : offset + stamps.shape[-1], offset : offset + stamps.shape[-1]] = (
+            stamps.float()
+        )
+    centre_x, centre_y = torch.round(sources.x).long(), torch.round(sources.y).long()
+    x0, y0 = centre_x - largest, centre_y - largest
+    own_x0, own_y0 = centre_x - half_size, centre_y - half_size
+    clipped = (
+        (own_x0 < 0) | (own_y0 < 0) | (own_x0 + 2 * half_size >= width) | (own_y0 + 2 * half_size >= height)
+    )
+    models *= _inside_mask(x0, y0, size, height, width)
+    return SourceModels(models, half_size, x0, y0, clipped)
+
+
+@dataclasses.dataclass
+class GalaxyLatents:
+    """The autoencoder's posterior for each source of an image.
+
+    Attributes
+    ----------
+    latent_mean, latent_std
+        Posterior mean and standard deviation of each galaxy's latent code,
+        shape (N, D); NaN for stars and for galaxies without a valid posterior.
+    flux_njy
+        The autoencoder's posterior median flux, nJy, shape (N,); NaN where
+        there is no latent.
+    modelled
+        The source's model comes from the decoder, shape (N,), bool.
+    invalid
+        A galaxy whose latent posterior or decoded stamp was not finite; it
+        keeps its parametric model, shape (N,), bool.
+    """
+
+    latent_mean: torch.Tensor
+    latent_std: torch.Tensor
+    flux_njy: torch.Tensor
+    modelled: torch.Tensor
+    invalid: torch.Tensor
+
+    @classmethod
+    def empty(cls, n_sources: int, latent_dim: int) -> GalaxyLatents:
+        """Latents of ``n_sources`` sources none of which has one."""
+        nan = torch.full((n_sources, latent_dim), math.nan)
+        no = torch.zeros(n_sources, dtype=torch.bool)
+        return cls(nan, nan.clone(), torch.full((n_sources,), math.nan), no, no.clone())
+
+
+def model_sources(
+    catalog: FullCatalog,
+    psf_fwhm_pix: torch.Tensor,
+    conditions: SurveyConditions,
+    image: torch.Tensor,
+    variance: torch.Tensor,
+    valid: torch.Tensor | None = None,
+    autoencoder: GalaxyAutoencoder | None = None,
+    max_half_size: int = STAMP_HALF_SIZES[-1],
+    n_iterations: int = 2,
+    fit: ModelFitConfig | None = None,
+) -> tuple[SourceModels, GalaxyLatents | None]:
+    """Model every source of an image: parametric models, fitted to the image where sources blend,
+    then the autoencoder's galaxies.
+
+    Parameters
+    ----------
+    catalog, psf_fwhm_pix, conditions, max_half_size
+        As for `render_source_models`.
+    image, variance, valid
+        The observed image (nJy), its variance (nJy^2) and usable pixels,
+        shape (H, W), that the autoencoder encodes.
+    autoencoder
+        Galaxy autoencoder; None keeps the parametric galaxy models.
+    n_iterations
+        Passes of `refine_galaxy_models`.
+    fit
+        Options of the joint fit (`fit_source_models`) of the blended sources' parametric models,
+        those whose footprint (at ``fit.blend_footprint_nsigma``) shares a pixel with another
+        source's (`blended_sources`); None keeps the encoder's estimates.
+
+    Returns
+    -------
+    models, latents
+        The source models and, with an autoencoder, its latent posteriors.
+    """
+    height, width = image.shape
+    models = render_source_models(catalog, psf_fwhm_pix, conditions, height, width, max_half_size)
+    if fit is not None and len(models):
+        blended = blended_sources(models, median_noise_njy(variance, valid), fit.blend_footprint_nsigma)
+        catalog, fit_failed = fit_source_models(
+            catalog, psf_fwhm_pix, conditions, image, variance, valid, fit, max_half_size, blended
+        )
+        models = render_source_models(catalog, psf_fwhm_pix, conditions, height, width, max_half_size)
+        models = dataclasses.replace(models, fit_failed=fit_failed)
+    is_star = ~catalog.fields["is_galaxy"][0, : len(models)].bool()
+    models = fit_masked_star_fluxes(models, is_star, image, variance, valid)
+    if autoencoder is None:
+        return models, None
+    return refine_galaxy_models(
+        models, catalog, psf_fwhm_pix, image, variance, autoencoder, valid, n_iterations
+    )
+
+
+def median_noise_njy(variance: torch.Tensor, valid: torch.Tensor | None = None) -> float:
+    """Median per-pixel noise of the usable pixels (finite positive variance, and ``valid`` (H, W)
+    where given), nJy: the root of their (lower) median variance, 1 if there are none.  The noise of
+    the footprints' isophotes in `blended_sources` and `measure_deblended`."""
+    usable = torch.isfinite(variance) & (variance > 0)
+    if valid is not None:
+        usable &= valid
+    return float(variance[usable].median().sqrt()) if bool(usable.any()) else 1.0
+
+
+def blended_sources(models: SourceModels, noise_njy: float, footprint_nsigma: float = 1.0) -> torch.Tensor:
+    """Sources whose footprint shares a pixel with another source's footprint.
+
+    Parameters
+    ----------
+    models
+        Source models, ``N`` of them.
+    noise_njy, footprint_nsigma
+        A footprint is where the model exceeds ``footprint_nsigma * noise_njy`` (as in
+        `measure_deblended`), and at least the source's centre pixel.
+
+    Returns
+    -------
+    blended
+        Shape (N,), bool.
+    """
+    if not len(models):
+        return torch.zeros(0, dtype=torch.bool)
+    # The stamps on a grid that holds all of them (their pixels beyond the image are zero).
+    x0, y0 = models.x0 - models.x0.min(), models.y0 - models.y0.min()
+    grid_height, grid_width = int(y0.max()) + models.stamp_size, int(x0.max()) + models.stamp_size
+    rows, cols = _stamp_index(dataclasses.replace(models, x0=x0, y0=y0), grid_height, grid_width)
+    footprint = models.models > footprint_nsigma * noise_njy
+    centre = models.stamp_size // 2
+    footprint[:, centre, centre] = True
+    counts = torch.zeros(grid_height, grid_width, dtype=torch.int32)
+    counts.index_put_((rows[footprint], cols[footprint]), torch.ones(1, dtype=torch.int32), accumulate=True)
+    shared = (counts[rows, cols] > 1) & footprint
+    return shared.any(dim=(1, 2))
+
+
+def fit_masked_star_fluxes(
+    models: SourceModels,
+    is_star: torch.Tensor,
+    image: torch.Tensor,
+    variance: torch.Tensor,
+    valid: torch.Tensor | None = None,
+    min_masked_fraction: float = 0.01,
+) -> SourceModels:
+    """Rescale the models of stars that lose light to masked pixels to the flux their valid pixels fit.
+
+    The encoder sees a star with a saturated core only through its wings, and
+    its flux estimate for such a star can be far off; the wings that its
+    model misses would then go to its neighbours.  For each star whose model
+    puts at least ``min_masked_fraction`` of its light on unusable pixels,
+    the flux is the weighted least-squares amplitude of its model (the PSF at
+    its position) against the image less every other source's model, over
+    the valid pixels of its stamp.
+
+    Parameters
+    ----------
+    models
+        Current source models, ``N`` of them.
+    is_star
+        Which sources are stars, shape (N,), bool.
+    image, variance
+        Observed image (nJy) and variance (nJy^2), shape (H, W).
+    valid
+        Usable pixels, shape (H, W), bool; default: finite with positive variance.
+    min_masked_fraction
+        Least fraction of a star's model on unusable pixels for its flux to be fitted.
+
+    Returns
+    -------
+    models
+        The models with those stars rescaled (a fit that is not finite or not
+        positive leaves the star as it was); the input is not modified.
+    """
+    if not len(models):
+        return models
+    height, width = image.shape
+    usable = torch.isfinite(image) & torch.isfinite(variance) & (variance > 0)
+    if valid is not None:
+        usable &= valid
+    rows, cols = _stamp_index(models, height, width)
+    inside = _inside_mask(models.x0, models.y0, models.stamp_size, height, width).bool()
+    stamp_valid = usable[rows, cols] & inside
+    own = models.models
+    total = own.sum(dim=(1, 2))
+    masked_fraction = torch.where(stamp_valid, 0.0, own).sum(dim=(1, 2)) / total.clamp(min=1e-30)
+    chosen = is_star.bool() & (total > 0) & (masked_fraction >= min_masked_fraction)
+    if not bool(chosen.any()):
+        return models
+    scene = scene_model(models, height, width)
+    weight = torch.where(stamp_valid, 1.0 / variance.float()[rows, cols].clamp(min=1e-30), 0.0)[chosen]
+    residual = image.float()[rows, cols][chosen] - (scene[rows, cols][chosen] - own[chosen])
+    residual = torch.where(stamp_valid[chosen], residual, 0.0)
+    star = own[chosen].double()
+    numerator = (weight * star * residual).sum(dim=(1, 2))
+    denominator = (weight * star.square()).sum(dim=(1, 2))
+    scale = numerator / denominator
+    scale = torch.where(torch.isfinite(scale) & (scale > 0), scale, 1.0).float()
+    rescaled = own.clone()
+    rescaled[chosen] = own[chosen] * scale[:, None, None]
+    return dataclasses.replace(models, models=rescaled)
+
+
+def refine_galaxy_models(
+    models: SourceModels,
+    catalog: FullCatalog,
+    psf_fwhm_pix: torch.Tensor,
+    image: torch.Tensor,
+    variance: torch.Tensor,
+    autoencoder: GalaxyAutoencoder,
+    valid: torch.Tensor | None = None,
+    n_iterations: int = 2,
+    batch_size: int = 256,
+    min_stamp_flux_fraction: float = 0.95,
+    neighbour_dominance: float = 10.0,
+) -> tuple[SourceModels, GalaxyLatents]:
+    """Replace the galaxies' models by the autoencoder's renderings.
+
+    Each pass cuts every galaxy's stamp from the image with all other
+    sources' current models subtracted, encodes it (latent posterior and
+    flux), and renders the galaxy with the decoder at the posterior mean,
+    the PSF FWHM and sub-pixel position of the catalog.  Later passes
+    subtract the decoded neighbours of the previous one.
+
+    Parameters
+    ----------
+    models
+        Current models (e.g. `render_source_models`) of the catalog's sources.
+    catalog
+        The sources (one image); ``is_galaxy`` selects the galaxies.
+    psf_fwhm_pix
+        PSF FWHM at each source, pixels, shape (N,).
+    image, variance
+        Observed image (nJy) and variance (nJy^2), shape (H, W).
+    autoencoder
+        The galaxy autoencoder.
+    valid
+        Usable pixels, shape (H, W), bool; default: finite with positive variance.
+    n_iterations
+        Number of passes (>= 1).
+    batch_size
+        Galaxies encoded at once (bounds the memory of the networks' activations).
+    min_stamp_flux_fraction
+        Least fraction of a galaxy's parametric model inside the autoencoder's
+        stamp for the autoencoder to model it.
+    neighbour_dominance
+        Stamp pixels where the other sources' models exceed this many times
+        both the galaxy's current model and the noise are left out of the
+        encoding (the autoencoder treats them as masked).
+
+    Returns
+    -------
+    models
+        Stamps at least as large as the autoencoder's; a galaxy's own stamp
+        is the autoencoder's, except where its posterior or rendering was
+        not finite or its parametric model holds less than
+        ``min_stamp_flux_fraction`` of its light within the autoencoder's
+        stamp (it keeps its parametric model there).
+    latents
+        The posteriors.
+    """
+    if n_iterations < 1:
+        raise ValueError(f"n_iterations={n_iterations} is out of range; it must be >= 1.")
+    config = autoencoder.config
+    n_sources = len(models)
+    latents = GalaxyLatents.empty(n_sources, config.latent_dim)
+    sources = catalog_to_render_sources(catalog.to("cpu"), 1.0)
+    if len(sources) != n_sources:
+        raise ValueError(f"The catalog holds {len(sources)} sources but there are {n_sources} models.")
+    models = _with_stamp_size(models, max(models.stamp_size, config.stamp_size))
+    centre, half = models.stamp_size // 2, config.half_size
+    crop = slice(centre - half, centre + half + 1)
+    # A galaxy with much light beyond the autoencoder's stamp keeps its parametric model.
+    total = models.models.sum(dim=(1, 2))
+    within = models.models[:, crop, crop].sum(dim=(1, 2))
+    fits = within >= min_stamp_flux_fraction * total
+    galaxies = torch.nonzero(sources.is_galaxy & fits).squeeze(1)
+    if galaxies.numel() == 0:
+        return models, latents
+    height, width = image.shape
+    usable = torch.isfinite(image) & torch.isfinite(variance) & (variance > 0)
+    if valid is not None:
+        usable &= valid
+    x, y = sources.x.double(), sources.y.double()
+    offsets = torch.stack([x - torch.round(x), y - torch.round(y)], dim=1)[galaxies].float()
+    fwhm = torch.as_tensor(psf_fwhm_pix, dtype=torch.float32).reshape(-1)[galaxies]
+    own_x0 = models.x0[galaxies] + centre - half
+    own_y0 = models.y0[galaxies] + centre - half
+    rows, cols, inside = _window_index(own_x0, own_y0, config.stamp_size, height, width)
+    stamp_valid = usable[rows, cols] & inside
+    stamp_variance = torch.where(stamp_valid, variance.float()[rows, cols], 1.0)
+    parametric = models.models[galaxies].clone()
+    original_half = models.half_size[galaxies].clone()
+    noise = stamp_variance.sqrt()
+    for _ in range(n_iterations):
+        own_model = models.models[galaxies][:, crop, crop]
+        others = scene_model(models, height, width)[rows, cols] - own_model
+        # Where a neighbour outshines the galaxy and the noise many times over, the residual of its
+        # model (a position or PSF error on a bright star's wings) would swamp the galaxy: not encoded.
+        dominated = others > neighbour_dominance * torch.maximum(own_model, noise)
+        encoded = stamp_valid & ~dominated
+        stamps = torch.where(encoded, image.float()[rows, cols] - others, 0.0)
+        posterior, decoded = _encode_and_decode(
+            autoencoder, stamps, stamp_variance, encoded, fwhm, offsets, batch_size
+        )
+        good = posterior.finite() & torch.isfinite(decoded).all(dim=(1, 2))
+        own = parametric.clone()
+        own[good] = 0.0
+        own[good, crop, crop] = decoded[good] * inside[good]
+        models.models[galaxies] = own
+        models.half_size[galaxies] = torch.where(good, half, original_half)
+    latents.latent_mean[galaxies] = torch.where(good[:, None], posterior.latent_mean, math.nan)
+    latents.latent_std[galaxies] = torch.where(good[:, None], posterior.latent_std, math.nan)
+    latents.flux_njy[galaxies] = torch.where(good, posterior.flux_njy, math.nan)
+    latents.modelled[galaxies] = good
+    latents.invalid[galaxies] = ~good
+    own_x0 = models.x0 + centre - models.half_size
+    own_y0 = models.y0 + centre - models.half_size
+    models.clipped = (
+        (own_x0 < 0)
+        | (own_y0 < 0)
+        | (own_x0 + 2 * models.half_size >= width)
+        | (own_y0 + 2 * models.half_size >= height)
+    )
+    return models, latents
+
+
+def _encode_and_decode(
+    autoencoder: GalaxyAutoencoder,
+    stamps: torch.Tensor,
+    variances: torch.Tensor,
+    valid: torch.Tensor,
+    psf_fwhm_pix: torch.Tensor,
+    offsets: torch.Tensor,
+    batch_size: int,
+) -> tuple[GalaxyLatentPosterior, torch.Tensor]:
+    """Posteriors and posterior-mean model stamps (nJy, on the CPU) of galaxy stamps, in batches."""
+    device = next(autoencoder.parameters()).device
+    posteriors, models = [], []
+    with torch.no_grad():
+        for start in range(0, stamps.shape[0], batch_size):
+            chosen = slice(start, start + batch_size)
+            fwhm, shift = psf_fwhm_pix[chosen].to(device), offsets[chosen].to(device)
+            posterior = autoencoder.encode(
+                stamps[chosen].to(device), variances[chosen].to(device), valid[chosen].to(device), fwhm, shift
+            )
+            unit = autoencoder.decode(posterior.latent_mean, fwhm, shift)
+            models.append((unit * posterior.flux_njy[:, None, None]).cpu())
+            posteriors.append(posterior)
+    merged = GalaxyLatentPosterior(
+        *(
+            torch.cat([getattr(item, field.name).cpu() for item in posteriors])
+            for field in dataclasses.fields(GalaxyLatentPosterior)
+        )
+    )
+    return merged, torch.cat(models)
+
+
+def _with_stamp_size(models: SourceModels, size: int) -> SourceModels:
+    """The same models on (larger or equal) stamps of side ``size``, sharing the centre pixel."""
+    if size == models.stamp_size:
+        return dataclasses.replace(models, models=models.models.clone(), half_size=models.half_size.clone())
+    pad = (size - models.stamp_size) // 2
+    stamps = torch.nn.functional.pad(models.models, (pad, pad, pad, pad))
+    return SourceModels(
+        stamps, models.half_size.clone(), models.x0 - pad, models.y0 - pad, models.clipped, models.fit_failed
+    )
+
+
+def _window_index(
+    x0: torch.Tensor, y0: torch.Tensor, size: int, height: int, width: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Clamped image row and column of each pixel of ``size``-wide windows at ``(x0, y0)``, and
+    whether it falls on the image, each (N, size, size)."""
+    offsets = torch.arange(size)
+    rows = (y0[:, None] + offsets[None, :])[:, :, None].expand(-1, size, size)
+    cols = (x0[:, None] + offsets[None, :])[:, None, :].expand(-1, size, size)
+    inside = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
+    return rows.clamp(0, height - 1), cols.clamp(0, width - 1), inside
+
+
+def _inside_mask(x0: torch.Tensor, y0: torch.Tensor, size: int, height: int, width: int) -> torch.Tensor:
+    """1 where stamp pixels fall on the image, shape (N, S, S)."""
+    offsets = torch.arange(size)
+    rows = (y0[:, None] + offsets[None, :])[:, :, None]
+    cols = (x0[:, None] + offsets[None, :])[:, None, :]
+    return ((rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)).float()
+
+
+def _stamp_index(models: SourceModels, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clamped image row and column of every stamp pixel, each (N, S, S)."""
+    offsets = torch.arange(models.stamp_size)
+    rows = (models.y0[:, None] + offsets[None, :]).clamp(0, height - 1)[:, :, None]
+    cols = (models.x0[:, None] + offsets[None, :]).clamp(0, width - 1)[:, None, :]
+    shape = models.models.shape
+    return rows.expand(shape), cols.expand(shape)
+
+
+def scene_model(models: SourceModels, height: int, width: int) -> torch.Tensor:
+    """Sum of the model stamps on the image grid, nJy per pixel, shape (H, W)."""
+    scene = torch.zeros(height, width, dtype=torch.float64)
+    if len(models):
+        rows, cols = _stamp_index(models, height, width)
+        # Stamp pixels beyond the image hold zero, so adding them at the clamped border changes nothing.
+        scene.index_put_(
+            (rows.reshape(-1), cols.reshape(-1)), models.models.double().reshape(-1), accumulate=True
+        )
+    return scene.float()
+
+
+@dataclasses.dataclass
+class DeblendedSources:
+    """Each source's share of the observed image.
+
+    Attributes
+    ----------
+    images
+        Deblended image of each source, nJy per pixel, shape (N, S, S), on the
+        stamps of the `SourceModels` (zero where the source's model is).
+    variances
+        The matching share of the variance (the pixel variance scaled by the
+        square of the share), nJy^2, shape (N, S, S).
+    models
+        The model stamps they come from.
+    valid
+        Whether each stamp pixel was a valid observed pixel, shape (N, S, S).
+    """
+
+    images: torch.Tensor
+    variances: torch.Tensor
+    models: SourceModels
+    valid: torch.Tensor
+
+
+def deblend_sources(
+    image: torch.Tensor, variance: torch.Tensor, models: SourceModels, valid: torch.Tensor | None = None
+) -> DeblendedSources:
+    """Split an image among its sources in proportion to their models.
+
+    Parameters
+    ----------
+    image, variance
+        Observed image (nJy) and variance (nJy^2), shape (H, W).
+    models
+        Source models on the same image.
+    valid
+        Pixels that hold usable data, shape (H, W), bool; masked pixels
+        (saturated, cosmic rays, ...) get no share, and measurements rely on
+        the model there.  Default: every pixel with a finite value and a
+        positive variance.
+
+    Returns
+    -------
+    deblended
+        Per-source images; their sum over sources equals the image wherever
+        the scene model is positive.
+    """
+    height, width = image.shape
+    usable = torch.isfinite(image) & torch.isfinite(variance) & (variance > 0)
+    if valid is not None:
+        usable &= valid
+    scene = scene_model(models, height, width)
+    if not len(models):
+        empty = models.models.clone()
+        return DeblendedSources(empty, empty.clone(), models, empty.bool())
+    rows, cols = _stamp_index(models, height, width)
+    inside = _inside_mask(models.x0, models.y0, models.stamp_size, height, width).bool()
+    stamp_valid = usable[rows, cols] & inside
+    observed = torch.where(stamp_valid, image.float()[rows, cols], 0.0)
+    pixel_variance = torch.where(stamp_valid, variance.float()[rows, cols], 0.0)
+    total = scene[rows, cols]
+    share = torch.where(total > 0, models.models.clamp(min=0) / total.clamp(min=1e-30), 0.0)
+    return DeblendedSources(share * observed, share.square() * pixel_variance, models, stamp_valid)
+
+
+def measure_deblended(
+    deblended: DeblendedSources,
+    noise_njy: float,
+    footprint_nsigma: float = 1.0,
+    latents: GalaxyLatents | None = None,
+) -> dict[str, np.ndarray]:
+    """Flux and adaptive-moment shape of each deblended image.
+
+    Parameters
+    ----------
+    deblended
+        Output of `deblend_sources`.
+    noise_njy
+        Typical per-pixel noise of the image, nJy; a source's footprint is
+        where its model exceeds ``footprint_nsigma`` times it (at least the
+        pixel at its centre).
+    footprint_nsigma
+        Footprint isophote in units of the noise.
+    latents
+        The autoencoder's posteriors, for ``flag_latent_invalid``.
+
+    Returns
+    -------
+    measurements
+        ``flux_njy`` and ``flux_err_njy`` (deblended flux in the valid
+        pixels of the footprint, scaled by the model's total over its flux
+        there, and its standard deviation; NaN when the footprint holds no
+        valid pixel), ``e1``, ``e2`` (distortion
+        ``(a^2 - b^2) / (a^2 + b^2)`` of the adaptive moments, axes of the
+        image grid), ``sigma_pix`` (adaptive-moment size
+        ``det(M)^(1/4)``, pixels), each shape (N,), NaN where undefined, and
+        the `DEBLEND_FLAGS` (bool, shape (N,)).
+    """
+    models = deblended.models
+    n_sources = len(models)
+    results = {
+        name: np.full(n_sources, np.nan) for name in ("flux_njy", "flux_err_njy", "e1", "e2", "sigma_pix")
+    }
+    flags = {name: np.zeros(n_sources, dtype=bool) for name in DEBLEND_FLAGS}
+    flags["flag_stamp_clipped"] = models.clipped.numpy().copy()
+    if latents is not None:
+        flags["flag_latent_invalid"] = latents.invalid.numpy().copy()
+    if models.fit_failed is not None:
+        flags["flag_fit_failed"] = models.fit_failed.numpy().copy()
+    if n_sources == 0:
+        return {**results, **flags}
+    centre = models.stamp_size // 2
+    footprint = models.models > footprint_nsigma * noise_njy
+    footprint[:, centre, centre] = True
+    # Masked pixels carry no data: the model's fraction over the valid footprint corrects for them.
+    footprint &= deblended.valid
+    usable = torch.isfinite(models.models).all(dim=(1, 2)) & (models.models.sum(dim=(1, 2)) > 0)
+    flags["flag_no_model"] = ~usable.numpy()
+    # The footprint misses the model's faint wings; correct by the model's own fraction inside it.
+    model_total = models.models.sum(dim=(1, 2))
+    correction = model_total / (models.models * footprint).sum(dim=(1, 2)).clamp(min=1e-30)
+    flux = (deblended.images * footprint).sum(dim=(1, 2)) * correction
+    flux_err = (deblended.variances * footprint).sum(dim=(1, 2)).sqrt() * correction
+    undefined = flags["flag_no_model"] | ~footprint.any(dim=(1, 2)).numpy()
+    results["flux_njy"] = np.where(undefined, np.nan, flux.double().numpy())
+    results["flux_err_njy"] = np.where(undefined, np.nan, flux_err.double().numpy())
+    images = deblended.images.double().numpy()
+    for index in range(n_sources):
+        if flags["flag_no_model"][index]:
+            flags["flag_moments_failed"][index] = True
+            continue
+        size = 2 * int(models.half_size[index]) + 1
+        offset = centre - int(models.half_size[index])
+        stamp = galsim.Image(
+            np.ascontiguousarray(images[index, offset : offset + size, offset : offset + size])
+        )
+        moments = galsim.hsm.FindAdaptiveMom(stamp, strict=False)
+        if moments.moments_status != 0 or not math.isfinite(moments.moments_sigma):
+            flags["flag_moments_failed"][index] = True
+            continue
+        results["e1"][index] = moments.observed_shape.e1
+        results["e2"][index] = moments.observed_shape.e2
+        results["sigma_pix"][index] = moments.moments_sigma
+    return {**results, **flags}

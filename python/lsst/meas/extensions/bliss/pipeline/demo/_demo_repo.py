@@ -1,0 +1,339 @@
+"""A Butler repo of simulated calexps with truth tables, built from scratch (``bliss-make-demo-repo``)."""
+
+from __future__ import annotations
+
+__all__ = ["DemoRepoConfig", "build_demo_repo"]
+
+import dataclasses
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lsst.daf.butler import Butler, DatasetType
+
+from ...catalog import SOURCE_FIELDS, FullCatalog
+from ...deblend import render_source_models, scene_model
+from ...io import BlissModel, load_default_model
+from ...simulation import (
+    ImageSimulator,
+    SimulatorConfig,
+    add_detector_defects,
+    saturated_pixels,
+)
+from ...survey import MASK_PLANES, SurveyConditions, mag_to_flux_njy
+from .. import model_psf_fwhm_range_arcsec, truth_table
+from ._visit_image_factory import DEMO_MASK_PLANES, LinearPsfField, make_visit_image
+
+_DAY_OBS = 20261124
+_FIRST_VISIT = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoRepoConfig:
+    """What `build_demo_repo` simulates.
+
+    Attributes
+    ----------
+    n_visits, n_detectors
+        Visits, and detectors per visit.
+    height, width
+        Detector size in pixels (any size of at least 64 x 64).
+    seed
+        Seed of the whole repo (sources, noise, PSFs, defects).
+    instrument, physical_filter
+        Names of the simulated instrument and its filter (the band is the model's).
+    calexp_collection
+        RUN collection of the calexps and truth tables.
+    psf_fwhm_range_arcsec
+        Range within which each detector's linearly varying PSF FWHM stays;
+        None uses the model's trained range narrowed by 10% at each end.
+    defects
+        Add bad columns, saturated cores, cosmic rays, a NO_DATA corner and
+        EDGE pixels.
+    saturated_star_mag
+        Add one star this bright (AB mag) per detector, saturated at the
+        full well with its excess charge bled along its columns (SAT), and
+        list it in the truth; None for none.
+    """
+
+    n_visits: int = 2
+    n_detectors: int = 2
+    height: int = 1024
+    width: int = 1024
+    seed: int = 20261124
+    instrument: str = "BlissSim"
+    physical_filter: str = "r_sim"
+    calexp_collection: str = "BlissSim/calexp"
+    psf_fwhm_range_arcsec: tuple[float, float] | None = None
+    defects: bool = True
+    saturated_star_mag: float | None = 13.5
+
+    def __post_init__(self) -> None:
+        for name in ("n_visits", "n_detectors"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be at least 1.")
+        for name in ("height", "width"):
+            if getattr(self, name) < 64:
+                raise ValueError(f"{name}={getattr(self, name)} must be at least 64 pixels.")
+        if self.psf_fwhm_range_arcsec is not None:
+            low, high = self.psf_fwhm_range_arcsec
+            if not 0 < low <= high:
+                raise ValueError(
+                    f"psf_fwhm_range_arcsec={self.psf_fwhm_range_arcsec} must satisfy 0 < low <= high."
+                )
+
+
+def _psf_field(
+    rng: np.random.Generator, fwhm_range: tuple[float, float], height: int, width: int
+) -> LinearPsfField:
+    """A PSF whose FWHM changes linearly by up to a quarter of the range along each axis, within the range."""
+    low, high = fwhm_range
+    quarter = 0.25 * (high - low)
+    change_x, change_y = rng.uniform(-quarter, quarter, size=2)
+    origin_low = low - min(0.0, change_x) - min(0.0, change_y)
+    origin_high = high - max(0.0, change_x) - max(0.0, change_y)
+    return LinearPsfField(
+        fwhm_origin_arcsec=float(rng.uniform(origin_low, origin_high)),
+        gradient_x=float(change_x / max(width - 1, 1)),
+        gradient_y=float(change_y / max(height - 1, 1)),
+    )
+
+
+def _bright_star(
+    rng: np.random.Generator, config: DemoRepoConfig, conditions: SurveyConditions
+) -> FullCatalog:
+    """One star of ``config.saturated_star_mag`` at a random position away from the edges."""
+    margin = min(config.height, config.width) // 8
+    fields = {name: torch.zeros(1, 1) for name in SOURCE_FIELDS}
+    fields["flux_njy"][0, 0] = float(mag_to_flux_njy(config.saturated_star_mag))
+    fields["is_galaxy"] = torch.zeros(1, 1, dtype=torch.bool)
+    fields["disk_q"] = fields["bulge_q"] = torch.ones(1, 1)
+    x = torch.tensor([[float(rng.uniform(margin, config.width - margin))]])
+    y = torch.tensor([[float(rng.uniform(margin, config.height - margin))]])
+    return FullCatalog(config.height, config.width, torch.ones(1, dtype=torch.int64), x, y, fields)
+
+
+def _add_saturated_star(
+    star: FullCatalog,
+    field: LinearPsfField,
+    conditions: SurveyConditions,
+    image: np.ndarray,
+    variance: np.ndarray,
+    mask_bits: np.ndarray,
+    noiseless: np.ndarray,
+    rng: np.random.Generator,
+) -> None:
+    """Add a star with noise, clip it at the full well and bleed the excess along its columns (in place)."""
+    height, width = image.shape
+    fwhm_pix = field.fwhm_at(star.x[0].numpy(), star.y[0].numpy()) / conditions.pixel_scale_arcsec
+    models = render_source_models(star, torch.as_tensor(fwhm_pix), conditions, height, width)
+    light = scene_model(models, height, width).numpy()
+    gain = conditions.njy_to_electrons
+    image += (light + rng.normal(size=light.shape) * np.sqrt(np.clip(light, 0, None) / gain)).astype(
+        image.dtype
+    )
+    variance += light / gain
+    # A pixel holds at most the full well (sky plus sources); the excess bleeds along the columns.
+    charge_e = (noiseless + light + conditions.sky_level_njy) * gain
+    saturated = saturated_pixels(torch.from_numpy(charge_e), conditions.full_well_e).numpy()
+    image[saturated] = conditions.full_well_e / gain - conditions.sky_level_njy
+    mask_bits[saturated] |= 1 << MASK_PLANES["SAT"]
+
+
+def _mask_planes(mask_bits: np.ndarray) -> dict[str, np.ndarray]:
+    return {
+        name: (mask_bits & (1 << bit)) != 0 for name, bit in MASK_PLANES.items() if name in DEMO_MASK_PLANES
+    }
+
+
+def _register(butler: Butler, config: DemoRepoConfig, band: str) -> None:
+    registry = butler.registry
+    registry.insertDimensionData(
+        "instrument",
+        {
+            "name": config.instrument,
+            "visit_max": _FIRST_VISIT + config.n_visits,
+            "detector_max": config.n_detectors,
+            "exposure_max": _FIRST_VISIT + config.n_visits,
+        },
+    )
+    registry.insertDimensionData(
+        "physical_filter", {"instrument": config.instrument, "name": config.physical_filter, "band": band}
+    )
+    registry.insertDimensionData("day_obs", {"instrument": config.instrument, "id": _DAY_OBS})
+    for detector in range(config.n_detectors):
+        registry.insertDimensionData(
+            "detector", {"instrument": config.instrument, "id": detector, "full_name": f"S{detector:02d}"}
+        )
+    for index in range(config.n_visits):
+        visit = _FIRST_VISIT + index
+        registry.insertDimensionData(
+            "visit",
+            {
+                "instrument": config.instrument,
+                "id": visit,
+                "name": f"sim{visit}",
+                "physical_filter": config.physical_filter,
+                "day_obs": _DAY_OBS,
+            },
+        )
+        for detector in range(config.n_detectors):
+            # pipetask's graph builder needs the visit-detector join rows (regions may be empty).
+            registry.insertDimensionData(
+                "visit_detector_region",
+                {"instrument": config.instrument, "visit": visit, "detector": detector},
+            )
+    dimensions = ("instrument", "visit", "detector")
+    registry.registerDatasetType(DatasetType("calexp", dimensions, "VisitImage", universe=butler.dimensions))
+    registry.registerDatasetType(
+        DatasetType("bliss_truth", dimensions, "ArrowAstropy", universe=butler.dimensions)
+    )
+
+
+def build_demo_repo(
+    root: str | Path,
+    config: DemoRepoConfig | None = None,
+    model: BlissModel | None = None,
+    overwrite: bool = False,
+    log: Any = None,
+) -> dict[str, Any]:
+    """Create a Butler repo of simulated calexps and their truth.
+
+    Each detector image is simulated with the core simulator at the model's
+    conditions and prior; every source is rendered with the PSF at its own
+    position (a FWHM varying linearly across the detector, stored in the
+    calexp as a Piff model), then sky noise, and optionally detector defects.
+
+    Parameters
+    ----------
+    root
+        Directory of the new repo (SQLite registry, file datastore).
+    config
+        What to simulate; default `DemoRepoConfig()`.
+    model
+        Model whose conditions, prior and band the simulations follow;
+        default the packaged model.
+    overwrite
+        Replace an existing repo at ``root``.
+    log
+        Receives progress lines (e.g. `print`); default silent.
+
+    Returns
+    -------
+    summary
+        ``root``, ``calexp_collection``, ``data_ids`` (list of dicts) and
+        ``n_truth`` (sources per data ID).
+
+    Raises
+    ------
+    FileExistsError
+        If ``root`` is not empty and ``overwrite`` is False.
+    ValueError
+        If the configured PSF range leaves the model's trained range.
+    """
+    config = config or DemoRepoConfig()
+    model = model or load_default_model()
+    root = Path(root)
+    trained = model_psf_fwhm_range_arcsec(model)
+    if config.psf_fwhm_range_arcsec is None:
+        margin = 0.1 * (trained[1] - trained[0])
+        fwhm_range = (trained[0] + margin, trained[1] - margin)
+    else:
+        fwhm_range = config.psf_fwhm_range_arcsec
+        if fwhm_range[0] < trained[0] or fwhm_range[1] > trained[1]:
+            raise ValueError(
+                f"psf_fwhm_range_arcsec={fwhm_range} leaves the model's trained range {trained}; the "
+                "demo would then fail the deblend task's compatibility check."
+            )
+    if root.exists() and any(root.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{root} is not empty; choose a new directory or pass overwrite=True.")
+        shutil.rmtree(root)
+    conditions = model.conditions
+    tile = model.encoder.config.tile_size
+    Butler.makeRepo(str(root))
+    butler = Butler.from_config(str(root), writeable=True, run=config.calexp_collection)
+    summary: dict[str, Any] = {
+        "root": str(root),
+        "calexp_collection": config.calexp_collection,
+        "data_ids": [],
+    }
+    summary["n_truth"] = []
+    try:
+        _register(butler, config, conditions.band)
+        simulator = ImageSimulator(
+            conditions,
+            model.prior.without_bright_stars(),
+            SimulatorConfig(
+                image_height=tile * math.ceil(config.height / tile),
+                image_width=tile * math.ceil(config.width / tile),
+                tile_size=tile,
+            ),
+            device="cpu",
+        )
+        for index in range(config.n_visits):
+            visit = _FIRST_VISIT + index
+            for detector in range(config.n_detectors):
+                rng = np.random.default_rng([config.seed, visit, detector])
+                field = _psf_field(rng, fwhm_range, config.height, config.width)
+                batch = simulator.sample(1, seed=int(rng.integers(2**62)), psf_fwhm_at=field.fwhm_at)
+                image = batch.image[0, : config.height, : config.width].numpy().astype(np.float32)
+                variance = batch.variance[0, : config.height, : config.width].numpy()
+                mask_bits = batch.mask[0, : config.height, : config.width].numpy().astype(np.int64)
+                # The simulation covers whole tiles; the truth keeps what falls on the detector.
+                truth = batch.truth
+                on_detector = (truth.x < config.width - 0.5) & (truth.y < config.height - 0.5)
+                truth = truth.select(on_detector)
+                truth = dataclasses.replace(truth, height=config.height, width=config.width)
+                if config.saturated_star_mag is not None:
+                    star = _bright_star(rng, config, conditions)
+                    noiseless = batch.noiseless[0, : config.height, : config.width].numpy()
+                    _add_saturated_star(star, field, conditions, image, variance, mask_bits, noiseless, rng)
+                    truth = truth.concatenate(star)
+                if config.defects:
+                    add_detector_defects(mask_bits, image, rng)
+                pointing = (
+                    150.0 + 0.2 * index,
+                    2.0 + detector * 1.05 * config.height * conditions.pixel_scale_arcsec / 3600,
+                )
+                calexp = make_visit_image(
+                    image,
+                    variance,
+                    _mask_planes(mask_bits),
+                    field,
+                    instrument=config.instrument,
+                    visit=visit,
+                    detector=detector,
+                    physical_filter=config.physical_filter,
+                    band=conditions.band,
+                    pointing_deg=pointing,
+                    pixel_scale_arcsec=conditions.pixel_scale_arcsec,
+                    psf_model=conditions.psf_model,
+                    moffat_beta=conditions.moffat_beta,
+                )
+                n_truth = int(truth.n_sources[0])
+                table = truth_table(
+                    truth,
+                    calexp.sky_projection.pixel_to_sky,
+                    field.fwhm_at(truth.x[0, :n_truth].numpy(), truth.y[0, :n_truth].numpy()),
+                    visit,
+                    detector,
+                )
+                data_id = {"instrument": config.instrument, "visit": visit, "detector": detector}
+                butler.put(calexp, "calexp", data_id)
+                butler.put(table, "bliss_truth", data_id)
+                summary["data_ids"].append(data_id)
+                summary["n_truth"].append(len(table))
+                if log is not None:
+                    corner = field.fwhm_at(config.width - 1, config.height - 1)
+                    log(
+                        f"visit {visit} detector {detector}: {len(table)} sources, PSF FWHM "
+                        f'{field.fwhm_at(0, 0):.2f}" at (0, 0) to {corner:.2f}" at the far corner'
+                    )
+    finally:
+        butler.close()
+    return summary

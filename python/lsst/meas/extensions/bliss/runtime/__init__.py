@@ -1,0 +1,3 @@
+"""Where and in which precision computations run (CPU or GPU)."""
+
+from ._device import *

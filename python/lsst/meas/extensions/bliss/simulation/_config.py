@@ -1,0 +1,302 @@
+"""Settings of the source prior and of the image simulator, apart from the code that draws from them,
+so that what a model file records about its training does not load the simulator."""
+
+from __future__ import annotations
+
+__all__ = ["NOISE_MODELS", "PriorConfig", "SimulatorConfig"]
+
+import dataclasses
+import math
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class PriorConfig:
+    """Parameters of the source prior.
+
+    The defaults describe a high-latitude LSST single visit down to about
+    1 mag below its 5-sigma depth: about 55 sources per arcmin^2 (deep
+    r-band galaxy counts near r = 25.5 are ~50 per arcmin^2, plus stars), so
+    that blends occur at their natural rate.
+
+    Attributes
+    ----------
+    source_density_per_arcmin2
+        Mean number of sources per arcmin^2 (Poisson).
+    star_fraction
+        Probability that a source is a star.
+    faint_limit_mag
+        Faintest AB magnitude; ``None`` means 1 mag below the 5-sigma
+        point-source depth of the conditions.
+    bright_limit_mag
+        Brightest AB magnitude (around LSST single-visit saturation).
+    galaxy_flux_alpha, star_flux_alpha
+        Index ``alpha`` of the truncated Pareto flux distributions,
+        ``N(> F) ~ F^-alpha``; the number-count slope ``d log10 N / d m`` is
+        ``0.4 alpha``.
+    size_median_arcsec
+        Median disk half-light radius at ``size_reference_mag``.
+    size_reference_mag
+        Magnitude at which ``size_median_arcsec`` applies.
+    size_mag_slope
+        Size-magnitude relation: median radius scales as
+        ``10^(-size_mag_slope (m - size_reference_mag))``.
+    size_log_scatter
+        Scatter of ln(half-light radius) at fixed magnitude.
+    min_hlr_arcsec, max_hlr_arcsec
+        Range of half-light radii (the log-normal is truncated to it).
+    bulge_size_ratio_range
+        Bulge half-light radius as a fraction of the disk's, uniform in this range.
+    disk_q_range, bulge_q_range
+        Axis ratios, uniform in these ranges.
+    companion_fraction
+        Probability that a galaxy has a close companion galaxy, beyond the
+        Poisson field: galaxies cluster, so close pairs are more common than
+        in a uniform field, and a model trained without them rarely sees two
+        bright galaxies a PSF FWHM apart.  0 (the default) draws the plain
+        Poisson field, with the same random numbers as before the option.
+    companion_max_tiles
+        The companion lies in an empty tile at most this many tiles from its
+        host's (in each direction), uniform in the tile.
+    companion_delta_mag_range
+        The companion is fainter than its host by a magnitude difference
+        uniform in this range; its shape is drawn from the prior for its flux.
+    companion_min_separation_pix
+        Companions that fall closer than this to their host are not drawn
+        (0: none is dropped): a pair closer than the PSF is one source to
+        any method, so a model can learn nothing from it but wider flux
+        intervals (leaving such pairs out narrowed them only a little; see
+        the README's Deblending section).
+    bright_star_density_per_arcmin2
+        Mean number per arcmin^2 of bright stars added to the field, with
+        magnitudes uniform in ``bright_star_mag_range``.  Every LSST detector
+        holds stars that saturate and bleed, far brighter than the field's
+        ``bright_limit_mag``; their masked cores and wide wings look like
+        nothing else, and at their natural density (about 0.1 per arcmin^2 at
+        r = 12-16) a training image almost never holds one.  Training raises
+        the density so that the encoder learns to report one star at the
+        masked core instead of fragments in its wings; their posteriors are
+        set by the data, not by this rate.  0 (the default) adds none and draws
+        the same random numbers as before the option.
+    bright_star_mag_range
+        AB magnitudes (brightest, faintest) of the added bright stars.
+    """
+
+    source_density_per_arcmin2: float = 55.0
+    star_fraction: float = 0.1
+    faint_limit_mag: float | None = None
+    bright_limit_mag: float = 16.0
+    galaxy_flux_alpha: float = 0.75
+    star_flux_alpha: float = 0.5
+    size_median_arcsec: float = 0.35
+    size_reference_mag: float = 24.0
+    size_mag_slope: float = 0.12
+    size_log_scatter: float = 0.4
+    min_hlr_arcsec: float = 0.1
+    max_hlr_arcsec: float = 3.0
+    bulge_size_ratio_range: tuple[float, float] = (0.3, 1.0)
+    disk_q_range: tuple[float, float] = (0.2, 1.0)
+    bulge_q_range: tuple[float, float] = (0.5, 1.0)
+    companion_fraction: float = 0.0
+    companion_max_tiles: int = 2
+    companion_delta_mag_range: tuple[float, float] = (0.0, 2.5)
+    companion_min_separation_pix: float = 0.0
+    bright_star_density_per_arcmin2: float = 0.0
+    bright_star_mag_range: tuple[float, float] = (12.0, 16.0)
+
+    def __post_init__(self) -> None:
+        def require(condition: bool, field: str, allowed: str) -> None:
+            if not condition:
+                raise ValueError(f"{field}={getattr(self, field)!r} is out of range; allowed: {allowed}.")
+
+        def finite(value: Any) -> bool:
+            return isinstance(value, int | float) and math.isfinite(value)
+
+        require(
+            finite(self.source_density_per_arcmin2) and self.source_density_per_arcmin2 > 0,
+            "source_density_per_arcmin2",
+            "> 0 sources per arcmin^2",
+        )
+        require(finite(self.star_fraction) and 0 <= self.star_fraction <= 1, "star_fraction", "[0, 1]")
+        require(finite(self.bright_limit_mag), "bright_limit_mag", "a finite AB magnitude")
+        require(
+            self.faint_limit_mag is None
+            or (finite(self.faint_limit_mag) and self.faint_limit_mag > self.bright_limit_mag),
+            "faint_limit_mag",
+            "None or a magnitude fainter (larger) than bright_limit_mag",
+        )
+        for name in (
+            "galaxy_flux_alpha",
+            "star_flux_alpha",
+            "size_median_arcsec",
+            "size_log_scatter",
+            "min_hlr_arcsec",
+        ):
+            require(finite(getattr(self, name)) and getattr(self, name) > 0, name, "> 0")
+        require(finite(self.size_reference_mag), "size_reference_mag", "a finite AB magnitude")
+        require(finite(self.size_mag_slope), "size_mag_slope", "a finite number")
+        require(
+            finite(self.max_hlr_arcsec) and self.max_hlr_arcsec > self.min_hlr_arcsec,
+            "max_hlr_arcsec",
+            "> min_hlr_arcsec",
+        )
+        for name in ("bulge_size_ratio_range", "disk_q_range", "bulge_q_range"):
+            low, high = getattr(self, name)
+            require(finite(low) and finite(high) and 0 < low <= high <= 1, name, "0 < low <= high <= 1")
+        require(
+            finite(self.companion_fraction) and 0 <= self.companion_fraction <= 1,
+            "companion_fraction",
+            "[0, 1]",
+        )
+        require(
+            isinstance(self.companion_max_tiles, int) and self.companion_max_tiles >= 1,
+            "companion_max_tiles",
+            "an integer >= 1",
+        )
+        low, high = self.companion_delta_mag_range
+        require(
+            finite(low) and finite(high) and 0 <= low <= high, "companion_delta_mag_range", "0 <= low <= high"
+        )
+        require(
+            finite(self.companion_min_separation_pix) and self.companion_min_separation_pix >= 0,
+            "companion_min_separation_pix",
+            ">= 0 pixels",
+        )
+        require(
+            finite(self.bright_star_density_per_arcmin2) and self.bright_star_density_per_arcmin2 >= 0,
+            "bright_star_density_per_arcmin2",
+            ">= 0 stars per arcmin^2",
+        )
+        brightest, faintest = self.bright_star_mag_range
+        require(
+            finite(brightest) and finite(faintest) and brightest <= faintest,
+            "bright_star_mag_range",
+            "(brightest, faintest) AB magnitudes with brightest <= faintest",
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serializable representation."""
+        return dataclasses.asdict(self)
+
+    def without_bright_stars(self) -> PriorConfig:
+        """The same prior without the added bright stars, whose training density is far above the
+        sky's: the prior of held-out and demo scenes (saturated stars are measured on their own, by
+        ``bliss-bench saturation`` and the demo's saturated star)."""
+        return dataclasses.replace(self, bright_star_density_per_arcmin2=0.0)
+
+    def poisson_field(self) -> PriorConfig:
+        """The same prior with the added populations (companions, bright stars) at their defaults:
+        the field that single galaxies are drawn from, which the added populations leave as it is."""
+        defaults = {
+            field.name: field.default
+            for field in dataclasses.fields(self)
+            if field.name.startswith(("companion_", "bright_star_"))
+        }
+        return dataclasses.replace(self, **defaults)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PriorConfig:
+        """Inverse of `to_dict`."""
+        ranges = (
+            "bulge_size_ratio_range",
+            "disk_q_range",
+            "bulge_q_range",
+            "companion_delta_mag_range",
+            "bright_star_mag_range",
+        )
+        return cls(**{k: tuple(v) if k in ranges else v for k, v in data.items()})
+
+
+NOISE_MODELS: tuple[str, ...] = ("poisson", "gaussian")
+
+
+@dataclasses.dataclass(frozen=True)
+class SimulatorConfig:
+    """How images are simulated.
+
+    Attributes
+    ----------
+    image_height, image_width
+        Image size in pixels; multiples of ``tile_size``.
+    tile_size
+        Tile side in pixels (the truth catalog's tiling).
+    max_sources_per_tile
+        ``K`` of the truth tile catalog.
+    border_tiles
+        Sources are also drawn in a border of this many tiles around the
+        image, so that light from outside enters it as in real data; they are
+        not in the truth catalogs.
+    noise
+        ``"poisson"`` (photo-electron counts) or ``"gaussian"`` (its normal
+        approximation with the same variance).
+    subtract_background
+        Return background-subtracted images, as calexps are.
+    psf_fwhm_range_arcsec
+        If set, each image draws its PSF FWHM uniformly from this range;
+        otherwise all images use the conditions' FWHM.
+    max_stamp_half_size
+        Largest rendering stamp half-size in pixels.
+    masked_regions_per_image
+        Mean number (Poisson) of masked regions that hide whatever lies under
+        them, added to each image: a ``BAD`` column or a ``NO_DATA`` square of
+        side 8-48 pixels, with equal odds.  Detectors mask such regions
+        whether or not a source lies there; without them in training, a
+        network that has only seen saturated stars masked learns that a mask
+        means a star.  0 (the default) adds none and draws the same random
+        numbers as before the option.
+    """
+
+    image_height: int = 64
+    image_width: int = 64
+    tile_size: int = 4
+    max_sources_per_tile: int = 1
+    border_tiles: int = 2
+    noise: str = "poisson"
+    subtract_background: bool = True
+    psf_fwhm_range_arcsec: tuple[float, float] | None = None
+    max_stamp_half_size: int = 64
+    masked_regions_per_image: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.tile_size < 1:
+            raise ValueError(f"tile_size={self.tile_size} is out of range; it must be >= 1 pixel.")
+        for name in ("image_height", "image_width"):
+            value = getattr(self, name)
+            if value < self.tile_size or value % self.tile_size:
+                raise ValueError(
+                    f"{name}={value} is out of range; it must be a positive multiple of "
+                    f"tile_size={self.tile_size}."
+                )
+        if self.max_sources_per_tile < 1:
+            raise ValueError(
+                f"max_sources_per_tile={self.max_sources_per_tile} is out of range; it must be >= 1."
+            )
+        if self.border_tiles < 0:
+            raise ValueError(f"border_tiles={self.border_tiles} is out of range; it must be >= 0.")
+        if self.noise not in NOISE_MODELS:
+            raise ValueError(f"noise={self.noise!r} is not supported; choose one of {NOISE_MODELS}.")
+        if self.max_stamp_half_size < 4:
+            raise ValueError(
+                f"max_stamp_half_size={self.max_stamp_half_size} is out of range; it must be >= 4."
+            )
+        if not (math.isfinite(self.masked_regions_per_image) and self.masked_regions_per_image >= 0):
+            raise ValueError(
+                f"masked_regions_per_image={self.masked_regions_per_image} is out of range; it must be >= 0."
+            )
+        if self.psf_fwhm_range_arcsec is not None:
+            low, high = self.psf_fwhm_range_arcsec
+            if not (math.isfinite(low) and math.isfinite(high) and 0 < low <= high):
+                raise ValueError(
+                    f"psf_fwhm_range_arcsec={self.psf_fwhm_range_arcsec} is out of range; "
+                    "need 0 < low <= high."
+                )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serializable representation."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SimulatorConfig:
+        """Inverse of `to_dict`."""
+        fwhm_range = data.get("psf_fwhm_range_arcsec")
+        return cls(**{**data, "psf_fwhm_range_arcsec": None if fwhm_range is None else tuple(fwhm_range)})
