@@ -99,9 +99,26 @@ def test_docstrings_and_comments_hold_no_history(path: Path) -> None:
 
 
 def test_patterns_catch_what_they_should() -> None:
-    for text in ("see issue 12", "Issue #3's figures", "(#12)", "issue-3 range", "on 2026-11-24",
-                 "in Nov 2026", "December 2026", "/work/runs/x", "written to /tmp/a", "/root/.cache"):
+    for text in (
+        "see issue 12",
+        "Issue #3's figures",
+        "(#12)",
+        "issue-3 range",
+        "on 2026-11-24",
+        "in Nov 2026",
+        "December 2026",
+        "/work/runs/x",
+        "written to /tmp/a",
+        "/root/.cache",
+    ):
         assert _violations(text), text
-    for text in ("seed 20261124", "4 x 4 tiles", "color:#444", "runs/default/model.safetensors",
-                 "the 68% interval", "a/tmp/b", "issues of scale"):
+    for text in (
+        "seed 20261124",
+        "4 x 4 tiles",
+        "color:#444",
+        "runs/default/model.safetensors",
+        "the 68% interval",
+        "a/tmp/b",
+        "issues of scale",
+    ):
         assert not _violations(text), text
