@@ -24,6 +24,9 @@ def _import(dotted: str):
 
 
 def _type_name(field) -> str:
+    itemtype = getattr(field, "itemtype", None)
+    if itemtype is not None:
+        return f"list of {getattr(itemtype, '__name__', itemtype)}"
     dtype = getattr(field, "dtype", None)
     if dtype is None:
         return ""
