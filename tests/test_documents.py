@@ -54,14 +54,17 @@ def _doc_files() -> list[Path]:
 
 
 def _python_texts(path: Path) -> list[tuple[int, str]]:
-    """Docstrings (module, class, function) and comments of one file, with their line numbers."""
+    """Docstrings and comments of one file, with their line numbers.
+
+    Docstrings are those of modules, classes and functions, and the attribute docstrings (a string
+    statement after an assignment) that Sphinx documents as well: every string-expression statement.
+    """
     source = path.read_text(encoding="utf-8")
     texts = []
     for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
-            docstring = ast.get_docstring(node, clean=False)
-            if docstring:
-                texts.append((node.body[0].lineno, docstring))
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant):
+            if isinstance(node.value.value, str):
+                texts.append((node.lineno, node.value.value))
     for token in tokenize.generate_tokens(io.StringIO(source).readline):
         if token.type == tokenize.COMMENT:
             texts.append((token.start[0], token.string.lstrip("#")))
