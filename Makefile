@@ -8,7 +8,7 @@ PYTHON ?= $(shell for candidate in python3.12 $$(ls -d $$HOME/.pyenv/versions/3.
 	  if $$candidate -c 'import sys; assert sys.version_info[:2] == (3, 12)' >/dev/null 2>&1; then command -v $$candidate; break; fi; \
 	done)
 
-.PHONY: venv test demo lint bench-render clean
+.PHONY: venv test demo lint docs bench-render clean
 
 venv: $(STAMP)
 
@@ -48,6 +48,18 @@ demo: venv
 	$(VENV)/bin/butler query-datasets $(DEMO_REPO) bliss_validation_metrics bliss_validation_summary \
 	    --collections $(DEMO_OUTPUT)-validate
 
+# The documentation (doc/, Sphinx with sphinx-automodapi and numpydoc; the `docs` extra), built
+# offline with warnings as errors, nitpicky references included, into doc/_build/html.
+DOCS_STAMP := $(VENV)/.docs-installed
+
+$(DOCS_STAMP): $(STAMP)
+	$(VENV)/bin/python -m pip install --quiet -e '.[test,docs]'
+	@touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	rm -rf doc/_build doc/py-api
+	$(VENV)/bin/python -m sphinx -W --keep-going -n -q -b html doc doc/_build/html
+
 lint: venv
 	$(VENV)/bin/ruff check python tests bin.src
 	$(VENV)/bin/ruff format --check python tests bin.src
@@ -56,4 +68,4 @@ bench-render: venv
 	$(VENV)/bin/bliss-bench render --quick --json bench-render.json
 
 clean:
-	rm -rf $(VENV) $(DEMO_REPO) build *.egg-info python/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(DEMO_REPO) doc/_build doc/py-api build *.egg-info python/*.egg-info .pytest_cache .ruff_cache

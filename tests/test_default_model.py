@@ -31,8 +31,8 @@ def test_default_model_is_small_and_describes_itself() -> None:
     assert (model.conditions.survey, model.conditions.band) == ("LSST", "r")
     assert model.conditions.exposure_time_s == 30.0
     assert model.simulator.psf_fwhm_range_arcsec == (0.6, 1.2)
-    # The package records the run that trained it: config/train_default.yaml's (the file's name was
-    # config/experiment_space_to_depth.yaml then); only the time limit and the device may differ.
+    # The package records the run that trained it: config/train_default.yaml's (under the file's
+    # earlier name); only the time limit and the device may differ.
     assert model.training["command"].startswith("bliss-train config/")
     packaged = load_run_config(Path(__file__).resolve().parents[1] / "config" / "train_default.yaml")
     recorded = TrainingRun.from_dict(model.training["run"])

@@ -114,7 +114,7 @@ def test_fine_tuning_starts_from_a_package_and_keeps_its_record(tmp_path, capsys
 
 
 @pytest.mark.parametrize(
-    "path", sorted((Path(__file__).parents[1] / "config").glob("*.yaml")), ids=lambda path: path.name
+    "path", sorted((Path(__file__).parents[1] / "config").rglob("*.yaml")), ids=lambda path: path.name
 )
 def test_packaged_training_configs_load(path: Path) -> None:
     run = load_run_config(path)

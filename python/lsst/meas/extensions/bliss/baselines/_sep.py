@@ -14,7 +14,7 @@ imported when first used.
 
 from __future__ import annotations
 
-__all__ = ["SepCatalog", "run_sep", "run_sep_batch"]
+__all__ = ["BaselineCatalog", "SepCatalog", "run_sep", "run_sep_batch"]
 
 import dataclasses
 from collections.abc import Sequence

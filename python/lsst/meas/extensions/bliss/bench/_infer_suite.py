@@ -19,10 +19,10 @@ per-pixel scaling.  Each child then times a second call on the same image, the
 cost of every further image in a long-running process (a ``pipetask`` worker
 runs many quanta); those figures are reported beside the first-call ones as
 ``bliss_warm_s_*``, ``sep_warm_s_*``, ``ratio_vs_sep_warm`` and
-``scaling_exponent_warm``.  (Until 2026-12-02 SEP ran in the parent process,
-whose heap the 4k simulation had already touched, against BLISS's first call
-in a fresh one: on the 2-core machine SEP's first call at 4k in a fresh process
-takes 2.3-2.8 s, its second 1.1-1.4 s, medians of 5 passes.)
+``scaling_exponent_warm``.  (SEP runs in a fresh process too: in the parent,
+whose heap the 4k simulation has already touched, its first call would be
+nearly a second call, about twice as fast as a first call in a fresh process,
+and the comparison with BLISS's first call would be unfair.)
 """
 
 from __future__ import annotations

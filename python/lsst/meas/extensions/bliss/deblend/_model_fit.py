@@ -52,8 +52,8 @@ _FRACTION_LIMITS = (0.01, 0.99)
 """Fractions and axis ratios are clamped into this range before their logits are taken."""
 _MIN_HLR_PIX = 0.05
 _RENDER_DTYPE = torch.float64
-"""Arithmetic of the fit's stamps.  float32 stamps were slower, not faster (8.6 s against 4.5-5.0 s
-for 278 sources of a 1k image): their rounding noise in the objective costs line-search steps."""
+"""Arithmetic of the fit's stamps.  float32 stamps were slower, not faster, on a CPU: their
+rounding noise in the objective costs line-search steps."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -50,8 +50,8 @@ FRAME_FLAGS: tuple[str, ...] = ("flag_masked", "flag_image_edge")
 invalid pixels (masked, non-finite or with non-positive variance), or reaches beyond the image."""
 
 CPU_SAMPLE_BATCH = 16
-"""Posterior samples drawn together in one pass on a CPU by default: the default 16 in one pass (at 4k
-the samples stage took 2.6-3.0 s against 3.3-3.8 s in passes of 4), with the pass's temporary
+"""Posterior samples drawn together in one pass on a CPU by default: the default 16 in one pass (faster
+than passes of 4, see the inference documentation), with the pass's temporary
 tensors (about 0.4 GB per 16 samples on a 512 x 512-tile chunk) bounded for larger ``n_samples``."""
 
 _ACTIVATIONS_PER_LAYER = 4.25
@@ -94,8 +94,8 @@ class FrameConfig:
         ``"float32"``, ``"bfloat16"``, or ``"auto"`` (bfloat16 on a CPU that
         computes it natively, float32 elsewhere).  The heads and the
         posterior passes always run in float32.  bfloat16 makes the backbone
-        about 1.8x faster on such a CPU but perturbs bright-source fluxes by
-        about 0.17 of their posterior width (see ``doc/inference.rst``).
+        faster on such a CPU but perturbs bright-source fluxes by a fraction
+        of their posterior width (see ``doc/lsst.meas.extensions.bliss/benchmarks.rst``).
     reuse_freed_memory
         On a CPU, let the large activation tensors reuse freed heap memory
         (`reuse_freed_memory`: a process-wide glibc setting) instead of
@@ -639,7 +639,7 @@ def infer_frame(
         samples = [_assemble([], names, height, width) for _ in range(config.n_samples)]
         return FrameResult("no_valid_pixels", catalog, samples, {}, flux_scale, timings)
 
-    # Channels-last convolutions run about 1.4x faster on the CPU (oneDNN's native layout).
+    # Channels-last convolutions run faster on the CPU (oneDNN's native layout).
     encoder = copy.deepcopy(encoder).to(device=device, memory_format=torch.channels_last)
     n_tiles_h, n_tiles_w = padded_valid.shape[-2] // tile, padded_valid.shape[-1] // tile
     layout = _layout(encoder, n_tiles_h, n_tiles_w, config, _memory_budget_gb(config, device))

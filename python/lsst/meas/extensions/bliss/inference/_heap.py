@@ -4,8 +4,8 @@ glibc serves each allocation above its mmap threshold (at most 32 MiB by
 default) with a fresh mapping and returns it to the kernel when it is freed.
 The activations of a detector-sized chunk are hundreds of MB each, so every
 layer would write to new pages, and the kernel faults in and zeroes each of
-them first: on the 2-core CPU machine the backbone took 1.13 s on a
-1600 x 1600 chunk that way and 0.83 s with the settings here.  With a higher
+them first, which costs about as much as the arithmetic on a virtual
+machine with few cores.  With a higher
 threshold the activations come from the heap and reuse the pages a previous
 layer freed.
 """

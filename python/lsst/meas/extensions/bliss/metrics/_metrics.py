@@ -1,7 +1,7 @@
 """Science metrics: matching, detection, measurement, calibration and physical limits.
 
-These are the project's single implementation of the yardsticks
-(``science-yardsticks.md``): one-to-one Hungarian matching on pixel distance
+These are the project's single implementation of the metrics
+(``doc/lsst.meas.extensions.bliss/metrics.rst``): one-to-one Hungarian matching on pixel distance
 (a match needs distance <= 1 px, 2 px also reported), precision / recall / F1
 overall and binned by SNR, magnitude and blendedness, the BTK definitions of
 source SNR and blendedness, classification accuracy, robust residual

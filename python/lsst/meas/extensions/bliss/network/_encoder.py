@@ -88,7 +88,7 @@ class EncoderConfig:
         Kernel of the two stride-2 convolutions.  With 4 (padding 1) the
         pixels that influence a tile's features are centred on the tile; with
         3, the layout of the packaged model, they are centred 1.5 px towards
-        the tile's low corner (see ``doc/encoder.rst`` for what each gives).
+        the tile's low corner (see ``doc/lsst.meas.extensions.bliss/encoder.rst`` for what each gives).
     stem
         How the backbone starts: ``"convolution"`` (the packaged model: a
         convolution and a residual block at full resolution, then a stride-2
@@ -96,7 +96,7 @@ class EncoderConfig:
         one half-resolution pixel of 4x the channels, losslessly, followed
         by a convolution and a residual block there). The second skips the
         full-resolution layers, where a CPU runs narrow convolutions at a
-        fraction of its arithmetic rate (see ``doc/encoder.rst``).
+        fraction of its arithmetic rate (see ``doc/lsst.meas.extensions.bliss/encoder.rst``).
     """
 
     tile_size: int = 4

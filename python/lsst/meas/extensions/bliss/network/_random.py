@@ -37,7 +37,7 @@ def _mix32_tensor(x: torch.Tensor) -> torch.Tensor:
     """`_mix32` of every element of an int32 tensor of 32-bit patterns.
 
     The products wrap around in two's complement, and the right shifts are masked to shift in zeros
-    as unsigned ones do; int32 moves half the bytes of int64 (2.5x faster on 4M elements).
+    as unsigned ones do; int32 moves half the bytes of int64, which makes it faster.
     """
     x = x ^ ((x >> 16) & 0xFFFF)
     x = x * _as_int32(0x7FEB352D)

@@ -164,15 +164,15 @@ class BlissDeblendMeasureConfig(PipelineTaskConfig, pipelineConnections=BlissDeb
         default="float32",
         allowed={
             "float32": "float32 throughout",
-            "bfloat16": "bfloat16 convolutions in the backbone: about 1.8x faster on CPUs with native "
+            "bfloat16": "bfloat16 convolutions in the backbone: faster on CPUs with native "
             "bfloat16 (AVX-512 BF16, AMX), slower elsewhere; bright-source fluxes get noisier "
-            "(isolated-star flux scatter 1.30 instead of 1.20 times the Cramer-Rao bound)",
+            "(a larger isolated-star flux scatter relative to the Cramer-Rao bound)",
             "auto": "bfloat16 on a CPU that computes it natively, float32 elsewhere",
         },
     )
     reuse_freed_memory = Field[bool](
         doc="On a CPU, let large activation tensors reuse freed heap memory (raises glibc's mmap and "
-        "trim thresholds for the whole process; about 1.4x faster backbone, same results).",
+        "trim thresholds for the whole process; a faster backbone, same results).",
         default=True,
     )
     compatibility = ChoiceField[str](
@@ -204,9 +204,9 @@ class BlissDeblendMeasureConfig(PipelineTaskConfig, pipelineConnections=BlissDeb
     )
     galaxy_model = ChoiceField[str](
         doc="How galaxies are modelled for deblending. The default is parametric because, with the "
-        "packaged model, it gives the less biased deblended fluxes (bliss-bench deblend: isolated "
-        "galaxies -0.0% parametric, +6.8% autoencoder, whose faint galaxies get too much light in "
-        "their wings; see doc/autoencoder.rst).",
+        "packaged model, it gives the less biased deblended fluxes (the autoencoder gives faint "
+        "galaxies too much light in their wings; see "
+        "doc/lsst.meas.extensions.bliss/autoencoder.rst).",
         allowed={
             "autoencoder": "rendered by the model package's galaxy autoencoder from the latent code it "
             "infers from each galaxy's stamp (the package must include one)",
@@ -220,7 +220,7 @@ class BlissDeblendMeasureConfig(PipelineTaskConfig, pipelineConnections=BlissDeb
     fit_blended_models = Field[bool](
         doc="Fit the parametric models of blended sources (0.3-sigma footprints that touch) jointly to the "
         "image, with the encoder's estimates as the prior's centre, before deblending (fit_source_models; "
-        "bliss-bench deblend: blended-pair flux scatter about 0.15 -> 0.10). The catalog's posterior "
+        "it lowers the blended pairs' flux scatter in bliss-bench deblend). The catalog's posterior "
         "columns keep the encoder's estimates.",
         default=True,
     )

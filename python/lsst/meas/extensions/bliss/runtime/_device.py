@@ -75,9 +75,9 @@ def resolve_backbone_dtype(precision: str, device: torch.device) -> torch.dtype:
     ----------
     precision
         ``"float32"``; ``"bfloat16"``; or ``"auto"``: bfloat16 on a CPU that
-        computes it natively (about 1.8x faster there), float32 elsewhere
-        (CPUs without it would emulate bfloat16, and GPUs were measured in
-        float32).
+        computes it natively (faster there), float32 elsewhere (CPUs
+        without it would emulate bfloat16, and on GPUs only float32 is
+        validated).
     device
         The device inference runs on.
 

@@ -66,7 +66,7 @@ class PriorConfig:
         (0: none is dropped): a pair closer than the PSF is one source to
         any method, so a model can learn nothing from it but wider flux
         intervals (leaving such pairs out narrowed them only a little; see
-        the README's Deblending section).
+        ``doc/lsst.meas.extensions.bliss/experiments.rst``).
     bright_star_density_per_arcmin2
         Mean number per arcmin^2 of bright stars added to the field, with
         magnitudes uniform in ``bright_star_mag_range``.  Every LSST detector

@@ -58,7 +58,7 @@ class TrainingConfig:
         validation loss stays unweighted).  Each factor's term is the
         log-likelihood of its own conditional, so any positive weight leaves
         the best posterior unchanged; with a finite network, a weight above 1
-        spends more of it on the detection decisions (see ``doc/encoder.rst``).
+        spends more of it on the detection decisions (see ``doc/lsst.meas.extensions.bliss/encoder.rst``).
     validation_images
         Size of the validation set.
     validation_every, checkpoint_every, log_every

@@ -44,7 +44,7 @@ CALIBRATION_TARGETS: dict[str, tuple[float, float]] = {
     "position_coverage95": (0.90, 1.00),
     "detection_ece": (0.0, 0.03),
 }
-"""Allowed range of each calibration figure of the shipped model (issue 7: +-5 points, ECE <= 0.03)."""
+"""Allowed range of each calibration figure of the shipped model (targets: +-5 points, ECE <= 0.03)."""
 
 
 def _mag(flux_njy: np.ndarray) -> np.ndarray:

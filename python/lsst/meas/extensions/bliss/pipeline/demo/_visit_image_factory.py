@@ -78,7 +78,7 @@ class LinearPsfField:
         carries the profile's size; its coefficients are set directly instead
         of being fitted to stars.
         """
-        import piff  # imported here: it pulls in scikit-learn (about 1 s), needless for reading calexps
+        import piff  # imported here: it pulls in scikit-learn (slow to import), needless for reading calexps
 
         # Piff's profiles have unit size: a Moffat of half-light radius 1, a Gaussian of sigma 1.
         if psf_model == "moffat":
