@@ -1,4 +1,7 @@
 """Scores of catalogs against their truth: matching, detection, calibration of the posterior, residuals."""
 
+from ._calibration import *
 from ._catalog_scores import *
-from ._metrics import *
+from ._detection import *
+from ._matching import *
+from ._residuals import *

@@ -26,14 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from ._metrics import (
-    DEFAULT_MAG_EDGES,
-    classification_accuracy,
-    detection_metrics,
-    interval_coverage,
-    matched_attributes,
-    relative_residual_stats,
-)
+from ._calibration import interval_coverage
+from ._detection import DEFAULT_MAG_EDGES, classification_accuracy, detection_metrics
+from ._matching import matched_attributes
+from ._residuals import relative_residual_stats
 
 TRUTH_COLUMNS_USED: tuple[str, ...] = ("x", "y", "flux", "is_galaxy", "mag")
 """Columns read from the truth table."""
