@@ -4,5 +4,5 @@
 config.connections.calexp = "visit_image"
 config.compatibility = "warn"
 config.psf_fwhm_margin_arcsec = 0.1
-config.memory_budget_gb = 0.5
-config.device = "cpu"
+config.inference.memory_budget_gb = 0.5
+config.inference.device = "cpu"

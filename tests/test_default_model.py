@@ -2,7 +2,6 @@
 
 import dataclasses
 import math
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,6 +19,7 @@ from lsst.meas.extensions.bliss import (
     source_snr_and_blendedness,
 )
 from lsst.meas.extensions.bliss.catalog import empty_source_fields
+from lsst.meas.extensions.bliss.io import default_training_recipe_path
 from lsst.meas.extensions.bliss.training import TrainingRun, load_run_config
 from lsst.meas.extensions.bliss.validate import tile_position_sweep
 
@@ -31,10 +31,10 @@ def test_default_model_is_small_and_describes_itself() -> None:
     assert (model.conditions.survey, model.conditions.band) == ("LSST", "r")
     assert model.conditions.exposure_time_s == 30.0
     assert model.simulator.psf_fwhm_range_arcsec == (0.6, 1.2)
-    # The package records the run that trained it: config/train_default.yaml's (under the file's
-    # earlier name); only the time limit and the device may differ.
+    # The package records the run that trained it: the packaged recipe's (under the file's earlier
+    # name); only the time limit and the device may differ.
     assert model.training["command"].startswith("bliss-train config/")
-    packaged = load_run_config(Path(__file__).resolve().parents[1] / "config" / "train_default.yaml")
+    packaged = load_run_config(default_training_recipe_path())
     recorded = TrainingRun.from_dict(model.training["run"])
     for section in ("conditions", "prior", "simulator", "encoder"):
         assert getattr(recorded, section) == getattr(packaged, section), section

@@ -16,6 +16,7 @@ from lsst.meas.extensions.bliss import (
     infer_frame,
     load_default_model,
 )
+from lsst.meas.extensions.bliss.io import default_training_recipe_path
 from lsst.meas.extensions.bliss.pipeline import (
     SAMPLE_COLUMNS,
     SOURCE_COLUMNS,
@@ -131,10 +132,10 @@ def test_training_conditions_from_exposures_reproduce_the_nominal_noise() -> Non
     with pytest.raises(ValueError, match="flux densities"):
         conditions_from_exposures([exposure(unit="adu")], nominal)
     config = BlissTrainConfig()
-    config.band = "g"
-    with pytest.raises(ValueError, match="config.band"):
+    config.conditions.band = "g"
+    with pytest.raises(ValueError, match="config.conditions.band"):
         config.training_run([exposure()])
-    config.band = "r"
+    config.conditions.band = "r"
     run = config.training_run([exposure(psf_fwhm_arcsec=(0.7, 0.8)), exposure(psf_fwhm_arcsec=(0.75, 0.95))])
     assert run.simulator.psf_fwhm_range_arcsec == pytest.approx((0.65, 1.0))
 
@@ -142,81 +143,116 @@ def test_training_conditions_from_exposures_reproduce_the_nominal_noise() -> Non
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("detection_threshold", 1.0),
-        ("n_samples", -1),
-        ("memory_budget_gb", 0.0),
-        ("chunk_pixels", 0),
-        ("device", "tpu"),
+        ("inference.detection_threshold", 1.0),
+        ("inference.n_samples", -1),
+        ("inference.memory_budget_gb", 0.0),
+        ("inference.chunk_pixels", 0),
+        ("inference.device", "tpu"),
         ("pixel_scale_rtol", -0.1),
-        ("invalid_mask_planes", ["BAD", "BAD"]),
+        ("inference.invalid_mask_planes", ["BAD", "BAD"]),
         ("autoencoder_iterations", 0),
+        ("model_fit.position_sigma_pix", 0.0),
     ],
 )
 def test_deblend_config_validation_names_the_field(field: str, value) -> None:
     config = BlissDeblendMeasureConfig()
-    setattr(config, field, value)
+    *sections, name = field.split(".")
+    target = config
+    for section in sections:
+        target = getattr(target, section)
+    setattr(target, name, value)
     with pytest.raises(FieldValidationError, match=f"Field '{field}' failed validation"):
         config.validate()
+
+
+def set_nested(config, field: str, value) -> None:
+    """Set a dotted config field (``section.name``)."""
+    *sections, name = field.split(".")
+    for section in sections:
+        config = getattr(config, section)
+    setattr(config, name, value)
 
 
 @pytest.mark.parametrize(
     ("field", "value"),
     [
-        ("psf_fwhm_range_arcsec", [1.2, 0.6]),
-        ("image_size", 66),
-        ("n_steps", 0),
-        ("checkerboard_groups", 3),
-        ("downsample_kernel", 5),
-        ("tile_size", 6),
-        ("stem", "pixels"),
-        ("pixel_channels", [16, 32, 64]),  # the space-to-depth stem takes two widths for 4-pixel tiles
-        ("bright_star_density_per_arcmin2", -1.0),
-        ("bright_star_mag_range", [16.0, 12.0]),
-        ("masked_regions_per_image", -0.5),
-        ("head_channels", 0),
-        ("detection_loss_weight", 0.0),
-        ("detection_loss_weight", float("nan")),
-        ("autoencoder_steps", -1),
-        ("autoencoder_stamp_size", 16),
-        ("autoencoder_latent_dim", 0),
+        ("simulator.psf_fwhm_range_arcsec", [1.2, 0.6]),
+        ("simulator.image_height", 66),
+        ("training.n_steps", 0),
+        ("encoder.checkerboard_groups", 3),
+        ("encoder.downsample_kernel", 5),
+        ("encoder.tile_size", 6),
+        ("encoder.stem", "pixels"),
+        (
+            "encoder.pixel_channels",
+            [16, 32, 64],
+        ),  # the space-to-depth stem takes two widths for 4-pixel tiles
+        ("prior.bright_star_density_per_arcmin2", -1.0),
+        ("prior.bright_star_mag_range", [16.0, 12.0]),
+        ("simulator.masked_regions_per_image", -0.5),
+        ("training.detection_loss_weight", 0.0),
+        ("training.detection_loss_weight", float("nan")),
+        ("training.device", "tpu"),
+        ("autoencoder_training.n_steps", 0),
+        ("autoencoder.stamp_size", 16),
+        ("autoencoder.latent_dim", 0),
+        ("conditions.band", "q"),
+        ("psf_fwhm_padding_arcsec", -0.1),
     ],
 )
 def test_train_config_validation_names_the_field(field: str, value) -> None:
+    """The nested sections are validated by the core's own checks, reported on the nested field."""
     config = BlissTrainConfig()
-    setattr(config, field, value)
+    set_nested(config, field, value)
     with pytest.raises(FieldValidationError, match=f"Field '{field}' failed validation"):
+        config.validate()
+
+
+def test_train_config_sections_must_agree() -> None:
+    config = BlissTrainConfig()
+    config.simulator.tile_size = 8
+    with pytest.raises(FieldValidationError, match="simulator.tile_size=8 differs from encoder.tile_size"):
         config.validate()
 
 
 def test_train_task_builds_the_space_to_depth_encoder_on_a_field_with_bright_stars() -> None:
     config = BlissTrainConfig()
-    config.stem, config.pixel_channels, config.head_channels = "space_to_depth", [16, 32], 32
-    config.bright_star_density_per_arcmin2, config.bright_star_mag_range = 5.0, [12.0, 15.0]
-    config.masked_regions_per_image = 1.0
+    config.encoder.stem, config.encoder.pixel_channels, config.encoder.head_channels = (
+        "space_to_depth",
+        [16, 32],
+        32,
+    )
+    config.prior.bright_star_density_per_arcmin2, config.prior.bright_star_mag_range = 5.0, [12.0, 15.0]
+    config.simulator.masked_regions_per_image = 1.0
+    config.conditions.psf_fwhm_arcsec = 0.9
+    config.train_autoencoder = False
     config.validate()
     run = config.training_run()
     assert run.simulator.masked_regions_per_image == 1.0
     encoder = run.encoder
     assert (encoder.stem, encoder.pixel_channels, encoder.head_channels) == ("space_to_depth", (16, 32), 32)
-    assert run.prior.bright_star_density_per_arcmin2 == 5.0 and run.prior.bright_star_mag_range == (
-        12.0,
-        15.0,
-    )
+    assert run.prior.bright_star_density_per_arcmin2 == 5.0
+    assert run.prior.bright_star_mag_range == (12.0, 15.0)
+    assert run.conditions.psf_fwhm_arcsec == 0.9 and run.autoencoder_training is None
 
 
-def test_train_task_defaults_train_the_packaged_model() -> None:
-    """`BlissTrainTask`'s default config trains what ``config/train_default.yaml`` (the packaged model's
-    ``bliss-train`` config) trains; only the time limits and the checkpoint cadence may differ."""
-    packaged = load_run_config(Path(__file__).resolve().parents[1] / "config" / "train_default.yaml")
-    run = BlissTrainConfig().training_run()
-    for section in ("conditions", "prior", "simulator", "encoder", "autoencoder"):
-        assert getattr(run, section) == getattr(packaged, section), section
-    for section in ("training", "autoencoder_training"):
-        ours, theirs = (dataclasses.asdict(getattr(item, section)) for item in (run, packaged))
-        for settings in (ours, theirs):
-            for name in ("max_minutes", "checkpoint_every"):
-                settings.pop(name, None)
-        assert ours == theirs, section
+def test_train_task_defaults_are_the_packaged_recipe() -> None:
+    """`BlissTrainTask`'s default config is the packaged model's recipe, section for section."""
+    packaged = load_run_config(default_training_recipe_path())
+    assert BlissTrainConfig().training_run() == packaged
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted((Path(__file__).resolve().parents[1] / "config" / "experiments").glob("*.yaml")),
+    ids=lambda p: p.name,
+)
+def test_training_files_map_one_to_one_onto_the_task_config(path: Path) -> None:
+    """Any bliss-train file loads into the task config and gives back the same run."""
+    config = BlissTrainConfig()
+    config.load_training_file(path)
+    config.validate()
+    assert config.training_run() == load_run_config(path)
 
 
 @pytest.mark.parametrize(
@@ -227,3 +263,39 @@ def test_example_config_overrides_load_and_validate(path: Path) -> None:
     config.load(str(path))
     config.validate()
     assert config.compare(type(config)(), shortcut=True) is False  # the file changes something
+
+
+def test_core_config_mirrors_keep_the_core_defaults_and_documentation() -> None:
+    """Every nested section has the dataclass's fields, defaults and descriptions; a field the
+    dataclass does not document cannot be mirrored."""
+    import lsst.meas.extensions.bliss.pipeline._core_config as core_config
+
+    for mirror in (
+        core_config.FramePexConfig,
+        core_config.ModelFitPexConfig,
+        core_config.PriorPexConfig,
+        core_config.SimulatorPexConfig,
+        core_config.EncoderPexConfig,
+        core_config.TrainingPexConfig,
+        core_config.AutoencoderPexConfig,
+        core_config.AutoencoderTrainingPexConfig,
+    ):
+        core = mirror.core_class
+        assert mirror().to_core() == core(), mirror.__name__
+        assert set(mirror._fields) == {field.name for field in dataclasses.fields(core)}
+        docs = core_config.attribute_docs(core)
+        assert all(mirror._fields[name].doc == docs[name] for name in mirror._fields)
+
+    @dataclasses.dataclass(frozen=True)
+    class Undocumented:
+        """Attributes
+        ----------
+        known
+            A documented field.
+        """
+
+        known: int = 1
+        unknown: float = 2.0
+
+    with pytest.raises(ValueError, match="Undocumented.unknown has no description"):
+        core_config.core_config_class(Undocumented, "UndocumentedPexConfig", core_config.__name__)

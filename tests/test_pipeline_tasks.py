@@ -20,6 +20,7 @@ from lsst.pipe.base.testUtils import assertValidOutput, lintConnections, makeQua
 from lsst.meas.extensions.bliss import MissingAutoencoderError, match_sources
 from lsst.meas.extensions.bliss.cli import bench_main
 from lsst.meas.extensions.bliss.pipeline import (
+    BLISS_INVALID_PLANE,
     DEFAULT_MODEL_RUN,
     MODEL_STORAGE_CLASS,
     BlissDeblendMeasureConfig,
@@ -59,10 +60,14 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def task_config(**changes) -> BlissDeblendMeasureConfig:
     config = BlissDeblendMeasureConfig()
-    config.n_samples = 4
-    config.device = "cpu"
+    config.inference.n_samples = 4
+    config.inference.device = "cpu"
     for name, value in changes.items():
-        setattr(config, name, value)
+        *sections, field = name.split(".")
+        target = config
+        for section in sections:
+            target = getattr(target, section)
+        setattr(target, field, value)
     return config
 
 
@@ -258,12 +263,18 @@ def test_pipetask_run_override_and_skip_existing(demo: dict) -> None:
     root, output = demo["root"], "u/test/bliss"
     common = ["-b", root, "-i", ",".join(demo["inputs"]), "-p", str(PIPELINE)]
     pipetask(
-        "run", *common, "-o", output, "--register-dataset-types", "-c", "blissDeblendMeasure:n_samples=3"
+        "run",
+        *common,
+        "-o",
+        output,
+        "--register-dataset-types",
+        "-c",
+        "blissDeblendMeasure:inference.n_samples=3",
     )
     butler = Butler.from_config(root, collections=[output])
     sources = butler.query_datasets("bliss_source", explain=False)
     assert len(sources) == 2
-    assert butler.get("blissDeblendMeasure_config").n_samples == 3
+    assert butler.get("blissDeblendMeasure_config").inference.n_samples == 3
     tables = [butler.get(ref) for ref in sources]
     ids = np.concatenate([np.asarray(table["id"]) for table in tables])
     assert len(np.unique(ids)) == len(ids) > 0
@@ -282,7 +293,7 @@ def test_pipetask_run_override_and_skip_existing(demo: dict) -> None:
         "--skip-existing-in",
         output,
         "-c",
-        "blissDeblendMeasure:n_samples=3",
+        "blissDeblendMeasure:inference.n_samples=3",
         check=False,
     )
     assert "2 previously succeeded and skipped" in rerun.stderr, rerun.stderr[-3000:]
@@ -294,21 +305,28 @@ def test_train_then_deblend_in_one_pipeline(demo: dict, tmp_path: Path) -> None:
     pipeline = Pipeline.from_uri(str(REPO_ROOT / "pipelines" / "BlissTrain.yaml"))
     pipeline.mergePipeline(Pipeline.from_uri(str(PIPELINE)))
     for field, value in {
-        "n_steps": 3,
-        "batch_size": 4,
-        "image_size": 32,
-        "validation_images": 4,
-        "validation_every": 3,
-        "log_every": 1,
-        "device": "cpu",
+        "training.n_steps": 3,
+        "training.warmup_steps": 1,
+        "training.batch_size": 4,
+        "simulator.image_height": 32,
+        "simulator.image_width": 32,
+        "training.validation_images": 4,
+        "training.validation_every": 3,
+        "training.checkpoint_every": 3,
+        "training.log_every": 1,
+        "training.device": "cpu",
         "use_calexp_conditions": True,
-        "autoencoder_steps": 2,
-        "autoencoder_batch_size": 4,
-        "autoencoder_stamp_size": 15,
+        "autoencoder_training.n_steps": 2,
+        "autoencoder_training.warmup_steps": 1,
+        "autoencoder_training.batch_size": 4,
+        "autoencoder_training.validation_every": 2,
+        "autoencoder_training.log_every": 1,
+        "autoencoder_training.device": "cpu",
+        "autoencoder.stamp_size": 15,
     }.items():
         pipeline.addConfigOverride("blissTrain", field, value)
     pipeline.addConfigOverride("blissDeblendMeasure", "model_from_pipeline", True)
-    pipeline.addConfigOverride("blissDeblendMeasure", "n_samples", 2)
+    pipeline.addConfigOverride("blissDeblendMeasure", "inference.n_samples", 2)
     pipeline.addConfigOverride("blissDeblendMeasure", "compatibility", "warn")
     butler = SimplePipelineExecutor.prep_butler(
         demo["root"], inputs=[demo["calexp_collection"]], output="u/test/train"
@@ -328,8 +346,8 @@ def test_train_then_deblend_in_one_pipeline(demo: dict, tmp_path: Path) -> None:
 def test_validate_pipeline_scores_the_demo_catalogs(demo: dict) -> None:
     pipeline = Pipeline.from_uri(str(PIPELINE))
     pipeline.mergePipeline(Pipeline.from_uri(str(REPO_ROOT / "pipelines" / "BlissValidate.yaml")))
-    pipeline.addConfigOverride("blissDeblendMeasure", "n_samples", 0)
-    pipeline.addConfigOverride("blissDeblendMeasure", "device", "cpu")
+    pipeline.addConfigOverride("blissDeblendMeasure", "inference.n_samples", 0)
+    pipeline.addConfigOverride("blissDeblendMeasure", "inference.device", "cpu")
     butler = SimplePipelineExecutor.prep_butler(demo["root"], inputs=demo["inputs"], output="u/test/validate")
     executor = SimplePipelineExecutor.from_pipeline(pipeline, butler=butler)
     quanta = executor.run(register_dataset_types=True)
@@ -411,20 +429,24 @@ def test_pipetask_bench_reports_the_ratio_and_where_the_task_spends_its_time(tmp
 
 
 def test_frame_options_reach_the_core() -> None:
-    frame = task_config(precision="bfloat16", reuse_freed_memory=False).frame_config(seed=3)
+    config = task_config(**{"inference.precision": "bfloat16", "inference.reuse_freed_memory": False})
+    frame = config.frame_config(seed=3)
     assert (frame.precision, frame.reuse_freed_memory, frame.seed) == ("bfloat16", False, 3)
+    assert frame.invalid_mask_planes == (BLISS_INVALID_PLANE,)
     assert task_config().frame_config(seed=0).precision == "float32"
-    with pytest.raises(ValueError, match="precision"):
-        task_config(precision="float16")
+    # The core's own check, reported as the nested field's validation error.
+    with pytest.raises(FieldValidationError, match="Field 'inference.precision' failed validation"):
+        task_config(**{"inference.precision": "float16"}).validate()
 
 
 def test_the_blended_sources_fit_changes_only_the_deblending(demo: dict) -> None:
     butler = Butler.from_config(demo["root"], collections=demo["inputs"])
     (ref, *_) = butler.query_datasets("calexp", explain=False)
     calexp, model = butler.get(ref), butler.get("bliss_model", {})
-    fitted = BlissDeblendMeasureTask(config=task_config(n_samples=0)).run(calexp, model).bliss_source
+    no_samples = {"inference.n_samples": 0}
+    fitted = BlissDeblendMeasureTask(config=task_config(**no_samples)).run(calexp, model).bliss_source
     plain = (
-        BlissDeblendMeasureTask(config=task_config(n_samples=0, fit_blended_models=False))
+        BlissDeblendMeasureTask(config=task_config(**no_samples, fit_blended_models=False))
         .run(calexp, model)
         .bliss_source
     )
@@ -435,5 +457,5 @@ def test_the_blended_sources_fit_changes_only_the_deblending(demo: dict) -> None
         assert np.array_equal(np.asarray(fitted[column]), np.asarray(plain[column]), equal_nan=True), column
     moved = np.ma.getdata(fitted["bliss_deblend_flux"]) != np.ma.getdata(plain["bliss_deblend_flux"])
     assert 0 < moved.sum() < len(fitted)
-    with pytest.raises(FieldValidationError, match="fit_iterations"):
-        task_config(fit_iterations=0).validate()
+    with pytest.raises(FieldValidationError, match="Field 'model_fit.max_iterations' failed validation"):
+        task_config(**{"model_fit.max_iterations": 0}).validate()

@@ -8,6 +8,7 @@ import yaml
 
 from lsst.meas.extensions.bliss import BlissModel, TrainingRun, train
 from lsst.meas.extensions.bliss.cli import train_main
+from lsst.meas.extensions.bliss.io import default_training_recipe_path
 from lsst.meas.extensions.bliss.training import load_run_config
 
 TINY = {
@@ -114,7 +115,9 @@ def test_fine_tuning_starts_from_a_package_and_keeps_its_record(tmp_path, capsys
 
 
 @pytest.mark.parametrize(
-    "path", sorted((Path(__file__).parents[1] / "config").rglob("*.yaml")), ids=lambda path: path.name
+    "path",
+    [default_training_recipe_path(), *sorted((Path(__file__).parents[1] / "config").rglob("*.yaml"))],
+    ids=lambda path: path.name,
 )
 def test_packaged_training_configs_load(path: Path) -> None:
     run = load_run_config(path)

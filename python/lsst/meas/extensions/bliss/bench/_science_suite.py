@@ -4,7 +4,7 @@ Scenes are drawn from the model's own prior and conditions with a seed that
 differs from its training and validation seeds; BLISS (point estimates, detection
 probability > 0.5) and SEP (thresh 1.5, minarea 5, 32 deblend levels, contrast
 0.005) run on the same background-subtracted images, and every figure comes
-from `_metrics` (see ``doc/lsst.meas.extensions.bliss/metrics.rst``).  A second
+from the `metrics` sub-package (see ``doc/lsst.meas.extensions.bliss/metrics.rst``).  A second
 experiment places isolated stars at tile centres, edges and corners to measure
 the tile-boundary dip of the detection probability.
 """

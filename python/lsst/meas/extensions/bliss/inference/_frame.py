@@ -37,7 +37,7 @@ from ..network import (
     prepare_inputs,
     sample_sources,
 )
-from ..runtime import check_backbone_precision, resolve_backbone_dtype, resolve_device
+from ..runtime import check_backbone_precision, check_device_name, resolve_backbone_dtype, resolve_device
 from ..survey import DEFAULT_INVALID_MASK_PLANES, SurveyConditions, invalid_mask_bits
 from ._heap import reuse_freed_memory
 from ._inference import ESTIMATE_FIELDS, evaluation_mode, padded_to_tiles, posterior_to_tile_catalog
@@ -126,6 +126,11 @@ class FrameConfig:
             raise ValueError(f"chunk_pixels={self.chunk_pixels} must be positive (or None).")
         if (self.memory_budget_gb is not None and self.memory_budget_gb <= 0) or self.psf_grid_pixels < 1:
             raise ValueError("memory_budget_gb and psf_grid_pixels must be positive.")
+        check_device_name(self.device)
+        if len(set(self.invalid_mask_planes)) != len(self.invalid_mask_planes):
+            raise ValueError(
+                f"invalid_mask_planes={list(self.invalid_mask_planes)} lists a plane more than once."
+            )
 
 
 @dataclasses.dataclass

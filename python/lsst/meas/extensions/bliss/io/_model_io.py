@@ -13,6 +13,7 @@ unprefixed names) is still read.
 from __future__ import annotations
 
 __all__ = [
+    "default_training_recipe_path",
     "MODEL_FORMAT_VERSION",
     "BlissModel",
     "MissingAutoencoderError",
@@ -273,10 +274,21 @@ class BlissModel:
         return cls.from_bytes(path.read_bytes(), source=str(path))
 
 
+PACKAGED_DATA_DIR = Path(__file__).parents[1] / "data"
+"""The folder of the packaged model and its training recipe (in the top-level package)."""
+
+DEFAULT_TRAINING_RECIPE_NAME = "train_default.yaml"
+"""File name of the packaged model's ``bliss-train`` config, beside the model."""
+
+
 def default_model_path() -> Path:
     """Where the packaged default model lives."""
-    # The data folder belongs to the top-level package, beside the sub-packages.
-    return Path(__file__).parents[1] / "data" / DEFAULT_MODEL_NAME
+    return PACKAGED_DATA_DIR / DEFAULT_MODEL_NAME
+
+
+def default_training_recipe_path() -> Path:
+    """Where the packaged model's training recipe (a ``bliss-train`` YAML config) lives."""
+    return PACKAGED_DATA_DIR / DEFAULT_TRAINING_RECIPE_NAME
 
 
 def load_default_model() -> BlissModel:

@@ -6,6 +6,7 @@ repository builder and its report live in ``pipeline.demo``.
 """
 
 from ._compatibility import *
+from ._core_config import *
 from ._deblend_task import *
 from ._exposure import *
 from ._ids import *

@@ -36,12 +36,13 @@ from lsst.pipe.base import (
 )
 from lsst.pipe.base import connectionTypes as cT
 
-from ..deblend import ModelFitConfig, deblend_sources, measure_deblended, median_noise_njy, model_sources
+from ..deblend import deblend_sources, measure_deblended, median_noise_njy, model_sources
 from ..inference import FrameConfig, FrameResult, infer_frame
 from ..io import BlissModel
 from ..network import GalaxyAutoencoder
-from ..survey import DEFAULT_INVALID_MASK_PLANES, SurveyConditions
+from ..survey import SurveyConditions
 from ._compatibility import ExposureConditions, compatibility_problems, measure_exposure_conditions
+from ._core_config import FramePexConfig, ModelFitPexConfig
 from ._exposure import ExposurePixels, exposure_pixels, psf_kernel_function
 from ._ids import SourceIdGenerator, SourceIdGeneratorConfig
 from ._model_dataset import DEFAULT_MODEL_DATASET_TYPE, MODEL_STORAGE_CLASS
@@ -107,7 +108,7 @@ class BlissDeblendMeasureConnections(PipelineTaskConnections, dimensions=("instr
         super().__init__(config=config)
         if config is None:
             return
-        if config.n_samples == 0:
+        if config.inference.n_samples == 0:
             del self.bliss_catalog_samples
         if not config.do_deblend:
             del self.bliss_deblended_models
@@ -125,55 +126,11 @@ class BlissDeblendMeasureConnections(PipelineTaskConnections, dimensions=("instr
 class BlissDeblendMeasureConfig(PipelineTaskConfig, pipelineConnections=BlissDeblendMeasureConnections):
     """Configuration of `BlissDeblendMeasureTask`."""
 
-    detection_threshold = Field[float](
-        doc="Minimum posterior detection probability of a source in bliss_source.", default=0.5
-    )
-    n_samples = Field[int](
-        doc="Posterior catalog samples to write to bliss_catalog_samples (0: no samples dataset).",
-        default=16,
-    )
-    seed = Field[int](
-        doc="Seed of the posterior samples; combined with visit and detector, so reruns reproduce them.",
-        default=0,
-    )
-    invalid_mask_planes = ListField[str](
-        doc="Mask planes whose pixels are invalid network inputs (sources touching them are flagged). "
-        "Planes the exposure's mask lacks are ignored (logged).",
-        default=list(DEFAULT_INVALID_MASK_PLANES),
-    )
-    memory_budget_gb = Field[float](
-        doc="Memory the network may use for one chunk of the image, GB; sets the chunk size. "
-        "None: 1 GB on a CPU, a tenth of the GPU's memory on CUDA.",
-        default=None,
-        optional=True,
-    )
-    chunk_pixels = Field[int](
-        doc="Side of a chunk's core in pixels; overrides memory_budget_gb when set.",
-        default=None,
-        optional=True,
-    )
-    psf_grid_pixels = Field[int](
-        doc="Spacing (pixels) of the grid on which the PSF is evaluated to condition the network.",
-        default=128,
-    )
-    device = Field[str](
-        doc="Torch device: 'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'.", default="auto"
-    )
-    precision = ChoiceField[str](
-        doc="Arithmetic of the encoder's backbone (the heads and posterior passes are always float32).",
-        default="float32",
-        allowed={
-            "float32": "float32 throughout",
-            "bfloat16": "bfloat16 convolutions in the backbone: faster on CPUs with native "
-            "bfloat16 (AVX-512 BF16, AMX), slower elsewhere; bright-source fluxes get noisier "
-            "(a larger isolated-star flux scatter relative to the Cramer-Rao bound)",
-            "auto": "bfloat16 on a CPU that computes it natively, float32 elsewhere",
-        },
-    )
-    reuse_freed_memory = Field[bool](
-        doc="On a CPU, let large activation tensors reuse freed heap memory (raises glibc's mmap and "
-        "trim thresholds for the whole process; a faster backbone, same results).",
-        default=True,
+    inference = ConfigField[FramePexConfig](
+        doc="Inference options of the core (`FrameConfig`): detection threshold, posterior samples, "
+        "chunking, device and arithmetic. ``inference.seed`` is combined with the visit and detector, "
+        "so reruns reproduce the samples; mask planes of ``inference.invalid_mask_planes`` that the "
+        "exposure's mask lacks are ignored (logged)."
     )
     compatibility = ChoiceField[str](
         doc="What to do when the exposure differs from the conditions the model was trained for.",
@@ -224,7 +181,9 @@ class BlissDeblendMeasureConfig(PipelineTaskConfig, pipelineConnections=BlissDeb
         "columns keep the encoder's estimates.",
         default=True,
     )
-    fit_iterations = Field[int](doc="L-BFGS iterations of the blended sources' fit.", default=60)
+    model_fit = ConfigField[ModelFitPexConfig](
+        doc="The blended sources' joint fit (`ModelFitConfig`), used when fit_blended_models is set."
+    )
     model_from_pipeline = Field[bool](
         doc="Read bliss_model as a regular input instead of a prerequisite, so that a BlissTrainTask in "
         "the same pipeline can produce it.",
@@ -233,47 +192,22 @@ class BlissDeblendMeasureConfig(PipelineTaskConfig, pipelineConnections=BlissDeb
     id_generator = ConfigField[SourceIdGeneratorConfig](doc="Source ID packing.")
 
     def validate(self) -> None:
+        # The nested core configs validate themselves (their dataclasses' checks).
         super().validate()
         cls = type(self)
-        if not 0.0 < self.detection_threshold < 1.0:
-            raise FieldValidationError(cls.detection_threshold, self, "must lie strictly between 0 and 1")
-        if self.n_samples < 0:
-            raise FieldValidationError(cls.n_samples, self, "must be >= 0")
-        if self.memory_budget_gb is not None and self.memory_budget_gb <= 0:
-            raise FieldValidationError(cls.memory_budget_gb, self, "must be positive")
-        if self.chunk_pixels is not None and self.chunk_pixels < 1:
-            raise FieldValidationError(cls.chunk_pixels, self, "must be positive or None")
         if self.max_stamp_half_size < 2:
             raise FieldValidationError(cls.max_stamp_half_size, self, "must be at least 2")
         if self.autoencoder_iterations < 1:
             raise FieldValidationError(cls.autoencoder_iterations, self, "must be at least 1")
-        if self.fit_iterations < 1:
-            raise FieldValidationError(cls.fit_iterations, self, "must be at least 1")
-        if self.psf_grid_pixels < 1:
-            raise FieldValidationError(cls.psf_grid_pixels, self, "must be positive")
-        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
-            raise FieldValidationError(cls.device, self, "must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
         if self.pixel_scale_rtol < 0 or self.psf_fwhm_margin_arcsec < 0:
             raise FieldValidationError(
                 cls.pixel_scale_rtol, self, "pixel_scale_rtol and psf_fwhm_margin_arcsec must be >= 0"
             )
-        if len(set(self.invalid_mask_planes)) != len(self.invalid_mask_planes):
-            raise FieldValidationError(cls.invalid_mask_planes, self, "lists a mask plane more than once")
 
     def frame_config(self, seed: int) -> FrameConfig:
-        """The core's inference options for one exposure."""
-        return FrameConfig(
-            detection_threshold=self.detection_threshold,
-            n_samples=self.n_samples,
-            seed=seed,
-            invalid_mask_planes=(BLISS_INVALID_PLANE,),
-            chunk_pixels=self.chunk_pixels,
-            memory_budget_gb=self.memory_budget_gb,
-            psf_grid_pixels=self.psf_grid_pixels,
-            device=self.device,
-            precision=self.precision,
-            reuse_freed_memory=self.reuse_freed_memory,
-        )
+        """The core's inference options for one exposure: ``inference`` with the exposure's seed and
+        the single invalid-pixel plane that the task builds from the exposure's mask."""
+        return self.inference.to_core(seed=seed, invalid_mask_planes=(BLISS_INVALID_PLANE,))
 
 
 class BlissDeblendMeasureTask(PipelineTask):
@@ -383,7 +317,7 @@ class BlissDeblendMeasureTask(PipelineTask):
                 frame, calexp, pixels, sources, bliss_model.conditions, autoencoder
             )
         samples = None
-        if self.config.n_samples:
+        if self.config.inference.n_samples:
             try:
                 samples = self.make_samples_table(frame, calexp, visit, detector)
             except NonFiniteOutputError as err:
@@ -424,7 +358,7 @@ class BlissDeblendMeasureTask(PipelineTask):
         valid = torch.from_numpy(~pixels.invalid)
         fit = None
         if self.config.fit_blended_models:
-            fit = ModelFitConfig(max_iterations=self.config.fit_iterations)
+            fit = self.config.model_fit.to_core()
         models, latents = model_sources(
             estimate,
             catalog.fields["psf_fwhm_pix"][0, :n_sources],
@@ -498,7 +432,7 @@ class BlissDeblendMeasureTask(PipelineTask):
     def _pixels(self, calexp: VisitImage) -> ExposurePixels:
         """The exposure's pixels in nJy and its invalid-pixel map (see `exposure_pixels`)."""
         try:
-            pixels = exposure_pixels(calexp, self.config.invalid_mask_planes)
+            pixels = exposure_pixels(calexp, self.config.inference.invalid_mask_planes)
         except ValueError as err:
             raise IncompatibleExposureError(str(err)) from err
         if pixels.missing_planes:
@@ -509,9 +443,10 @@ class BlissDeblendMeasureTask(PipelineTask):
         self, calexp: VisitImage, model: BlissModel, pixels: ExposurePixels, visit: int, detector: int
     ) -> FrameResult:
         """`infer` on pixels already taken from ``calexp``."""
-        seed = int(np.random.SeedSequence([self.config.seed, visit, detector]).generate_state(1)[0])
+        inference = self.config.inference
+        seed = int(np.random.SeedSequence([inference.seed, visit, detector]).generate_state(1)[0])
         height, width = pixels.image.shape
-        self.log.info("Running BLISS on a %dx%d image (%d samples).", width, height, self.config.n_samples)
+        self.log.info("Running BLISS on a %dx%d image (%d samples).", width, height, inference.n_samples)
         last_log = [time.monotonic()]
 
         def progress(done: int, total: int) -> None:
@@ -538,7 +473,7 @@ class BlissDeblendMeasureTask(PipelineTask):
         if frame.status == "no_valid_pixels":
             raise NoWorkFound(
                 f"No valid pixel in the {width}x{height} image (all masked in "
-                f"{list(self.config.invalid_mask_planes)}, non-finite or with non-positive variance)."
+                f"{list(inference.invalid_mask_planes)}, non-finite or with non-positive variance)."
             )
         n_sources = int(frame.catalog.n_sources[0])
         self.metadata["n_sources"] = n_sources
@@ -550,7 +485,7 @@ class BlissDeblendMeasureTask(PipelineTask):
         self.log.info(
             "BLISS found %d sources (detection probability > %.2f) in %.1f s; %.1f%% of pixels invalid.",
             n_sources,
-            self.config.detection_threshold,
+            self.config.inference.detection_threshold,
             frame.timings.get("total", float("nan")),
             100 * invalid_fraction,
         )

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 __all__ = ["BlissTrainConfig", "BlissTrainConnections", "BlissTrainTask", "conditions_from_exposures"]
 
+import dataclasses
 import math
 import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import astropy.units as u
 import numpy as np
 
 from lsst.images import VisitImage
-from lsst.pex.config import Field, FieldValidationError, ListField
+from lsst.pex.config import ConfigField, Field, FieldValidationError
 from lsst.pipe.base import (
     InputQuantizedConnection,
     OutputQuantizedConnection,
@@ -26,11 +28,19 @@ from lsst.pipe.base import (
 )
 from lsst.pipe.base import connectionTypes as cT
 
-from ..io import BlissModel
-from ..network import STEMS, EncoderConfig
+from ..io import BlissModel, default_training_recipe_path
 from ..survey import SurveyConditions, flux_njy_to_mag
-from ..training import TrainingRun, train
+from ..training import AutoencoderTrainingConfig, TrainingRun, load_run_config, train
 from ._compatibility import ExposureConditions, measure_exposure_conditions
+from ._core_config import (
+    AutoencoderPexConfig,
+    AutoencoderTrainingPexConfig,
+    ConditionsPexConfig,
+    EncoderPexConfig,
+    PriorPexConfig,
+    SimulatorPexConfig,
+    TrainingPexConfig,
+)
 from ._model_dataset import DEFAULT_MODEL_DATASET_TYPE, MODEL_STORAGE_CLASS
 
 
@@ -57,217 +67,110 @@ class BlissTrainConnections(PipelineTaskConnections, dimensions=()):
 
 
 class BlissTrainConfig(PipelineTaskConfig, pipelineConnections=BlissTrainConnections):
-    """Configuration of `BlissTrainTask`; the fields map onto a ``bliss-train`` config file."""
+    """Configuration of `BlissTrainTask`.
 
-    survey = Field[str](
-        doc="Survey whose nominal conditions (surveycodex) the simulations use.", default="LSST"
+    Its sections are those of a ``bliss-train`` config file (`TrainingRun`), field for field:
+    ``conditions``, ``prior``, ``simulator``, ``encoder``, ``training``, ``autoencoder`` and
+    ``autoencoder_training`` (used when ``train_autoencoder`` is set).  The defaults are the packaged
+    model's recipe (`default_training_recipe_path`); `load_training_file` reads any such file.
+    """
+
+    conditions = ConfigField[ConditionsPexConfig](doc="Survey conditions of the simulations.")
+    prior = ConfigField[PriorPexConfig](doc="The source prior (`PriorConfig`).")
+    simulator = ConfigField[SimulatorPexConfig](doc="How images are simulated (`SimulatorConfig`).")
+    encoder = ConfigField[EncoderPexConfig](doc="The encoder's architecture (`EncoderConfig`).")
+    training = ConfigField[TrainingPexConfig](doc="The encoder's optimization (`TrainingConfig`).")
+    autoencoder = ConfigField[AutoencoderPexConfig](doc="The galaxy autoencoder (`AutoencoderConfig`).")
+    autoencoder_training = ConfigField[AutoencoderTrainingPexConfig](
+        doc="The galaxy autoencoder's optimization (`AutoencoderTrainingConfig`)."
     )
-    band = Field[str](doc="Filter band of the simulations.", default="r")
+    train_autoencoder = Field[bool](
+        doc="Train the galaxy autoencoder after the encoder, on isolated simulated galaxies, into the same "
+        "model package; without it the model serves catalogs and parametric deblending only.",
+        default=True,
+    )
     use_calexp_conditions = Field[bool](
         doc="Measure pixel scale, PSF FWHM range, sky noise and band on the input calexps and simulate "
-        "those conditions.",
+        "those conditions (replacing conditions.pixel_scale_arcsec, "
+        "conditions.sky_brightness_mag_per_arcsec2 and simulator.psf_fwhm_range_arcsec).",
         default=False,
-    )
-    psf_fwhm_range_arcsec = ListField[float](
-        doc="Smallest and largest PSF FWHM (arcsec) of the simulated images (replaced by the calexps' range "
-        "when use_calexp_conditions is True).",
-        default=[0.6, 1.2],
     )
     psf_fwhm_padding_arcsec = Field[float](
         doc="Margin added on both sides of the PSF FWHM range measured on calexps.", default=0.05
     )
-    image_size = Field[int](doc="Side of the simulated training images, pixels.", default=64)
-    tile_size = Field[int](doc="Tile side, pixels.", default=4)
-    checkerboard_groups = Field[int](
-        doc="Colour groups of the autoregressive checkerboard (2 or 4).", default=4
-    )
-    downsample_kernel = Field[int](
-        doc="Kernel of the encoder's two stride-2 convolutions: 3, or 4 to centre each tile's features "
-        "on the tile (see EncoderConfig.downsample_kernel).",
-        default=3,
-    )
-    stem = Field[str](
-        doc="How the encoder's backbone starts: 'convolution' (full-resolution layers) or 'space_to_depth' "
-        "(2x2 pixel blocks to half-resolution channels; see EncoderConfig.stem).",
-        default="space_to_depth",
-    )
-    pixel_channels = ListField[int](
-        doc="Encoder widths from the stem's resolution down to tile resolution (log2(tile_size) + 1 "
-        "widths with the convolution stem, one fewer with space_to_depth).",
-        default=[16, 32],
-    )
-    head_channels = Field[int](doc="Width of the encoder's checkerboard head.", default=32)
-    bright_star_density_per_arcmin2 = Field[float](
-        doc="Saturated, bleeding stars added to the simulated field per arcmin^2, far above the sky's "
-        "density so that training sees them (see PriorConfig.bright_star_density_per_arcmin2); 0 adds none.",
-        default=0.0,
-    )
-    bright_star_mag_range = ListField[float](
-        doc="AB magnitudes (brightest, faintest) of the added bright stars.", default=[12.0, 16.0]
-    )
-    masked_regions_per_image = Field[float](
-        doc="Mean number of masked regions (BAD columns, NO_DATA squares) hiding sources in each simulated "
-        "image (see SimulatorConfig.masked_regions_per_image); 0 adds none.",
-        default=0.0,
-    )
-    n_steps = Field[int](doc="Optimizer steps.", default=34000)
-    batch_size = Field[int](doc="Simulated images per step.", default=32)
-    learning_rate = Field[float](doc="Peak Adam learning rate.", default=1e-3)
-    warmup_steps = Field[int](doc="Steps of linear learning-rate warm-up.", default=300)
-    detection_loss_weight = Field[float](
-        doc="Weight of the detection term of the training loss (validation losses stay unweighted).",
-        default=1.0,
-    )
-    validation_images = Field[int](doc="Held-out simulated validation images.", default=256)
-    validation_every = Field[int](doc="Steps between validation passes.", default=1000)
-    log_every = Field[int](doc="Steps between progress log lines.", default=100)
-    max_minutes = Field[float](doc="Stop training after this many minutes.", default=None, optional=True)
-    seed = Field[int](doc="Seed of the training simulations and initialization.", default=20261124)
-    autoencoder_steps = Field[int](
-        doc="Optimizer steps of the galaxy autoencoder, trained after the encoder on isolated simulated "
-        "galaxies and stored in the same model package; 0 trains none (the model then serves catalogs "
-        "and parametric deblending only).",
-        default=5000,
-    )
-    autoencoder_batch_size = Field[int](doc="Galaxy stamps per autoencoder step.", default=64)
-    autoencoder_stamp_size = Field[int](
-        doc="Side of the autoencoder's galaxy stamps, pixels (odd).", default=31
-    )
-    autoencoder_latent_dim = Field[int](doc="Dimension of the autoencoder's latent code.", default=8)
-    device = Field[str](
-        doc="Torch device: 'auto' (CUDA when available), 'cpu' or 'cuda[:N]'.", default="auto"
-    )
+
+    def setDefaults(self) -> None:
+        super().setDefaults()
+        self.load_training_file(default_training_recipe_path())
+
+    def load_training_file(self, path: str | Path) -> None:
+        """Set every section from a ``bliss-train`` config file (YAML or JSON).
+
+        Sections the file leaves out get the core's defaults, as ``bliss-train`` gives them.
+
+        Raises
+        ------
+        ValueError
+            If the file cannot be read or is not a valid training config.
+        """
+        self.from_training_run(load_run_config(Path(path)))
+
+    def from_training_run(self, run: TrainingRun) -> None:
+        """Set every section from a core `TrainingRun`."""
+        nominal = SurveyConditions.from_survey(run.conditions.survey, run.conditions.band)
+        self.conditions.survey, self.conditions.band = run.conditions.survey, run.conditions.band
+        for name in self.conditions._fields:
+            if name not in ("survey", "band"):
+                value = getattr(run.conditions, name)
+                setattr(self.conditions, name, None if value == getattr(nominal, name) else value)
+        for section in ("prior", "simulator", "encoder", "training", "autoencoder"):
+            getattr(self, section).from_core(getattr(run, section))
+        self.train_autoencoder = run.autoencoder_training is not None
+        self.autoencoder_training.from_core(run.autoencoder_training or AutoencoderTrainingConfig())
 
     def validate(self) -> None:
+        # Each section validates itself (its dataclass's checks); this checks how they fit together.
         super().validate()
         cls = type(self)
-        if (
-            len(self.psf_fwhm_range_arcsec) != 2
-            or not 0 < self.psf_fwhm_range_arcsec[0] <= (self.psf_fwhm_range_arcsec[1])
-        ):
-            raise FieldValidationError(
-                cls.psf_fwhm_range_arcsec, self, "must be [low, high] with 0 < low <= high"
-            )
-        for name in ("image_size", "tile_size", "n_steps", "batch_size", "validation_images"):
-            if getattr(self, name) < 1:
-                raise FieldValidationError(getattr(cls, name), self, "must be positive")
-        if self.tile_size & (self.tile_size - 1):
-            raise FieldValidationError(cls.tile_size, self, "must be a power of two")
-        if self.image_size % self.tile_size:
-            raise FieldValidationError(
-                cls.image_size, self, f"must be a multiple of tile_size={self.tile_size}"
-            )
-        if self.autoencoder_steps < 0:
-            raise FieldValidationError(cls.autoencoder_steps, self, "must be >= 0")
-        for name in ("autoencoder_batch_size", "autoencoder_latent_dim"):
-            if getattr(self, name) < 1:
-                raise FieldValidationError(getattr(cls, name), self, "must be positive")
-        if self.autoencoder_stamp_size < 9 or self.autoencoder_stamp_size % 2 == 0:
-            raise FieldValidationError(cls.autoencoder_stamp_size, self, "must be odd and at least 9")
-        if self.checkerboard_groups not in (1, 2, 4):
-            raise FieldValidationError(cls.checkerboard_groups, self, "must be 1, 2 or 4")
-        if self.downsample_kernel not in (3, 4):
-            raise FieldValidationError(cls.downsample_kernel, self, "must be 3 or 4")
-        if self.stem not in STEMS:
-            raise FieldValidationError(cls.stem, self, f"must be one of {', '.join(STEMS)}")
-        if self.head_channels < 1:
-            raise FieldValidationError(cls.head_channels, self, "must be positive")
-        try:  # the widths must match the stem and the tile size
-            EncoderConfig.from_dict(self._encoder_section())
-        except ValueError as error:
-            raise FieldValidationError(cls.pixel_channels, self, str(error)) from None
-        if not (
-            self.bright_star_density_per_arcmin2 >= 0 and math.isfinite(self.bright_star_density_per_arcmin2)
-        ):
-            raise FieldValidationError(cls.bright_star_density_per_arcmin2, self, "must be >= 0 and finite")
-        if not (self.masked_regions_per_image >= 0 and math.isfinite(self.masked_regions_per_image)):
-            raise FieldValidationError(cls.masked_regions_per_image, self, "must be >= 0 and finite")
-        magnitudes = self.bright_star_mag_range
-        if len(magnitudes) != 2 or not all(map(math.isfinite, magnitudes)) or magnitudes[0] > magnitudes[1]:
-            raise FieldValidationError(
-                cls.bright_star_mag_range, self, "must be [brightest, faintest] finite AB magnitudes"
-            )
-        if not (self.detection_loss_weight > 0 and math.isfinite(self.detection_loss_weight)):
-            raise FieldValidationError(cls.detection_loss_weight, self, "must be > 0 and finite")
-        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
-            raise FieldValidationError(cls.device, self, "must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
-
-    def _encoder_section(self) -> dict[str, Any]:
-        return {
-            "tile_size": self.tile_size,
-            "checkerboard_groups": self.checkerboard_groups,
-            "downsample_kernel": self.downsample_kernel,
-            "stem": self.stem,
-            "pixel_channels": list(self.pixel_channels),
-            "head_channels": self.head_channels,
-        }
+        if not (self.psf_fwhm_padding_arcsec >= 0 and math.isfinite(self.psf_fwhm_padding_arcsec)):
+            raise FieldValidationError(cls.psf_fwhm_padding_arcsec, self, "must be >= 0 and finite")
+        try:
+            self.training_run()
+        except ValueError as err:
+            raise FieldValidationError(cls.encoder, self, str(err)) from err
 
     def training_run(self, measured: Sequence[ExposureConditions] = ()) -> TrainingRun:
-        """The core's training definition, with conditions measured on calexps when given."""
-        conditions: dict[str, Any] = {"survey": self.survey, "band": self.band}
-        fwhm_range = tuple(self.psf_fwhm_range_arcsec)
+        """The core's training definition, with conditions measured on calexps when given.
+
+        Raises
+        ------
+        ValueError
+            If the calexps are in another band than ``conditions.band``, cannot be characterized, or
+            the sections do not fit together.
+        """
+        condition_overrides: dict[str, Any] = {}
+        simulator = self.simulator.to_core()
         if measured:
-            bands = {item.band for item in measured if item.band is not None} - {self.band}
+            band = self.conditions.band
+            bands = {item.band for item in measured if item.band is not None} - {band}
             if bands:
                 raise ValueError(
-                    f"the calexps are in band(s) {sorted(bands)} but config.band is {self.band!r}"
+                    f"the calexps are in band(s) {sorted(bands)} but config.conditions.band is {band!r}"
                 )
-            nominal = SurveyConditions.from_survey(self.survey, self.band)
-            conditions.update(conditions_from_exposures(measured, nominal))
+            condition_overrides = conditions_from_exposures(measured, self.conditions.to_core())
             low = min(item.psf_fwhm_arcsec[0] for item in measured) - self.psf_fwhm_padding_arcsec
             high = max(item.psf_fwhm_arcsec[1] for item in measured) + self.psf_fwhm_padding_arcsec
             fwhm_range = (max(low, 0.05), high)
-            conditions["psf_fwhm_arcsec"] = 0.5 * (fwhm_range[0] + fwhm_range[1])
-        autoencoder_sections: dict[str, Any] = {}
-        if self.autoencoder_steps:
-            autoencoder_sections = {
-                "autoencoder": {
-                    "stamp_size": self.autoencoder_stamp_size,
-                    "latent_dim": self.autoencoder_latent_dim,
-                },
-                "autoencoder_training": {
-                    "seed": self.seed,
-                    "n_steps": self.autoencoder_steps,
-                    "batch_size": self.autoencoder_batch_size,
-                    "learning_rate": 2 * self.learning_rate,
-                    "warmup_steps": min(100, self.autoencoder_steps),
-                    "validation_every": max(1, min(500, self.autoencoder_steps)),
-                    "log_every": self.log_every,
-                    "max_minutes": self.max_minutes,
-                    "device": self.device,
-                },
-            }
-        return TrainingRun.from_dict(
-            {
-                **autoencoder_sections,
-                "conditions": conditions,
-                "prior": {
-                    "bright_star_density_per_arcmin2": self.bright_star_density_per_arcmin2,
-                    "bright_star_mag_range": tuple(self.bright_star_mag_range),
-                },
-                "simulator": {
-                    "image_height": self.image_size,
-                    "image_width": self.image_size,
-                    "tile_size": self.tile_size,
-                    "psf_fwhm_range_arcsec": fwhm_range,
-                    "masked_regions_per_image": self.masked_regions_per_image,
-                },
-                "encoder": self._encoder_section(),
-                "training": {
-                    "seed": self.seed,
-                    "n_steps": self.n_steps,
-                    "batch_size": self.batch_size,
-                    "learning_rate": self.learning_rate,
-                    "warmup_steps": min(self.warmup_steps, self.n_steps),
-                    "detection_loss_weight": self.detection_loss_weight,
-                    "validation_images": self.validation_images,
-                    "validation_every": self.validation_every,
-                    "checkpoint_every": self.validation_every,
-                    "log_every": self.log_every,
-                    "max_minutes": self.max_minutes,
-                    "device": self.device,
-                },
-            }
+            condition_overrides["psf_fwhm_arcsec"] = 0.5 * (fwhm_range[0] + fwhm_range[1])
+            simulator = dataclasses.replace(simulator, psf_fwhm_range_arcsec=fwhm_range)
+        return TrainingRun(
+            conditions=self.conditions.to_core(**condition_overrides),
+            prior=self.prior.to_core(),
+            simulator=simulator,
+            encoder=self.encoder.to_core(),
+            training=self.training.to_core(),
+            autoencoder=self.autoencoder.to_core(),
+            autoencoder_training=self.autoencoder_training.to_core() if self.train_autoencoder else None,
         )
 
 
@@ -362,7 +265,7 @@ class BlissTrainTask(PipelineTask):
         """
         measured = []
         if self.config.use_calexp_conditions:
-            nominal = SurveyConditions.from_survey(self.config.survey, self.config.band)
+            nominal = self.config.conditions.to_core()
             try:
                 measured = [measure_exposure_conditions(calexp, nominal) for calexp in calexps]
                 run = self.config.training_run(measured)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "check_device_name",
     "BACKBONE_PRECISIONS",
     "check_backbone_precision",
     "native_bfloat16_cpu",
@@ -11,6 +12,19 @@ __all__ = [
 ]
 
 import torch
+
+
+def check_device_name(device: str) -> None:
+    """Check that ``device`` names a device a config may ask for, without needing that device here.
+
+    Raises
+    ------
+    ValueError
+        Unless ``device`` is ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+    """
+    index = device.removeprefix("cuda:")
+    if device not in ("auto", "cpu", "cuda") and not (device.startswith("cuda:") and index.isdigit()):
+        raise ValueError(f"device={device!r} must be 'auto', 'cpu', 'cuda' or 'cuda:N'.")
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

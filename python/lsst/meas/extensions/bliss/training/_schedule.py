@@ -8,6 +8,8 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+from ..runtime import check_device_name
+
 
 def warmup_cosine_factor(step: int, warmup_steps: int, n_steps: int) -> float:
     """Learning-rate multiplier: linear warm-up to 1, then cosine decay to 0.05 at ``n_steps``.
@@ -34,7 +36,7 @@ def check_optimization_settings(config: Any, counts: Iterable[str], held_out: st
     ----------
     config
         A training config with ``seed``, ``validation_seed``, ``learning_rate``,
-        ``warmup_steps`` and ``max_minutes``.
+        ``warmup_steps``, ``max_minutes`` and ``device``.
     counts
         Names of its fields that must be positive integers (steps, sizes, intervals).
     held_out
@@ -56,3 +58,4 @@ def check_optimization_settings(config: Any, counts: Iterable[str], held_out: st
         raise ValueError(f"warmup_steps={config.warmup_steps} is out of range; it must be >= 0.")
     if config.max_minutes is not None and not config.max_minutes > 0:
         raise ValueError(f"max_minutes={config.max_minutes} is out of range; it must be > 0 or None.")
+    check_device_name(config.device)

@@ -1,6 +1,6 @@
 """Every yardstick of one variation's scenes, for every method, as JSON-ready values.
 
-All numbers come from `lsst.meas.extensions.bliss._metrics` (one definition
+All numbers come from `lsst.meas.extensions.bliss.metrics` (one definition
 for the project); this module only selects the inputs: 1-pixel Hungarian
 matches, recall by true SNR and magnitude, precision by estimated SNR and
 magnitude, F1 by blendedness, star/galaxy accuracy by true SNR, relative flux

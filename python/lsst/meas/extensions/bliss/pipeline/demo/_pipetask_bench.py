@@ -94,7 +94,7 @@ def run_pipetask_suite(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             butler.close()
         task_config = BlissDeblendMeasureConfig()
-        pixels = exposure_pixels(calexp, task_config.invalid_mask_planes)
+        pixels = exposure_pixels(calexp, task_config.inference.invalid_mask_planes)
         start = time.perf_counter()
         direct = infer_frame(
             model,
