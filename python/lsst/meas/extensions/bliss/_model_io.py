@@ -32,6 +32,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as save_safetensors_bytes
 
+from ._atomic import atomic_write_path
 from ._autoencoder import AutoencoderConfig, GalaxyAutoencoder
 from ._conditions import SurveyConditions
 from ._encoder import BlissEncoder, EncoderConfig
@@ -159,15 +160,16 @@ class BlissModel:
         """Write the model to ``path`` (a ``.safetensors`` file), atomically.
 
         A partially written file never replaces an existing model: the bytes
-        go to a temporary file that is renamed at the end.
+        go to a new temporary file in the same directory (`atomic_write_path`)
+        that is renamed at the end.
         """
         path = Path(path)
         if path.suffix != ".safetensors":
             raise ValueError(f"Model path {path} must end in .safetensors.")
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(path.name + ".partial")
-        temporary.write_bytes(self.to_bytes())
-        temporary.replace(path)
+        data = self.to_bytes()
+        with atomic_write_path(path) as temporary:
+            temporary.write_bytes(data)
         return path
 
     @classmethod

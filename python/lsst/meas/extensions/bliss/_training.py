@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from ._atomic import atomic_write_path
 from ._autoencoder import AutoencoderConfig
 from ._autoencoder_training import AutoencoderTrainingConfig, train_autoencoder
 from ._conditions import SurveyConditions
@@ -265,10 +266,12 @@ class _Trainer:
             "run": self.run.to_dict(),
         }
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(weights_path) + ".partial")
-        Path(str(state_path) + ".partial").write_text(json.dumps(state, indent=1))
-        Path(str(weights_path) + ".partial").replace(weights_path)
-        Path(str(state_path) + ".partial").replace(state_path)
+        # Both files are complete before either is renamed (the inner block, the weights, first), as
+        # before: a failed write leaves the previous pair.
+        with atomic_write_path(state_path) as state_temporary:
+            state_temporary.write_text(json.dumps(state, indent=1))
+            with atomic_write_path(weights_path) as weights_temporary:
+                save_file(tensors, str(weights_temporary))
 
     def load_checkpoint(self) -> None:
         weights_path, state_path = self._checkpoint_paths()

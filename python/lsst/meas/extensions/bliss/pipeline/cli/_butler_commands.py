@@ -19,7 +19,9 @@ from .._model_dataset import (
 def bliss_register(repo: str) -> None:
     """Add the BlissModel storage class and its formatter to REPO's butler.yaml.
 
-    Works on a new or an existing local repo and may be repeated.
+    Works on a new or an existing local repo and may be repeated.  The file
+    keeps its permissions; if it is a symbolic link, the file it points to is
+    edited and the link is kept.
     """
     changed = register_bliss_storage_class(repo)
     click.echo(f"{repo}: BlissModel storage class {'registered' if changed else 'was already registered'}.")

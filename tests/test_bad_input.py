@@ -1,0 +1,234 @@
+"""Bad input, as a new user may give it: each case checks the message, the exit code, and that nothing
+was written where it should not be and nothing was lost."""
+
+import dataclasses
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+from lsst.daf.butler import Butler
+
+from lsst.meas.extensions.bliss import (
+    BlissEncoder,
+    BlissModel,
+    EncoderConfig,
+    PriorConfig,
+    SimulatorConfig,
+    SurveyConditions,
+    TrainingRun,
+    train,
+)
+from lsst.meas.extensions.bliss._atomic import atomic_write_path
+from lsst.meas.extensions.bliss.bench import _main as bench_main
+from lsst.meas.extensions.bliss.pipeline import (
+    DEMO_REPO_MARKER,
+    MODEL_STORAGE_CLASS,
+    DemoRepoConfig,
+    build_demo_repo,
+)
+from lsst.meas.extensions.bliss.pipeline.cli import make_demo_repo_main
+from lsst.meas.extensions.bliss.pipeline.cli._butler_commands import bliss_register
+
+TINY = EncoderConfig(pixel_channels=(8, 8, 16), tile_blocks=1, head_channels=16)
+
+
+def tiny_model() -> BlissModel:
+    torch.manual_seed(0)
+    return BlissModel(
+        BlissEncoder(TINY).eval(),
+        SurveyConditions.from_survey(),
+        PriorConfig(),
+        SimulatorConfig(psf_fwhm_range_arcsec=(0.6, 1.2)),
+        {"seed": 0, "steps": 0},
+    )
+
+
+def files_below(root: Path) -> dict[str, bytes]:
+    """Every regular file below ``root`` (relative name -> content): what a failed command must keep."""
+    return {str(path.relative_to(root)): path.read_bytes() for path in root.rglob("*") if path.is_file()}
+
+
+# --- Writers never follow a link at a temporary name, and leave no temporary file behind ---------------
+
+
+def plant_links(directory: Path, names: list[str], outside: Path) -> None:
+    """Symbolic links at the fixed temporary names that the writers used, pointing outside."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (directory / name).symlink_to(outside)
+
+
+def test_model_save_ignores_a_link_at_the_old_temporary_name(tmp_path: Path) -> None:
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not yours")
+    output = tmp_path / "models"
+    plant_links(output, ["model.safetensors.partial"], outside)
+    path = tiny_model().save(output / "model.safetensors")
+    assert outside.read_text() == "not yours"
+    assert not path.is_symlink() and BlissModel.load(path).encoder.config == TINY
+    assert sorted(p.name for p in output.iterdir()) == ["model.safetensors", "model.safetensors.partial"]
+
+
+def test_training_checkpoints_ignore_links_at_the_old_temporary_names(tmp_path: Path) -> None:
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not yours")
+    output = tmp_path / "run"
+    plant_links(output, ["checkpoint.safetensors.partial", "checkpoint.json.partial"], outside)
+    run = TrainingRun.from_dict(
+        {
+            "simulator": {"image_height": 32, "image_width": 32},
+            "encoder": {"pixel_channels": [8, 8, 16], "tile_blocks": 1, "head_channels": 16},
+            "training": {
+                "n_steps": 2,
+                "batch_size": 2,
+                "validation_images": 2,
+                "validation_every": 2,
+                "checkpoint_every": 1,
+                "log_every": 2,
+                "device": "cpu",
+            },
+        }
+    )
+    train(run, output, log=lambda _: None)
+    assert outside.read_text() == "not yours"
+    assert json.loads((output / "checkpoint.json").read_text())["step"] == 2
+    assert not list(output.glob(".*.tmp"))
+
+
+def test_bench_json_ignores_a_link_at_the_old_temporary_name(tmp_path: Path, monkeypatch, capsys) -> None:
+    outside = tmp_path / "outside.txt"
+    outside.write_text("not yours")
+    plant_links(tmp_path / "out", ["result.json.tmp"], outside)
+
+    def run(args) -> dict:
+        return {"figure": 1.0, "summary": "figure = 1.0"}
+
+    monkeypatch.setitem(bench_main._SUITES, "render", ("a stand-in suite", lambda parser: None, run))
+    assert bench_main.main(["render", "--json", str(tmp_path / "out" / "result.json")]) == 0
+    assert outside.read_text() == "not yours"
+    assert json.loads((tmp_path / "out" / "result.json").read_text())["figure"] == 1.0
+
+
+def test_atomic_write_cleans_up_and_keeps_the_target_on_failure(tmp_path: Path) -> None:
+    target = tmp_path / "target.txt"
+    target.write_text("before")
+    with pytest.raises(RuntimeError, match="disk full"):
+        with atomic_write_path(target) as temporary:
+            assert temporary.parent == tmp_path and temporary.exists() and not temporary.is_symlink()
+            temporary.write_text("half")
+            raise RuntimeError("disk full")
+    assert target.read_text() == "before"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["target.txt"]
+    with atomic_write_path(target) as temporary:
+        temporary.write_text("after")
+    assert target.read_text() == "after"
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
+
+
+# --- butler bliss-register keeps the file's mode and its symbolic link ---------------------------------
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    root = tmp_path / "repo"
+    Butler.makeRepo(str(root))
+    return root
+
+
+def test_registration_keeps_the_permissions_of_butler_yaml(repo: Path) -> None:
+    config = repo / "butler.yaml"
+    config.chmod(0o644)
+    result = CliRunner().invoke(bliss_register, [str(repo)])
+    assert result.exit_code == 0, result.output
+    assert "registered" in result.output
+    assert stat.S_IMODE(config.stat().st_mode) == 0o644
+    assert MODEL_STORAGE_CLASS in yaml.safe_load(config.read_text())["storageClasses"]
+    assert not list(repo.glob(".butler.yaml*"))
+
+
+def test_registration_follows_a_linked_butler_yaml_and_keeps_the_link(repo: Path, tmp_path: Path) -> None:
+    shared = tmp_path / "shared" / "butler.yaml"
+    shared.parent.mkdir()
+    (repo / "butler.yaml").rename(shared)
+    shared.chmod(0o640)
+    (repo / "butler.yaml").symlink_to(shared)
+    result = CliRunner().invoke(bliss_register, [str(repo)])
+    assert result.exit_code == 0, result.output
+    assert (repo / "butler.yaml").is_symlink() and (repo / "butler.yaml").resolve() == shared
+    assert MODEL_STORAGE_CLASS in yaml.safe_load(shared.read_text())["storageClasses"]
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o640
+    with Butler.from_config(str(repo)) as butler:
+        assert butler.storageClasses.getStorageClass(MODEL_STORAGE_CLASS).name == MODEL_STORAGE_CLASS
+
+
+def test_registration_names_a_dangling_link(repo: Path, tmp_path: Path) -> None:
+    (repo / "butler.yaml").unlink()
+    (repo / "butler.yaml").symlink_to(tmp_path / "gone.yaml")
+    result = CliRunner().invoke(bliss_register, [str(repo)])
+    assert result.exit_code != 0
+    assert "gone.yaml" in str(result.exception) and "does not exist" in str(result.exception)
+
+
+# --- bliss-make-demo-repo --overwrite deletes only a demo repo -----------------------------------------
+
+
+def demo_arguments(root: Path) -> list[str]:
+    return [str(root), "--visits", "1", "--detectors", "1", "--height", "64", "--width", "64", "--overwrite"]
+
+
+def test_overwrite_refuses_a_directory_that_is_not_a_demo_repo(tmp_path: Path, capsys) -> None:
+    root = tmp_path / "my_data"
+    (root / "nested").mkdir(parents=True)
+    (root / "thesis.tex").write_text("years of work")
+    (root / "nested" / "data.fits").write_bytes(b"\x00" * 16)
+    before = files_below(root)
+    assert make_demo_repo_main(demo_arguments(root)) == 1
+    error = capsys.readouterr().err
+    assert str(root) in error and "not a Butler repo made by bliss-make-demo-repo" in error
+    assert files_below(root) == before
+
+
+def test_overwrite_refuses_another_butler_repo(repo: Path, capsys) -> None:
+    before = files_below(repo)
+    assert make_demo_repo_main(demo_arguments(repo)) == 1
+    error = capsys.readouterr().err
+    assert str(repo) in error and DEMO_REPO_MARKER in error
+    assert files_below(repo) == before
+
+
+def test_overwrite_refuses_a_link_and_a_file(tmp_path: Path, capsys) -> None:
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (target / "keep.txt").write_text("keep")
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    assert make_demo_repo_main(demo_arguments(link)) == 1
+    assert "symbolic link" in capsys.readouterr().err
+    assert (target / "keep.txt").read_text() == "keep"
+    plain = tmp_path / "plain.txt"
+    plain.write_text("keep")
+    assert make_demo_repo_main(demo_arguments(plain)) == 1
+    assert "not a directory" in capsys.readouterr().err
+    assert plain.read_text() == "keep"
+
+
+def test_overwrite_replaces_a_demo_repo(tmp_path: Path) -> None:
+    root = tmp_path / "demo"
+    model = tiny_model()
+    config = DemoRepoConfig(n_visits=1, n_detectors=1, height=64, width=64, saturated_star_mag=None)
+    build_demo_repo(root, config, model=model)
+    assert json.loads((root / DEMO_REPO_MARKER).read_text())["config"]["height"] == 64
+    (root / "stale.txt").write_text("from before")
+    build_demo_repo(root, dataclasses.replace(config, width=68), model=model, overwrite=True)
+    assert not (root / "stale.txt").exists() and (root / DEMO_REPO_MARKER).exists()
