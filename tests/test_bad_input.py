@@ -12,18 +12,27 @@ import torch
 import yaml
 from click.testing import CliRunner
 from lsst.daf.butler import Butler
+from safetensors.torch import load as load_safetensors_bytes
+from safetensors.torch import save as save_safetensors_bytes
 
 from lsst.meas.extensions.bliss import (
+    MODEL_FORMAT_VERSION,
     BlissEncoder,
     BlissModel,
     EncoderConfig,
+    ModelFormatError,
     PriorConfig,
     SimulatorConfig,
     SurveyConditions,
     TrainingRun,
+    default_model_path,
+    load_default_model,
     train,
 )
 from lsst.meas.extensions.bliss._atomic import atomic_write_path
+from lsst.meas.extensions.bliss._model_io import _file_digest
+from lsst.meas.extensions.bliss._model_migration import main as migration_main
+from lsst.meas.extensions.bliss._model_migration import migrate_model_file
 from lsst.meas.extensions.bliss.bench import _main as bench_main
 from lsst.meas.extensions.bliss.pipeline import (
     DEMO_REPO_MARKER,
@@ -32,7 +41,8 @@ from lsst.meas.extensions.bliss.pipeline import (
     build_demo_repo,
 )
 from lsst.meas.extensions.bliss.pipeline.cli import make_demo_repo_main
-from lsst.meas.extensions.bliss.pipeline.cli._butler_commands import bliss_register
+from lsst.meas.extensions.bliss.pipeline.cli._butler_commands import bliss_ingest_model, bliss_register
+from lsst.meas.extensions.bliss.version import __version__
 
 TINY = EncoderConfig(pixel_channels=(8, 8, 16), tile_blocks=1, head_channels=16)
 
@@ -232,3 +242,166 @@ def test_overwrite_replaces_a_demo_repo(tmp_path: Path) -> None:
     (root / "stale.txt").write_text("from before")
     build_demo_repo(root, dataclasses.replace(config, width=68), model=model, overwrite=True)
     assert not (root / "stale.txt").exists() and (root / DEMO_REPO_MARKER).exists()
+
+
+# --- The model file's description is integrity-checked and validated field by field -------------------
+
+
+def model_document(data: bytes) -> dict:
+    header_length = int.from_bytes(data[:8], "little")
+    return json.loads(json.loads(data[8 : 8 + header_length])["__metadata__"]["bliss_model"])
+
+
+def edited_and_resigned(data: bytes, change) -> bytes:
+    """The file with its description changed and both digests made to match again, as a careful
+    editor would: only the validation of the fields can refuse it."""
+    document = model_document(data)
+    change(document)
+    document.pop("file_sha256")
+    return signed_model_bytes(load_safetensors_bytes(data), document)
+
+
+def signed_model_bytes(tensors: dict, document: dict) -> bytes:
+    placeholder = "0" * 64
+    data = save_safetensors_bytes(
+        tensors, metadata={"bliss_model": json.dumps({**document, "file_sha256": placeholder})}
+    )
+    return data.replace(placeholder.encode(), _file_digest(data, placeholder).encode(), 1)
+
+
+@pytest.fixture
+def model_file(tmp_path: Path) -> Path:
+    return tiny_model().save(tmp_path / "model.safetensors")
+
+
+def test_one_flipped_byte_in_the_description_is_refused(model_file: Path) -> None:
+    data = bytearray(model_file.read_bytes())
+    position = data.index(b'pixel_scale_arcsec\\": 0.2')
+    data[position + len(b'pixel_scale_arcsec\\": 0.') + 0] = ord("3")  # 0.2 -> 0.3, the digests unchanged
+    model_file.write_bytes(bytes(data))
+    assert model_document(bytes(data))["conditions"]["pixel_scale_arcsec"] == 0.3
+    with pytest.raises(ModelFormatError, match=rf"{model_file}: the file does not match .*file_sha256"):
+        BlissModel.load(model_file)
+
+
+@pytest.mark.parametrize(
+    "byte_index_from_end", [1, 1000, None], ids=["last weight byte", "a weight byte", "the digest"]
+)
+def test_any_modified_byte_is_refused(model_file: Path, byte_index_from_end: int | None) -> None:
+    data = bytearray(model_file.read_bytes())
+    if byte_index_from_end is None:
+        recorded = model_document(bytes(data))["file_sha256"]
+        index = data.index(recorded.encode())
+        data[index] = ord("a") if data[index] != ord("a") else ord("b")
+    else:
+        data[-byte_index_from_end] ^= 0x01
+    model_file.write_bytes(bytes(data))
+    with pytest.raises(ModelFormatError, match="digest"):
+        BlissModel.load(model_file)
+
+
+def test_an_edited_band_is_refused_even_as_a_valid_band(model_file: Path) -> None:
+    data = model_file.read_bytes()
+    edited = data.replace(b'band\\": \\"r\\"', b'band\\": \\"i\\"', 1)
+    assert edited != data and model_document(edited)["conditions"]["band"] == "i"
+    model_file.write_bytes(edited)
+    with pytest.raises(ModelFormatError, match="file_sha256"):
+        BlissModel.load(model_file)
+
+
+@pytest.mark.parametrize(
+    "change, field, problem",
+    [
+        (lambda d: d["conditions"].update(band=7), "conditions.band=7", "wrong type"),
+        (lambda d: d["conditions"].update(pixel_scale_arcsec="0.2"), "conditions.pixel_scale_arcsec", "type"),
+        (lambda d: d["conditions"].update(pixel_scale_arcsec=-0.2), "pixel_scale_arcsec=-0.2", "range"),
+        (lambda d: d["conditions"].update(colour="red"), "conditions.colour", "unknown"),
+        (lambda d: d["encoder"].update(tile_blocks=True), "encoder.tile_blocks=True", "wrong type"),
+        (lambda d: d["prior"].update(disk_q_range=[0.2]), "prior.disk_q_range", "wrong type"),
+        (
+            lambda d: d["simulator"].pop("tile_size") and d["simulator"].update(tile=4),
+            "simulator.tile",
+            "unknown",
+        ),
+        (lambda d: d.update(comment="hi"), "comment", "unknown"),
+        (lambda d: d.update(training=[1]), "training", "invalid"),
+        (lambda d: d.update(conditions=None), "conditions", "JSON object"),
+    ],
+)
+def test_descriptions_that_do_not_validate_name_the_file_and_the_field(
+    model_file: Path, change, field: str, problem: str
+) -> None:
+    model_file.write_bytes(edited_and_resigned(model_file.read_bytes(), change))
+    with pytest.raises(ModelFormatError) as caught:
+        BlissModel.load(model_file)
+    message = str(caught.value)
+    assert str(model_file) in message and field in message and problem in message
+
+
+def test_ingesting_a_bad_model_fails_clearly_and_leaves_the_repo_untouched(
+    repo: Path, model_file: Path
+) -> None:
+    model_file.write_bytes(
+        edited_and_resigned(model_file.read_bytes(), lambda d: d["conditions"].update(pixel_scale_arcsec=-1))
+    )
+    before = files_below(repo)
+    result = CliRunner().invoke(bliss_ingest_model, [str(repo), "--model", str(model_file)])
+    assert result.exit_code == 1
+    assert "Error:" in result.output and str(model_file) in result.output
+    assert "pixel_scale_arcsec=-1" in result.output and "Traceback" not in result.output
+    assert files_below(repo) == before
+
+
+def legacy_model_bytes(model: BlissModel, version: int = 3) -> bytes:
+    """A model file as format version 3 wrote it: a weights digest only."""
+    document = model_document(model.to_bytes())
+    document.pop("file_sha256")
+    document["format_version"] = version
+    return save_safetensors_bytes(
+        load_safetensors_bytes(model.to_bytes()), metadata={"bliss_model": json.dumps(document)}
+    )
+
+
+def test_an_older_format_is_refused_with_the_migration_command_and_migrates(tmp_path: Path) -> None:
+    model = tiny_model()
+    old = tmp_path / "old.safetensors"
+    old.write_bytes(legacy_model_bytes(model))
+    with pytest.raises(ModelFormatError, match=rf"format version 3.*_model_migration {old}"):
+        BlissModel.load(old)
+    assert migration_main([str(old), "--output", str(tmp_path / "new.safetensors")]) == 0
+    migrated = BlissModel.load(tmp_path / "new.safetensors")
+    assert migrated.training["format_migrations"] == [
+        {
+            "from_format_version": 3,
+            "to_format_version": MODEL_FORMAT_VERSION,
+            "package_version": __version__,
+            "command": "python -m lsst.meas.extensions.bliss._model_migration",
+        }
+    ]
+    assert migrated.conditions == model.conditions and migrated.prior == model.prior
+    for name, value in model.encoder.state_dict().items():
+        assert torch.equal(value, migrated.encoder.state_dict()[name]), name
+    # Migrating is deterministic, and a migrated file is not migrated twice.
+    migrate_model_file(old)
+    assert old.read_bytes() == (tmp_path / "new.safetensors").read_bytes()
+    with pytest.raises(ModelFormatError, match="nothing to migrate"):
+        migrate_model_file(old)
+
+
+def test_migration_checks_the_old_weights_digest(tmp_path: Path, capsys) -> None:
+    data = bytearray(legacy_model_bytes(tiny_model()))
+    data[-2] ^= 0x01
+    old = tmp_path / "old.safetensors"
+    old.write_bytes(bytes(data))
+    assert migration_main([str(old)]) == 1
+    assert "weights do not match" in capsys.readouterr().err
+    assert old.read_bytes() == bytes(data)
+
+
+def test_the_packaged_model_was_migrated_once_with_its_weights_unchanged() -> None:
+    model = load_default_model()
+    assert [step["from_format_version"] for step in model.training["format_migrations"]] == [3]
+    # The weights digest recorded at training time still matches: the migration kept the weights.
+    assert model_document(default_model_path().read_bytes())["weights_sha256"] == (
+        "7d5595a0ba077046300cea82c311f7133b5fa9a073bfbf7ff99a8cf9b25afeff"
+    )

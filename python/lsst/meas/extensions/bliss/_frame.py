@@ -18,6 +18,7 @@ import copy
 import dataclasses
 import functools
 import math
+import numbers
 import time
 from collections.abc import Callable
 
@@ -256,15 +257,40 @@ class _PsfFwhmGrid:
         return torch.from_numpy(lower), fraction, along_x.to(torch.float32), step.to(torch.float32)
 
 
+def _fixed_psf_fwhm(psf: object) -> float:
+    """A PSF FWHM given as a number, in pixels, checked.
+
+    Raises
+    ------
+    TypeError
+        If ``psf`` is neither a real number (or a 0-d numeric array) nor a callable, naming what it is.
+    ValueError
+        If the FWHM is not finite and positive.
+    """
+    numeric_scalar = (isinstance(psf, np.ndarray) and psf.ndim == 0 and psf.dtype.kind in "iuf") or (
+        isinstance(psf, torch.Tensor)
+        and psf.ndim == 0
+        and psf.dtype != torch.bool
+        and not psf.dtype.is_complex
+    )
+    if isinstance(psf, bool) or not (isinstance(psf, numbers.Real) or numeric_scalar):
+        raise TypeError(
+            f"psf={psf!r} ({type(psf).__name__}) is not a PSF model: pass the PSF FWHM in pixels (a positive "
+            "number) or a callable (x, y) -> FWHM in pixels or a PSF kernel image."
+        )
+    fwhm = float(psf)  # type: ignore[arg-type]
+    if not math.isfinite(fwhm) or fwhm <= 0:
+        raise ValueError(f"psf: the PSF FWHM {fwhm} pixels must be finite and positive.")
+    return fwhm
+
+
 def _psf_fwhm_grid(
     psf: PsfModel, height: int, width: int, grid_pixels: int, conditions: SurveyConditions
 ) -> _PsfFwhmGrid:
     """The PSF model evaluated every ``grid_pixels`` pixels (and at the last row and column); a fixed
     FWHM is one node."""
     if not callable(psf):
-        fwhm = float(psf)
-        if not math.isfinite(fwhm) or fwhm <= 0:
-            raise ValueError(f"PSF FWHM {fwhm} pixels must be finite and positive.")
+        fwhm = _fixed_psf_fwhm(psf)
         origin = np.zeros(1)
         return _PsfFwhmGrid(origin, origin.copy(), np.full((1, 1), fwhm), height, width)
 
@@ -585,6 +611,8 @@ def infer_frame(
         If the shapes of image, variance and mask differ, the image is
         smaller than one tile, or the PSF model fails or gives a non-finite
         or non-positive FWHM (the message names the position).
+    TypeError
+        If ``psf`` is neither a number nor a callable (the message names ``psf``).
     """
     config = config or FrameConfig()
     device = resolve_device(config.device)

@@ -204,15 +204,19 @@ def ingest_model(
 
     Raises
     ------
+    FileNotFoundError, ModelFormatError
+        If ``model`` names a missing or invalid model file (see
+        `BlissModel.load`); the repo is then left untouched.
     lsst.daf.butler.registry.ConflictingDefinitionError
         If ``run`` already holds a model of that dataset type (choose another
         RUN collection; models are never overwritten).
     """
-    register_bliss_storage_class(repo)
+    # The model is loaded (and checked) first, so that a bad model file leaves the repo untouched.
     if model is None:
         model = load_default_model()
     elif not isinstance(model, BlissModel):
         model = BlissModel.load(model)
+    register_bliss_storage_class(repo)
     butler = Butler.from_config(str(repo), writeable=True, run=run)
     try:
         dataset_type = DatasetType(

@@ -6,6 +6,7 @@ __all__ = ["bliss_ingest_model", "bliss_register", "get_cli_subcommands"]
 
 import click
 
+from ..._model_io import ModelFormatError
 from .._model_dataset import (
     DEFAULT_MODEL_DATASET_TYPE,
     DEFAULT_MODEL_RUN,
@@ -45,7 +46,11 @@ def bliss_ingest_model(repo: str, model_path: str | None, run: str, dataset_type
 
     Pass the RUN collection to 'pipetask run -i' to use the model.
     """
-    ref = ingest_model(repo, model_path, run=run, dataset_type_name=dataset_type)
+    try:
+        ref = ingest_model(repo, model_path, run=run, dataset_type_name=dataset_type)
+    except (FileNotFoundError, ModelFormatError) as err:
+        # The message names the file and what is wrong with it; a traceback would only bury it.
+        raise click.ClickException(str(err)) from err
     click.echo(f"stored {ref.datasetType.name} in RUN collection {ref.run} ({ref.id}).")
 
 
