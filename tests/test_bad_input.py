@@ -3,10 +3,12 @@ was written where it should not be and nothing was lost."""
 
 import dataclasses
 import json
+import math
 import os
 import stat
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -20,16 +22,25 @@ from lsst.meas.extensions.bliss import (
     BlissEncoder,
     BlissModel,
     EncoderConfig,
+    FrameConfig,
+    ImageSimulator,
+    LogNormalFactor,
     ModelFormatError,
     PriorConfig,
     SimulatorConfig,
     SurveyConditions,
     TrainingRun,
     default_model_path,
+    infer_frame,
     load_default_model,
+    max_representable_signal_to_noise,
+    noise_scale,
+    prepare_inputs,
     train,
 )
+from lsst.meas.extensions.bliss import _frame as frame_module
 from lsst.meas.extensions.bliss._atomic import atomic_write_path
+from lsst.meas.extensions.bliss._inference import _log_normal_flux_summaries
 from lsst.meas.extensions.bliss._model_io import _file_digest
 from lsst.meas.extensions.bliss._model_migration import main as migration_main
 from lsst.meas.extensions.bliss._model_migration import migrate_model_file
@@ -37,7 +48,11 @@ from lsst.meas.extensions.bliss.bench import _main as bench_main
 from lsst.meas.extensions.bliss.pipeline import (
     DEMO_REPO_MARKER,
     MODEL_STORAGE_CLASS,
+    BlissDeblendMeasureConfig,
+    BlissDeblendMeasureTask,
     DemoRepoConfig,
+    NonFiniteOutputError,
+    SourceIdGenerator,
     build_demo_repo,
 )
 from lsst.meas.extensions.bliss.pipeline.cli import make_demo_repo_main
@@ -405,3 +420,155 @@ def test_the_packaged_model_was_migrated_once_with_its_weights_unchanged() -> No
     assert model_document(default_model_path().read_bytes())["weights_sha256"] == (
         "7d5595a0ba077046300cea82c311f7133b5fa9a073bfbf7ff99a8cf9b25afeff"
     )
+
+
+# --- One hot pixel, or a variance far too small, no longer loses a detector ----------------------------
+
+
+@pytest.fixture(scope="module")
+def default_model() -> BlissModel:
+    return load_default_model()
+
+
+@pytest.fixture(scope="module")
+def clean_scene(default_model: BlissModel) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    simulator = ImageSimulator(
+        default_model.conditions,
+        default_model.prior.without_bright_stars(),
+        SimulatorConfig(image_height=128, image_width=128),
+        device="cpu",
+    )
+    batch = simulator.sample(1, seed=11)
+    return batch.image[0], batch.variance[0], batch.mask[0]
+
+
+def all_finite(result) -> bool:
+    catalogs = [result.catalog, *result.samples]
+    return all(
+        bool(torch.isfinite(catalog.x).all() and torch.isfinite(catalog.y).all())
+        and all(bool(torch.isfinite(value.float()).all()) for value in catalog.fields.values())
+        for catalog in catalogs
+    )
+
+
+def near(catalog, y: int, x: int, radius: float) -> torch.Tensor:
+    n = int(catalog.n_sources[0])
+    return (catalog.x[0, :n] - x).square() + (catalog.y[0, :n] - y).square() <= radius**2
+
+
+@pytest.mark.parametrize("value_njy", [1e8, 1e10, -1e9])
+def test_a_hot_pixel_is_invalid_and_flagged_and_the_catalog_stays_finite(
+    default_model: BlissModel, clean_scene, value_njy: float
+) -> None:
+    image, variance, mask = clean_scene
+    fwhm = default_model.conditions.psf_fwhm_pix
+    config = FrameConfig(n_samples=4)
+    clean = infer_frame(default_model, image, variance, mask, fwhm, config)
+    # The hot pixel sits on the brightest detected source, whose footprint then holds an invalid pixel.
+    brightest = int(clean.catalog.fields["flux_njy"][0].argmax())
+    y, x = round(float(clean.catalog.y[0, brightest])), round(float(clean.catalog.x[0, brightest])) + 2
+    hot = image.clone()
+    hot[y, x] = value_njy
+    result = infer_frame(default_model, hot, variance, mask, fwhm, config)
+    assert all_finite(result)
+    assert abs(int(result.catalog.n_sources[0]) - int(clean.catalog.n_sources[0])) <= 2
+    flagged = result.catalog.fields["flag_masked"][0]
+    close = near(result.catalog, y, x, 3.0)
+    assert close.any() and flagged[close].all()
+    assert not clean.catalog.fields["flag_masked"][0, brightest]
+    assert float(result.catalog.fields["flux_njy"].max()) < 1e7
+
+
+def test_a_variance_far_too_small_is_invalid(default_model: BlissModel, clean_scene) -> None:
+    image, variance, mask = clean_scene
+    fwhm = default_model.conditions.psf_fwhm_pix
+    tiny = variance.clone()
+    tiny[40:44, 40:44] = 1e-12
+    clean = infer_frame(default_model, image, variance, mask, fwhm, FrameConfig(n_samples=2))
+    result = infer_frame(default_model, image, tiny, mask, fwhm, FrameConfig(n_samples=2))
+    assert all_finite(result)
+    assert abs(int(result.catalog.n_sources[0]) - int(clean.catalog.n_sources[0])) <= 2
+
+
+def test_the_representable_bound_lies_far_beyond_the_training_pixels(default_model: BlissModel) -> None:
+    conditions = default_model.conditions
+    bound = max_representable_signal_to_noise(conditions)
+    # Under Poisson noise (the training images), no unsaturated pixel exceeds sqrt(full well).
+    assert bound > 10 * math.sqrt(conditions.full_well_e)
+    # A pixel at 1e6 nJy holds ten times the full well: never a valid input.
+    noise_njy = math.sqrt(conditions.sky_level_njy / conditions.njy_to_electrons)
+    assert 1e6 / noise_njy > bound
+    image = torch.tensor([[[0.0, bound * 0.99, -bound * 1.01, bound * 2]]])
+    inputs = prepare_inputs(image, torch.ones_like(image), None, 4.0, max_signal_to_noise=bound)
+    assert inputs.valid.tolist() == [[[True, True, False, False]]]
+    assert inputs.tensor[0, 0, 0, 2:].tolist() == [0.0, 0.0]
+    valid, _ = noise_scale(image, torch.ones_like(image), None, max_signal_to_noise=bound)
+    assert torch.equal(valid, inputs.valid)
+
+
+def test_posterior_summaries_stay_finite_without_the_bound(
+    default_model: BlissModel, clean_scene, monkeypatch
+) -> None:
+    """Even a pixel the bound would have caught gives finite errors, percentiles and samples."""
+    monkeypatch.setattr(frame_module, "max_representable_signal_to_noise", lambda conditions: math.inf)
+    image, variance, mask = clean_scene
+    hot = image.clone()
+    hot[64, 64] = 1e10
+    result = infer_frame(default_model, hot, variance, mask, default_model.conditions.psf_fwhm_pix)
+    assert all_finite(result)
+    errors = result.catalog.fields["flux_err_njy"]
+    assert (errors > 0).all() and (
+        result.catalog.fields["flux_q84_njy"] >= result.catalog.fields["flux_njy"]
+    ).all()
+
+
+def test_log_normal_summaries_are_finite_for_the_widest_posteriors() -> None:
+    mean = torch.tensor([30.0, 30.0, 0.0, -30.0])
+    sigma = torch.tensor([math.exp(3.0), 6.0, math.exp(-5.0), math.exp(3.0)])
+    summaries = _log_normal_flux_summaries(mean, sigma, torch.tensor(18.0))
+    for name, value in summaries.items():
+        assert torch.isfinite(value).all() and (value >= 0).all(), name
+    assert summaries["flux_err_njy"][0] == torch.finfo(torch.float32).max
+    # Where the direct formula is finite, it is what is reported.
+    direct = torch.exp(mean + 0.5 * sigma**2) * torch.sqrt(torch.expm1(sigma**2)) * 18.0
+    assert torch.equal(summaries["flux_err_njy"][2], direct[2])
+    factor = LogNormalFactor("flux", "flux_njy", "source")
+    assert torch.isfinite(factor.from_latent(torch.tensor([200.0, -200.0]))).all()
+
+
+def test_a_hot_pixel_in_a_calexp_gives_a_finite_source_table(
+    default_model: BlissModel, tmp_path: Path
+) -> None:
+    root = tmp_path / "demo"
+    build_demo_repo(
+        root,
+        DemoRepoConfig(n_visits=1, n_detectors=1, height=128, width=128, seed=4, saturated_star_mag=None),
+        model=default_model,
+    )
+    with Butler.from_config(str(root), collections="BlissSim/calexp") as butler:
+        (ref,) = butler.query_datasets("calexp", explain=False)
+        calexp = butler.get(ref)
+    config = BlissDeblendMeasureConfig()
+    config.n_samples = 2
+    config.device = "cpu"
+    task = BlissDeblendMeasureTask(config=config)
+    clean = task.run(calexp, default_model)
+    # Hot pixels on the sky (each made the whole table fail before: an infinite flux error, or an
+    # IndexError in the deblending) and next to the brightest unflagged source (the bbox starts at 0, 0).
+    assert (calexp.bbox.x.start, calexp.bbox.y.start) == (0, 0)
+    calexp.image.array[60, 70] = 1e10
+    calexp.image.array[100, 90] = 1e9
+    unflagged_flux = np.where(clean.bliss_source["bliss_masked_flag"], 0.0, clean.bliss_source["bliss_flux"])
+    brightest = int(np.argmax(unflagged_flux))
+    x = round(float(clean.bliss_source["x"][brightest])) + 1
+    y = round(float(clean.bliss_source["y"][brightest]))
+    calexp.image.array[y, x] = 1e9
+    result = task.run(calexp, default_model)
+    sources = result.bliss_source
+    assert abs(len(sources) - len(clean.bliss_source)) <= 2
+    near_hot = (np.asarray(sources["x"]) - x) ** 2 + (np.asarray(sources["y"]) - y) ** 2 <= 9
+    assert near_hot.any() and np.asarray(sources["bliss_masked_flag"])[near_hot].all()
+    # The guard against non-finite output stays in place.
+    result.frame.catalog.fields["flux_njy"][0, 0] = math.inf
+    with pytest.raises(NonFiniteOutputError, match="bliss_source"):
+        task.make_source_table(result.frame, calexp, SourceIdGenerator(0, 0), 0, 0)

@@ -36,6 +36,7 @@ from ._normalize import (
     DEFAULT_INVALID_MASK_PLANES,
     N_INPUT_CHANNELS,
     invalid_mask_bits,
+    max_representable_signal_to_noise,
     noise_scale,
     prepare_inputs,
 )
@@ -47,7 +48,8 @@ PsfModel = float | Callable[[float, float], "float | np.ndarray"]
 
 FRAME_FLAGS: tuple[str, ...] = ("flag_masked", "flag_image_edge")
 """Boolean catalog fields: the source's footprint (a box of half-side ``2 FWHM + 2 hlr``) holds
-invalid pixels (masked, non-finite or with non-positive variance), or reaches beyond the image."""
+invalid pixels (masked, non-finite, with non-positive variance, or of a signal-to-noise beyond
+`max_representable_signal_to_noise`), or reaches beyond the image."""
 
 CPU_SAMPLE_BATCH = 16
 """Posterior samples drawn together in one pass on a CPU by default: the default 16 in one pass (at 4k
@@ -652,7 +654,12 @@ def infer_frame(
         None if mask_t is None else mask_t[None],
         0.0,  # the PSF map comes a window at a time from the grid
     )
-    padded_valid, flux_scale_t = noise_scale(padded_image, padded_variance, padded_mask, invalid_bits)
+    # Pixels beyond what the model's inputs represent (a hot pixel, a missed cosmic ray, a variance far
+    # too small) are invalid like masked ones, so they neither reach the network nor go unflagged.
+    max_snr = max_representable_signal_to_noise(model.conditions)
+    padded_valid, flux_scale_t = noise_scale(
+        padded_image, padded_variance, padded_mask, invalid_bits, max_snr
+    )
     valid = padded_valid[0, :height, :width]
     flux_scale = float(flux_scale_t[0])
     timings["normalize"] = time.perf_counter() - start
@@ -691,6 +698,7 @@ def infer_frame(
                 fwhm_grid.window(rows, cols)[None],
                 invalid_bits,
                 flux_scale_t,
+                max_snr,
             )
             chunk_inputs = dataclasses.replace(
                 chunk_inputs,

@@ -41,7 +41,11 @@ from .._deblend import deblend_sources, measure_deblended, median_noise_njy, mod
 from .._frame import FrameConfig, FrameResult, infer_frame
 from .._model_fit import ModelFitConfig
 from .._model_io import BlissModel
-from .._normalize import DEFAULT_INVALID_MASK_PLANES
+from .._normalize import (
+    DEFAULT_INVALID_MASK_PLANES,
+    max_representable_signal_to_noise,
+    unrepresentable_pixels,
+)
 from ._compatibility import ExposureConditions, compatibility_problems, measure_exposure_conditions
 from ._exposure import ExposurePixels, exposure_pixels, psf_kernel_function
 from ._ids import SourceIdGenerator, SourceIdGeneratorConfig
@@ -512,6 +516,12 @@ class BlissDeblendMeasureTask(PipelineTask):
         """`infer` on pixels already taken from ``calexp``."""
         seed = int(np.random.SeedSequence([self.config.seed, visit, detector]).generate_state(1)[0])
         height, width = pixels.image.shape
+        # Pixels the model's inputs cannot represent (a hot pixel, a missed cosmic ray, a variance far too
+        # small) are invalid for the deblending as they are for the network, and count as invalid.
+        max_snr = max_representable_signal_to_noise(model.conditions)
+        np.logical_or(
+            pixels.invalid, unrepresentable_pixels(pixels.image, pixels.variance, max_snr), out=pixels.invalid
+        )
         self.log.info("Running BLISS on a %dx%d image (%d samples).", width, height, self.config.n_samples)
         last_log = [time.monotonic()]
 
@@ -539,7 +549,8 @@ class BlissDeblendMeasureTask(PipelineTask):
         if frame.status == "no_valid_pixels":
             raise NoWorkFound(
                 f"No valid pixel in the {width}x{height} image (all masked in "
-                f"{list(self.config.invalid_mask_planes)}, non-finite or with non-positive variance)."
+                f"{list(self.config.invalid_mask_planes)}, non-finite, with non-positive variance, or "
+                "beyond the signal-to-noise the model represents)."
             )
         n_sources = int(frame.catalog.n_sources[0])
         self.metadata["n_sources"] = n_sources
