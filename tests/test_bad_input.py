@@ -572,3 +572,33 @@ def test_a_hot_pixel_in_a_calexp_gives_a_finite_source_table(
     result.frame.catalog.fields["flux_njy"][0, 0] = math.inf
     with pytest.raises(NonFiniteOutputError, match="bliss_source"):
         task.make_source_table(result.frame, calexp, SourceIdGenerator(0, 0), 0, 0)
+
+
+# --- A PSF that is not one is named as the PSF ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("psf", ["abc", None, [1.0, 2.0], True, {"fwhm": 4.0}])
+def test_a_psf_that_is_neither_a_number_nor_a_callable_is_named(default_model: BlissModel, psf) -> None:
+    image = torch.zeros(32, 32)
+    with pytest.raises(TypeError, match=r"psf=.* is not a PSF model: pass the PSF FWHM in pixels"):
+        infer_frame(default_model, image, torch.ones_like(image), None, psf)
+
+
+@pytest.mark.parametrize("fwhm", [math.nan, -1.0, 0.0, np.float32(math.inf)])
+def test_a_psf_fwhm_out_of_range_is_named(default_model: BlissModel, fwhm: float) -> None:
+    image = torch.zeros(32, 32)
+    with pytest.raises(ValueError, match="psf: the PSF FWHM .* must be finite and positive"):
+        infer_frame(default_model, image, torch.ones_like(image), None, fwhm)
+
+
+def test_a_numpy_or_torch_scalar_psf_is_accepted(default_model: BlissModel) -> None:
+    image = torch.zeros(32, 32)
+    for fwhm in (np.float64(4.0), torch.tensor(4.0), 4):
+        assert infer_frame(default_model, image, torch.ones_like(image), None, fwhm).status == "ok"
+
+
+@pytest.mark.parametrize("psf", ["abc", None])
+def test_prepare_inputs_names_a_bad_psf_fwhm(psf) -> None:
+    image = torch.zeros(1, 8, 8)
+    with pytest.raises(TypeError, match=r"psf_fwhm_pix=.* is not a PSF FWHM"):
+        prepare_inputs(image, torch.ones_like(image), None, psf)

@@ -195,6 +195,8 @@ def prepare_inputs(
     ------
     ValueError
         If the shapes of image, variance, mask and a PSF FWHM map differ.
+    TypeError
+        If ``psf_fwhm_pix`` is not a number or numeric array (naming it).
     """
     if image.ndim != 3:
         raise ValueError(f"image must have shape (B, H, W); got {tuple(image.shape)}.")
@@ -224,7 +226,7 @@ def prepare_inputs(
         )
     else:
         flux_scale = flux_scale_njy.to(dtype=image.dtype, device=image.device)
-    fwhm = torch.as_tensor(psf_fwhm_pix, dtype=image.dtype, device=image.device)
+    fwhm = _psf_fwhm_tensor(psf_fwhm_pix, image)
     if fwhm.ndim == 3:
         if fwhm.shape != image.shape:
             raise ValueError(
@@ -243,6 +245,24 @@ def prepare_inputs(
     # along masked detector borders (EDGE).
     tensor[:, -1].masked_fill_(~valid, 0.0)
     return NetworkInputs(tensor=tensor, flux_scale_njy=flux_scale, valid=valid)
+
+
+def _psf_fwhm_tensor(psf_fwhm_pix: object, image: torch.Tensor) -> torch.Tensor:
+    """``psf_fwhm_pix`` as a tensor of the image's dtype and device, or a `TypeError` naming it."""
+    if isinstance(psf_fwhm_pix, str | bytes | bool) or psf_fwhm_pix is None:
+        # torch would read a string as a sequence of characters' codes, or fail with a message that names
+        # neither the parameter nor what it should be.
+        raise TypeError(
+            f"psf_fwhm_pix={psf_fwhm_pix!r} ({type(psf_fwhm_pix).__name__}) is not a PSF FWHM: pass the "
+            "FWHM in pixels as a number, a tensor of shape (B,), or a per-pixel map of shape (B, H, W)."
+        )
+    try:
+        return torch.as_tensor(psf_fwhm_pix, dtype=image.dtype, device=image.device)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(
+            f"psf_fwhm_pix={psf_fwhm_pix!r} is not a PSF FWHM ({err}): pass the FWHM in pixels as a "
+            "number, a tensor of shape (B,), or a per-pixel map of shape (B, H, W)."
+        ) from err
 
 
 def noise_scale(
