@@ -493,8 +493,15 @@ def test_a_variance_far_too_small_is_invalid(default_model: BlissModel, clean_sc
 def test_the_representable_bound_lies_far_beyond_the_training_pixels(default_model: BlissModel) -> None:
     conditions = default_model.conditions
     bound = max_representable_signal_to_noise(conditions)
-    # Under Poisson noise (the training images), no unsaturated pixel exceeds sqrt(full well).
+    # Under Poisson noise (the training images), no unsaturated pixel exceeds sqrt(full well) ...
     assert bound > 10 * math.sqrt(conditions.full_well_e)
+    # ... and the training simulations, bright stars included, stay far below the bound.
+    simulator = ImageSimulator(
+        conditions, default_model.prior, SimulatorConfig(image_height=64, image_width=64), device="cpu"
+    )
+    batch = simulator.sample(8, seed=3)
+    usable = (batch.mask == 0) & (batch.variance > 0)
+    assert float((batch.image.abs() / batch.variance.sqrt())[usable].max()) < bound / 10
     # A pixel at 1e6 nJy holds ten times the full well: never a valid input.
     noise_njy = math.sqrt(conditions.sky_level_njy / conditions.njy_to_electrons)
     assert 1e6 / noise_njy > bound

@@ -71,7 +71,18 @@ def atomic_write_path(target: str | Path, mode: int | None = None) -> Iterator[P
 
 def _default_file_mode() -> int:
     """``0o666`` less the process umask: the mode of a file made by a plain ``open``."""
-    # The umask can only be read by setting it; it is restored at once.
+    return 0o666 & ~_process_umask()
+
+
+def _process_umask() -> int:
+    """The process umask, read from ``/proc`` where Linux states it (without changing it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    # Elsewhere the umask can only be read by setting it, which is process-wide: it is restored at once.
     umask = os.umask(0o022)
     os.umask(umask)
-    return 0o666 & ~umask
+    return umask
