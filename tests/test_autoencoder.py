@@ -16,6 +16,7 @@ from lsst.meas.extensions.bliss import (
     EncoderConfig,
     GalaxyAutoencoder,
     MissingAutoencoderError,
+    ModelFormatError,
     PriorConfig,
     SimulatorConfig,
     SourcePrior,
@@ -155,20 +156,24 @@ def test_model_package_round_trip_with_and_without_autoencoder(tmp_path) -> None
         bare.require_autoencoder("Deblending")
 
 
-def test_format_version_2_files_still_load(tmp_path) -> None:
+def test_format_version_2_files_are_refused_and_migrate(tmp_path) -> None:
     model = make_model(None)
     data = model.to_bytes()
     header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
     document = json.loads(header["__metadata__"]["bliss_model"])
     tensors = {name: value.contiguous() for name, value in model.encoder.state_dict().items()}
+    from lsst.meas.extensions.bliss.io import migrate_model_file
     from lsst.meas.extensions.bliss.io._model_io import _weights_digest
 
     document.update(format_version=2, weights_sha256=_weights_digest(tensors))
-    del document["autoencoder"]
+    del document["autoencoder"], document["file_sha256"]
     path = tmp_path / "v2.safetensors"
     path.write_bytes(save_safetensors_bytes(tensors, metadata={"bliss_model": json.dumps(document)}))
-    loaded = BlissModel.load(path)
+    with pytest.raises(ModelFormatError, match="format version 2.*bliss-migrate-model"):
+        BlissModel.load(path)
+    loaded = BlissModel.load(migrate_model_file(path))
     assert loaded.autoencoder is None
+    assert loaded.training["format_migrations"][0]["from_format_version"] == 2
     for name, value in tensors.items():
         assert torch.equal(value, loaded.encoder.state_dict()[name])
 

@@ -16,6 +16,7 @@ from lsst.meas.extensions.bliss import (
     SurveyConditions,
     prepare_inputs,
 )
+from lsst.meas.extensions.bliss.io._model_io import _file_digest
 
 TINY = EncoderConfig(pixel_channels=(8, 8, 16), tile_blocks=1, head_channels=16)
 
@@ -62,6 +63,16 @@ def test_tampered_weights(tmp_path) -> None:
         BlissModel.load(path)
 
 
+def signed_model_bytes(tensors: dict, document: dict) -> bytes:
+    """A model file of these weights and description with a whole-file digest that matches: what an
+    editor who also recomputes the digest writes (only the checks of the fields can refuse it)."""
+    placeholder = "0" * 64
+    data = save_safetensors_bytes(
+        tensors, metadata={"bliss_model": json.dumps({**document, "file_sha256": placeholder})}
+    )
+    return data.replace(placeholder.encode(), _file_digest(data, placeholder).encode(), 1)
+
+
 def rewrite_document(path, change) -> None:
     data = path.read_bytes()
     header_length = int.from_bytes(data[:8], "little")
@@ -70,8 +81,7 @@ def rewrite_document(path, change) -> None:
     change(document)
     from safetensors.torch import load
 
-    tensors = load(data)
-    path.write_bytes(save_safetensors_bytes(tensors, metadata={"bliss_model": json.dumps(document)}))
+    path.write_bytes(signed_model_bytes(load(data), document))
 
 
 def test_missing_key_version_and_architecture_mismatch(tmp_path) -> None:

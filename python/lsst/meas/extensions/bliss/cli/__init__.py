@@ -12,6 +12,7 @@ import importlib
 from typing import Any
 
 from ._bench import *
+from ._migrate_model import *
 from ._train import *
 from ._validate import *
 

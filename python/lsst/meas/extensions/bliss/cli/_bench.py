@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ..bench import SUITES
+from ..io import atomic_write_path
 
 
 def _environment() -> dict[str, Any]:
@@ -48,9 +49,8 @@ def bench_main(argv: Sequence[str] | None = None) -> int:
     summary = results.pop("summary")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        temporary = args.json.with_suffix(args.json.suffix + ".tmp")
-        temporary.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-        temporary.replace(args.json)
+        with atomic_write_path(args.json) as temporary:
+            temporary.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
         print(f"wrote {args.json}")
     print(summary)
     sys.stdout.flush()

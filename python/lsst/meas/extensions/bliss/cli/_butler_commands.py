@@ -6,6 +6,7 @@ __all__ = ["bliss_ingest_model", "bliss_register", "get_cli_subcommands"]
 
 import click
 
+from ..io import ModelFormatError
 from ..pipeline import (
     DEFAULT_MODEL_DATASET_TYPE,
     DEFAULT_MODEL_RUN,
@@ -19,7 +20,9 @@ from ..pipeline import (
 def bliss_register(repo: str) -> None:
     """Add the BlissModel storage class and its formatter to REPO's butler.yaml.
 
-    Works on a new or an existing local repo and may be repeated.
+    Works on a new or an existing local repo and may be repeated.  The file
+    keeps its permissions; if it is a symbolic link, the file it points to is
+    edited and the link is kept.
     """
     changed = register_bliss_storage_class(repo)
     click.echo(f"{repo}: BlissModel storage class {'registered' if changed else 'was already registered'}.")
@@ -43,7 +46,11 @@ def bliss_ingest_model(repo: str, model_path: str | None, run: str, dataset_type
 
     Pass the RUN collection to 'pipetask run -i' to use the model.
     """
-    ref = ingest_model(repo, model_path, run=run, dataset_type_name=dataset_type)
+    try:
+        ref = ingest_model(repo, model_path, run=run, dataset_type_name=dataset_type)
+    except (FileNotFoundError, ModelFormatError) as err:
+        # The message names the file and what is wrong with it; a traceback would only bury it.
+        raise click.ClickException(str(err)) from err
     click.echo(f"stored {ref.datasetType.name} in RUN collection {ref.run} ({ref.id}).")
 
 

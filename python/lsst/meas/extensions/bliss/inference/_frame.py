@@ -18,6 +18,7 @@ import copy
 import dataclasses
 import functools
 import math
+import numbers
 import time
 from collections.abc import Callable
 
@@ -33,6 +34,7 @@ from ..network import (
     SampledSources,
     TilePosterior,
     TileRandomness,
+    max_representable_signal_to_noise,
     noise_scale,
     prepare_inputs,
     sample_sources,
@@ -47,7 +49,8 @@ PsfModel = float | Callable[[float, float], "float | np.ndarray"]
 
 FRAME_FLAGS: tuple[str, ...] = ("flag_masked", "flag_image_edge")
 """Boolean catalog fields: the source's footprint (a box of half-side ``2 FWHM + 2 hlr``) holds
-invalid pixels (masked, non-finite or with non-positive variance), or reaches beyond the image."""
+invalid pixels (masked, non-finite, with non-positive variance, or of a signal-to-noise beyond
+`max_representable_signal_to_noise`), or reaches beyond the image."""
 
 CPU_SAMPLE_BATCH = 16
 """Posterior samples drawn together in one pass on a CPU by default: the default 16 in one pass (faster
@@ -262,15 +265,40 @@ class _PsfFwhmGrid:
         return torch.from_numpy(lower), fraction, along_x.to(torch.float32), step.to(torch.float32)
 
 
+def _fixed_psf_fwhm(psf: object) -> float:
+    """A PSF FWHM given as a number, in pixels, checked.
+
+    Raises
+    ------
+    TypeError
+        If ``psf`` is neither a real number (or a 0-d numeric array) nor a callable, naming what it is.
+    ValueError
+        If the FWHM is not finite and positive.
+    """
+    numeric_scalar = (isinstance(psf, np.ndarray) and psf.ndim == 0 and psf.dtype.kind in "iuf") or (
+        isinstance(psf, torch.Tensor)
+        and psf.ndim == 0
+        and psf.dtype != torch.bool
+        and not psf.dtype.is_complex
+    )
+    if isinstance(psf, bool) or not (isinstance(psf, numbers.Real) or numeric_scalar):
+        raise TypeError(
+            f"psf={psf!r} ({type(psf).__name__}) is not a PSF model: pass the PSF FWHM in pixels (a positive "
+            "number) or a callable (x, y) -> FWHM in pixels or a PSF kernel image."
+        )
+    fwhm = float(psf)  # type: ignore[arg-type]
+    if not math.isfinite(fwhm) or fwhm <= 0:
+        raise ValueError(f"psf: the PSF FWHM {fwhm} pixels must be finite and positive.")
+    return fwhm
+
+
 def _psf_fwhm_grid(
     psf: PsfModel, height: int, width: int, grid_pixels: int, conditions: SurveyConditions
 ) -> _PsfFwhmGrid:
     """The PSF model evaluated every ``grid_pixels`` pixels (and at the last row and column); a fixed
     FWHM is one node."""
     if not callable(psf):
-        fwhm = float(psf)
-        if not math.isfinite(fwhm) or fwhm <= 0:
-            raise ValueError(f"PSF FWHM {fwhm} pixels must be finite and positive.")
+        fwhm = _fixed_psf_fwhm(psf)
         origin = np.zeros(1)
         return _PsfFwhmGrid(origin, origin.copy(), np.full((1, 1), fwhm), height, width)
 
@@ -591,6 +619,8 @@ def infer_frame(
         If the shapes of image, variance and mask differ, the image is
         smaller than one tile, or the PSF model fails or gives a non-finite
         or non-positive FWHM (the message names the position).
+    TypeError
+        If ``psf`` is neither a number nor a callable (the message names ``psf``).
     """
     config = config or FrameConfig()
     device = resolve_device(config.device)
@@ -630,7 +660,12 @@ def infer_frame(
         None if mask_t is None else mask_t[None],
         0.0,  # the PSF map comes a window at a time from the grid
     )
-    padded_valid, flux_scale_t = noise_scale(padded_image, padded_variance, padded_mask, invalid_bits)
+    # Pixels beyond what the model's inputs represent (a hot pixel, a missed cosmic ray, a variance far
+    # too small) are invalid like masked ones, so they neither reach the network nor go unflagged.
+    max_snr = max_representable_signal_to_noise(model.conditions)
+    padded_valid, flux_scale_t = noise_scale(
+        padded_image, padded_variance, padded_mask, invalid_bits, max_snr
+    )
     valid = padded_valid[0, :height, :width]
     flux_scale = float(flux_scale_t[0])
     timings["normalize"] = time.perf_counter() - start
@@ -669,6 +704,7 @@ def infer_frame(
                 fwhm_grid.window(rows, cols)[None],
                 invalid_bits,
                 flux_scale_t,
+                max_snr,
             )
             chunk_inputs = dataclasses.replace(
                 chunk_inputs,

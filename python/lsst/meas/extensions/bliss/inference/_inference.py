@@ -155,6 +155,48 @@ def padded_to_tiles(
     return image, variance, mask, psf_fwhm_pix
 
 
+def _capped(value: torch.Tensor) -> torch.Tensor:
+    """``value`` with overflows (+-inf) replaced by the largest finite value of its dtype; NaN stays NaN."""
+    largest = torch.finfo(value.dtype).max
+    return value.clamp(min=-largest, max=largest)
+
+
+def _log_normal_flux_summaries(
+    mean: torch.Tensor, sigma: torch.Tensor, scale: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """Standard deviation and 16th/84th percentiles of a log-normal flux posterior, finite for any
+    finite parameters.
+
+    Parameters
+    ----------
+    mean, sigma
+        Mean and standard deviation of the log-flux (flux in units of ``scale``), any shape.
+    scale
+        Flux unit, nJy, broadcastable to ``mean``.
+
+    Returns
+    -------
+    summaries
+        ``flux_err_njy``, ``flux_q16_njy``, ``flux_q84_njy``, nJy, each of ``mean``'s shape and dtype.
+        The standard deviation ``exp(mu + s^2/2) sqrt(exp(s^2) - 1)`` overflows float32 already for
+        ``s`` above about 6.5, where the percentiles ``exp(mu +- s)`` are still finite: where the direct
+        formula overflows, the value is computed from its logarithm
+        (``mu + s^2/2 + log(expm1(s^2))/2 + log(scale)``, finite for every finite input) and capped at
+        the dtype's largest finite value, which then means "wider than the dtype can state".  Where
+        the direct formula is finite it is kept as it is, to the bit.
+    """
+    variance = sigma.square()
+    direct_err = torch.exp(mean + 0.5 * variance) * torch.sqrt(torch.expm1(variance)) * scale
+    # log(expm1(v)) = v + log(1 - exp(-v)): no overflow for large v, and v >= e^-10 > 0 here.
+    log_err = mean + 0.5 * variance + 0.5 * (variance + torch.log(-torch.expm1(-variance))) + torch.log(scale)
+    err = torch.where(torch.isfinite(direct_err), direct_err, _capped(torch.exp(log_err)))
+    return {
+        "flux_err_njy": err,
+        "flux_q16_njy": _capped(torch.exp(mean - sigma) * scale),
+        "flux_q84_njy": _capped(torch.exp(mean + sigma) * scale),
+    }
+
+
 def posterior_to_tile_catalog(
     posterior: TilePosterior,
     encoder: BlissEncoder,
@@ -201,13 +243,8 @@ def posterior_to_tile_catalog(
         assert isinstance(flux_factor, LogNormalFactor)
         mean = flux_factor.latent_mean(params["flux"])[..., 0]
         sigma = flux_factor.sigma(params["flux"])[..., 0]
-        fields["flux_njy"] = values["flux"][..., 0] * scale
-        # Standard deviation of a log-normal: exp(mu + s^2/2) sqrt(exp(s^2) - 1).
-        fields["flux_err_njy"] = (
-            torch.exp(mean + 0.5 * sigma.square()) * torch.sqrt(torch.expm1(sigma.square())) * scale
-        )
-        fields["flux_q16_njy"] = torch.exp(mean - sigma) * scale
-        fields["flux_q84_njy"] = torch.exp(mean + sigma) * scale
+        fields["flux_njy"] = _capped(values["flux"][..., 0] * scale)
+        fields.update(_log_normal_flux_summaries(mean, sigma, scale))
     location_factor = factors["location"]
     assert isinstance(location_factor, LocationFactor)
     location = values["location"]

@@ -357,7 +357,10 @@ class LogNormalFactor(_NormalFactor):
         return log_value, -log_value.sum(-1)
 
     def from_latent(self, latent: torch.Tensor) -> torch.Tensor:
-        return torch.exp(latent)
+        # A draw far in the tail of a wide posterior (log-value above about 88.7 in float32) would
+        # overflow to inf; it is capped at the largest finite value instead, so that samples stay
+        # finite (values that do not overflow are unchanged).
+        return torch.exp(latent).clamp(max=torch.finfo(latent.dtype).max)
 
 
 class EllipticityFactor(_NormalFactor):

@@ -5,24 +5,85 @@ from __future__ import annotations
 __all__ = [
     "N_INPUT_CHANNELS",
     "NetworkInputs",
+    "max_representable_signal_to_noise",
     "noise_scale",
     "prepare_inputs",
+    "unrepresentable_pixels",
 ]
 
 import dataclasses
+import math
 from types import ModuleType
 
 import numpy as np
 import torch
 
-from ..survey import DEFAULT_INVALID_MASK_PLANES, invalid_mask_bits
+from ..survey import DEFAULT_INVALID_MASK_PLANES, SurveyConditions, invalid_mask_bits
 
 ASINH_SOFTENING = (1.0, 10.0)
 """Softening scales (noise units) of the ``asinh`` data channels: the first resolves faint sources,
 the second stays nearly linear up to bright peaks so that their fluxes are not compressed away."""
 N_INPUT_CHANNELS = len(ASINH_SOFTENING) + 2
+REPRESENTABLE_HEADROOM = 4.0
+"""Factor between `max_representable_signal_to_noise` and the largest signal-to-noise an unsaturated
+pixel can have at the model's nominal conditions: room for skies up to 16 times darker (in electrons)
+than the nominal one."""
 PSF_FWHM_REFERENCE_PIX = 4.0
 PSF_FWHM_SCALE_PIX = 1.0
+
+
+def max_representable_signal_to_noise(conditions: SurveyConditions) -> float:
+    """The largest ``|image| / sqrt(variance)`` of a pixel that the model's inputs can represent.
+
+    A pixel below the full well holds at most ``full_well_e`` electrons, so
+    its signal-to-noise is at most ``full_well_e / sqrt(sky_e + read_noise_e^2)``
+    even for a variance plane without the source's own photon noise (with it,
+    as in the training images, the bound is ``sqrt(full_well_e)``, far
+    lower); brighter pixels are saturated, which the mask flags and the
+    training images never showed unmasked.  `REPRESENTABLE_HEADROOM` times
+    that bound leaves room for darker skies than the nominal one.  A pixel
+    beyond it is a hot pixel, a missed cosmic ray, or a variance far too
+    small: the network never saw such an input, and its posterior there
+    (fluxes of 10^10 nJy and more, spurious detections all around) means
+    nothing, so `prepare_inputs` and `noise_scale` treat it as invalid, like a
+    masked pixel.
+
+    Parameters
+    ----------
+    conditions
+        The model's nominal conditions (full well, sky level, read noise).
+
+    Returns
+    -------
+    bound
+        Signal-to-noise, dimensionless (about 15,000 for LSST r-band visits).
+    """
+    noise_e = math.sqrt(conditions.sky_level_electrons + conditions.read_noise_e**2)
+    return REPRESENTABLE_HEADROOM * conditions.full_well_e / noise_e
+
+
+def unrepresentable_pixels(image: np.ndarray, variance: np.ndarray, max_signal_to_noise: float) -> np.ndarray:
+    """Pixels that `prepare_inputs` turns invalid only because of ``max_signal_to_noise``.
+
+    For code that uses an image's pixels besides the network (deblending), so
+    that it treats them as the network's inputs do.
+
+    Parameters
+    ----------
+    image, variance
+        nJy and nJy^2, any shape.
+    max_signal_to_noise
+        See `max_representable_signal_to_noise`.
+
+    Returns
+    -------
+    unrepresentable
+        Bool array of ``image``'s shape: finite image and variance, positive
+        variance, and ``|image| / sqrt(variance)`` beyond ``max_signal_to_noise``
+        (computed as `prepare_inputs` computes it).
+    """
+    valid = np.isfinite(image) & np.isfinite(variance) & (variance > 0)
+    return valid & ~_representable(np, image, variance, valid, max_signal_to_noise)
 
 
 @dataclasses.dataclass
@@ -62,12 +123,14 @@ def prepare_inputs(
     psf_fwhm_pix: torch.Tensor | float,
     invalid_bits: int | None = None,
     flux_scale_njy: torch.Tensor | None = None,
+    max_signal_to_noise: float | None = None,
 ) -> NetworkInputs:
     """Normalize images for the encoder.
 
     Pixels are invalid where the image or variance is not finite, the
-    variance is not positive, or the mask has any of ``invalid_bits`` set;
-    invalid pixels are zero in the data channel and flagged in the validity
+    variance is not positive, the mask has any of ``invalid_bits`` set, or
+    ``|image| / sqrt(variance)`` exceeds ``max_signal_to_noise``; invalid
+    pixels are zero in the data channel and flagged in the validity
     channel, so NaNs never reach the network.
 
     Parameters
@@ -89,6 +152,9 @@ def prepare_inputs(
         per-pixel noise of its valid pixels.  Windows of a larger image are
         normalized with the whole image's (`noise_scale`), which makes
         their channels the same as the whole image's.
+    max_signal_to_noise
+        Pixels of a larger absolute signal-to-noise are invalid (see
+        `max_representable_signal_to_noise`); None: no bound.
 
     Returns
     -------
@@ -99,6 +165,8 @@ def prepare_inputs(
     ------
     ValueError
         If the shapes of image, variance, mask and a PSF FWHM map differ.
+    TypeError
+        If ``psf_fwhm_pix`` is not a number or numeric array (naming it).
     """
     if image.ndim != 3:
         raise ValueError(f"image must have shape (B, H, W); got {tuple(image.shape)}.")
@@ -115,7 +183,7 @@ def prepare_inputs(
     channels = _as_array(tensor, on_cpu)
     signal = channels[:, 0]
     arrays = [_as_array(array, on_cpu) for array in (image, variance, mask)]
-    valid, noise = _noise_units(xp, *arrays, invalid_bits, signal)
+    valid, noise = _noise_units(xp, *arrays, invalid_bits, signal, max_signal_to_noise)
     if flux_scale_njy is None:
         flux_scale = torch.tensor(
             [float(_lower_median(n[v])) if bool(v.any()) else 1.0 for n, v in zip(noise, valid, strict=True)],
@@ -128,7 +196,7 @@ def prepare_inputs(
         )
     else:
         flux_scale = flux_scale_njy.to(dtype=image.dtype, device=image.device)
-    fwhm = torch.as_tensor(psf_fwhm_pix, dtype=image.dtype, device=image.device)
+    fwhm = _psf_fwhm_tensor(psf_fwhm_pix, image)
     if fwhm.ndim == 3:
         if fwhm.shape != image.shape:
             raise ValueError(
@@ -149,8 +217,30 @@ def prepare_inputs(
     return NetworkInputs(tensor=tensor, flux_scale_njy=flux_scale, valid=valid)
 
 
+def _psf_fwhm_tensor(psf_fwhm_pix: object, image: torch.Tensor) -> torch.Tensor:
+    """``psf_fwhm_pix`` as a tensor of the image's dtype and device, or a `TypeError` naming it."""
+    if isinstance(psf_fwhm_pix, str | bytes | bool) or psf_fwhm_pix is None:
+        # torch would read a string as a sequence of characters' codes, or fail with a message that names
+        # neither the parameter nor what it should be.
+        raise TypeError(
+            f"psf_fwhm_pix={psf_fwhm_pix!r} ({type(psf_fwhm_pix).__name__}) is not a PSF FWHM: pass the "
+            "FWHM in pixels as a number, a tensor of shape (B,), or a per-pixel map of shape (B, H, W)."
+        )
+    try:
+        return torch.as_tensor(psf_fwhm_pix, dtype=image.dtype, device=image.device)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(
+            f"psf_fwhm_pix={psf_fwhm_pix!r} is not a PSF FWHM ({err}): pass the FWHM in pixels as a "
+            "number, a tensor of shape (B,), or a per-pixel map of shape (B, H, W)."
+        ) from err
+
+
 def noise_scale(
-    image: torch.Tensor, variance: torch.Tensor, mask: torch.Tensor | None, invalid_bits: int | None = None
+    image: torch.Tensor,
+    variance: torch.Tensor,
+    mask: torch.Tensor | None,
+    invalid_bits: int | None = None,
+    max_signal_to_noise: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The valid pixels and the noise unit of images, without their network inputs.
 
@@ -160,7 +250,7 @@ def noise_scale(
 
     Parameters
     ----------
-    image, variance, mask, invalid_bits
+    image, variance, mask, invalid_bits, max_signal_to_noise
         As for `prepare_inputs`, shape (B, H, W).
 
     Returns
@@ -176,6 +266,8 @@ def noise_scale(
     variance_array = _as_array(variance, on_cpu)
     image_array, mask_array = _as_array(image, on_cpu), _as_array(mask, on_cpu)
     valid = _valid_pixels(xp, image_array, variance_array, mask_array, invalid_bits)
+    if max_signal_to_noise is not None:
+        valid &= _representable(xp, image_array, variance_array, valid, max_signal_to_noise)
     # The square root is monotonic, so the median noise is the root of the median variance (the same
     # element, rounded the same way), and no image-sized array of noise is made.
     scales = [
@@ -214,22 +306,47 @@ def _valid_pixels[Array: (np.ndarray, torch.Tensor)](
     return valid
 
 
+def _representable[Array: (np.ndarray, torch.Tensor)](
+    xp: ModuleType, image: Array, variance: Array, valid: Array, max_signal_to_noise: float
+) -> Array:
+    """Pixels whose ``|image| / sqrt(variance)`` is at most ``max_signal_to_noise``, shape (B, H, W),
+    computed as `_noise_units` computes the signal-to-noise of valid pixels (the same operations, so
+    both agree to the bit on which pixels pass)."""
+    signal = xp.where(valid, image, 0.0)
+    noise = xp.where(valid, variance, 1.0)
+    xp.sqrt(noise, out=noise)
+    xp.divide(signal, noise, out=signal)
+    return xp.abs(signal) <= max_signal_to_noise
+
+
 def _as_array(tensor: torch.Tensor | None, as_numpy: bool) -> np.ndarray | torch.Tensor | None:
     """``tensor`` itself, or if ``as_numpy`` a numpy array sharing its memory."""
     return tensor.numpy() if as_numpy and tensor is not None else tensor
 
 
 def _noise_units[Array: (np.ndarray, torch.Tensor)](
-    xp: ModuleType, image: Array, variance: Array, mask: Array | None, invalid_bits: int, signal: Array
+    xp: ModuleType,
+    image: Array,
+    variance: Array,
+    mask: Array | None,
+    invalid_bits: int,
+    signal: Array,
+    max_signal_to_noise: float | None = None,
 ) -> tuple[Array, Array]:
     """Validity and noise (sqrt of the variance, 1 where invalid) of each pixel, shape (B, H, W) each,
     computed with the array module ``xp`` (numpy or torch); the signal-to-noise (0 where invalid) is
-    written to ``signal``.  (Few temporaries: on a CPU, memory touched for the first time costs about
-    as much as the arithmetic.)"""
+    written to ``signal``.  Pixels beyond ``max_signal_to_noise`` become invalid.  (Few temporaries:
+    on a CPU, memory touched for the first time costs about as much as the arithmetic.)"""
     valid = _valid_pixels(xp, image, variance, mask, invalid_bits)
     noise = xp.where(valid, variance, 1.0)
     xp.sqrt(noise, out=noise)
     xp.divide(xp.where(valid, image, 0.0), noise, out=signal)
+    if max_signal_to_noise is not None:
+        unrepresentable = xp.abs(signal) > max_signal_to_noise
+        if bool(unrepresentable.any()):
+            valid &= ~unrepresentable
+            signal[unrepresentable] = 0.0
+            noise[unrepresentable] = 1.0
     return valid, noise
 
 

@@ -39,7 +39,7 @@ from lsst.pipe.base import connectionTypes as cT
 from ..deblend import deblend_sources, measure_deblended, median_noise_njy, model_sources
 from ..inference import FrameConfig, FrameResult, infer_frame
 from ..io import BlissModel
-from ..network import GalaxyAutoencoder
+from ..network import GalaxyAutoencoder, max_representable_signal_to_noise, unrepresentable_pixels
 from ..survey import SurveyConditions
 from ._compatibility import ExposureConditions, compatibility_problems, measure_exposure_conditions
 from ._core_config import FramePexConfig, ModelFitPexConfig
@@ -446,6 +446,12 @@ class BlissDeblendMeasureTask(PipelineTask):
         inference = self.config.inference
         seed = int(np.random.SeedSequence([inference.seed, visit, detector]).generate_state(1)[0])
         height, width = pixels.image.shape
+        # Pixels the model's inputs cannot represent (a hot pixel, a missed cosmic ray, a variance far too
+        # small) are invalid for the deblending as they are for the network, and count as invalid.
+        max_snr = max_representable_signal_to_noise(model.conditions)
+        np.logical_or(
+            pixels.invalid, unrepresentable_pixels(pixels.image, pixels.variance, max_snr), out=pixels.invalid
+        )
         self.log.info("Running BLISS on a %dx%d image (%d samples).", width, height, inference.n_samples)
         last_log = [time.monotonic()]
 
@@ -473,7 +479,8 @@ class BlissDeblendMeasureTask(PipelineTask):
         if frame.status == "no_valid_pixels":
             raise NoWorkFound(
                 f"No valid pixel in the {width}x{height} image (all masked in "
-                f"{list(inference.invalid_mask_planes)}, non-finite or with non-positive variance)."
+                f"{list(inference.invalid_mask_planes)}, non-finite, with non-positive variance, or "
+                "beyond the signal-to-noise the model represents)."
             )
         n_sources = int(frame.catalog.n_sources[0])
         self.metadata["n_sources"] = n_sources

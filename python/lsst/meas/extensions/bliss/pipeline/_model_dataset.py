@@ -17,11 +17,12 @@ __all__ = [
     "BlissModelFormatter",
     "ingest_model",
     "register_bliss_storage_class",
+    "registered_config_path",
     "storage_class_config",
 ]
 
 import os
-import tempfile
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ import yaml
 
 from lsst.daf.butler import Butler, DatasetRef, DatasetType, FormatterV2
 
-from ..io import BlissModel, load_default_model
+from ..io import BlissModel, atomic_write_path, load_default_model
 
 MODEL_STORAGE_CLASS = "BlissModel"
 """Name of the storage class of trained BLISS models."""
@@ -110,14 +111,17 @@ def register_bliss_storage_class(repo: str | Path) -> bool:
 
     Notes
     -----
-    The file is rewritten atomically (temporary file and rename), so an
-    interrupted registration leaves the original untouched.
+    The file is rewritten atomically (a new temporary file in the same
+    directory, then a rename, `atomic_write_path`), so an interrupted
+    registration leaves the original untouched.  The rewritten file keeps the
+    original's permission bits, so every user who could read the repo's
+    configuration still can.  A ``butler.yaml`` that is a symbolic link (a
+    configuration shared between repos, say) is followed deliberately: the
+    file it points to is rewritten in its own directory and the link stays a
+    link, so every repo that shares the configuration learns the storage
+    class (`registered_config_path`).
     """
-    config_path = Path(repo) / "butler.yaml"
-    if not config_path.is_file():
-        raise FileNotFoundError(
-            f"No Butler repo at {repo} (no butler.yaml); create one first with 'butler create {repo}'."
-        )
+    config_path = registered_config_path(repo)
     document = yaml.safe_load(config_path.read_text())
     if not isinstance(document, dict):
         raise ValueError(f"{config_path} is not a YAML mapping; cannot register the storage class.")
@@ -132,11 +136,44 @@ def register_bliss_storage_class(repo: str | Path) -> bool:
         return False
     storage_classes[MODEL_STORAGE_CLASS] = wanted_pytype
     _add_formatter(datastore)
-    handle, temporary = tempfile.mkstemp(prefix=".butler.yaml.", dir=config_path.parent)
-    with os.fdopen(handle, "w") as stream:
-        yaml.safe_dump(document, stream, sort_keys=False)
-    os.replace(temporary, config_path)
+    with atomic_write_path(config_path, mode=stat.S_IMODE(config_path.stat().st_mode)) as temporary:
+        with temporary.open("w") as stream:
+            yaml.safe_dump(document, stream, sort_keys=False)
     return True
+
+
+def registered_config_path(repo: str | Path) -> Path:
+    """The ``butler.yaml`` file that `register_bliss_storage_class` rewrites for ``repo``.
+
+    A symbolic link is resolved to the file it points to, so that the link
+    itself is kept; the file must be a regular file.
+
+    Parameters
+    ----------
+    repo
+        Root directory of a local repo.
+
+    Returns
+    -------
+    path
+        The regular file that holds the repo's configuration.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``repo`` holds no ``butler.yaml``, or it is a dangling link (naming its target).
+    """
+    link = Path(repo) / "butler.yaml"
+    if link.is_symlink() and not link.exists():
+        raise FileNotFoundError(
+            f"{link} is a symbolic link to {os.readlink(link)}, which does not exist; restore the "
+            "shared configuration or replace the link with the repo's own butler.yaml."
+        )
+    if not link.is_file():
+        raise FileNotFoundError(
+            f"No Butler repo at {repo} (no butler.yaml); create one first with 'butler create {repo}'."
+        )
+    return link.resolve()
 
 
 def ingest_model(
@@ -166,15 +203,19 @@ def ingest_model(
 
     Raises
     ------
+    FileNotFoundError, ModelFormatError
+        If ``model`` names a missing or invalid model file (see
+        `BlissModel.load`); the repo is then left untouched.
     lsst.daf.butler.registry.ConflictingDefinitionError
         If ``run`` already holds a model of that dataset type (choose another
         RUN collection; models are never overwritten).
     """
-    register_bliss_storage_class(repo)
+    # The model is loaded (and checked) first, so that a bad model file leaves the repo untouched.
     if model is None:
         model = load_default_model()
     elif not isinstance(model, BlissModel):
         model = BlissModel.load(model)
+    register_bliss_storage_class(repo)
     butler = Butler.from_config(str(repo), writeable=True, run=run)
     try:
         dataset_type = DatasetType(

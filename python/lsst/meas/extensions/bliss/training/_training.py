@@ -24,7 +24,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from ..io import BlissModel
+from ..io import BlissModel, atomic_write_path
 from ..network import AutoencoderConfig, BlissEncoder, EncoderConfig, make_tile_truth, prepare_inputs
 from ..runtime import resolve_device
 from ..simulation import ImageSimulator, PriorConfig, SimulatedBatch, SimulatorConfig
@@ -264,10 +264,12 @@ class _Trainer:
             "run": self.run.to_dict(),
         }
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(weights_path) + ".partial")
-        Path(str(state_path) + ".partial").write_text(json.dumps(state, indent=1))
-        Path(str(weights_path) + ".partial").replace(weights_path)
-        Path(str(state_path) + ".partial").replace(state_path)
+        # Both files are complete before either is renamed (the inner block, the weights, first), as
+        # before: a failed write leaves the previous pair.
+        with atomic_write_path(state_path) as state_temporary:
+            state_temporary.write_text(json.dumps(state, indent=1))
+            with atomic_write_path(weights_path) as weights_temporary:
+                save_file(tensors, str(weights_temporary))
 
     def load_checkpoint(self) -> None:
         weights_path, state_path = self._checkpoint_paths()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = ["ValidationPlan", "headline", "run_validation", "write_report"]
 
+import contextlib
 import dataclasses
 import html
 import json
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 
 from ..inference import sample_catalogs
-from ..io import BlissModel
+from ..io import BlissModel, atomic_write_path
 from ..metrics import json_safe
 from . import _plots
 from ._scenes import METHODS, VARIATIONS, SceneResults, Variation, run_methods_on_scenes
@@ -234,21 +235,20 @@ def write_report(
             results.example, example_truth, example_estimates, extras["samples"]
         ),
     }
-    staged: list[tuple[Path, Path]] = []
-    for name, figure in figures.items():
-        temporary = output_dir / f".{name}.partial"
-        figure.savefig(temporary, dpi=dpi, format="png")
-        plt.close(figure)
-        staged.append((temporary, output_dir / name))
-    temporary = output_dir / ".metrics.json.partial"
-    temporary.write_text(json.dumps(json_safe(metrics), indent=1, allow_nan=False))
-    staged.append((temporary, output_dir / "metrics.json"))
-    temporary = output_dir / ".index.html.partial"
-    temporary.write_text(_html(metrics))
-    staged.append((temporary, output_dir / "index.html"))
-    for source, target in staged:
-        source.replace(target)
-    return [target for _, target in staged]
+    # Every file is staged under its own new temporary name (`atomic_write_path`) and all are renamed
+    # together at the end; if any fails, the staged ones are removed and the previous report stays.
+    targets = [output_dir / name for name in figures] + [
+        output_dir / "metrics.json",
+        output_dir / "index.html",
+    ]
+    with contextlib.ExitStack() as stack:
+        staged = {target.name: stack.enter_context(atomic_write_path(target)) for target in targets}
+        for name, figure in figures.items():
+            figure.savefig(staged[name], dpi=dpi, format="png")
+            plt.close(figure)
+        staged["metrics.json"].write_text(json.dumps(json_safe(metrics), indent=1, allow_nan=False))
+        staged["index.html"].write_text(_html(metrics))
+    return targets
 
 
 def _fmt(value: Any) -> str:

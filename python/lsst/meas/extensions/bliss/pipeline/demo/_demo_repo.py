@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-__all__ = ["DemoRepoConfig", "build_demo_repo"]
+__all__ = ["DEMO_REPO_MARKER", "DemoRepoConfig", "build_demo_repo"]
 
 import dataclasses
+import json
 import math
 import shutil
 from pathlib import Path
@@ -17,7 +18,7 @@ from lsst.daf.butler import Butler, DatasetType
 
 from ...catalog import SOURCE_FIELDS, FullCatalog
 from ...deblend import render_source_models, scene_model
-from ...io import BlissModel, load_default_model
+from ...io import BlissModel, atomic_write_path, load_default_model
 from ...simulation import (
     ImageSimulator,
     SimulatorConfig,
@@ -27,6 +28,10 @@ from ...simulation import (
 from ...survey import MASK_PLANES, SurveyConditions, mag_to_flux_njy
 from .. import model_psf_fwhm_range_arcsec, truth_table
 from ._visit_image_factory import DEMO_MASK_PLANES, LinearPsfField, make_visit_image
+
+DEMO_REPO_MARKER = "bliss_demo_repo.json"
+"""File that `build_demo_repo` writes at the root of every repo it makes (its config, as JSON);
+only a directory holding it (and a ``butler.yaml``) may be replaced with ``overwrite``."""
 
 _DAY_OBS = 20261124
 _FIRST_VISIT = 1000
@@ -194,6 +199,41 @@ def _register(butler: Butler, config: DemoRepoConfig, band: str) -> None:
     )
 
 
+def _write_demo_repo_marker(root: Path, config: DemoRepoConfig) -> None:
+    """Mark ``root`` as a repo made by `build_demo_repo`, which ``overwrite`` may then replace."""
+    record = {"made_by": "lsst.meas.extensions.bliss build_demo_repo", "config": dataclasses.asdict(config)}
+    with atomic_write_path(root / DEMO_REPO_MARKER) as temporary:
+        temporary.write_text(json.dumps(record, indent=1) + "\n")
+
+
+def _check_replaceable_demo_repo(root: Path) -> None:
+    """Refuse to delete ``root`` unless it is a Butler repo made by `build_demo_repo`.
+
+    Overwriting deletes the whole directory tree, so it is allowed only for a
+    real directory (not a symbolic link) holding both a ``butler.yaml`` and
+    the `DEMO_REPO_MARKER` that `build_demo_repo` writes into every repo it
+    makes.
+
+    Raises
+    ------
+    FileExistsError
+        Naming ``root`` and what it lacks.
+    """
+    if root.is_symlink() or not root.is_dir():
+        kind = "a symbolic link" if root.is_symlink() else "not a directory"
+        raise FileExistsError(
+            f"{root} is {kind}; overwrite replaces only a demo repo directory made by "
+            "bliss-make-demo-repo. Choose a new directory."
+        )
+    missing = [name for name in ("butler.yaml", DEMO_REPO_MARKER) if not (root / name).is_file()]
+    if missing:
+        raise FileExistsError(
+            f"{root} is not a Butler repo made by bliss-make-demo-repo (it has no {' or '.join(missing)}); "
+            "overwrite would delete everything in it, so it was left untouched. Choose a new directory, "
+            "or delete this one yourself if it is really meant to go."
+        )
+
+
 def build_demo_repo(
     root: str | Path,
     config: DemoRepoConfig | None = None,
@@ -231,7 +271,9 @@ def build_demo_repo(
     Raises
     ------
     FileExistsError
-        If ``root`` is not empty and ``overwrite`` is False.
+        If ``root`` is not empty and ``overwrite`` is False, or ``overwrite``
+        is True but ``root`` is not a repo that this function made (it
+        carries `DEMO_REPO_MARKER`; see `_check_replaceable_demo_repo`).
     ValueError
         If the configured PSF range leaves the model's trained range.
     """
@@ -249,13 +291,15 @@ def build_demo_repo(
                 f"psf_fwhm_range_arcsec={fwhm_range} leaves the model's trained range {trained}; the "
                 "demo would then fail the deblend task's compatibility check."
             )
-    if root.exists() and any(root.iterdir()):
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
         if not overwrite:
             raise FileExistsError(f"{root} is not empty; choose a new directory or pass overwrite=True.")
+        _check_replaceable_demo_repo(root)
         shutil.rmtree(root)
     conditions = model.conditions
     tile = model.encoder.config.tile_size
     Butler.makeRepo(str(root))
+    _write_demo_repo_marker(root, config)
     butler = Butler.from_config(str(root), writeable=True, run=config.calexp_collection)
     summary: dict[str, Any] = {
         "root": str(root),
