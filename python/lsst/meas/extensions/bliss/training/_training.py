@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "EncoderTrainer",
     "load_run_config",
     "TrainingConfig",
     "TrainingRun",
@@ -191,7 +192,22 @@ class TrainingRun:
         return (fwhm, fwhm) if fwhm_range is None else (float(fwhm_range[0]), float(fwhm_range[1]))
 
 
-class _Trainer:
+class EncoderTrainer:
+    """The encoder's training loop: simulation, loss, optimizer, validation and checkpoints.
+
+    `train` drives it; its pieces (`simulate_batch`, `network_step`, `train_step`) are public so
+    that ``bliss-bench train`` measures the very steps training takes.
+
+    Parameters
+    ----------
+    run
+        The full training definition.
+    output_dir
+        Directory for checkpoints.
+    log
+        Receives progress lines.
+    """
+
     def __init__(self, run: TrainingRun, output_dir: Path, log: Callable[[str], None]) -> None:
         self.run, self.output_dir, self.log = run, output_dir, log
         config = run.training
@@ -302,20 +318,42 @@ class _Trainer:
         self.step, self.elapsed_s, self.history = state["step"], state["elapsed_s"], state["history"]
         self.log(f"resumed from step {self.step} ({self.elapsed_s / 60:.1f} min of training so far)")
 
+    def simulate_batch(self) -> SimulatedBatch:
+        """The next training batch of ``training.batch_size`` simulated images."""
+        return self.simulator.sample(self.run.training.batch_size, generator=self.generator)
+
+    def network_step(self, batch: SimulatedBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        """One optimizer step on ``batch``: loss, backward pass, gradient clipping, update.
+
+        Returns
+        -------
+        loss, terms
+            The weighted loss (a scalar tensor) and its terms per factor.
+        """
+        config = self.run.training
+        loss, terms = self._loss(batch, {"detection": config.detection_loss_weight})
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.encoder.parameters(), config.grad_clip_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        return loss, terms
+
+    def train_step(self) -> tuple[torch.Tensor, dict[str, float]]:
+        """Simulate a batch and take one optimizer step on it; see `network_step`."""
+        loss, terms = self.network_step(self.simulate_batch())
+        self.step += 1
+        return loss, terms
+
     def fit(self) -> None:
+        """Train until ``training.n_steps`` (or ``training.max_minutes``), validating, logging and
+        checkpointing as configured."""
         config = self.run.training
         self.encoder.train()
         window_start, window_images, window_loss = time.perf_counter(), 0, 0.0
         while self.step < config.n_steps:
             start = time.perf_counter()
-            batch = self.simulator.sample(config.batch_size, generator=self.generator)
-            loss, terms = self._loss(batch, {"detection": config.detection_loss_weight})
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.encoder.parameters(), config.grad_clip_norm)
-            self.optimizer.step()
-            self.scheduler.step()
-            self.step += 1
+            loss, terms = self.train_step()
             window_images += config.batch_size
             window_loss += loss.item()
             if self.step % config.log_every == 0 or self.step == config.n_steps:
@@ -405,7 +443,7 @@ def train(
         If ``initial_model`` has another architecture or other survey conditions.
     """
     output_dir = Path(output_dir)
-    trainer = _Trainer(run, output_dir, log)
+    trainer = EncoderTrainer(run, output_dir, log)
     if initial_model is not None:
         check_initial_model(run, initial_model)
         trainer.encoder.load_state_dict(initial_model.encoder.state_dict())
