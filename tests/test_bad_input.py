@@ -19,16 +19,12 @@ from safetensors.torch import save as save_safetensors_bytes
 
 from lsst.meas.extensions.bliss import (
     MODEL_FORMAT_VERSION,
-    BlissEncoder,
     BlissModel,
-    EncoderConfig,
     FrameConfig,
     ImageSimulator,
     LogNormalFactor,
     ModelFormatError,
-    PriorConfig,
     SimulatorConfig,
-    SurveyConditions,
     TrainingRun,
     bench,
     default_model_path,
@@ -56,19 +52,6 @@ from lsst.meas.extensions.bliss.pipeline import (
 from lsst.meas.extensions.bliss.pipeline.demo import DEMO_REPO_MARKER, DemoRepoConfig, build_demo_repo
 from lsst.meas.extensions.bliss.version import __version__
 
-TINY = EncoderConfig(pixel_channels=(8, 8, 16), tile_blocks=1, head_channels=16)
-
-
-def tiny_model() -> BlissModel:
-    torch.manual_seed(0)
-    return BlissModel(
-        BlissEncoder(TINY).eval(),
-        SurveyConditions.from_survey(),
-        PriorConfig(),
-        SimulatorConfig(psf_fwhm_range_arcsec=(0.6, 1.2)),
-        {"seed": 0, "steps": 0},
-    )
-
 
 def files_below(root: Path) -> dict[str, bytes]:
     """Every regular file below ``root`` (relative name -> content): what a failed command must keep."""
@@ -85,14 +68,14 @@ def plant_links(directory: Path, names: list[str], outside: Path) -> None:
         (directory / name).symlink_to(outside)
 
 
-def test_model_save_ignores_a_link_at_the_old_temporary_name(tmp_path: Path) -> None:
+def test_model_save_ignores_a_link_at_the_old_temporary_name(tiny_model: BlissModel, tmp_path: Path) -> None:
     outside = tmp_path / "outside.txt"
     outside.write_text("not yours")
     output = tmp_path / "models"
     plant_links(output, ["model.safetensors.partial"], outside)
-    path = tiny_model().save(output / "model.safetensors")
+    path = tiny_model.save(output / "model.safetensors")
     assert outside.read_text() == "not yours"
-    assert not path.is_symlink() and BlissModel.load(path).encoder.config == TINY
+    assert not path.is_symlink() and BlissModel.load(path).encoder.config == tiny_model.encoder.config
     assert sorted(p.name for p in output.iterdir()) == ["model.safetensors", "model.safetensors.partial"]
 
 
@@ -246,9 +229,9 @@ def test_overwrite_refuses_a_link_and_a_file(tmp_path: Path, capsys) -> None:
     assert plain.read_text() == "keep"
 
 
-def test_overwrite_replaces_a_demo_repo(tmp_path: Path) -> None:
+def test_overwrite_replaces_a_demo_repo(tiny_model: BlissModel, tmp_path: Path) -> None:
     root = tmp_path / "demo"
-    model = tiny_model()
+    model = tiny_model
     config = DemoRepoConfig(n_visits=1, n_detectors=1, height=64, width=64, saturated_star_mag=None)
     build_demo_repo(root, config, model=model)
     assert json.loads((root / DEMO_REPO_MARKER).read_text())["config"]["height"] == 64
@@ -283,8 +266,8 @@ def signed_model_bytes(tensors: dict, document: dict) -> bytes:
 
 
 @pytest.fixture
-def model_file(tmp_path: Path) -> Path:
-    return tiny_model().save(tmp_path / "model.safetensors")
+def model_file(tiny_model: BlissModel, tmp_path: Path) -> Path:
+    return tiny_model.save(tmp_path / "model.safetensors")
 
 
 def test_one_flipped_byte_in_the_description_is_refused(model_file: Path) -> None:
@@ -375,8 +358,10 @@ def legacy_model_bytes(model: BlissModel, version: int = 3) -> bytes:
     )
 
 
-def test_an_older_format_is_refused_with_the_migration_command_and_migrates(tmp_path: Path) -> None:
-    model = tiny_model()
+def test_an_older_format_is_refused_with_the_migration_command_and_migrates(
+    tiny_model: BlissModel, tmp_path: Path
+) -> None:
+    model = tiny_model
     old = tmp_path / "old.safetensors"
     old.write_bytes(legacy_model_bytes(model))
     with pytest.raises(ModelFormatError, match=rf"format version 3.*bliss-migrate-model {old}"):
@@ -401,8 +386,8 @@ def test_an_older_format_is_refused_with_the_migration_command_and_migrates(tmp_
         migrate_model_file(old)
 
 
-def test_migration_checks_the_old_weights_digest(tmp_path: Path, capsys) -> None:
-    data = bytearray(legacy_model_bytes(tiny_model()))
+def test_migration_checks_the_old_weights_digest(tiny_model: BlissModel, tmp_path: Path, capsys) -> None:
+    data = bytearray(legacy_model_bytes(tiny_model))
     data[-2] ^= 0x01
     old = tmp_path / "old.safetensors"
     old.write_bytes(bytes(data))

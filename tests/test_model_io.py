@@ -7,33 +7,15 @@ import torch
 from safetensors.torch import save as save_safetensors_bytes
 
 from lsst.meas.extensions.bliss import (
-    BlissEncoder,
     BlissModel,
-    EncoderConfig,
     ModelFormatError,
-    PriorConfig,
-    SimulatorConfig,
-    SurveyConditions,
     prepare_inputs,
 )
 from lsst.meas.extensions.bliss.io._model_io import _file_digest
 
-TINY = EncoderConfig(pixel_channels=(8, 8, 16), tile_blocks=1, head_channels=16)
 
-
-def make_model() -> BlissModel:
-    torch.manual_seed(0)
-    return BlissModel(
-        BlissEncoder(TINY).eval(),
-        SurveyConditions.from_survey(),
-        PriorConfig(),
-        SimulatorConfig(psf_fwhm_range_arcsec=(0.6, 1.2)),
-        {"seed": 0, "steps": 0},
-    )
-
-
-def test_round_trip_gives_bit_identical_outputs(tmp_path) -> None:
-    model = make_model()
+def test_round_trip_gives_bit_identical_outputs(tiny_model: BlissModel, tmp_path) -> None:
+    model = tiny_model
     path = model.save(tmp_path / "model.safetensors")
     loaded = BlissModel.load(path)
     assert loaded.conditions == model.conditions and loaded.prior == model.prior
@@ -46,16 +28,16 @@ def test_round_trip_gives_bit_identical_outputs(tmp_path) -> None:
         assert torch.equal(ours.params[name], theirs.params[name])
 
 
-def test_truncated_file(tmp_path) -> None:
-    path = make_model().save(tmp_path / "model.safetensors")
+def test_truncated_file(tiny_model: BlissModel, tmp_path) -> None:
+    path = tiny_model.save(tmp_path / "model.safetensors")
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(ModelFormatError, match="truncated"):
         BlissModel.load(path)
 
 
-def test_tampered_weights(tmp_path) -> None:
-    path = make_model().save(tmp_path / "model.safetensors")
+def test_tampered_weights(tiny_model: BlissModel, tmp_path) -> None:
+    path = tiny_model.save(tmp_path / "model.safetensors")
     data = bytearray(path.read_bytes())
     data[-3] ^= 0xFF
     path.write_bytes(bytes(data))
@@ -84,24 +66,24 @@ def rewrite_document(path, change) -> None:
     path.write_bytes(signed_model_bytes(load(data), document))
 
 
-def test_missing_key_version_and_architecture_mismatch(tmp_path) -> None:
-    path = make_model().save(tmp_path / "model.safetensors")
+def test_missing_key_version_and_architecture_mismatch(tiny_model: BlissModel, tmp_path) -> None:
+    path = tiny_model.save(tmp_path / "model.safetensors")
     rewrite_document(path, lambda d: d.pop("conditions"))
     with pytest.raises(ModelFormatError, match="lacks key"):
         BlissModel.load(path)
 
-    path = make_model().save(tmp_path / "model.safetensors")
+    path = tiny_model.save(tmp_path / "model.safetensors")
     rewrite_document(path, lambda d: d.update(format_version=99))
     with pytest.raises(ModelFormatError, match="format version 99"):
         BlissModel.load(path)
 
-    path = make_model().save(tmp_path / "model.safetensors")
+    path = tiny_model.save(tmp_path / "model.safetensors")
     rewrite_document(path, lambda d: d["encoder"].update(head_channels=32))
     with pytest.raises(ModelFormatError, match="do not fit the recorded architecture"):
         BlissModel.load(path)
 
 
-def test_not_a_model(tmp_path) -> None:
+def test_not_a_model(tiny_model: BlissModel, tmp_path) -> None:
     path = tmp_path / "other.safetensors"
     path.write_bytes(save_safetensors_bytes({"x": torch.zeros(2)}))
     with pytest.raises(ModelFormatError, match="not a BLISS model"):
@@ -109,11 +91,11 @@ def test_not_a_model(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match="No BLISS model file"):
         BlissModel.load(tmp_path / "missing.safetensors")
     with pytest.raises(ValueError, match=r"must end in \.safetensors"):
-        make_model().save(tmp_path / "model.pt")
+        tiny_model.save(tmp_path / "model.pt")
 
 
-def test_failed_save_keeps_the_previous_model(tmp_path, monkeypatch) -> None:
-    model = make_model()
+def test_failed_save_keeps_the_previous_model(tiny_model: BlissModel, tmp_path, monkeypatch) -> None:
+    model = tiny_model
     path = model.save(tmp_path / "model.safetensors")
     before = path.read_bytes()
 
