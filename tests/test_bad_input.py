@@ -578,8 +578,9 @@ def test_a_psf_fwhm_out_of_range_is_named(default_model: BlissModel, fwhm: float
 
 def test_a_numpy_or_torch_scalar_psf_is_accepted(default_model: BlissModel) -> None:
     image = torch.zeros(32, 32)
+    variance = torch.full_like(image, default_model.conditions.background_noise_njy**2)
     for fwhm in (np.float64(4.0), torch.tensor(4.0), 4):
-        assert infer_frame(default_model, image, torch.ones_like(image), None, fwhm).status == "ok"
+        assert infer_frame(default_model, image, variance, None, fwhm).status == "ok"
 
 
 @pytest.mark.parametrize("psf", ["abc", None])

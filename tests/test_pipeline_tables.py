@@ -24,7 +24,6 @@ from lsst.meas.extensions.bliss.pipeline import (
     BlissTrainConfig,
     ExposureConditions,
     SourceIdGenerator,
-    compatibility_problems,
     conditions_from_exposures,
     samples_table,
     source_table,
@@ -102,19 +101,6 @@ def exposure(**changes) -> ExposureConditions:
     return ExposureConditions(**{**values, **changes})
 
 
-def test_compatibility_names_what_differs_and_the_config_field() -> None:
-    model = load_default_model()
-    assert compatibility_problems(model, exposure(), 0.02, 0.05) == []
-    (problem,) = compatibility_problems(model, exposure(pixel_scale_arcsec=0.26), 0.02, 0.05)
-    assert "pixel scale" in problem and "pixel_scale_rtol" in problem
-    (problem,) = compatibility_problems(model, exposure(band="i"), 0.02, 0.05)
-    assert "'i'" in problem and "extra_bands" in problem
-    assert compatibility_problems(model, exposure(band="i"), 0.02, 0.05, ("i",)) == []
-    (problem,) = compatibility_problems(model, exposure(psf_fwhm_arcsec=(0.7, 1.6)), 0.02, 0.05)
-    assert "PSF FWHM" in problem and "psf_fwhm_margin_arcsec" in problem
-    assert len(compatibility_problems(model, exposure(pixel_scale_arcsec=0.3, band="g"), 0.02, 0.05)) == 2
-
-
 def test_training_conditions_from_exposures_reproduce_the_nominal_noise() -> None:
     model = load_default_model()
     nominal = model.conditions
@@ -148,7 +134,8 @@ def test_training_conditions_from_exposures_reproduce_the_nominal_noise() -> Non
         ("inference.memory_budget_gb", 0.0),
         ("inference.chunk_pixels", 0),
         ("inference.device", "tpu"),
-        ("pixel_scale_rtol", -0.1),
+        ("inference.pixel_scale_rtol", -0.1),
+        ("inference.out_of_range", "warn"),
         ("inference.invalid_mask_planes", ["BAD", "BAD"]),
         ("autoencoder_iterations", 0),
         ("model_fit.position_sigma_pix", 0.0),

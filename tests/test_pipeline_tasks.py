@@ -1,5 +1,7 @@
 """BlissDeblendMeasureTask and BlissTrainTask in a Butler: pipe_base test utilities, errors, pipetask runs."""
 
+import copy
+import dataclasses
 import json
 import os
 import subprocess
@@ -30,6 +32,7 @@ from lsst.meas.extensions.bliss.pipeline import (
     BlissValidateSummaryTask,
     BlissValidateTask,
     IncompatibleExposureError,
+    IncompatibleModelError,
     NonFiniteOutputError,
     ingest_model,
     register_bliss_storage_class,
@@ -209,18 +212,55 @@ def test_a_model_without_autoencoder_fails_only_when_deblending_needs_it(demo: d
     assert catalogs_only.bliss_deblended_models is None and len(catalogs_only.bliss_source) > 0
 
 
-def test_compatibility_mismatch_is_an_error_unless_warned(demo: dict) -> None:
+def test_out_of_range_exposures_are_refused_unless_flagged(demo: dict) -> None:
+    """Another pixel scale or band fails the run (IncompatibleModelError); a PSF outside the trained
+    range is this exposure's problem (IncompatibleExposureError); 'flag' processes and flags both."""
     butler = Butler.from_config(demo["root"], collections=demo["inputs"])
     (ref, *_) = butler.query_datasets("calexp", explain=False)
     calexp, model = butler.get(ref), butler.get("bliss_model", {})
-    strict = BlissDeblendMeasureTask(config=task_config(pixel_scale_rtol=0.0, psf_fwhm_margin_arcsec=0.0))
-    model.conditions = model.conditions.replace(pixel_scale_arcsec=0.26)
-    with pytest.raises(IncompatibleExposureError, match="pixel_scale_rtol"):
-        strict.run(calexp, model)
-    lenient = BlissDeblendMeasureTask(config=task_config(compatibility="warn"))
-    result = lenient.run(calexp, model)
+    other_scale = copy.copy(model)
+    other_scale.conditions = model.conditions.replace(pixel_scale_arcsec=0.26)
+    strict = BlissDeblendMeasureTask(config=task_config())
+    with pytest.raises(IncompatibleModelError, match=r"pixel scale 0\.2 arcsec/px .*\(pixel_scale_rtol\)"):
+        strict.run(calexp, other_scale)
+    assert strict.metadata["compatibility_problems"] == 1
+    narrow_psf = copy.copy(model)
+    narrow_psf.simulator = dataclasses.replace(model.simulator, psf_fwhm_range_arcsec=(1.4, 1.5))
+    with pytest.raises(IncompatibleExposureError, match=r"PSF FWHM .*\(psf_fwhm_margin_arcsec\)"):
+        strict.run(calexp, narrow_psf)
+    lenient = BlissDeblendMeasureTask(config=task_config(**{"inference.out_of_range": "flag"}))
+    result = lenient.run(calexp, other_scale)
     assert lenient.metadata["compatibility_problems"] == 1
-    assert len(result.bliss_source) > 0
+    flags = np.asarray(result.bliss_source["bliss_out_of_range_flag"])
+    assert len(flags) > 0 and flags.all()
+    plain = BlissDeblendMeasureTask(config=task_config()).run(calexp, model)
+    assert not np.asarray(plain.bliss_source["bliss_out_of_range_flag"]).any()
+
+
+def test_pipetask_fails_on_a_model_of_another_band(demo: dict, tmp_path: Path) -> None:
+    """A model/exposure mismatch that no exposure can pass ends `pipetask run` non-zero, naming it."""
+    model = Butler.from_config(demo["root"], collections=demo["inputs"]).get("bliss_model", {})
+    other_band = copy.copy(model)
+    other_band.conditions = model.conditions.replace(band="i")
+    ingest_model(demo["root"], other_band, run="bliss/models/i_band")
+    inputs = [demo["calexp_collection"], "bliss/models/i_band"]
+    completed = pipetask(
+        "run",
+        "-b",
+        demo["root"],
+        "-i",
+        ",".join(inputs),
+        "-o",
+        "u/test/wrong_band",
+        "-p",
+        str(PIPELINE),
+        "--register-dataset-types",
+        check=False,
+    )
+    assert completed.returncode != 0
+    assert (
+        "IncompatibleModelError" in completed.stderr and "band 'r' is not the model's 'i'" in completed.stderr
+    )
 
 
 def test_fully_masked_image_is_no_work(demo: dict) -> None:
@@ -327,7 +367,7 @@ def test_train_then_deblend_in_one_pipeline(demo: dict, tmp_path: Path) -> None:
         pipeline.addConfigOverride("blissTrain", field, value)
     pipeline.addConfigOverride("blissDeblendMeasure", "model_from_pipeline", True)
     pipeline.addConfigOverride("blissDeblendMeasure", "inference.n_samples", 2)
-    pipeline.addConfigOverride("blissDeblendMeasure", "compatibility", "warn")
+    pipeline.addConfigOverride("blissDeblendMeasure", "inference.out_of_range", "flag")
     butler = SimplePipelineExecutor.prep_butler(
         demo["root"], inputs=[demo["calexp_collection"]], output="u/test/train"
     )

@@ -3,3 +3,4 @@
 from ._frame import *
 from ._heap import *
 from ._inference import *
+from ._limits import *

@@ -43,14 +43,19 @@ from ..runtime import check_backbone_precision, check_device_name, resolve_backb
 from ..survey import DEFAULT_INVALID_MASK_PLANES, SurveyConditions, invalid_mask_bits
 from ._heap import reuse_freed_memory
 from ._inference import ESTIMATE_FIELDS, evaluation_mode, padded_to_tiles, posterior_to_tile_catalog
+from ._limits import InputConditions, OutOfRange, OutOfTrainedRangeError, out_of_range_problems
 
 PsfModel = float | Callable[[float, float], "float | np.ndarray"]
 """A PSF FWHM in pixels for the whole image, or a callable ``(x, y) -> FWHM in pixels or a kernel image``."""
 
-FRAME_FLAGS: tuple[str, ...] = ("flag_masked", "flag_image_edge")
+OUT_OF_RANGE_CHOICES: tuple[str, ...] = ("error", "flag")
+"""What `infer_frame` does with an image outside the model's trained conditions."""
+
+FRAME_FLAGS: tuple[str, ...] = ("flag_masked", "flag_image_edge", "flag_out_of_range")
 """Boolean catalog fields: the source's footprint (a box of half-side ``2 FWHM + 2 hlr``) holds
 invalid pixels (masked, non-finite, with non-positive variance, or of a signal-to-noise beyond
-`max_representable_signal_to_noise`), or reaches beyond the image."""
+`max_representable_signal_to_noise`), or reaches beyond the image; or the image lies outside the
+model's trained conditions and was processed anyway (``FrameConfig.out_of_range="flag"``)."""
 
 CPU_SAMPLE_BATCH = 16
 """Posterior samples drawn together in one pass on a CPU by default: the default 16 in one pass (faster
@@ -103,6 +108,23 @@ class FrameConfig:
         On a CPU, let the large activation tensors reuse freed heap memory
         (`reuse_freed_memory`: a process-wide glibc setting) instead of
         mapping fresh pages for every layer.
+    out_of_range
+        What to do with an image outside the model's trained conditions (see
+        `out_of_range_problems`): ``"error"`` refuses it
+        (`OutOfTrainedRangeError`, naming each quantity, its value and the
+        range); ``"flag"`` runs anyway and sets ``flag_out_of_range`` on
+        every source.
+    pixel_scale_rtol
+        Accepted relative difference between the image's pixel scale and the
+        model's.
+    psf_fwhm_margin_arcsec
+        Accepted excursion of the image's PSF FWHM beyond the model's trained
+        range, arcsec, on either side.
+    depth_margin_mag
+        Accepted difference, in magnitudes, between the image's median
+        per-pixel noise and the training images' (deeper or shallower).
+    extra_bands
+        Bands accepted besides the model's own.
     """
 
     detection_threshold: float = 0.5
@@ -116,9 +138,22 @@ class FrameConfig:
     sample_batch_size: int | None = None
     precision: str = "float32"
     reuse_freed_memory: bool = True
+    out_of_range: str = "error"
+    pixel_scale_rtol: float = 0.02
+    psf_fwhm_margin_arcsec: float = 0.05
+    depth_margin_mag: float = 1.0
+    extra_bands: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_backbone_precision(self.precision)
+        if self.out_of_range not in OUT_OF_RANGE_CHOICES:
+            raise ValueError(f"out_of_range={self.out_of_range!r} must be one of {OUT_OF_RANGE_CHOICES}.")
+        tolerances = (self.pixel_scale_rtol, self.psf_fwhm_margin_arcsec, self.depth_margin_mag)
+        if not all(math.isfinite(value) and value >= 0 for value in tolerances):
+            raise ValueError(
+                f"pixel_scale_rtol={self.pixel_scale_rtol}, psf_fwhm_margin_arcsec="
+                f"{self.psf_fwhm_margin_arcsec} and depth_margin_mag={self.depth_margin_mag} must be >= 0."
+            )
         if not 0.0 < self.detection_threshold < 1.0:
             raise ValueError(f"detection_threshold={self.detection_threshold} must lie in (0, 1).")
         if self.sample_batch_size is not None and self.sample_batch_size < 1:
@@ -163,6 +198,11 @@ class FrameResult:
         Flux unit of the network (median per-pixel noise of the image), nJy.
     timings
         Seconds spent per stage.
+    out_of_range
+        Where the image leaves the model's trained conditions, one sentence
+        each (see `out_of_range_problems`); non-empty only when
+        ``FrameConfig.out_of_range`` is ``"flag"`` (then every source has
+        ``flag_out_of_range``).
     """
 
     status: str
@@ -171,6 +211,7 @@ class FrameResult:
     tile_params: dict[str, torch.Tensor]
     flux_scale_njy: float
     timings: dict[str, float]
+    out_of_range: list[str] = dataclasses.field(default_factory=list)
 
 
 def psf_kernel_fwhm_pix(kernel: np.ndarray, conditions: SurveyConditions) -> float:
@@ -583,6 +624,7 @@ def infer_frame(
     config: FrameConfig | None = None,
     mask_plane_bits: dict[str, int] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    conditions: InputConditions | None = None,
 ) -> FrameResult:
     """Probabilistic catalog of one image of any size.
 
@@ -607,6 +649,11 @@ def infer_frame(
     progress
         Called as ``progress(chunks_done, n_chunks)`` after each chunk (for
         progress logs on large images).
+    conditions
+        The image's pixel scale and band where known (from its WCS and
+        filter); checked, with its PSF size and noise level, against the
+        model's trained ranges (``config.out_of_range``).  Default: unknown
+        (the model's pixel scale is assumed, the band is not checked).
 
     Returns
     -------
@@ -621,6 +668,10 @@ def infer_frame(
         or non-positive FWHM (the message names the position).
     TypeError
         If ``psf`` is neither a number nor a callable (the message names ``psf``).
+    OutOfTrainedRangeError
+        If the image's pixel scale, band, PSF FWHM or noise level lies
+        outside the model's trained ranges and ``config.out_of_range`` is
+        ``"error"`` (the message names each quantity, its value and the range).
     """
     config = config or FrameConfig()
     device = resolve_device(config.device)
@@ -669,6 +720,21 @@ def infer_frame(
     valid = padded_valid[0, :height, :width]
     flux_scale = float(flux_scale_t[0])
     timings["normalize"] = time.perf_counter() - start
+    out_of_range: list[OutOfRange] = []
+    if bool(valid.any()):
+        # The noise unit is the median per-pixel noise of the valid pixels: the image's depth.
+        out_of_range = out_of_range_problems(
+            model,
+            conditions or InputConditions(),
+            (float(fwhm_grid.values.min()), float(fwhm_grid.values.max())),
+            flux_scale,
+            config.pixel_scale_rtol,
+            config.psf_fwhm_margin_arcsec,
+            config.depth_margin_mag,
+            tuple(config.extra_bands),
+        )
+        if out_of_range and config.out_of_range == "error":
+            raise OutOfTrainedRangeError(out_of_range)
     names = tuple(empty_source_fields((0,), torch.device("cpu"), torch.float32)) + ESTIMATE_FIELDS
     if not bool(valid.any()):
         empty = _assemble([], names, height, width)
@@ -756,8 +822,10 @@ def infer_frame(
     catalog = _assemble(estimate_parts, names, height, width)
     source_fwhm = fwhm_grid.at(*_nearest_pixels(catalog))
     catalog.fields.update(_footprint_flags(catalog, valid, source_fwhm, pixel_scale))
+    catalog.fields["flag_out_of_range"] = torch.full_like(catalog.fields["flag_masked"], bool(out_of_range))
     catalog.fields["psf_fwhm_pix"] = source_fwhm[None].to(catalog.x.dtype)
     samples = [_assemble(parts, names, height, width) for parts in sample_parts]
     timings["catalog"] = time.perf_counter() - tick
     timings["total"] = time.perf_counter() - start
-    return FrameResult("ok", catalog, samples, tile_params, flux_scale, timings)
+    messages = [problem.message for problem in out_of_range]
+    return FrameResult("ok", catalog, samples, tile_params, flux_scale, timings, messages)

@@ -1,13 +1,9 @@
-"""Whether an exposure looks like the data a model was trained on."""
+"""The observing conditions of an exposure, measured for the check against a model's trained ranges
+(the core's `out_of_range_problems`) and for training on conditions like the exposures'."""
 
 from __future__ import annotations
 
-__all__ = [
-    "ExposureConditions",
-    "compatibility_problems",
-    "measure_exposure_conditions",
-    "model_psf_fwhm_range_arcsec",
-]
+__all__ = ["ExposureConditions", "measure_exposure_conditions"]
 
 import dataclasses
 
@@ -16,7 +12,6 @@ import numpy as np
 from lsst.images import VisitImage
 
 from ..inference import psf_kernel_fwhm_pix
-from ..io import BlissModel
 from ..survey import SurveyConditions
 from ._exposure import local_pixel_scale_arcsec
 
@@ -97,63 +92,3 @@ def measure_exposure_conditions(
         noise_njy=noise,
         unit=str(exposure.unit),
     )
-
-
-def model_psf_fwhm_range_arcsec(model: BlissModel) -> tuple[float, float]:
-    """PSF FWHM range of a model's training simulations, arcsec."""
-    fwhm_range = model.simulator.psf_fwhm_range_arcsec
-    if fwhm_range is None:
-        return (model.conditions.psf_fwhm_arcsec, model.conditions.psf_fwhm_arcsec)
-    return (float(fwhm_range[0]), float(fwhm_range[1]))
-
-
-def compatibility_problems(
-    model: BlissModel,
-    exposure: ExposureConditions,
-    pixel_scale_rtol: float,
-    psf_fwhm_margin_arcsec: float,
-    extra_bands: tuple[str, ...] = (),
-) -> list[str]:
-    """Differences between an exposure and the conditions a model was trained for.
-
-    Parameters
-    ----------
-    model
-        The model and its recorded training conditions.
-    exposure
-        Conditions measured on the exposure.
-    pixel_scale_rtol
-        Accepted relative difference of the pixel scales.
-    psf_fwhm_margin_arcsec
-        Accepted excursion of the exposure's PSF FWHM beyond the trained range.
-    extra_bands
-        Bands accepted besides the model's own.
-
-    Returns
-    -------
-    problems
-        One sentence per difference, naming the config field that accepts
-        it; empty when the exposure is compatible.
-    """
-    problems = []
-    trained = model.conditions
-    relative = abs(exposure.pixel_scale_arcsec / trained.pixel_scale_arcsec - 1.0)
-    if relative > pixel_scale_rtol:
-        problems.append(
-            f"pixel scale {exposure.pixel_scale_arcsec:.4f}\"/px differs from the model's "
-            f'{trained.pixel_scale_arcsec:.4f}"/px by {relative:.1%} (config.pixel_scale_rtol='
-            f"{pixel_scale_rtol})"
-        )
-    if exposure.band is not None and exposure.band != trained.band and exposure.band not in extra_bands:
-        problems.append(
-            f"band {exposure.band!r} differs from the model's {trained.band!r} (config.extra_bands="
-            f"{list(extra_bands)})"
-        )
-    low, high = model_psf_fwhm_range_arcsec(model)
-    seen_low, seen_high = exposure.psf_fwhm_arcsec
-    if seen_low < low - psf_fwhm_margin_arcsec or seen_high > high + psf_fwhm_margin_arcsec:
-        problems.append(
-            f'PSF FWHM {seen_low:.3f}"-{seen_high:.3f}" leaves the model\'s trained range '
-            f'{low:.3f}"-{high:.3f}" by more than config.psf_fwhm_margin_arcsec={psf_fwhm_margin_arcsec}'
-        )
-    return problems

@@ -8,6 +8,7 @@ __all__ = [
     "BlissDeblendMeasureConnections",
     "BlissDeblendMeasureTask",
     "IncompatibleExposureError",
+    "IncompatibleModelError",
     "NonFiniteOutputError",
 ]
 
@@ -20,11 +21,12 @@ import torch
 from astropy.table import Table
 
 from lsst.images import VisitImage
-from lsst.pex.config import ChoiceField, ConfigField, Field, FieldValidationError, ListField
+from lsst.pex.config import ChoiceField, ConfigField, Field, FieldValidationError
 from lsst.pipe.base import (
     AlgorithmError,
     AnnotatedPartialOutputsError,
     InputQuantizedConnection,
+    InvalidQuantumError,
     NoWorkFound,
     OutputQuantizedConnection,
     PipelineTask,
@@ -37,11 +39,18 @@ from lsst.pipe.base import (
 from lsst.pipe.base import connectionTypes as cT
 
 from ..deblend import deblend_sources, measure_deblended, median_noise_njy, model_sources
-from ..inference import FrameConfig, FrameResult, infer_frame
+from ..inference import (
+    FrameConfig,
+    FrameResult,
+    InputConditions,
+    OutOfTrainedRangeError,
+    infer_frame,
+    out_of_range_problems,
+)
 from ..io import BlissModel
 from ..network import GalaxyAutoencoder, max_representable_signal_to_noise, unrepresentable_pixels
 from ..survey import SurveyConditions
-from ._compatibility import ExposureConditions, compatibility_problems, measure_exposure_conditions
+from ._compatibility import measure_exposure_conditions
 from ._core_config import FramePexConfig, ModelFitPexConfig
 from ._exposure import ExposurePixels, exposure_pixels, psf_kernel_function
 from ._ids import SourceIdGenerator, SourceIdGeneratorConfig
@@ -53,7 +62,14 @@ BLISS_INVALID_PLANE = "BLISS_INVALID"
 
 
 class IncompatibleExposureError(UnprocessableDataError):
-    """The exposure differs from the conditions the model was trained for."""
+    """This exposure lies outside the conditions the model was trained for (its PSF size or depth)
+    or cannot be characterized; other exposures of the same data may still be processed."""
+
+
+class IncompatibleModelError(InvalidQuantumError):
+    """The model cannot process this data at all: another band or pixel scale than it was trained
+    for, or pixels in units without a usable calibration.  Every quantum of the run would fail
+    alike, so the run fails (``pipetask run`` exits non-zero) instead of ending without outputs."""
 
 
 class NonFiniteOutputError(AlgorithmError):
@@ -132,22 +148,6 @@ class BlissDeblendMeasureConfig(PipelineTaskConfig, pipelineConnections=BlissDeb
         "so reruns reproduce the samples; mask planes of ``inference.invalid_mask_planes`` that the "
         "exposure's mask lacks are ignored (logged)."
     )
-    compatibility = ChoiceField[str](
-        doc="What to do when the exposure differs from the conditions the model was trained for.",
-        default="error",
-        allowed={
-            "error": "Refuse the exposure (UnprocessableDataError) and say what differs.",
-            "warn": "Log a warning, record it in the task metadata and proceed.",
-        },
-    )
-    pixel_scale_rtol = Field[float](
-        doc="Accepted relative difference between the exposure's and the model's pixel scale.", default=0.02
-    )
-    psf_fwhm_margin_arcsec = Field[float](
-        doc="Accepted excursion (arcsec) of the exposure's PSF FWHM beyond the model's trained range.",
-        default=0.05,
-    )
-    extra_bands = ListField[str](doc="Bands accepted besides the model's own.", default=[])
     progress_interval_s = Field[float](
         doc="Minimum seconds between progress log lines on large images.", default=30.0
     )
@@ -199,10 +199,6 @@ class BlissDeblendMeasureConfig(PipelineTaskConfig, pipelineConnections=BlissDeb
             raise FieldValidationError(cls.max_stamp_half_size, self, "must be at least 2")
         if self.autoencoder_iterations < 1:
             raise FieldValidationError(cls.autoencoder_iterations, self, "must be at least 1")
-        if self.pixel_scale_rtol < 0 or self.psf_fwhm_margin_arcsec < 0:
-            raise FieldValidationError(
-                cls.pixel_scale_rtol, self, "pixel_scale_rtol and psf_fwhm_margin_arcsec must be >= 0"
-            )
 
     def frame_config(self, seed: int) -> FrameConfig:
         """The core's inference options for one exposure: ``inference`` with the exposure's seed and
@@ -293,8 +289,13 @@ class BlissDeblendMeasureTask(PipelineTask):
         NoWorkFound
             If no pixel of the image is a valid input.
         IncompatibleExposureError
-            If the exposure differs from the model's training conditions and
-            ``compatibility`` is ``"error"``, or its pixels are not in flux units.
+            If the exposure's PSF size or depth lies outside the model's
+            trained ranges and ``inference.out_of_range`` is ``"error"``, or
+            the exposure cannot be characterized.
+        IncompatibleModelError
+            If the exposure's band or pixel scale is not the model's (and
+            ``inference.out_of_range`` is ``"error"``), or its pixels are not
+            in calibrated flux units.
         NonFiniteOutputError
             If a table would hold non-finite values; when only the samples
             do, the exception's ``partial_outputs`` holds the complete
@@ -306,9 +307,9 @@ class BlissDeblendMeasureTask(PipelineTask):
             autoencoder = bliss_model.require_autoencoder(
                 "Deblending with galaxy_model='autoencoder' (do_deblend=True)"
             )
-        self.check_compatibility(calexp, bliss_model)
+        conditions = self.check_compatibility(calexp, bliss_model)
         pixels = self._pixels(calexp)
-        frame = self._infer_pixels(calexp, bliss_model, pixels, visit, detector)
+        frame = self._infer_pixels(calexp, bliss_model, pixels, visit, detector, conditions)
         id_generator = id_generator or SourceIdGenerator(0, 0)
         sources = self.make_source_table(frame, calexp, id_generator, visit, detector)
         deblended_models = None
@@ -384,37 +385,62 @@ class BlissDeblendMeasureTask(PipelineTask):
             models, np.asarray(sources["id"]), int(calexp.bbox.x.start), int(calexp.bbox.y.start), latents
         )
 
-    def check_compatibility(self, calexp: VisitImage, model: BlissModel) -> ExposureConditions:
-        """Compare the exposure with the model's training conditions (see the ``compatibility`` option).
+    def check_compatibility(self, calexp: VisitImage, model: BlissModel) -> InputConditions:
+        """Compare the exposure with the model's trained conditions (the core's check,
+        `out_of_range_problems`, with the tolerances of ``config.inference``).
+
+        Returns
+        -------
+        conditions
+            The exposure's pixel scale and band, for `infer_frame`.
 
         Raises
         ------
+        IncompatibleModelError
+            If the band or the pixel scale is not the model's (``inference.out_of_range="error"``).
         IncompatibleExposureError
-            On a mismatch when ``compatibility`` is ``"error"``.
+            If the PSF size or depth lies outside the trained ranges, or the exposure cannot be
+            characterized.
         """
         try:
-            conditions = measure_exposure_conditions(calexp, model.conditions)
+            measured = measure_exposure_conditions(calexp, model.conditions)
         except ValueError as err:
             raise IncompatibleExposureError(f"Cannot characterize the exposure: {err}") from err
-        problems = compatibility_problems(
+        conditions = InputConditions(measured.pixel_scale_arcsec, measured.band)
+        inference = self.config.inference
+        psf_fwhm_pix = tuple(fwhm / measured.pixel_scale_arcsec for fwhm in measured.psf_fwhm_arcsec)
+        problems = out_of_range_problems(
             model,
             conditions,
-            self.config.pixel_scale_rtol,
-            self.config.psf_fwhm_margin_arcsec,
-            tuple(self.config.extra_bands),
+            (psf_fwhm_pix[0], psf_fwhm_pix[1]),
+            measured.noise_njy,
+            inference.pixel_scale_rtol,
+            inference.psf_fwhm_margin_arcsec,
+            inference.depth_margin_mag,
+            tuple(inference.extra_bands),
         )
-        self.metadata["pixel_scale_arcsec"] = conditions.pixel_scale_arcsec
-        self.metadata["psf_fwhm_min_arcsec"] = conditions.psf_fwhm_arcsec[0]
-        self.metadata["psf_fwhm_max_arcsec"] = conditions.psf_fwhm_arcsec[1]
+        self.metadata["pixel_scale_arcsec"] = measured.pixel_scale_arcsec
+        self.metadata["psf_fwhm_min_arcsec"] = measured.psf_fwhm_arcsec[0]
+        self.metadata["psf_fwhm_max_arcsec"] = measured.psf_fwhm_arcsec[1]
         self.metadata["compatibility_problems"] = len(problems)
         if problems:
-            message = "The exposure differs from the model's training conditions: " + "; ".join(problems)
-            if self.config.compatibility == "error":
-                raise IncompatibleExposureError(
-                    message + ". Widen the named config field, or set compatibility='warn' to proceed."
-                )
-            self.log.warning("%s. Proceeding because compatibility='warn'.", message)
+            error = OutOfTrainedRangeError(problems)
+            if self.config.inference.out_of_range == "error":
+                raise self._refusal(error)
+            self.log.warning(
+                "%s Proceeding because inference.out_of_range='flag': every source has "
+                "bliss_out_of_range_flag set.",
+                "; ".join(problem.message for problem in problems).capitalize() + ".",
+            )
         return conditions
+
+    @staticmethod
+    def _refusal(error: OutOfTrainedRangeError) -> IncompatibleModelError | IncompatibleExposureError:
+        """The pipeline's error for conditions out of range: the whole run's for another band or
+        pixel scale, this exposure's for its PSF size or depth."""
+        if any(problem.model_mismatch for problem in error.problems):
+            return IncompatibleModelError(str(error))
+        return IncompatibleExposureError(str(error))
 
     def infer(self, calexp: VisitImage, model: BlissModel, visit: int = 0, detector: int = 0) -> FrameResult:
         """Check compatibility and run the core's full-frame inference.
@@ -423,24 +449,31 @@ class BlissDeblendMeasureTask(PipelineTask):
         ------
         NoWorkFound
             If no pixel is a valid input.
-        IncompatibleExposureError
-            See `check_compatibility`; also if the pixels are not in flux units.
+        IncompatibleExposureError, IncompatibleModelError
+            See `check_compatibility`; the latter also if the pixels are not in flux units.
         """
-        self.check_compatibility(calexp, model)
-        return self._infer_pixels(calexp, model, self._pixels(calexp), visit, detector)
+        conditions = self.check_compatibility(calexp, model)
+        return self._infer_pixels(calexp, model, self._pixels(calexp), visit, detector, conditions)
 
     def _pixels(self, calexp: VisitImage) -> ExposurePixels:
         """The exposure's pixels in nJy and its invalid-pixel map (see `exposure_pixels`)."""
         try:
             pixels = exposure_pixels(calexp, self.config.inference.invalid_mask_planes)
         except ValueError as err:
-            raise IncompatibleExposureError(str(err)) from err
+            # Units without a calibration to nJy: no exposure of these data can be processed.
+            raise IncompatibleModelError(str(err)) from err
         if pixels.missing_planes:
             self.log.info("Mask planes %s are not in the exposure's mask; ignored.", pixels.missing_planes)
         return pixels
 
     def _infer_pixels(
-        self, calexp: VisitImage, model: BlissModel, pixels: ExposurePixels, visit: int, detector: int
+        self,
+        calexp: VisitImage,
+        model: BlissModel,
+        pixels: ExposurePixels,
+        visit: int,
+        detector: int,
+        conditions: InputConditions | None = None,
     ) -> FrameResult:
         """`infer` on pixels already taken from ``calexp``."""
         inference = self.config.inference
@@ -461,16 +494,22 @@ class BlissDeblendMeasureTask(PipelineTask):
                 self.log.info("BLISS inference: %d of %d chunks done.", done, total)
                 last_log[0] = now
 
-        frame = infer_frame(
-            model,
-            pixels.image,
-            pixels.variance,
-            pixels.invalid.astype(np.uint8),
-            psf_kernel_function(calexp),
-            self.config.frame_config(seed),
-            mask_plane_bits={BLISS_INVALID_PLANE: 0},
-            progress=progress,
-        )
+        try:
+            frame = infer_frame(
+                model,
+                pixels.image,
+                pixels.variance,
+                pixels.invalid.astype(np.uint8),
+                psf_kernel_function(calexp),
+                self.config.frame_config(seed),
+                mask_plane_bits={BLISS_INVALID_PLANE: 0},
+                progress=progress,
+                conditions=conditions,
+            )
+        except OutOfTrainedRangeError as err:
+            # The core measures the PSF and the depth on its own (a finer PSF grid, the valid pixels'
+            # noise), which can differ slightly from the exposure's summary in check_compatibility.
+            raise self._refusal(err) from err
         invalid_fraction = float(pixels.invalid.mean())
         self.metadata["torch_threads"] = torch.get_num_threads()
         self.metadata["invalid_pixel_fraction"] = invalid_fraction

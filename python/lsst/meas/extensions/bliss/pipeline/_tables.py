@@ -107,6 +107,13 @@ SOURCE_COLUMNS: tuple[_ColumnSpec, ...] = (
         "The source's footprint reaches beyond the image.",
         _flag("flag_image_edge"),
     ),
+    (
+        "bliss_out_of_range_flag",
+        None,
+        "The exposure lies outside the model's trained conditions (pixel scale, band, PSF size or depth) "
+        "and was processed anyway (inference.out_of_range='flag').",
+        _flag("flag_out_of_range"),
+    ),
 )
 """Columns of ``bliss_source`` computed from the catalog (besides ids and sky coordinates)."""
 

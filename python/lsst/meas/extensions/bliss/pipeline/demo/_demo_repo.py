@@ -18,6 +18,7 @@ from lsst.daf.butler import Butler, DatasetType
 
 from ...catalog import SOURCE_FIELDS, FullCatalog
 from ...deblend import render_source_models, scene_model
+from ...inference import trained_psf_fwhm_range_arcsec
 from ...io import BlissModel, atomic_write_path, load_default_model
 from ...simulation import (
     ImageSimulator,
@@ -26,7 +27,7 @@ from ...simulation import (
     saturated_pixels,
 )
 from ...survey import MASK_PLANES, SurveyConditions, mag_to_flux_njy
-from .. import model_psf_fwhm_range_arcsec, truth_table
+from .. import truth_table
 from ._visit_image_factory import DEMO_MASK_PLANES, LinearPsfField, make_visit_image
 
 DEMO_REPO_MARKER = "bliss_demo_repo.json"
@@ -280,7 +281,7 @@ def build_demo_repo(
     config = config or DemoRepoConfig()
     model = model or load_default_model()
     root = Path(root)
-    trained = model_psf_fwhm_range_arcsec(model)
+    trained = trained_psf_fwhm_range_arcsec(model)
     if config.psf_fwhm_range_arcsec is None:
         margin = 0.1 * (trained[1] - trained[0])
         fwhm_range = (trained[0] + margin, trained[1] - margin)
