@@ -9,11 +9,14 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import astropy.units as u
 import numpy as np
 import pytest
 from astropy.table import Table
 from lsst.daf.butler import Butler
 from lsst.daf.butler.tests import addDatasetType, makeTestRepo
+from lsst.images import Image, VisitImage
+from lsst.images.fields import ChebyshevField
 from lsst.pex.config import FieldValidationError
 from lsst.pipe.base import AnnotatedPartialOutputsError, NoWorkFound, Pipeline, UnprocessableDataError
 from lsst.pipe.base.simple_pipeline_executor import SimplePipelineExecutor
@@ -499,3 +502,47 @@ def test_the_blended_sources_fit_changes_only_the_deblending(demo: dict) -> None
     assert 0 < moved.sum() < len(fitted)
     with pytest.raises(FieldValidationError, match="Field 'model_fit.max_iterations' failed validation"):
         task_config(**{"model_fit.max_iterations": 0}).validate()
+
+
+def relabelled(exposure: VisitImage, unit: u.UnitBase, per_njy: float | None) -> VisitImage:
+    """``exposure`` (in nJy) in another pixel unit, ``per_njy`` of it per nJy, with the photometric
+    scaling that calibrates it back (None: without one)."""
+    bbox = exposure.bbox
+    scaling = (
+        None if per_njy is None else ChebyshevField(bbox, np.array([[1.0 / per_njy]]), unit=u.nJy / unit)
+    )
+    factor = 1.0 if per_njy is None else per_njy
+    return VisitImage(
+        Image(exposure.image.array * np.float32(factor), bbox=bbox, unit=unit),
+        mask=exposure.mask,
+        variance=Image(exposure.variance.array * np.float32(factor**2), bbox=bbox, unit=unit**2),
+        sky_projection=exposure.sky_projection,
+        obs_info=exposure.obs_info,
+        photometric_scaling=scaling,
+        psf=exposure.psf,
+        detector=exposure.detector,
+        band=exposure.band,
+    )
+
+
+def test_calexps_in_counts_or_electrons_give_the_catalog_of_their_nanojansky_twin(demo: dict) -> None:
+    """Pixels in instrumental units are calibrated with the exposure's photometric scaling; without
+    one, the run fails naming the unit."""
+    butler = Butler.from_config(demo["root"], collections=demo["inputs"])
+    (counts_id,) = demo["counts_data_ids"]
+    in_counts, model = butler.get("calexp", counts_id), butler.get("bliss_model", {})
+    assert in_counts.unit == u.count and in_counts.photometric_scaling is not None
+    in_njy = in_counts.convert_unit(u.nJy)
+    task = BlissDeblendMeasureTask(config=task_config(do_deblend=False))
+    reference = task.run(in_njy, model).bliss_source
+    in_electrons = relabelled(in_njy, u.electron, model.conditions.njy_to_electrons)
+    for exposure in (in_counts, in_electrons):
+        table = task.run(exposure, model).bliss_source
+        assert len(table) == len(reference) > 0
+        for column in ("x", "y", "bliss_flux", "bliss_fluxErr", "bliss_detect_prob", "bliss_galaxy_prob"):
+            expected, got = np.asarray(reference[column], float), np.asarray(table[column], float)
+            assert np.max(np.abs(got - expected) / np.maximum(np.abs(expected), 1e-30)) <= 1e-5, column
+    with pytest.raises(
+        IncompatibleModelError, match=r"The image unit is ct, and the exposure has no photometric"
+    ):
+        task.run(relabelled(in_njy, u.count, None), model)

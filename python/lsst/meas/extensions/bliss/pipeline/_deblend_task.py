@@ -52,7 +52,7 @@ from ..network import GalaxyAutoencoder, max_representable_signal_to_noise, unre
 from ..survey import SurveyConditions
 from ._compatibility import measure_exposure_conditions
 from ._core_config import FramePexConfig, ModelFitPexConfig
-from ._exposure import ExposurePixels, exposure_pixels, psf_kernel_function
+from ._exposure import ExposurePixels, calibrated_exposure, exposure_pixels, psf_kernel_function
 from ._ids import SourceIdGenerator, SourceIdGeneratorConfig
 from ._model_dataset import DEFAULT_MODEL_DATASET_TYPE, MODEL_STORAGE_CLASS
 from ._tables import add_deblend_columns, deblended_models_table, samples_table, source_table
@@ -307,6 +307,7 @@ class BlissDeblendMeasureTask(PipelineTask):
             autoencoder = bliss_model.require_autoencoder(
                 "Deblending with galaxy_model='autoencoder' (do_deblend=True)"
             )
+        calexp = self._calibrated(calexp)
         conditions = self.check_compatibility(calexp, bliss_model)
         pixels = self._pixels(calexp)
         frame = self._infer_pixels(calexp, bliss_model, pixels, visit, detector, conditions)
@@ -452,16 +453,23 @@ class BlissDeblendMeasureTask(PipelineTask):
         IncompatibleExposureError, IncompatibleModelError
             See `check_compatibility`; the latter also if the pixels are not in flux units.
         """
+        calexp = self._calibrated(calexp)
         conditions = self.check_compatibility(calexp, model)
         return self._infer_pixels(calexp, model, self._pixels(calexp), visit, detector, conditions)
 
-    def _pixels(self, calexp: VisitImage) -> ExposurePixels:
-        """The exposure's pixels in nJy and its invalid-pixel map (see `exposure_pixels`)."""
+    @staticmethod
+    def _calibrated(calexp: VisitImage) -> VisitImage:
+        """The exposure in nJy (see `calibrated_exposure`): counts and electrons through its
+        photometric scaling."""
         try:
-            pixels = exposure_pixels(calexp, self.config.inference.invalid_mask_planes)
+            return calibrated_exposure(calexp)
         except ValueError as err:
             # Units without a calibration to nJy: no exposure of these data can be processed.
             raise IncompatibleModelError(str(err)) from err
+
+    def _pixels(self, calexp: VisitImage) -> ExposurePixels:
+        """The exposure's pixels in nJy and its invalid-pixel map (see `exposure_pixels`)."""
+        pixels = exposure_pixels(calexp, self.config.inference.invalid_mask_planes)
         if pixels.missing_planes:
             self.log.info("Mask planes %s are not in the exposure's mask; ignored.", pixels.missing_planes)
         return pixels

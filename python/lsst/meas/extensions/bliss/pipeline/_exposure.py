@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-__all__ = ["ExposurePixels", "exposure_pixels", "local_pixel_scale_arcsec", "psf_kernel_function"]
+__all__ = [
+    "ExposurePixels",
+    "calibrated_exposure",
+    "exposure_pixels",
+    "local_pixel_scale_arcsec",
+    "psf_kernel_function",
+]
 
 import dataclasses
 from collections.abc import Callable, Sequence
@@ -40,35 +46,55 @@ class ExposurePixels:
     missing_planes: list[str]
 
 
+def calibrated_exposure(exposure: VisitImage) -> VisitImage:
+    """The exposure with image and variance in nJy.
+
+    Pixels already in a spectral flux density unit are rescaled; pixels in
+    instrumental units (counts, electrons) are calibrated with the exposure's
+    photometric scaling (`lsst.images.VisitImage.convert_unit`), pixel by pixel
+    where the scaling varies across the detector.  The variance follows the
+    image (the square of the same factor).  The input is not modified.
+
+    Raises
+    ------
+    ValueError
+        If the pixels cannot be brought to nJy (no photometric scaling, or one
+        in other units), or the variance unit is not the square of the image
+        unit; the message names the units and what is missing.
+    """
+    unit = exposure.unit
+    variance_unit = exposure.variance.unit
+    if unit is not None and variance_unit is not None and not variance_unit.is_equivalent(unit**2):
+        raise ValueError(f"The variance unit {variance_unit} is not the square of the image unit {unit}.")
+    try:
+        return exposure.convert_unit(u.nJy, copy="as-needed")
+    except (u.UnitConversionError, u.UnitsError, TypeError) as err:
+        raise ValueError(
+            f"The image unit is {unit}, and the exposure has no photometric calibration that converts it "
+            f"to nJy ({err}). BLISS needs calibrated flux densities: run it on calibrated exposures "
+            "(calexp, visit_image) or attach their photometric scaling."
+        ) from err
+
+
 def exposure_pixels(exposure: VisitImage, invalid_mask_planes: Sequence[str]) -> ExposurePixels:
     """Image, variance and invalid-pixel map of an exposure, in nJy.
 
     Parameters
     ----------
     exposure
-        Calibrated single-visit image.
+        Single-visit image in nJy, or in instrumental units with its
+        photometric scaling (see `calibrated_exposure`).
     invalid_mask_planes
         Mask planes whose pixels the network must not trust.
 
     Raises
     ------
     ValueError
-        If the image is not in units convertible to nJy (e.g. uncalibrated
-        counts), or the variance unit is not the square of the image unit.
+        See `calibrated_exposure`.
     """
-    unit = exposure.unit
-    if unit is None or not unit.is_equivalent(u.nJy):
-        raise ValueError(
-            f"The image unit is {unit}; BLISS needs calibrated flux densities (nJy or another "
-            "spectral flux density unit). Run it on calibrated exposures (calexp / visit_image)."
-        )
-    scale = float(unit.to(u.nJy))
-    variance_unit = exposure.variance.unit
-    if variance_unit is not None and not variance_unit.is_equivalent(unit**2):
-        raise ValueError(f"The variance unit {variance_unit} is not the square of the image unit {unit}.")
-    variance_scale = scale**2 if variance_unit is None else float(variance_unit.to(u.nJy**2))
-    image = np.asarray(exposure.image.array, dtype=np.float32) * np.float32(scale)
-    variance = np.asarray(exposure.variance.array, dtype=np.float32) * np.float32(variance_scale)
+    exposure = calibrated_exposure(exposure)
+    image = np.asarray(exposure.image.array, dtype=np.float32)
+    variance = np.asarray(exposure.variance.array, dtype=np.float32)
     mask = exposure.mask
     invalid = np.zeros(image.shape, dtype=bool)
     missing = []

@@ -41,6 +41,7 @@ from ._core_config import (
     SimulatorPexConfig,
     TrainingPexConfig,
 )
+from ._exposure import calibrated_exposure
 from ._model_dataset import DEFAULT_MODEL_DATASET_TYPE, MODEL_STORAGE_CLASS
 
 
@@ -267,7 +268,9 @@ class BlissTrainTask(PipelineTask):
         if self.config.use_calexp_conditions:
             nominal = self.config.conditions.to_core()
             try:
-                measured = [measure_exposure_conditions(calexp, nominal) for calexp in calexps]
+                measured = [
+                    measure_exposure_conditions(calibrated_exposure(calexp), nominal) for calexp in calexps
+                ]
                 run = self.config.training_run(measured)
             except ValueError as err:
                 raise UnprocessableDataError(

@@ -64,6 +64,10 @@ class DemoRepoConfig:
         Add one star this bright (AB mag) per detector, saturated at the
         full well with its excess charge bled along its columns (SAT), and
         list it in the truth; None for none.
+    counts_calexps
+        How many calexps (the last ones, in visit then detector order) are
+        stored in instrumental counts with the photometric scaling that
+        calibrates them, as DC2 and DP0.2 calexps are, instead of in nJy.
     """
 
     n_visits: int = 2
@@ -77,11 +81,17 @@ class DemoRepoConfig:
     psf_fwhm_range_arcsec: tuple[float, float] | None = None
     defects: bool = True
     saturated_star_mag: float | None = 13.5
+    counts_calexps: int = 1
 
     def __post_init__(self) -> None:
         for name in ("n_visits", "n_detectors"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be at least 1.")
+        if not 0 <= self.counts_calexps <= self.n_visits * self.n_detectors:
+            raise ValueError(
+                f"counts_calexps={self.counts_calexps} must lie between 0 and the number of calexps, "
+                f"{self.n_visits * self.n_detectors}."
+            )
         for name in ("height", "width"):
             if getattr(self, name) < 64:
                 raise ValueError(f"{name}={getattr(self, name)} must be at least 64 pixels.")
@@ -266,8 +276,9 @@ def build_demo_repo(
     Returns
     -------
     summary
-        ``root``, ``calexp_collection``, ``data_ids`` (list of dicts) and
-        ``n_truth`` (sources per data ID).
+        ``root``, ``calexp_collection``, ``data_ids`` (list of dicts),
+        ``n_truth`` (sources per data ID) and ``counts_data_ids`` (the data
+        IDs of the calexps stored in instrumental counts).
 
     Raises
     ------
@@ -308,6 +319,7 @@ def build_demo_repo(
         "data_ids": [],
     }
     summary["n_truth"] = []
+    summary["counts_data_ids"] = []
     try:
         _register(butler, config, conditions.band)
         simulator = ImageSimulator(
@@ -320,6 +332,14 @@ def build_demo_repo(
             ),
             device="cpu",
         )
+        # Instrumental counts at the survey's zero point and gain (ADU per nJy).
+        counts_per_njy = conditions.njy_to_electrons / conditions.gain_e_per_adu
+        exposures = [
+            (_FIRST_VISIT + index, detector)
+            for index in range(config.n_visits)
+            for detector in range(config.n_detectors)
+        ]
+        in_counts = set(exposures[len(exposures) - config.counts_calexps :])
         for index in range(config.n_visits):
             visit = _FIRST_VISIT + index
             for detector in range(config.n_detectors):
@@ -359,6 +379,7 @@ def build_demo_repo(
                     pixel_scale_arcsec=conditions.pixel_scale_arcsec,
                     psf_model=conditions.psf_model,
                     moffat_beta=conditions.moffat_beta,
+                    counts_per_njy=counts_per_njy if (visit, detector) in in_counts else None,
                 )
                 n_truth = int(truth.n_sources[0])
                 table = truth_table(
@@ -372,6 +393,8 @@ def build_demo_repo(
                 butler.put(calexp, "calexp", data_id)
                 butler.put(table, "bliss_truth", data_id)
                 summary["data_ids"].append(data_id)
+                if (visit, detector) in in_counts:
+                    summary["counts_data_ids"].append(data_id)
                 summary["n_truth"].append(len(table))
                 if log is not None:
                     corner = field.fwhm_at(config.width - 1, config.height - 1)

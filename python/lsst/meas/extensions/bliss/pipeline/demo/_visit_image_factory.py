@@ -15,6 +15,7 @@ from astropy.wcs import WCS
 
 from lsst.images import Box, DetectorFrame, Image, Mask, MaskPlane, MaskSchema, SkyProjection, VisitImage
 from lsst.images.cameras import CameraFrameSet, Detector, DetectorAttributes, DetectorType, Orientation
+from lsst.images.fields import ChebyshevField
 from lsst.images.psfs import PiffWrapper
 
 DEMO_MASK_PLANES: dict[str, str] = {
@@ -162,6 +163,7 @@ def make_visit_image(
     pixel_scale_arcsec: float,
     psf_model: str = "moffat",
     moffat_beta: float = 3.5,
+    counts_per_njy: float | None = None,
 ) -> VisitImage:
     """A calibrated single-visit image from arrays.
 
@@ -184,6 +186,11 @@ def make_visit_image(
         Pixel scale.
     psf_model, moffat_beta
         PSF profile family (see `LinearPsfField.to_piff`).
+    counts_per_njy
+        When given, the pixels are stored in instrumental counts (``image x
+        counts_per_njy``, the variance with its square) with the photometric
+        scaling that calibrates them back to nJy, as DC2 and DP0.2 calexps
+        are; default nJy.
 
     Raises
     ------
@@ -210,10 +217,17 @@ def make_visit_image(
     scale_deg = pixel_scale_arcsec / 3600.0
     wcs.wcs.cd = [[-scale_deg, 0.0], [0.0, scale_deg]]
     frame = DetectorFrame(instrument=instrument, detector=detector, visit=visit, bbox=bbox)
+    unit, factor, photometric_scaling = u.nJy, 1.0, None
+    if counts_per_njy is not None:
+        if not (np.isfinite(counts_per_njy) and counts_per_njy > 0):
+            raise ValueError(f"counts_per_njy={counts_per_njy} must be a positive number.")
+        unit, factor = u.count, counts_per_njy
+        photometric_scaling = ChebyshevField(bbox, np.array([[1.0 / counts_per_njy]]), unit=u.nJy / u.count)
     return VisitImage(
-        Image(np.asarray(image, dtype=np.float32), bbox=bbox, unit=u.nJy),
+        Image(np.asarray(image * factor, dtype=np.float32), bbox=bbox, unit=unit),
         mask=mask,
-        variance=Image(np.asarray(variance, dtype=np.float32), bbox=bbox, unit=u.nJy**2),
+        variance=Image(np.asarray(variance * factor**2, dtype=np.float32), bbox=bbox, unit=unit**2),
+        photometric_scaling=photometric_scaling,
         sky_projection=SkyProjection.from_fits_wcs(wcs, frame, pixel_bounds=bbox),
         obs_info=ObservationInfo(instrument=instrument, physical_filter=physical_filter),
         psf=psf_field.to_piff(bbox, pixel_scale_arcsec, psf_model, moffat_beta),
