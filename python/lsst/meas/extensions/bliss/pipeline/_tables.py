@@ -5,7 +5,7 @@ quantity is the same (``sourceId``, ``parentSourceId``, ``coord_ra``, ``raErr``,
 ``x``, ``xErr``, ``deblend_nChild``, ``pixelFlags_*``, ``ixx``,
 ``hsmShapeRegauss_*``, ...) and carry a ``bliss_`` prefix otherwise.  Every
 column has a unit (None for dimensionless numbers) and a description; the
-package's Felis schema (`felis_schema_path`) lists them all.
+package's Felis schema (``data/bliss_schema.yaml``) lists them all.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ __all__ = [
     "add_sample_families",
     "children",
     "deblended_models_table",
-    "felis_schema_path",
     "models_from_table",
     "samples_table",
     "scene_model_from_table",
@@ -32,10 +31,8 @@ __all__ = [
 ]
 
 import dataclasses
-import importlib.resources
 import math
 from collections.abc import Callable
-from pathlib import Path
 
 import astropy.units as u
 import numpy as np
@@ -217,7 +214,9 @@ def _sky_errors(table: Table, pixel_to_sky: Callable[..., SkyCoord]) -> None:
 
 def _family_columns(table: Table, n: int) -> None:
     table["parentSourceId"] = np.zeros(n, dtype=np.int64)
-    table["parentSourceId"].description = (
+    table[
+        "parentSourceId"
+    ].description = (
         "sourceId of the source's blend family (its parent row); 0 for an isolated source and for a parent."
     )
     table["deblend_nChild"] = np.zeros(n, dtype=np.int32)
@@ -870,8 +869,3 @@ def scene_model_from_table(
     inside = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
     np.add.at(scene, (rows[inside], cols[inside]), stamps[inside])
     return scene
-
-
-def felis_schema_path() -> Path:
-    """Path of the package's Felis schema of ``bliss_source`` and ``bliss_catalog_samples``."""
-    return Path(str(importlib.resources.files("lsst.meas.extensions.bliss") / "data" / "bliss_schema.yaml"))

@@ -11,6 +11,7 @@ import numpy as np
 from lsst.daf.butler import Butler
 
 from ...metrics import match_sources
+from .. import children
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +90,7 @@ def demo_scores(
             raise LookupError(f"No {source_dataset} datasets in collections {collections}.")
         scores = []
         for ref in refs:
-            sources = butler.get(ref)
+            sources = children(butler.get(ref))
             truth_ref = butler.find_dataset(truth_dataset, ref.dataId)
             if truth_ref is None:
                 raise LookupError(f"No {truth_dataset} for {ref.dataId} in collections {collections}.")
