@@ -21,9 +21,6 @@ __all__ = ["DESCRIPTION", "add_arguments", "run"]
 
 import argparse
 import math
-import tempfile
-import time
-from pathlib import Path
 from typing import Any
 
 import galsim
@@ -120,60 +117,27 @@ def _pre_psf_distortion(row: Any, pixel_scale_arcsec: float) -> tuple[float, flo
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run the suite; returns the JSON results plus a one-line ``summary``."""
     # The pipeline layer (Butler, lsst.images) is imported only for this suite.
-    from lsst.daf.butler import Butler, DatasetType
-
     from ..pipeline import (
-        DEFAULT_MODEL_RUN,
         DP1_SOURCE_COLUMNS,
-        BlissDeblendMeasureConfig,
-        BlissDeblendMeasureTask,
         blend_family_problems,
         children,
-        ingest_model,
         load_felis_schema,
         schema_mismatches,
     )
-    from ..pipeline.demo import DemoRepoConfig, build_demo_repo
+    from ..pipeline.demo import run_task_on_demo_detector
 
     size = args.size or (512 if args.quick else 4096)
     results: dict[str, Any] = {"size": size}
-    with tempfile.TemporaryDirectory(prefix="bliss-bench-tables-") as workdir:
-        repo = str(Path(workdir) / "repo")
-        start = time.perf_counter()
-        summary = build_demo_repo(
-            repo, DemoRepoConfig(n_visits=1, n_detectors=1, height=size, width=size, seed=args.seed)
-        )
-        ingest_model(repo)
-        results["repo_build_s"] = time.perf_counter() - start
-        collections = [summary["calexp_collection"], DEFAULT_MODEL_RUN]
-        with Butler.from_config(repo, collections=collections, run="bench/tables", writeable=True) as butler:
-            (calexp_ref,) = butler.query_datasets("calexp", explain=False)
-            data_id = butler.registry.expandDataId(calexp_ref.dataId)
-            calexp, model = butler.get(calexp_ref), butler.get("bliss_model", {})
-            truth = butler.get("bliss_truth", data_id)
-            config = BlissDeblendMeasureConfig()
-            task = BlissDeblendMeasureTask(config=config)
-            start = time.perf_counter()
-            output = task.run(
-                calexp,
-                model,
-                id_generator=config.id_generator.apply(data_id),
-                visit=int(data_id["visit"]),
-                detector=int(data_id["detector"]),
-            )
-            results["task_s"] = time.perf_counter() - start
-            refs = {}
-            for name in ("bliss_source", "bliss_catalog_samples", "bliss_deblended_models"):
-                butler.registry.registerDatasetType(
-                    DatasetType(
-                        name, ("instrument", "visit", "detector"), "ArrowAstropy", universe=butler.dimensions
-                    )
-                )
-                refs[name] = butler.put(getattr(output, name), name, data_id)
-            sources = butler.get(refs["bliss_source"])
-            samples = butler.get(refs["bliss_catalog_samples"])
-            models_bytes = butler.getURI(refs["bliss_deblended_models"]).size()
-            calexp_bytes = butler.getURI(calexp_ref).size()
+    stored = run_task_on_demo_detector(size, args.seed)
+    sources, samples, calexp, truth, model = (
+        stored.bliss_source,
+        stored.bliss_catalog_samples,
+        stored.calexp,
+        stored.truth,
+        stored.model,
+    )
+    models_bytes, calexp_bytes = stored.models_bytes, stored.calexp_bytes
+    results["repo_build_s"], results["task_s"] = stored.repo_build_s, stored.task_s
 
     results["missing_dp1_columns"] = [name for name in DP1_SOURCE_COLUMNS if name not in sources.colnames]
     schema = load_felis_schema()
