@@ -69,19 +69,28 @@ def _truth_catalog(truth: Any, height: int, width: int) -> FullCatalog:
 
 
 def _true_snr(
-    truth: Any, conditions: SurveyConditions, variance: np.ndarray, height: int, width: int
+    truth: Any,
+    conditions: SurveyConditions,
+    variance: np.ndarray,
+    height: int,
+    width: int,
+    chunk_size: int = 256,
 ) -> np.ndarray:
     """``sqrt(sum I^2 / Var)`` of each true source drawn alone with its PSF (I in nJy, the calexp's
-    variance), shape (N,)."""
-    catalog = _truth_catalog(truth, height, width)
-    fwhm_pix = torch.as_tensor(np.asarray(truth["psf_fwhm"]) / conditions.pixel_scale_arcsec)
-    models = render_source_models(catalog, fwhm_pix, conditions, height, width)
-    offsets = np.arange(models.stamp_size)
-    rows = np.clip(models.y0.numpy()[:, None] + offsets[None, :], 0, height - 1)[:, :, None]
-    cols = np.clip(models.x0.numpy()[:, None] + offsets[None, :], 0, width - 1)[:, None, :]
-    pixel_variance = np.maximum(variance[rows, cols], 1e-30)
-    stamps = models.models.double().numpy()
-    return np.sqrt((stamps**2 / pixel_variance).sum(axis=(1, 2)))
+    variance), shape (N,); rendered in chunks, so that memory stays bounded on large detectors."""
+    snr = np.zeros(len(truth))
+    for start in range(0, len(truth), chunk_size):
+        chunk = truth[start : start + chunk_size]
+        catalog = _truth_catalog(chunk, height, width)
+        fwhm_pix = torch.as_tensor(np.asarray(chunk["psf_fwhm"]) / conditions.pixel_scale_arcsec)
+        models = render_source_models(catalog, fwhm_pix, conditions, height, width)
+        offsets = np.arange(models.stamp_size)
+        rows = np.clip(models.y0.numpy()[:, None] + offsets[None, :], 0, height - 1)[:, :, None]
+        cols = np.clip(models.x0.numpy()[:, None] + offsets[None, :], 0, width - 1)[:, None, :]
+        pixel_variance = np.maximum(variance[rows, cols], 1e-30)
+        stamps = models.models.double().numpy()
+        snr[start : start + chunk_size] = np.sqrt((stamps**2 / pixel_variance).sum(axis=(1, 2)))
+    return snr
 
 
 def _pre_psf_distortion(row: Any, pixel_scale_arcsec: float) -> tuple[float, float]:
@@ -159,10 +168,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results["n_children"] = int((np.asarray(detected["parentSourceId"]) != 0).sum())
 
     height, width = calexp.image.array.shape
-    snr = _true_snr(
-        truth, model.conditions, np.asarray(calexp.variance.array, dtype=np.float64), height, width
+    is_galaxy = np.asarray(truth["is_galaxy"], dtype=bool)
+    snr = np.zeros(len(truth))
+    snr[is_galaxy] = _true_snr(
+        truth[is_galaxy], model.conditions, np.asarray(calexp.variance.array, dtype=np.float64), height, width
     )
-    galaxies = np.asarray(truth["is_galaxy"], dtype=bool) & (snr >= _MIN_SNR)
+    galaxies = is_galaxy & (snr >= _MIN_SNR)
     match = match_sources(
         np.asarray(truth["x"])[galaxies],
         np.asarray(truth["y"])[galaxies],
