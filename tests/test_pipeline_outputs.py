@@ -178,3 +178,27 @@ def test_tables_bench_quick(tmp_path) -> None:
     assert results["missing_dp1_columns"] == [] and results["felis_valid"] is True
     assert results["parent_child_consistent"] is True
     assert results["models_bytes_over_calexp_bytes"] <= 0.05
+
+
+def test_without_deblending_pixel_flags_come_from_the_centre_and_columns_still_match(tmp_path) -> None:
+    root = tmp_path / "repo"
+    summary = build_demo_repo(
+        str(root), DemoRepoConfig(n_visits=1, n_detectors=1, height=96, width=96, seed=3)
+    )
+    ingest_model(root)
+    config = BlissDeblendMeasureConfig()
+    config.inference.n_samples = 0
+    config.inference.device = "cpu"
+    config.do_deblend = False
+    with Butler.from_config(
+        str(root), collections=[summary["calexp_collection"], DEFAULT_MODEL_RUN]
+    ) as butler:
+        (ref,) = butler.query_datasets("calexp", explain=False)
+        result = BlissDeblendMeasureTask(config=config).run(butler.get(ref), butler.get("bliss_model", {}))
+    table = result.bliss_source
+    assert len(table) > 0 and (np.asarray(table["deblend_nChild"]) == 0).all()
+    assert (np.asarray(table["parentSourceId"]) == 0).all()
+    assert schema_mismatches(table, "bliss_source", complete=False) == []
+    assert "hsmShapeRegauss_e1: in the schema but not written" in schema_mismatches(table, "bliss_source")
+    for name, *_ in PIXEL_FLAG_PLANES:
+        assert table[name].dtype == bool, name

@@ -97,7 +97,9 @@ def load_felis_schema(path: Path | None = None) -> Any:
         return Schema.model_validate(yaml.safe_load(stream))
 
 
-def schema_mismatches(table: Table, table_name: str, schema: Any | None = None) -> list[str]:
+def schema_mismatches(
+    table: Table, table_name: str, schema: Any | None = None, complete: bool = True
+) -> list[str]:
     """How a written table differs from its Felis schema: names, types, units and descriptions.
 
     Parameters
@@ -108,6 +110,9 @@ def schema_mismatches(table: Table, table_name: str, schema: Any | None = None) 
         Its name in the schema.
     schema
         A validated schema (`load_felis_schema`); default the package's.
+    complete
+        Also report the schema's columns that the table lacks (False for a table written
+        without deblending, ``do_deblend=False``, which has no deblending columns).
 
     Returns
     -------
@@ -125,7 +130,10 @@ def schema_mismatches(table: Table, table_name: str, schema: Any | None = None) 
         raise KeyError(f"The schema has no table {table_name!r}; it has {sorted(tables)}.")
     columns = {column.name: column for column in tables[table_name].columns}
     problems = [f"{name}: written but not in the schema" for name in table.colnames if name not in columns]
-    problems += [f"{name}: in the schema but not written" for name in columns if name not in table.colnames]
+    if complete:
+        problems += [
+            f"{name}: in the schema but not written" for name in columns if name not in table.colnames
+        ]
     for name in table.colnames:
         if name not in columns:
             continue
