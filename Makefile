@@ -42,7 +42,7 @@ demo: venv
 	$(VENV)/bin/pipetask run -b $(DEMO_REPO) -i $(DEMO_INPUTS) -o $(DEMO_OUTPUT) \
 	    -p pipelines/BlissDRP.yaml --register-dataset-types
 	$(VENV)/bin/butler query-datasets $(DEMO_REPO) bliss_source --collections $(DEMO_OUTPUT)
-	$(VENV)/bin/bliss-demo-report $(DEMO_REPO) --collections $(DEMO_OUTPUT)
+	$(VENV)/bin/bliss-demo-report $(DEMO_REPO) --collections $(DEMO_OUTPUT) --tables
 	$(VENV)/bin/pipetask run -b $(DEMO_REPO) -i $(DEMO_OUTPUT) -o $(DEMO_OUTPUT)-validate \
 	    -p pipelines/BlissValidate.yaml --register-dataset-types
 	$(VENV)/bin/butler query-datasets $(DEMO_REPO) bliss_validation_metrics bliss_validation_summary \

@@ -66,7 +66,7 @@ def test_source_table_columns_have_units_descriptions_and_parent_positions(frame
     assert n > 0
     table = source_table(frame, np.arange(1, n + 1), 1000, 2000, tangent_plane, visit=7, detector=3)
     assert len(table) == n
-    assert table.colnames[:3] == ["id", "coord_ra", "coord_dec"]
+    assert table.colnames[:3] == ["sourceId", "coord_ra", "coord_dec"]
     for name in table.colnames:
         assert table[name].description, name
     for name, unit, _, _ in SOURCE_COLUMNS:

@@ -15,6 +15,7 @@ from . import (
     _render_suite,
     _saturation_suite,
     _science_suite,
+    _tables_suite,
     _train_suite,
 )
 
@@ -42,6 +43,7 @@ SUITES: dict[str, BenchSuite] = {
     "saturation": BenchSuite(
         _saturation_suite.DESCRIPTION, _saturation_suite.add_arguments, _saturation_suite.run
     ),
+    "tables": BenchSuite(_tables_suite.DESCRIPTION, _tables_suite.add_arguments, _tables_suite.run),
     "train": BenchSuite(_train_suite.DESCRIPTION, _train_suite.add_arguments, _train_suite.run),
     "pipetask": BenchSuite(
         _pipetask_options.DESCRIPTION, _pipetask_options.add_arguments, _run_pipetask_suite

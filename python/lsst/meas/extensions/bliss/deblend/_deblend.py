@@ -20,18 +20,25 @@ from __future__ import annotations
 
 __all__ = [
     "DEBLEND_FLAGS",
+    "BlendFamilies",
     "DeblendedSources",
     "GalaxyLatents",
     "SourceModels",
+    "blend_families",
     "blended_sources",
+    "blendedness_abs",
     "deblend_sources",
     "fit_masked_star_fluxes",
+    "footprint_touches",
     "measure_deblended",
     "median_noise_njy",
     "model_sources",
+    "models_from_parameters",
+    "psf_corrected_shapes",
     "refine_galaxy_models",
     "render_source_models",
     "scene_model",
+    "source_footprints",
 ]
 
 import dataclasses
@@ -39,6 +46,7 @@ import math
 
 import galsim
 import numpy as np
+import scipy.ndimage
 import torch
 
 from ..catalog import FullCatalog
@@ -80,6 +88,15 @@ class SourceModels:
     fit_failed
         The source's model comes from the encoder's estimate because its fit to the image
         (`fit_source_models`) failed, shape (N,), bool; None when no fit was made.
+    parameters
+        The catalog (one image, image pixels) the parametric stamps were rendered from, after
+        any fit; None when the models were not rendered by `render_source_models`.
+    psf_fwhm_pix
+        PSF FWHM at each source that the stamps were rendered with, pixels, shape (N,).
+    flux_scale
+        Factor applied to each parametric stamp after rendering (`fit_masked_star_fluxes`),
+        shape (N,), float32; None for none.  With ``parameters`` and ``psf_fwhm_pix`` it lets
+        `models_from_parameters` render the same stamps again.
     """
 
     models: torch.Tensor
@@ -88,6 +105,9 @@ class SourceModels:
     y0: torch.Tensor
     clipped: torch.Tensor
     fit_failed: torch.Tensor | None = None
+    parameters: FullCatalog | None = None
+    psf_fwhm_pix: torch.Tensor | None = None
+    flux_scale: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.models.shape[0])
@@ -142,7 +162,15 @@ def render_source_models(
         raise ValueError(f"psf_fwhm_pix needs one finite positive FWHM per source ({n_sources}).")
     if n_sources == 0:
         empty = torch.zeros(0, dtype=torch.int64)
-        return SourceModels(torch.zeros(0, 1, 1), empty, empty, empty, torch.zeros(0, dtype=torch.bool))
+        return SourceModels(
+            torch.zeros(0, 1, 1),
+            empty,
+            empty,
+            empty,
+            torch.zeros(0, dtype=torch.bool),
+            parameters=catalog,
+            psf_fwhm_pix=fwhm,
+        )
     sources = dataclasses.replace(sources, psf_index=torch.arange(n_sources))
     psf = conditions.psf(fwhm.numpy() * conditions.pixel_scale_arcsec)
     half_size = stamp_half_size(sources, psf, max_half_size)
@@ -164,7 +192,7 @@ def render_source_models(
         (own_x0 < 0) | (own_y0 < 0) | (own_x0 + 2 * half_size >= width) | (own_y0 + 2 * half_size >= height)
     )
     models *= _inside_mask(x0, y0, size, height, width)
-    return SourceModels(models, half_size, x0, y0, clipped)
+    return SourceModels(models, half_size, x0, y0, clipped, parameters=catalog, psf_fwhm_pix=fwhm)
 
 
 @dataclasses.dataclass
@@ -286,9 +314,7 @@ def blended_sources(models: SourceModels, noise_njy: float, footprint_nsigma: fl
     x0, y0 = models.x0 - models.x0.min(), models.y0 - models.y0.min()
     grid_height, grid_width = int(y0.max()) + models.stamp_size, int(x0.max()) + models.stamp_size
     rows, cols = _stamp_index(dataclasses.replace(models, x0=x0, y0=y0), grid_height, grid_width)
-    footprint = models.models > footprint_nsigma * noise_njy
-    centre = models.stamp_size // 2
-    footprint[:, centre, centre] = True
+    footprint = source_footprints(models, noise_njy, footprint_nsigma)
     counts = torch.zeros(grid_height, grid_width, dtype=torch.int32)
     counts.index_put_((rows[footprint], cols[footprint]), torch.ones(1, dtype=torch.int32), accumulate=True)
     shared = (counts[rows, cols] > 1) & footprint
@@ -358,7 +384,9 @@ def fit_masked_star_fluxes(
     scale = torch.where(torch.isfinite(scale) & (scale > 0), scale, 1.0).float()
     rescaled = own.clone()
     rescaled[chosen] = own[chosen] * scale[:, None, None]
-    return dataclasses.replace(models, models=rescaled)
+    flux_scale = torch.ones(len(models)) if models.flux_scale is None else models.flux_scale.clone()
+    flux_scale[chosen] *= scale
+    return dataclasses.replace(models, models=rescaled, flux_scale=flux_scale)
 
 
 def refine_galaxy_models(
@@ -522,8 +550,8 @@ def _with_stamp_size(models: SourceModels, size: int) -> SourceModels:
         return dataclasses.replace(models, models=models.models.clone(), half_size=models.half_size.clone())
     pad = (size - models.stamp_size) // 2
     stamps = torch.nn.functional.pad(models.models, (pad, pad, pad, pad))
-    return SourceModels(
-        stamps, models.half_size.clone(), models.x0 - pad, models.y0 - pad, models.clipped, models.fit_failed
+    return dataclasses.replace(
+        models, models=stamps, half_size=models.half_size.clone(), x0=models.x0 - pad, y0=models.y0 - pad
     )
 
 
@@ -663,13 +691,15 @@ def measure_deblended(
         valid pixel), ``e1``, ``e2`` (distortion
         ``(a^2 - b^2) / (a^2 + b^2)`` of the adaptive moments, axes of the
         image grid), ``sigma_pix`` (adaptive-moment size
-        ``det(M)^(1/4)``, pixels), each shape (N,), NaN where undefined, and
+        ``det(M)^(1/4)``, pixels), ``ixx``, ``iyy``, ``ixy`` (the adaptive
+        moment matrix ``M``, pixels^2), each shape (N,), NaN where undefined, and
         the `DEBLEND_FLAGS` (bool, shape (N,)).
     """
     models = deblended.models
     n_sources = len(models)
     results = {
-        name: np.full(n_sources, np.nan) for name in ("flux_njy", "flux_err_njy", "e1", "e2", "sigma_pix")
+        name: np.full(n_sources, np.nan)
+        for name in ("flux_njy", "flux_err_njy", "e1", "e2", "sigma_pix", "ixx", "iyy", "ixy")
     }
     flags = {name: np.zeros(n_sources, dtype=bool) for name in DEBLEND_FLAGS}
     flags["flag_stamp_clipped"] = models.clipped.numpy().copy()
@@ -680,8 +710,7 @@ def measure_deblended(
     if n_sources == 0:
         return {**results, **flags}
     centre = models.stamp_size // 2
-    footprint = models.models > footprint_nsigma * noise_njy
-    footprint[:, centre, centre] = True
+    footprint = source_footprints(models, noise_njy, footprint_nsigma)
     # Masked pixels carry no data: the model's fraction over the valid footprint corrects for them.
     footprint &= deblended.valid
     usable = torch.isfinite(models.models).all(dim=(1, 2)) & (models.models.sum(dim=(1, 2)) > 0)
@@ -708,7 +737,275 @@ def measure_deblended(
         if moments.moments_status != 0 or not math.isfinite(moments.moments_sigma):
             flags["flag_moments_failed"][index] = True
             continue
-        results["e1"][index] = moments.observed_shape.e1
-        results["e2"][index] = moments.observed_shape.e2
-        results["sigma_pix"][index] = moments.moments_sigma
+        e1, e2, sigma = moments.observed_shape.e1, moments.observed_shape.e2, moments.moments_sigma
+        results["e1"][index], results["e2"][index], results["sigma_pix"][index] = e1, e2, sigma
+        # The moment matrix of distortion (e1, e2) and determinant sigma^4.
+        scale = sigma**2 / math.sqrt(max(1.0 - e1 * e1 - e2 * e2, 1e-12))
+        results["ixx"][index] = scale * (1.0 + e1)
+        results["iyy"][index] = scale * (1.0 - e1)
+        results["ixy"][index] = scale * e2
     return {**results, **flags}
+
+
+def source_footprints(models: SourceModels, noise_njy: float, footprint_nsigma: float = 1.0) -> torch.Tensor:
+    """Each source's footprint on its stamp: where its model exceeds ``footprint_nsigma * noise_njy``,
+    and always its centre pixel.
+
+    Returns
+    -------
+    footprints
+        Shape (N, S, S), bool, on the stamps of ``models`` (pixels beyond the image included
+        only where a model is positive there, which it never is).
+    """
+    footprint = models.models > footprint_nsigma * noise_njy
+    centre = models.stamp_size // 2
+    footprint[:, centre, centre] = True
+    return footprint
+
+
+def footprint_touches(
+    models: SourceModels, footprints: torch.Tensor, pixels: torch.Tensor | np.ndarray
+) -> torch.Tensor:
+    """Whether each source's footprint holds a pixel of a boolean pixel map (e.g. a mask plane).
+
+    Parameters
+    ----------
+    models
+        Source models, ``N`` of them, on an image of shape (H, W).
+    footprints
+        Footprint of each source on its stamp, shape (N, S, S), bool (`source_footprints`,
+        or any other selection of stamp pixels).
+    pixels
+        The map, shape (H, W), bool.
+
+    Returns
+    -------
+    touches
+        Shape (N,), bool; stamp pixels beyond the image never count.
+    """
+    pixels = torch.as_tensor(np.asarray(pixels, dtype=bool))
+    if not len(models):
+        return torch.zeros(0, dtype=torch.bool)
+    height, width = pixels.shape
+    rows, cols = _stamp_index(models, height, width)
+    inside = _inside_mask(models.x0, models.y0, models.stamp_size, height, width).bool()
+    return (pixels[rows, cols] & footprints & inside).any(dim=(1, 2))
+
+
+@dataclasses.dataclass
+class BlendFamilies:
+    """Groups of sources whose footprints form one connected region of the image.
+
+    Attributes
+    ----------
+    family
+        Index of each source's family, shape (N,), int64; -1 for a source alone in its region.
+    n_families
+        Number of families (regions holding two or more sources).
+    labels
+        Family index + 1 of every image pixel that lies in a family's region, 0 elsewhere,
+        shape (H, W), int64.
+    """
+
+    family: np.ndarray
+    n_families: int
+    labels: np.ndarray
+
+
+def blend_families(models: SourceModels, footprints: torch.Tensor, height: int, width: int) -> BlendFamilies:
+    """Blend families as Rubin's deblender makes them: the sources whose footprints join.
+
+    The union of all footprints is split into its 4-connected regions; a region holding the
+    centre pixels of two or more sources is a family (a parent and its children), a source alone
+    in its region is isolated.
+
+    Parameters
+    ----------
+    models
+        Source models on an image of shape (``height``, ``width``).
+    footprints
+        Footprint of each source on its stamp, shape (N, S, S), bool (`source_footprints`).
+    height, width
+        Image size, pixels.
+
+    Returns
+    -------
+    families
+        The families.
+    """
+    union = torch.zeros(height, width, dtype=torch.bool)
+    n_sources = len(models)
+    if n_sources:
+        rows, cols = _stamp_index(models, height, width)
+        inside = _inside_mask(models.x0, models.y0, models.stamp_size, height, width).bool()
+        chosen = footprints & inside
+        union[rows[chosen], cols[chosen]] = True
+    regions, _ = scipy.ndimage.label(union.numpy())
+    centre = models.stamp_size // 2
+    centre_rows = (models.y0 + centre).clamp(0, height - 1).numpy()
+    centre_cols = (models.x0 + centre).clamp(0, width - 1).numpy()
+    region = regions[centre_rows, centre_cols] if n_sources else np.zeros(0, dtype=np.int64)
+    counts = np.bincount(region, minlength=int(regions.max()) + 1)
+    shared = counts >= 2
+    shared[0] = False
+    family_of_region = np.full(counts.size, -1, dtype=np.int64)
+    family_of_region[shared] = np.arange(int(shared.sum()))
+    labels = family_of_region[regions] + 1
+    return BlendFamilies(family_of_region[region], int(shared.sum()), labels)
+
+
+def blendedness_abs(models: SourceModels, height: int, width: int) -> np.ndarray:
+    """Rubin's absolute blendedness of each source, from the models.
+
+    ``1 - <m_i, m_i> / <m_i, |S|>`` with ``m_i`` the source's model and ``S`` the scene model
+    (all sources) over the source's stamp: 0 for an isolated source, towards 1 for a source that
+    its neighbours outshine.  Rubin measures it on the noisy image; BLISS uses its noise-free models.
+
+    Returns
+    -------
+    blendedness
+        Shape (N,), NaN where the model is empty.
+    """
+    if not len(models):
+        return np.zeros(0)
+    scene = scene_model(models, height, width).double()
+    rows, cols = _stamp_index(models, height, width)
+    own = models.models.double().abs()
+    with_neighbours = (own * scene[rows, cols].abs()).sum(dim=(1, 2))
+    alone = own.square().sum(dim=(1, 2))
+    value = 1.0 - alone / with_neighbours
+    return torch.where(with_neighbours > 0, value, math.nan).clamp(min=0.0).numpy()
+
+
+def psf_corrected_shapes(
+    deblended: DeblendedSources, psf_images: np.ndarray, sky_variance_njy2: float
+) -> dict[str, np.ndarray]:
+    """PSF-corrected ellipticities of the deblended images (GalSim HSM, re-Gaussianization).
+
+    Parameters
+    ----------
+    deblended
+        Output of `deblend_sources`; each source is measured on its own ``2 h + 1`` stamp,
+        its masked pixels weighted zero.
+    psf_images
+        PSF image at each source (centred, unit sum, pixels of the image), shape (N, P, P).
+    sky_variance_njy2
+        Typical per-pixel variance of the image, nJy^2 (for the uncertainty).
+
+    Returns
+    -------
+    shapes
+        ``e1``, ``e2`` (distortions ``(a^2 - b^2) / (a^2 + b^2)`` of the PSF-corrected shape,
+        axes of the image grid), ``sigma`` (their per-component uncertainty) and ``flag``
+        (the correction failed, or a value is not finite; the values are NaN then), shape (N,).
+    """
+    models = deblended.models
+    n_sources = len(models)
+    if psf_images.shape[0] != n_sources:
+        raise ValueError(f"{psf_images.shape[0]} PSF images for {n_sources} sources.")
+    shapes = {name: np.full(n_sources, np.nan) for name in ("e1", "e2", "sigma")}
+    shapes["flag"] = np.ones(n_sources, dtype=bool)
+    centre = models.stamp_size // 2
+    images = deblended.images.double().numpy()
+    weights = deblended.valid.numpy()
+    for index in range(n_sources):
+        size = 2 * int(models.half_size[index]) + 1
+        own = slice(centre - size // 2, centre + size // 2 + 1)
+        galaxy = galsim.Image(np.ascontiguousarray(images[index, own, own]))
+        weight = galsim.Image(np.ascontiguousarray(weights[index, own, own].astype(np.int32)))
+        psf = galsim.Image(np.ascontiguousarray(psf_images[index], dtype=np.float64))
+        result = galsim.hsm.EstimateShear(
+            galaxy, psf, weight=weight, sky_var=sky_variance_njy2, shear_est="REGAUSS", strict=False
+        )
+        values = (result.corrected_e1, result.corrected_e2, result.corrected_shape_err)
+        if result.correction_status != 0 or result.error_message or not np.isfinite(values).all():
+            continue
+        shapes["e1"][index], shapes["e2"][index], shapes["sigma"][index] = values
+        shapes["flag"][index] = False
+    return shapes
+
+
+def models_from_parameters(
+    parameters: FullCatalog,
+    psf_fwhm_pix: torch.Tensor,
+    conditions: SurveyConditions,
+    height: int,
+    width: int,
+    max_half_size: int = STAMP_HALF_SIZES[-1],
+    flux_scale: torch.Tensor | None = None,
+    latents: GalaxyLatents | None = None,
+    autoencoder: GalaxyAutoencoder | None = None,
+) -> SourceModels:
+    """Render the model stamps of `model_sources` again from their stored parameters.
+
+    Parameters
+    ----------
+    parameters, psf_fwhm_pix, flux_scale
+        `SourceModels.parameters`, `SourceModels.psf_fwhm_pix` and `SourceModels.flux_scale` of
+        the original models.
+    conditions, height, width, max_half_size
+        As for `render_source_models`.
+    latents
+        The autoencoder's posteriors, where it modelled galaxies (``modelled``).
+    autoencoder
+        The autoencoder that modelled them; needed when ``latents`` says it modelled any.
+
+    Returns
+    -------
+    models
+        The same stamps as the original, within float32 rounding.
+
+    Raises
+    ------
+    ValueError
+        If ``latents`` has autoencoder models but ``autoencoder`` is None.
+    """
+    models = render_source_models(parameters, psf_fwhm_pix, conditions, height, width, max_half_size)
+    if flux_scale is not None:
+        models.models *= flux_scale.float()[:, None, None]
+        models.flux_scale = flux_scale.float().clone()
+    if latents is None or not bool(latents.modelled.any()):
+        return models
+    if autoencoder is None:
+        raise ValueError(
+            f"{int(latents.modelled.sum())} galaxies were modelled by the galaxy autoencoder; "
+            "rendering them needs the autoencoder of the model package that made them."
+        )
+    config = autoencoder.config
+    models = _with_stamp_size(models, max(models.stamp_size, config.stamp_size))
+    centre, half = models.stamp_size // 2, config.half_size
+    crop = slice(centre - half, centre + half + 1)
+    galaxies = torch.nonzero(latents.modelled).squeeze(1)
+    sources = catalog_to_render_sources(parameters.to("cpu"), 1.0)
+    x, y = sources.x.double(), sources.y.double()
+    offsets = torch.stack([x - torch.round(x), y - torch.round(y)], dim=1)[galaxies].float()
+    fwhm = torch.as_tensor(psf_fwhm_pix, dtype=torch.float32).reshape(-1)[galaxies]
+    own_x0 = models.x0[galaxies] + centre - half
+    own_y0 = models.y0[galaxies] + centre - half
+    _, _, inside = _window_index(own_x0, own_y0, config.stamp_size, height, width)
+    device = next(autoencoder.parameters()).device
+    decoded = []
+    with torch.no_grad():
+        for start in range(0, galaxies.numel(), 256):
+            chosen = slice(start, start + 256)
+            unit = autoencoder.decode(
+                latents.latent_mean[galaxies][chosen].float().to(device),
+                fwhm[chosen].to(device),
+                offsets[chosen].to(device),
+            )
+            decoded.append(
+                (unit * latents.flux_njy[galaxies][chosen].float().to(device)[:, None, None]).cpu()
+            )
+    own = torch.zeros(galaxies.numel(), models.stamp_size, models.stamp_size)
+    own[:, crop, crop] = torch.cat(decoded) * inside
+    models.models[galaxies] = own
+    models.half_size[galaxies] = half
+    own_x0 = models.x0 + centre - models.half_size
+    own_y0 = models.y0 + centre - models.half_size
+    models.clipped = (
+        (own_x0 < 0)
+        | (own_y0 < 0)
+        | (own_x0 + 2 * models.half_size >= width)
+        | (own_y0 + 2 * models.half_size >= height)
+    )
+    return models

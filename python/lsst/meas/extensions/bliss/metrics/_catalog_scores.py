@@ -57,7 +57,9 @@ def _columns(table: Mapping[str, Any], names: tuple[str, ...], what: str) -> dic
             f"The {what} table lacks the columns {missing}; it needs {list(names)} "
             f"(the {what} dataset written by this package)."
         )
-    return {name: np.asarray(table[name], dtype=np.float64) for name in names}
+    # Parent rows of blend families (deblend_nChild > 0) group detections; they are not detections.
+    rows = np.asarray(table["deblend_nChild"]) == 0 if "deblend_nChild" in present else slice(None)
+    return {name: np.asarray(table[name], dtype=np.float64)[rows] for name in names}
 
 
 def catalog_scores(
@@ -70,7 +72,8 @@ def catalog_scores(
     truth
         True sources: `TRUTH_COLUMNS_USED` (positions in pixels, flux in nJy).
     sources
-        BLISS detections: `SOURCE_COLUMNS_USED`.
+        BLISS detections: `SOURCE_COLUMNS_USED` (rows with ``deblend_nChild > 0``, the parents of
+        blend families, are left out).
     match_radius_pix
         Radius of the one-to-one matches (pixels).
 

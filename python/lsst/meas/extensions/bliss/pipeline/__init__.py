@@ -11,6 +11,7 @@ from ._deblend_task import *
 from ._exposure import *
 from ._ids import *
 from ._model_dataset import *
+from ._schema import *
 from ._tables import *
 from ._train_task import *
 from ._validate_task import *

@@ -38,7 +38,19 @@ from lsst.pipe.base import (
 )
 from lsst.pipe.base import connectionTypes as cT
 
-from ..deblend import deblend_sources, measure_deblended, median_noise_njy, model_sources
+from ..deblend import (
+    BlendFamilies,
+    SourceModels,
+    blend_families,
+    blendedness_abs,
+    deblend_sources,
+    footprint_touches,
+    measure_deblended,
+    median_noise_njy,
+    model_sources,
+    psf_corrected_shapes,
+    source_footprints,
+)
 from ..inference import (
     FrameConfig,
     FrameResult,
@@ -55,7 +67,16 @@ from ._core_config import FramePexConfig, ModelFitPexConfig
 from ._exposure import ExposurePixels, calibrated_exposure, exposure_pixels, psf_kernel_function
 from ._ids import SourceIdGenerator, SourceIdGeneratorConfig
 from ._model_dataset import DEFAULT_MODEL_DATASET_TYPE, MODEL_STORAGE_CLASS
-from ._tables import add_deblend_columns, deblended_models_table, samples_table, source_table
+from ._tables import (
+    PIXEL_FLAG_PLANES,
+    add_blend_families,
+    add_deblend_columns,
+    add_pixel_flag_columns,
+    add_sample_families,
+    deblended_models_table,
+    samples_table,
+    source_table,
+)
 
 BLISS_INVALID_PLANE = "BLISS_INVALID"
 """Single plane of the boolean invalid-pixel map handed to the core."""
@@ -100,7 +121,9 @@ class BlissDeblendMeasureConnections(PipelineTaskConnections, dimensions=("instr
         dimensions=(),
     )
     bliss_source = cT.Output(
-        doc="Detected sources: posterior point estimates, uncertainties, probabilities and flags.",
+        doc="Detected sources (Rubin DP1 Source columns where the quantity is the same): posterior point "
+        "estimates, uncertainties, probabilities, pixel flags, deblended measurements and blend families "
+        "(parent rows with deblend_nChild > 0).",
         name="bliss_source",
         storageClass="ArrowAstropy",
         dimensions=("instrument", "visit", "detector"),
@@ -113,8 +136,9 @@ class BlissDeblendMeasureConnections(PipelineTaskConnections, dimensions=("instr
     )
 
     bliss_deblended_models = cT.Output(
-        doc="Model stamp of every source of bliss_source (rebuild the scene model with "
-        "scene_model_from_table); deblended images are the calexp's pixels in proportion to them.",
+        doc="Model parameters of every detected source of bliss_source (render the stamps with "
+        "models_from_table, the scene with scene_model_from_table); deblended images are the calexp's "
+        "pixels in proportion to the models.",
         name="bliss_deblended_models",
         storageClass="ArrowAstropy",
         dimensions=("instrument", "visit", "detector"),
@@ -153,7 +177,9 @@ class BlissDeblendMeasureConfig(PipelineTaskConfig, pipelineConnections=BlissDeb
     )
     do_deblend = Field[bool](
         doc="Render a model of every source, split the image among the sources in proportion to their "
-        "models, measure flux and adaptive-moment shape on each share, and write bliss_deblended_models.",
+        "models, measure flux, adaptive moments and PSF-corrected shape on each share, group the sources "
+        "into blend families, and write bliss_deblended_models. Without it pixel flags look at each "
+        "source's central 3x3 pixels only and there are no blend families.",
         default=True,
     )
     max_stamp_half_size = Field[int](
@@ -217,8 +243,9 @@ class BlissDeblendMeasureTask(PipelineTask):
     catalogs drawn from the posterior, for propagating uncertainty.  With
     ``do_deblend`` every source is rendered from its estimate, the image is
     split among the sources in proportion to their models, and each share is
-    measured (fluxes and adaptive-moment shapes in ``bliss_source``, model
-    stamps in ``bliss_deblended_models``).
+    measured (fluxes, adaptive moments and PSF-corrected shapes in
+    ``bliss_source``, model parameters in ``bliss_deblended_models``); sources
+    whose footprints join form blend families, each with a parent row.
     """
 
     ConfigClass = BlissDeblendMeasureConfig
@@ -282,7 +309,9 @@ class BlissDeblendMeasureTask(PipelineTask):
         result
             ``bliss_source``, ``bliss_catalog_samples`` (None when
             ``n_samples`` is 0) and ``bliss_deblended_models`` (None when
-            ``do_deblend`` is False) tables, and ``frame``, the core's `FrameResult`.
+            ``do_deblend`` is False) tables, ``frame``, the core's `FrameResult`,
+            and ``source_models``, the `SourceModels` deblended with (None
+            without ``do_deblend``).
 
         Raises
         ------
@@ -313,15 +342,25 @@ class BlissDeblendMeasureTask(PipelineTask):
         frame = self._infer_pixels(calexp, bliss_model, pixels, visit, detector, conditions)
         id_generator = id_generator or SourceIdGenerator(0, 0)
         sources = self.make_source_table(frame, calexp, id_generator, visit, detector)
-        deblended_models = None
+        deblended_models = source_models = families = None
         if self.config.do_deblend:
-            deblended_models = self.deblend(
+            deblended_models, source_models, families = self.deblend(
                 frame, calexp, pixels, sources, bliss_model.conditions, autoencoder
             )
+        else:
+            add_pixel_flag_columns(sources, self.pixel_flags(calexp, _centre_boxes(frame), None))
+        n_sources = len(sources)
+        n_families = 0 if families is None else families.n_families
+        # The parents are numbered after the children, by the same generator: unique across exposures.
+        parent_ids = id_generator.arange(n_sources + n_families)[n_sources:]
+        if families is not None:
+            sources = add_blend_families(sources, families, parent_ids, calexp.sky_projection.pixel_to_sky)
+            self.metadata["n_blend_families"] = n_families
+        _check_finite(sources, "bliss_source")
         samples = None
         if self.config.inference.n_samples:
             try:
-                samples = self.make_samples_table(frame, calexp, visit, detector)
+                samples = self.make_samples_table(frame, calexp, visit, detector, families, parent_ids)
             except NonFiniteOutputError as err:
                 err.partial_outputs = Struct(
                     bliss_source=sources, bliss_deblended_models=deblended_models, frame=frame
@@ -332,6 +371,7 @@ class BlissDeblendMeasureTask(PipelineTask):
             bliss_catalog_samples=samples,
             bliss_deblended_models=deblended_models,
             frame=frame,
+            source_models=source_models,
         )
 
     def deblend(
@@ -342,13 +382,15 @@ class BlissDeblendMeasureTask(PipelineTask):
         sources: Table,
         conditions: SurveyConditions,
         autoencoder: GalaxyAutoencoder | None = None,
-    ) -> Table:
-        """Model every source, add the deblended measurements to ``sources`` and return the model table.
+    ) -> tuple[Table, SourceModels, BlendFamilies]:
+        """Model every source, add the deblended measurements and pixel flags to ``sources``, and
+        return the model table, the models and the blend families.
 
         Stars are rendered with the PSF at their position, galaxies (galaxy
         probability > 0.5) by the autoencoder (or, without one, from their
         posterior bulge+disk shape); each source's deblended image is its
-        model's share of the observed pixels.
+        model's share of the observed pixels.  PSF-corrected shapes use the
+        exposure's PSF model at each source.
         """
         start = time.perf_counter()
         catalog = frame.catalog
@@ -375,16 +417,87 @@ class BlissDeblendMeasureTask(PipelineTask):
         )
         deblended = deblend_sources(image, variance, models, valid)
         noise = median_noise_njy(variance, valid)
-        add_deblend_columns(sources, measure_deblended(deblended, noise, latents=latents))
+        measurements = measure_deblended(deblended, noise, latents=latents)
+        shapes = psf_corrected_shapes(deblended, self.psf_images(calexp, models), noise**2)
+        measurements.update({f"hsm_{name}": values for name, values in shapes.items()})
+        measurements["blendedness_abs"] = blendedness_abs(models, height, width)
+        add_deblend_columns(sources, measurements)
+        footprints = source_footprints(models, noise)
+        add_pixel_flag_columns(sources, self.pixel_flags(calexp, models, footprints))
+        families = blend_families(models, footprints, height, width)
         self.metadata["time_deblend_s"] = time.perf_counter() - start
         self.metadata["n_moments_failed"] = int(np.sum(sources["bliss_moments_failed_flag"]))
+        self.metadata["n_hsm_failed"] = int(np.sum(sources["hsmShapeRegauss_flag"]))
         self.metadata["n_fit_failed"] = int(np.sum(sources["bliss_fit_failed_flag"]))
         if latents is not None:
             self.metadata["n_autoencoder_models"] = int(latents.modelled.sum())
             self.metadata["n_latent_invalid"] = int(latents.invalid.sum())
-        return deblended_models_table(
-            models, np.asarray(sources["id"]), int(calexp.bbox.x.start), int(calexp.bbox.y.start), latents
+        table = deblended_models_table(
+            models,
+            np.asarray(sources["sourceId"]),
+            int(calexp.bbox.x.start),
+            int(calexp.bbox.y.start),
+            conditions,
+            self.config.max_stamp_half_size,
+            latents,
         )
+        return table, models, families
+
+    def psf_images(self, calexp: VisitImage, models: SourceModels) -> np.ndarray:
+        """The exposure's PSF kernel image at each modelled source, shape (N, P, P), unit sum.
+
+        Raises
+        ------
+        ValueError
+            If the models do not carry their positions.
+        """
+        if models.parameters is None:
+            raise ValueError("The source models do not carry their positions.")
+        kernel_at = psf_kernel_function(calexp)
+        n_sources = len(models)
+        x = models.parameters.x[0, :n_sources].double().numpy()
+        y = models.parameters.y[0, :n_sources].double().numpy()
+        if n_sources == 0:
+            return np.zeros((0, 1, 1))
+        kernels = [kernel_at(x[index], y[index]) for index in range(n_sources)]
+        sizes = {kernel.shape for kernel in kernels}
+        if len(sizes) > 1:
+            # A PSF model may give kernels of different sizes; pad them to the largest, centred.
+            side = max(max(shape) for shape in sizes)
+            kernels = [_padded(kernel, side) for kernel in kernels]
+        stacked = np.stack(kernels)
+        return stacked / stacked.sum(axis=(1, 2), keepdims=True)
+
+    def pixel_flags(
+        self, calexp: VisitImage, models: SourceModels, footprints: torch.Tensor | None
+    ) -> dict[str, np.ndarray]:
+        """The `PIXEL_FLAG_PLANES` flags of each source: a mask plane in its footprint (all its
+        stamp pixels when ``footprints`` is None) or in its central 3x3 pixels.  Planes the
+        exposure's mask lacks give false flags (logged)."""
+        mask = calexp.mask
+        centre = models.stamp_size // 2
+        centre_box = torch.zeros(models.models.shape, dtype=torch.bool)
+        centre_box[:, centre - 1 : centre + 2, centre - 1 : centre + 2] = True
+        footprints = torch.ones_like(centre_box) if footprints is None else footprints
+        planes: dict[str, np.ndarray] = {}
+        missing = []
+        flags = {}
+        for name, plane, at_centre, _ in PIXEL_FLAG_PLANES:
+            if plane not in mask.schema.names:
+                missing.append(plane)
+                flags[name] = np.zeros(len(models), dtype=bool)
+                continue
+            if plane not in planes:
+                planes[plane] = np.asarray(mask.get(plane), dtype=bool)
+            flags[name] = footprint_touches(
+                models, centre_box if at_centre else footprints, planes[plane]
+            ).numpy()
+        if missing:
+            self.log.info(
+                "Mask planes %s are not in the exposure's mask; their pixel flags are false.",
+                sorted(set(missing)),
+            )
+        return flags
 
     def check_compatibility(self, calexp: VisitImage, model: BlissModel) -> InputConditions:
         """Compare the exposure with the model's trained conditions (the core's check,
@@ -556,16 +669,62 @@ class BlissDeblendMeasureTask(PipelineTask):
         """The ``bliss_source`` table (see `source_table`); raises `NonFiniteOutputError`."""
         x0, y0 = int(calexp.bbox.x.start), int(calexp.bbox.y.start)
         ids = id_generator.arange(int(frame.catalog.n_sources[0]))
-        table = source_table(frame, ids, x0, y0, calexp.sky_projection.pixel_to_sky, visit, detector)
+        obs_info = getattr(calexp, "obs_info", None)
+        table = source_table(
+            frame,
+            ids,
+            x0,
+            y0,
+            calexp.sky_projection.pixel_to_sky,
+            visit,
+            detector,
+            band=calexp.band or "",
+            physical_filter=getattr(obs_info, "physical_filter", None) or "",
+        )
         _check_finite(table, "bliss_source")
         return table
 
-    def make_samples_table(self, frame: FrameResult, calexp: VisitImage, visit: int, detector: int) -> Table:
-        """The ``bliss_catalog_samples`` table (see `samples_table`); raises `NonFiniteOutputError`."""
+    def make_samples_table(
+        self,
+        frame: FrameResult,
+        calexp: VisitImage,
+        visit: int,
+        detector: int,
+        families: BlendFamilies | None = None,
+        parent_ids: np.ndarray | None = None,
+    ) -> Table:
+        """The ``bliss_catalog_samples`` table (see `samples_table`) with each sample source's blend
+        family (`add_sample_families`); raises `NonFiniteOutputError`."""
         x0, y0 = int(calexp.bbox.x.start), int(calexp.bbox.y.start)
         table = samples_table(frame, x0, y0, calexp.sky_projection.pixel_to_sky, visit, detector)
+        parent_ids = np.zeros(0, dtype=np.int64) if parent_ids is None else parent_ids
+        add_sample_families(table, families, parent_ids, x0, y0)
         _check_finite(table, "bliss_catalog_samples")
         return table
+
+
+def _centre_boxes(frame: FrameResult) -> SourceModels:
+    """Empty 3x3 stamps centred on each detected source (local pixels), for pixel flags without models."""
+    catalog = frame.catalog
+    n_sources = int(catalog.n_sources[0])
+    x0 = torch.round(catalog.x[0, :n_sources].double()).long() - 1
+    y0 = torch.round(catalog.y[0, :n_sources].double()).long() - 1
+    return SourceModels(
+        torch.zeros(n_sources, 3, 3),
+        torch.ones(n_sources, dtype=torch.int64),
+        x0,
+        y0,
+        torch.zeros(n_sources, dtype=torch.bool),
+    )
+
+
+def _padded(kernel: np.ndarray, side: int) -> np.ndarray:
+    """A kernel image zero-padded to ``side`` x ``side``, keeping its centre pixel at the centre."""
+    rows, cols = kernel.shape
+    top, left = (side - rows) // 2, (side - cols) // 2
+    out = np.zeros((side, side))
+    out[top : top + rows, left : left + cols] = kernel
+    return out
 
 
 def _check_finite(table: Table, dataset: str) -> None:

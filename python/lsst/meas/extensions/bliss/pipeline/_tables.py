@@ -1,26 +1,36 @@
 """Astropy tables of the ``bliss_source`` and ``bliss_catalog_samples`` datasets.
 
-Column names follow the DPDD/SDM where a quantity has a name there (``id``,
-``coord_ra``, ``x``, ``xErr``, ``*_flag``) and carry a ``bliss_`` prefix
-otherwise.  Every column has a unit (None for dimensionless numbers) and a
-description.
+Column names, units and types follow the Rubin DP1 ``Source`` table where the
+quantity is the same (``sourceId``, ``parentSourceId``, ``coord_ra``, ``raErr``,
+``x``, ``xErr``, ``deblend_nChild``, ``pixelFlags_*``, ``ixx``,
+``hsmShapeRegauss_*``, ...) and carry a ``bliss_`` prefix otherwise.  Every
+column has a unit (None for dimensionless numbers) and a description; the
+package's Felis schema (``data/bliss_schema.yaml``) lists them all.
 """
 
 from __future__ import annotations
 
 __all__ = [
     "DEBLEND_COLUMNS",
+    "MODELS_FORMAT_VERSION",
+    "PIXEL_FLAG_PLANES",
     "SAMPLE_COLUMNS",
     "SOURCE_COLUMNS",
     "TRUTH_COLUMNS",
+    "add_blend_families",
     "add_deblend_columns",
+    "add_pixel_flag_columns",
+    "add_sample_families",
+    "children",
     "deblended_models_table",
+    "models_from_table",
     "samples_table",
     "scene_model_from_table",
     "source_table",
     "truth_table",
 ]
 
+import dataclasses
 import math
 from collections.abc import Callable
 
@@ -28,12 +38,13 @@ import astropy.units as u
 import numpy as np
 import torch
 from astropy.coordinates import SkyCoord
-from astropy.table import MaskedColumn, Table
+from astropy.table import Column, MaskedColumn, Table, vstack
 
-from ..catalog import FullCatalog
-from ..deblend import GalaxyLatents, SourceModels
+from ..catalog import SOURCE_FIELDS, FullCatalog
+from ..deblend import BlendFamilies, GalaxyLatents, SourceModels, models_from_parameters
 from ..inference import FrameResult
-from ..survey import flux_njy_to_mag
+from ..network import GalaxyAutoencoder
+from ..survey import SurveyConditions, flux_njy_to_mag
 
 # (column, unit, description, value of a catalog) with the catalog's positions already in parent pixels.
 _ColumnSpec = tuple[str, u.UnitBase | None, str, Callable[[FullCatalog], np.ndarray]]
@@ -108,6 +119,13 @@ SOURCE_COLUMNS: tuple[_ColumnSpec, ...] = (
         _flag("flag_image_edge"),
     ),
     (
+        "extendedness",
+        None,
+        "1 for a galaxy (bliss_galaxy_prob > 0.5), 0 for a point source; bliss_galaxy_prob is the "
+        "probability itself.",
+        lambda catalog: (_field("galaxy_prob")(catalog) > 0.5).astype(np.float64),
+    ),
+    (
         "bliss_out_of_range_flag",
         None,
         "The exposure lies outside the model's trained conditions (pixel scale, band, PSF size or depth) "
@@ -168,6 +186,61 @@ def _data_id_columns(table: Table, n: int, visit: int, detector: int) -> None:
     table["detector"].description = "Detector of the exposure."
 
 
+def _sky_errors(table: Table, pixel_to_sky: Callable[..., SkyCoord]) -> None:
+    """Add ``raErr``, ``decErr`` and ``ra_dec_Cov`` (degrees of right ascension and declination)
+    from ``xErr``, ``yErr`` through the local Jacobian of the WCS (central differences of half a
+    pixel); the posterior's x and y are independent."""
+    n = len(table)
+    if n:
+        x, y = np.asarray(table["x"], dtype=float), np.asarray(table["y"], dtype=float)
+        step = 0.5
+        offsets = ((step, 0.0), (-step, 0.0), (0.0, step), (0.0, -step))
+        sky = [pixel_to_sky(x=x + dx, y=y + dy) for dx, dy in offsets]
+        ra = [np.atleast_1d(coord.ra.to_value(u.deg)) for coord in sky]
+        dec = [np.atleast_1d(coord.dec.to_value(u.deg)) for coord in sky]
+        # Right ascension wraps at 360 degrees.
+        dra_dx = ((ra[0] - ra[1] + 180.0) % 360.0 - 180.0) / (2 * step)
+        dra_dy = ((ra[2] - ra[3] + 180.0) % 360.0 - 180.0) / (2 * step)
+        ddec_dx, ddec_dy = (dec[0] - dec[1]) / (2 * step), (dec[2] - dec[3]) / (2 * step)
+        var_x = np.asarray(table["xErr"], dtype=float) ** 2
+        var_y = np.asarray(table["yErr"], dtype=float) ** 2
+        var_ra = dra_dx**2 * var_x + dra_dy**2 * var_y
+        var_dec = ddec_dx**2 * var_x + ddec_dy**2 * var_y
+        cov = dra_dx * ddec_dx * var_x + dra_dy * ddec_dy * var_y
+    else:
+        var_ra = var_dec = cov = np.zeros(0)
+    for name, values, unit, description in (
+        ("raErr", np.sqrt(var_ra), u.deg, "Posterior standard deviation of the right ascension."),
+        ("decErr", np.sqrt(var_dec), u.deg, "Posterior standard deviation of the declination."),
+        ("ra_dec_Cov", cov, u.deg**2, "Posterior covariance of right ascension and declination."),
+    ):
+        table[name] = values.astype(np.float32)
+        table[name].unit = unit
+        table[name].description = description
+
+
+def _family_columns(table: Table, n: int) -> None:
+    table["parentSourceId"] = np.zeros(n, dtype=np.int64)
+    table[
+        "parentSourceId"
+    ].description = (
+        "sourceId of the source's blend family (its parent row); 0 for an isolated source and for a parent."
+    )
+    table["deblend_nChild"] = np.zeros(n, dtype=np.int32)
+    table[
+        "deblend_nChild"
+    ].description = (
+        "Number of children of a parent row (a blend family); 0 for every source detected by BLISS."
+    )
+
+
+def _filter_columns(table: Table, n: int, band: str, physical_filter: str) -> None:
+    table["band"] = np.full(n, band, dtype=f"U{max(len(band), 1)}")
+    table["band"].description = "Band of the exposure."
+    table["physical_filter"] = np.full(n, physical_filter, dtype=f"U{max(len(physical_filter), 1)}")
+    table["physical_filter"].description = "Physical filter of the exposure."
+
+
 def _ordered(table: Table, first: list[str]) -> Table:
     return table[first + [name for name in table.colnames if name not in first]]
 
@@ -180,8 +253,10 @@ def source_table(
     pixel_to_sky: Callable[..., SkyCoord],
     visit: int,
     detector: int,
+    band: str = "",
+    physical_filter: str = "",
 ) -> Table:
-    """The ``bliss_source`` table of one exposure.
+    """The ``bliss_source`` table of one exposure, before deblending (no parent rows).
 
     Parameters
     ----------
@@ -196,23 +271,42 @@ def source_table(
         sky projection).
     visit, detector
         Data ID values stored in every row.
+    band, physical_filter
+        The exposure's band and physical filter, stored in every row.
 
     Returns
     -------
     table
-        One row per source; columns ``id``, ``coord_ra``, ``coord_dec``,
-        `SOURCE_COLUMNS`, ``visit``, ``detector``.
+        One row per source; columns ``sourceId``, ``coord_ra``, ``coord_dec``,
+        ``raErr``, ``decErr``, ``ra_dec_Cov``, ``parentSourceId`` and
+        ``deblend_nChild`` (0 until `add_blend_families`), `SOURCE_COLUMNS`,
+        ``visit``, ``detector``, ``band``, ``physical_filter``.
     """
     catalog = _shifted(result.catalog, x0, y0)
     n = int(catalog.n_sources[0])
     if len(ids) != n:
         raise ValueError(f"{len(ids)} ids for {n} sources.")
     table = Table()
-    table["id"] = np.asarray(ids, dtype=np.int64)
-    table["id"].description = "Unique source ID (visit, detector and a counter packed into 64 bits)."
+    table["sourceId"] = np.asarray(ids, dtype=np.int64)
+    table["sourceId"].description = "Unique source ID (visit, detector and a counter packed into 64 bits)."
     _fill(table, [catalog], SOURCE_COLUMNS, pixel_to_sky)
+    _sky_errors(table, pixel_to_sky)
+    _family_columns(table, n)
     _data_id_columns(table, n, visit, detector)
-    return _ordered(table, ["id", "coord_ra", "coord_dec"])
+    _filter_columns(table, n, band, physical_filter)
+    return _ordered(
+        table,
+        [
+            "sourceId",
+            "coord_ra",
+            "coord_dec",
+            "raErr",
+            "decErr",
+            "ra_dec_Cov",
+            "parentSourceId",
+            "deblend_nChild",
+        ],
+    )
 
 
 def samples_table(
@@ -318,6 +412,51 @@ DEBLEND_COLUMNS: tuple[tuple[str, str, u.UnitBase | None, str], ...] = (
     ("bliss_e2", "e2", None, "Adaptive-moment distortion e2 of the deblended image (sin 2 theta)."),
     ("bliss_moments_sigma", "sigma_pix", u.pix, "Adaptive-moment size det(M)^(1/4) of the deblended image."),
     (
+        "ixx",
+        "ixx",
+        u.pix**2,
+        "Adaptive second moment M_xx of the deblended image (GalSim HSM, PSF not removed).",
+    ),
+    (
+        "iyy",
+        "iyy",
+        u.pix**2,
+        "Adaptive second moment M_yy of the deblended image (GalSim HSM, PSF not removed).",
+    ),
+    (
+        "ixy",
+        "ixy",
+        u.pix**2,
+        "Adaptive second moment M_xy of the deblended image (GalSim HSM, PSF not removed).",
+    ),
+    (
+        "hsmShapeRegauss_e1",
+        "hsm_e1",
+        None,
+        "PSF-corrected distortion e1 of the deblended image: GalSim HSM re-Gaussianization with the "
+        "exposure's PSF at the source, axes of the pixel grid.",
+    ),
+    ("hsmShapeRegauss_e2", "hsm_e2", None, "PSF-corrected distortion e2 of the deblended image."),
+    (
+        "hsmShapeRegauss_sigma",
+        "hsm_sigma",
+        None,
+        "Per-component uncertainty of hsmShapeRegauss_e1 and hsmShapeRegauss_e2 from the pixel noise.",
+    ),
+    (
+        "hsmShapeRegauss_flag",
+        "hsm_flag",
+        None,
+        "The PSF-corrected shape failed; hsmShapeRegauss_e1, _e2 and _sigma are null.",
+    ),
+    (
+        "blendedness_abs",
+        "blendedness_abs",
+        None,
+        "How much the neighbours' light adds to the source's: 1 - <m, m> / <m, |scene|> over the "
+        "source's stamp, with m its model and scene all sources' models (0 when isolated).",
+    ),
+    (
         "bliss_stamp_clipped_flag",
         "flag_stamp_clipped",
         None,
@@ -347,7 +486,11 @@ DEBLEND_COLUMNS: tuple[tuple[str, str, u.UnitBase | None, str], ...] = (
 
 
 def add_deblend_columns(table: Table, measurements: dict[str, np.ndarray]) -> None:
-    """Add `DEBLEND_COLUMNS` to a ``bliss_source`` table; undefined values are masked, never NaN."""
+    """Add `DEBLEND_COLUMNS` to a ``bliss_source`` table; undefined values are masked, never NaN.
+
+    ``measurements`` holds `measure_deblended`'s values, `psf_corrected_shapes`'s as ``hsm_e1``,
+    ``hsm_e2``, ``hsm_sigma``, ``hsm_flag``, and `blendedness_abs`'s as ``blendedness_abs``.
+    """
     for name, key, unit, description in DEBLEND_COLUMNS:
         values = np.asarray(measurements[key])
         if values.dtype.kind == "f":
@@ -358,72 +501,353 @@ def add_deblend_columns(table: Table, measurements: dict[str, np.ndarray]) -> No
         table[name].description = description
 
 
-def deblended_models_table(
-    models: SourceModels, ids: np.ndarray, x0: int, y0: int, latents: GalaxyLatents | None = None
+PIXEL_FLAG_PLANES: tuple[tuple[str, str, bool, str], ...] = (
+    ("pixelFlags_bad", "BAD", False, "Bad pixel in the source's footprint."),
+    ("pixelFlags_cr", "CR", False, "Cosmic ray in the source's footprint."),
+    ("pixelFlags_crCenter", "CR", True, "Cosmic ray in the source's centre (3x3 pixels)."),
+    ("pixelFlags_edge", "EDGE", False, "The source's footprint holds EDGE pixels."),
+    ("pixelFlags_interpolated", "INTRP", False, "Interpolated pixel in the source's footprint."),
+    (
+        "pixelFlags_interpolatedCenter",
+        "INTRP",
+        True,
+        "Interpolated pixel in the source's centre (3x3 pixels).",
+    ),
+    ("pixelFlags_nodata", "NO_DATA", False, "The source's footprint holds NO_DATA pixels."),
+    ("pixelFlags_saturated", "SAT", False, "Saturated pixel in the source's footprint."),
+    ("pixelFlags_saturatedCenter", "SAT", True, "Saturated pixel in the source's centre (3x3 pixels)."),
+    ("pixelFlags_suspect", "SUSPECT", False, "Suspect pixel in the source's footprint."),
+    ("pixelFlags_suspectCenter", "SUSPECT", True, "Suspect pixel in the source's centre (3x3 pixels)."),
+)
+"""Per-plane pixel flags of ``bliss_source``: (column, mask plane, centre only, description).
+The footprint is where the source's model exceeds the median pixel noise (its centre pixel
+always), or the centre alone without deblending."""
+
+
+def add_pixel_flag_columns(table: Table, flags: dict[str, np.ndarray]) -> None:
+    """Add the `PIXEL_FLAG_PLANES` columns; ``flags`` maps each column name to a (N,) bool array."""
+    for name, _, _, description in PIXEL_FLAG_PLANES:
+        table[name] = np.asarray(flags[name], dtype=bool)
+        table[name].description = description
+
+
+def children(table: Table) -> Table:
+    """The rows of a ``bliss_source`` table that are sources BLISS detected: all but the parents
+    of blend families (``deblend_nChild > 0``)."""
+    if "deblend_nChild" not in table.colnames:
+        return table
+    return table[np.asarray(table["deblend_nChild"]) == 0]
+
+
+def add_blend_families(
+    table: Table, families: BlendFamilies, parent_ids: np.ndarray, pixel_to_sky: Callable[..., SkyCoord]
 ) -> Table:
-    """The ``bliss_deblended_models`` table: one model stamp per source.
+    """Link the sources of each blend family to a new parent row, as Rubin's deblender does.
+
+    Parameters
+    ----------
+    table
+        ``bliss_source`` rows of the detected sources, in the order of ``families.family``.
+    families
+        The families (`blend_families`).
+    parent_ids
+        sourceId of each family's parent, shape (F,), int64.
+    pixel_to_sky
+        As in `source_table`.
+
+    Returns
+    -------
+    table
+        The sources with ``parentSourceId`` set, followed by one parent row per family:
+        ``deblend_nChild`` children, the flux-weighted mean position of its children, the
+        data-ID and filter columns, each pixel flag set where a child's is, other flags false
+        and every other measurement null.
+    """
+    n_families = families.n_families
+    if len(parent_ids) != n_families:
+        raise ValueError(f"{len(parent_ids)} parent IDs for {n_families} blend families.")
+    if len(families.family) != len(table):
+        raise ValueError(f"{len(families.family)} family indices for {len(table)} sources.")
+    table = table.copy()
+    member = families.family >= 0
+    parent_of = np.zeros(len(table), dtype=np.int64)
+    parent_of[member] = np.asarray(parent_ids, dtype=np.int64)[families.family[member]]
+    table["parentSourceId"][:] = parent_of
+    if n_families == 0:
+        return table
+    n_children = np.bincount(families.family[member], minlength=n_families)
+    weight = np.clip(np.asarray(table["bliss_flux"], dtype=float), 0.0, None)[member] + 1e-12
+    family = families.family[member]
+    mean_x = np.bincount(family, weight * np.asarray(table["x"])[member], n_families) / np.bincount(
+        family, weight, n_families
+    )
+    mean_y = np.bincount(family, weight * np.asarray(table["y"])[member], n_families) / np.bincount(
+        family, weight, n_families
+    )
+    coord = pixel_to_sky(x=mean_x, y=mean_y)
+    given: dict[str, np.ndarray] = {
+        "sourceId": np.asarray(parent_ids, dtype=np.int64),
+        "parentSourceId": np.zeros(n_families, dtype=np.int64),
+        "deblend_nChild": n_children.astype(np.int32),
+        "x": mean_x,
+        "y": mean_y,
+        "coord_ra": np.atleast_1d(coord.ra.to_value(u.deg)),
+        "coord_dec": np.atleast_1d(coord.dec.to_value(u.deg)),
+    }
+    # Properties of the whole exposure, the same on every row (the out-of-range flag among them).
+    for name in ("visit", "detector", "band", "physical_filter", "bliss_out_of_range_flag"):
+        if name in table.colnames:
+            given[name] = np.full(n_families, table[name][0], dtype=table[name].dtype)
+    for name, *_ in PIXEL_FLAG_PLANES:
+        if name in table.colnames:
+            given[name] = np.bincount(family, np.asarray(table[name])[member], n_families) > 0
+    parents = Table()
+    for name in table.colnames:
+        column = table[name]
+        if name in given:
+            values = given[name].astype(column.dtype)
+            parents[name] = Column(values) if not isinstance(column, MaskedColumn) else MaskedColumn(values)
+        elif column.dtype.kind == "b":
+            parents[name] = np.zeros(n_families, dtype=bool)
+        else:
+            shape = (n_families, *column.shape[1:])
+            parents[name] = MaskedColumn(np.zeros(shape, dtype=column.dtype), mask=np.ones(shape, dtype=bool))
+        parents[name].unit = column.unit
+        parents[name].description = column.description
+    stacked = vstack([table, parents], join_type="exact", metadata_conflicts="silent")
+    for name in table.colnames:
+        stacked[name].unit = table[name].unit
+        stacked[name].description = table[name].description
+    return stacked
+
+
+def add_sample_families(
+    table: Table, families: BlendFamilies | None, parent_ids: np.ndarray, x0: int, y0: int
+) -> None:
+    """Add ``parentSourceId`` to a ``bliss_catalog_samples`` table: the parent of the blend family
+    whose region (`BlendFamilies.labels`) holds the sample source's pixel, 0 elsewhere or without
+    families."""
+    parent_of = np.zeros(len(table), dtype=np.int64)
+    if families is not None and len(table) and families.n_families:
+        height, width = families.labels.shape
+        cols = np.clip(np.round(np.asarray(table["x"], dtype=float)).astype(np.int64) - x0, 0, width - 1)
+        rows = np.clip(np.round(np.asarray(table["y"], dtype=float)).astype(np.int64) - y0, 0, height - 1)
+        label = families.labels[rows, cols]
+        inside = label > 0
+        parent_of[inside] = np.asarray(parent_ids, dtype=np.int64)[label[inside] - 1]
+    table["parentSourceId"] = parent_of
+    table["parentSourceId"].description = (
+        "sourceId of the bliss_source blend family whose region holds the source in this sample; 0 "
+        "outside every family."
+    )
+
+
+MODELS_FORMAT_VERSION = 2
+"""Layout of ``bliss_deblended_models``: 2 stores each source's model parameters (rendered again
+on read by `models_from_table`); 1 stored a dense stamp per source."""
+
+_MODEL_PARAMETER_COLUMNS: tuple[tuple[str, str, u.UnitBase | None, str], ...] = (
+    ("flux", "flux_njy", u.nJy, "Total flux of the parametric model."),
+    ("is_galaxy", "is_galaxy", None, "The parametric model is a galaxy (bulge+disk), else the PSF."),
+    ("disk_frac", "disk_frac", None, "Fraction of the galaxy's flux in its exponential disk."),
+    ("disk_hlr", "disk_hlr_arcsec", u.arcsec, "Half-light radius of the disk."),
+    ("disk_q", "disk_q", None, "Axis ratio (minor/major) of the disk."),
+    ("bulge_hlr", "bulge_hlr_arcsec", u.arcsec, "Half-light radius of the bulge."),
+    ("bulge_q", "bulge_q", None, "Axis ratio (minor/major) of the bulge."),
+    (
+        "position_angle",
+        "position_angle_rad",
+        u.rad,
+        "Major-axis angle, counter-clockwise from the +x pixel axis.",
+    ),
+)
+"""Parametric-model columns of ``bliss_deblended_models``: (column, catalog field, unit, description)."""
+
+
+def deblended_models_table(
+    models: SourceModels,
+    ids: np.ndarray,
+    x0: int,
+    y0: int,
+    conditions: SurveyConditions,
+    max_half_size: int,
+    latents: GalaxyLatents | None = None,
+) -> Table:
+    """The ``bliss_deblended_models`` table: the parameters of every source's model.
+
+    The stamps are not stored; `models_from_table` renders them again (the PSF family, pixel
+    scale and image box are in the table's metadata).
 
     Parameters
     ----------
     models
-        Model stamps (local image coordinates).
+        The source models (`model_sources`; local image coordinates), with their parameters.
     ids
         Source IDs (as in ``bliss_source``), shape (N,).
     x0, y0
         Parent-pixel coordinates of the first array element of the image.
+    conditions
+        The model's survey conditions (PSF family, pixel scale) the stamps were rendered with.
+    max_half_size
+        Largest stamp half-size the models were rendered with, pixels.
     latents
         The galaxy autoencoder's posteriors, when it modelled the galaxies.
 
     Returns
     -------
     table
-        Columns ``id``, ``stamp_x0``, ``stamp_y0`` (parent pixel of stamp
-        element [0, 0]), ``stamp_half_size``, ``model`` (N, S, S), nJy per
-        pixel, ``model_type`` and, with latents, ``ae_latent_mean`` and
-        ``ae_latent_std`` (N, D; masked where the source has none) and
-        ``ae_flux`` (nJy).
+        Columns ``sourceId``, ``model_type``, ``x``, ``y`` (parent pixels), the parametric
+        parameters, ``psf_fwhm`` (pixels, the FWHM of the conditions' PSF family at the source),
+        ``flux_scale``, ``stamp_half_size`` and, with latents, ``ae_latent_mean`` and
+        ``ae_latent_std`` (N, D; masked where the source has none) and ``ae_flux`` (nJy).
+
+    Raises
+    ------
+    ValueError
+        If ``models`` do not carry their parameters or ``ids`` does not match them.
     """
+    if models.parameters is None or models.psf_fwhm_pix is None:
+        raise ValueError("The source models do not carry the parameters they were rendered from.")
+    n_sources = len(models)
+    if len(ids) != n_sources:
+        raise ValueError(f"{len(ids)} ids for {n_sources} source models.")
+    catalog = models.parameters
     table = Table()
-    table["id"] = np.asarray(ids, dtype=np.int64)
-    table["id"].description = "Source ID, as in bliss_source."
-    table["stamp_x0"] = models.x0.numpy() + x0
-    table["stamp_x0"].unit = u.pix
-    table["stamp_x0"].description = "Parent column of the stamp's first pixel (model[:, 0, 0])."
-    table["stamp_y0"] = models.y0.numpy() + y0
-    table["stamp_y0"].unit = u.pix
-    table["stamp_y0"].description = "Parent row of the stamp's first pixel."
-    table["stamp_half_size"] = models.half_size.numpy()
-    table["stamp_half_size"].unit = u.pix
-    table[
-        "stamp_half_size"
-    ].description = "Half-size h of the source's own stamp: the centred 2h+1 square of the stored stamp."
-    table["model"] = models.models.numpy().astype(np.float32)
-    table["model"].unit = u.nJy
-    table["model"].description = "PSF-convolved model of the source per pixel (zero beyond the image)."
-    modelled = np.zeros(len(table), dtype=bool) if latents is None else latents.modelled.numpy()
+    table["sourceId"] = np.asarray(ids, dtype=np.int64)
+    table["sourceId"].description = "Source ID, as in bliss_source."
+    modelled = np.zeros(n_sources, dtype=bool) if latents is None else latents.modelled.numpy()
     table["model_type"] = np.where(modelled, "autoencoder", "parametric")
     table["model_type"].description = (
         "'autoencoder': galaxy rendered by the autoencoder's decoder; 'parametric': the PSF for a star, "
-        "the bulge+disk estimate for a galaxy."
+        "the bulge+disk model for a galaxy."
     )
+    for name, offset, values in (("x", x0, catalog.x), ("y", y0, catalog.y)):
+        table[name] = values[0, :n_sources].double().numpy() + offset
+        table[name].unit = u.pix
+        table[name].description = f"Model position {name} (parent pixels)."
+    for name, field, unit, description in _MODEL_PARAMETER_COLUMNS:
+        values = catalog.fields[field][0, :n_sources]
+        table[name] = values.bool().numpy() if field == "is_galaxy" else values.float().numpy()
+        table[name].unit = unit
+        table[name].description = description
+    table["psf_fwhm"] = models.psf_fwhm_pix.double().numpy()
+    table["psf_fwhm"].unit = u.pix
+    table["psf_fwhm"].description = "FWHM of the PSF model (the conditions' PSF family) at the source."
+    flux_scale = torch.ones(n_sources) if models.flux_scale is None else models.flux_scale
+    table["flux_scale"] = flux_scale.float().numpy()
+    table[
+        "flux_scale"
+    ].description = (
+        "Factor applied to the rendered parametric model (a star refitted to its unmasked pixels)."
+    )
+    table["stamp_half_size"] = models.half_size.numpy().astype(np.int16)
+    table["stamp_half_size"].unit = u.pix
+    table["stamp_half_size"].description = "Half-size h of the source's model stamp (2h+1 pixels wide)."
     if latents is not None:
         for name, values, description in (
-            (
-                "ae_latent_mean",
-                latents.latent_mean,
-                "Posterior mean of the autoencoder latent code.",
-            ),
+            ("ae_latent_mean", latents.latent_mean, "Posterior mean of the autoencoder latent code."),
             ("ae_latent_std", latents.latent_std, "Posterior standard deviation of the latent code."),
             ("ae_flux", latents.flux_njy, "The autoencoder's posterior median flux of the galaxy."),
         ):
-            array = values.double().numpy()
+            array = values.float().numpy()
             table[name] = MaskedColumn(array, mask=~np.isfinite(array), fill_value=np.nan)
             table[name].description = description
         table["ae_flux"].unit = u.nJy
+    height, width = catalog.height, catalog.width
+    table.meta.update(
+        {
+            "bliss_models_format": MODELS_FORMAT_VERSION,
+            "image_x0": int(x0),
+            "image_y0": int(y0),
+            "image_height": int(height),
+            "image_width": int(width),
+            "max_half_size": int(max_half_size),
+            "conditions": dataclasses.asdict(conditions),
+        }
+    )
     return table
 
 
-def scene_model_from_table(table: Table, x0: int, y0: int, height: int, width: int) -> np.ndarray:
+def models_from_table(table: Table, autoencoder: GalaxyAutoencoder | None = None) -> SourceModels:
+    """Render the model stamps of a ``bliss_deblended_models`` table again.
+
+    Parameters
+    ----------
+    table
+        The table (`deblended_models_table`).
+    autoencoder
+        The model package's galaxy autoencoder (`BlissModel.autoencoder`); needed only when
+        rows have ``model_type`` 'autoencoder'.
+
+    Returns
+    -------
+    models
+        The stamps, in the local coordinates of the image box of the table's metadata
+        (``image_x0``, ``image_y0``): the stamps the task deblended with, within float32 rounding.
+
+    Raises
+    ------
+    ValueError
+        If the table is not of this layout (`MODELS_FORMAT_VERSION`), or has autoencoder rows
+        and no autoencoder is given.
+    """
+    meta = table.meta
+    if meta.get("bliss_models_format") != MODELS_FORMAT_VERSION:
+        raise ValueError(
+            f"The table has bliss_models_format={meta.get('bliss_models_format')!r}; this version reads "
+            f"{MODELS_FORMAT_VERSION} (model parameters). Rerun BlissDeblendMeasureTask to rewrite it."
+        )
+    x0, y0 = int(meta["image_x0"]), int(meta["image_y0"])
+    height, width = int(meta["image_height"]), int(meta["image_width"])
+    n_sources = len(table)
+
+    def row_tensor(name: str, dtype: torch.dtype) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(table[name]), dtype=dtype)[None, :]
+
+    fields = {
+        field: row_tensor(name, torch.bool if field == "is_galaxy" else torch.float32)
+        for name, field, _, _ in _MODEL_PARAMETER_COLUMNS
+    }
+    missing = [name for name in SOURCE_FIELDS if name not in fields]
+    if missing:
+        raise ValueError(f"bliss_deblended_models lacks the fields {missing}.")
+    catalog = FullCatalog(
+        height,
+        width,
+        torch.tensor([n_sources]),
+        (row_tensor("x", torch.float64) - x0).float(),
+        (row_tensor("y", torch.float64) - y0).float(),
+        fields,
+    )
+    latents = None
+    if "ae_latent_mean" in table.colnames:
+        mean = np.ma.filled(np.ma.asarray(table["ae_latent_mean"], dtype=np.float32), np.nan)
+        std = np.ma.filled(np.ma.asarray(table["ae_latent_std"], dtype=np.float32), np.nan)
+        flux = np.ma.filled(np.ma.asarray(table["ae_flux"], dtype=np.float32), np.nan)
+        modelled = torch.from_numpy(np.asarray(table["model_type"]) == "autoencoder")
+        latents = GalaxyLatents(
+            torch.from_numpy(mean),
+            torch.from_numpy(std),
+            torch.from_numpy(flux),
+            modelled,
+            torch.zeros_like(modelled),
+        )
+    return models_from_parameters(
+        catalog,
+        torch.as_tensor(np.asarray(table["psf_fwhm"], dtype=np.float64)),
+        SurveyConditions(**meta["conditions"]),
+        height,
+        width,
+        int(meta["max_half_size"]),
+        torch.as_tensor(np.asarray(table["flux_scale"], dtype=np.float32)),
+        latents,
+        autoencoder,
+    )
+
+
+def scene_model_from_table(
+    table: Table, x0: int, y0: int, height: int, width: int, autoencoder: GalaxyAutoencoder | None = None
+) -> np.ndarray:
     """Rebuild the scene model image (sum of all source models) from a ``bliss_deblended_models`` table.
 
     Parameters
@@ -432,20 +856,24 @@ def scene_model_from_table(table: Table, x0: int, y0: int, height: int, width: i
         The table.
     x0, y0, height, width
         Parent-pixel box of the output image.
+    autoencoder
+        As in `models_from_table`.
 
     Returns
     -------
     scene
         Shape (height, width), nJy per pixel.
     """
-    stamps = np.asarray(table["model"], dtype=np.float64)
     scene = np.zeros((height, width))
     if len(table) == 0:
         return scene
-    size = stamps.shape[-1]
-    offsets = np.arange(size)
-    rows = np.asarray(table["stamp_y0"])[:, None, None] - y0 + offsets[None, :, None]
-    cols = np.asarray(table["stamp_x0"])[:, None, None] - x0 + offsets[None, None, :]
+    models = models_from_table(table, autoencoder)
+    stamps = models.models.double().numpy()
+    offsets = np.arange(models.stamp_size)
+    stamp_x0 = models.x0.numpy() + int(table.meta["image_x0"])
+    stamp_y0 = models.y0.numpy() + int(table.meta["image_y0"])
+    rows = stamp_y0[:, None, None] - y0 + offsets[None, :, None]
+    cols = stamp_x0[:, None, None] - x0 + offsets[None, None, :]
     rows, cols = np.broadcast_arrays(rows, cols)
     inside = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
     np.add.at(scene, (rows[inside], cols[inside]), stamps[inside])

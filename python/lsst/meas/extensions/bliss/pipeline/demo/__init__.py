@@ -3,4 +3,5 @@
 from ._demo_repo import *
 from ._demo_report import *
 from ._pipetask_bench import *
+from ._tables_bench import *
 from ._visit_image_factory import *

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-__all__ = ["DetectorScore", "demo_scores", "format_scores"]
+__all__ = ["DetectorScore", "demo_scores", "format_scores", "tables_tour"]
 
 import dataclasses
 
 import numpy as np
+from astropy.table import join, vstack
 
 from lsst.daf.butler import Butler
 
 from ...metrics import match_sources
+from .. import children
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +91,7 @@ def demo_scores(
             raise LookupError(f"No {source_dataset} datasets in collections {collections}.")
         scores = []
         for ref in refs:
-            sources = butler.get(ref)
+            sources = children(butler.get(ref))
             truth_ref = butler.find_dataset(truth_dataset, ref.dataId)
             if truth_ref is None:
                 raise LookupError(f"No {truth_dataset} for {ref.dataId} in collections {collections}.")
@@ -140,4 +142,68 @@ def format_scores(scores: list[DetectorScore], bright_mag: float = 24.0) -> str:
         f"{'all':>6} {'':>8} {n_truth:>8} {n_bliss:>8} {n_matched:>8} "
         f"{_ratio(n_matched, n_bliss):>9.3f} {_ratio(n_matched, n_truth):>7.3f}"
     )
+    return "\n".join(lines)
+
+
+def tables_tour(repo: str, collections: str | list[str]) -> str:
+    """A worked example of using the stored outputs, as text: a Butler query, ``butler.get`` of a
+    ``bliss_source`` table, one blend family, and two detectors' tables stacked and joined with their
+    ``bliss_deblended_models`` by ``sourceId``.
+
+    Raises
+    ------
+    LookupError
+        If the collections hold no ``bliss_source`` table.
+    """
+    lines = []
+    with Butler.from_config(repo, collections=collections) as butler:
+        refs = sorted(
+            butler.query_datasets("bliss_source", explain=False),
+            key=lambda ref: tuple(ref.dataId.required_values),
+        )
+        if not refs:
+            raise LookupError(f"No bliss_source datasets in collections {collections}.")
+        lines.append(f'butler.query_datasets("bliss_source"): {len(refs)} datasets')
+        for ref in refs:
+            lines.append(f"  {ref.dataId}")
+        first = refs[0]
+        sources = butler.get("bliss_source", first.dataId)
+        detected = children(sources)
+        lines.append(
+            f'butler.get("bliss_source", {dict(first.dataId.required)}): {len(sources)} rows, '
+            f"{len(detected)} sources and {len(sources) - len(detected)} blend families"
+        )
+        is_parent = np.asarray(sources["deblend_nChild"]) > 0
+        if is_parent.any():
+            parent = sources[
+                np.flatnonzero(is_parent)[np.argmax(np.asarray(sources["deblend_nChild"])[is_parent])]
+            ]
+            family = sources[np.asarray(sources["parentSourceId"]) == parent["sourceId"]]
+            lines.append(
+                f"largest family: parent sourceId {parent['sourceId']} at x={parent['x']:.1f}, "
+                f"y={parent['y']:.1f} with deblend_nChild={parent['deblend_nChild']}:"
+            )
+            for child in family:
+                lines.append(
+                    f"  child sourceId {child['sourceId']}: x={child['x']:.1f} y={child['y']:.1f} "
+                    f"bliss_flux={child['bliss_flux']:.0f} nJy extendedness={child['extendedness']:.0f} "
+                    f"blendedness_abs={child['blendedness_abs']:.2f}"
+                )
+        same_visit = [ref for ref in refs if ref.dataId["visit"] == first.dataId["visit"]][:2]
+        if len(same_visit) == 2:
+            stacked = vstack([children(butler.get(ref)) for ref in same_visit])
+            models = vstack([butler.get("bliss_deblended_models", ref.dataId) for ref in same_visit])
+            joined = join(
+                stacked,
+                models["sourceId", "model_type", "psf_fwhm"],
+                keys="sourceId",
+                metadata_conflicts="silent",
+            )
+            detectors = sorted({int(ref.dataId["detector"]) for ref in same_visit})
+            lines.append(
+                f"visit {first.dataId['visit']}, detectors {detectors}: {len(stacked)} sources stacked, "
+                f"{len(np.unique(stacked['sourceId']))} distinct sourceIds; joined with their "
+                f"bliss_deblended_models by sourceId: {len(joined)} rows "
+                f"({int(np.sum(joined['model_type'] == 'parametric'))} parametric models)"
+            )
     return "\n".join(lines)

@@ -29,7 +29,7 @@ import torch
 from lsst.daf.butler import Butler
 
 from ...inference import infer_frame
-from .. import DEFAULT_MODEL_RUN, exposure_pixels, ingest_model, psf_kernel_function
+from .. import DEFAULT_MODEL_RUN, children, exposure_pixels, ingest_model, psf_kernel_function
 from .._deblend_task import BLISS_INVALID_PLANE, BlissDeblendMeasureConfig
 from ._demo_repo import DemoRepoConfig, build_demo_repo
 
@@ -86,7 +86,7 @@ def run_pipetask_suite(args: argparse.Namespace) -> dict[str, Any]:
             (ref,) = butler.query_datasets("calexp", explain=False)
             calexp = butler.get(ref)
             model = butler.get("bliss_model")
-            n_pipetask = len(butler.get("bliss_source", ref.dataId))
+            n_pipetask = len(children(butler.get("bliss_source", ref.dataId)))
             metadata = butler.get("blissDeblendMeasure_metadata", ref.dataId)
             single_metadata = butler.get(
                 "blissDeblendMeasure_metadata", ref.dataId, collections=["bench/bliss-1thread"]
