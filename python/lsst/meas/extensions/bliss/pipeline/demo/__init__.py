@@ -6,4 +6,5 @@ from ._demo_report import *
 from ._pipetask_bench import *
 from ._postgres import *
 from ._scaleout import *
+from ._scaleout_bench import *
 from ._visit_image_factory import *
