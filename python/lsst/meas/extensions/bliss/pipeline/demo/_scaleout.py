@@ -10,6 +10,7 @@ from __future__ import annotations
 
 __all__ = [
     "OUTPUT_DATASET_TYPES",
+    "bps_sigkill_and_restart",
     "bps_submit",
     "compare_collections",
     "completed_quanta",
@@ -236,4 +237,116 @@ def bps_submit(
     submit_file = submit_file or resource_path("bps", "bps_BlissDRP.yaml")
     Path(workdir).mkdir(parents=True, exist_ok=True)
     command = ["bps", "submit", str(submit_file), "-b", repo, "-i", inputs, "-o", output, *options]
-    return run_checked(command, cwd=workdir, env=env or tool_environment())
+    # BPS puts submit/ under ${PWD}, which a child's working directory does not change by itself.
+    env = {**(env or tool_environment()), "PWD": str(Path(workdir).resolve())}
+    return run_checked(command, cwd=workdir, env=env)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux ``/proc``), children first found first."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found: list[int] = []
+    pending = [pid]
+    while pending:
+        for child in children.get(pending.pop(), []):
+            found.append(child)
+            pending.append(child)
+    return found
+
+
+def _processes_naming(text: str) -> list[int]:
+    """Processes whose command line contains ``text`` (Linux ``/proc``)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if text in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+def bps_sigkill_and_restart(
+    repo: str,
+    inputs: str,
+    output: str,
+    workdir: str | Path,
+    n_quanta: int,
+    *options: str,
+    timeout_s: float = 900.0,
+) -> dict[str, object]:
+    """``bps submit`` with one quantum per job and one job at a time, SIGKILLed midway, then ``bps restart``.
+
+    When the job of the quantum after the first half has started, ``bps``
+    and every process below it (Parsl's worker pool, the running job) are
+    killed, as when the submitting node is lost; ``bps restart
+    --wms-service-class lsst.ctrl.bps.parsl.ParslService --id SUBMIT_DIR``
+    then runs what is left.
+
+    Returns
+    -------
+    record
+        ``killed_at_s``, ``restart_s`` and ``completed`` after the restart.
+    """
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    submit = workdir / "bps_restart.yaml"
+    submit.write_text(
+        f"includeConfigs:\n  - {resource_path('bps', 'bps_BlissDRP.yaml')}\n"
+        "cluster:\n  blissDetectors:\n    partitionMaxSize: 1\nsite:\n  local:\n    cores: 1\n"
+    )
+    env = {**tool_environment(), "PWD": str(workdir.resolve())}
+    command = ["bps", "submit", str(submit), "-b", repo, "-i", inputs, "-o", output, *options]
+    kill_in_job = max(2, math.ceil(n_quanta / 2) + 1) if n_quanta > 1 else 1
+    start = time.perf_counter()
+    process = subprocess.Popen(
+        command,
+        cwd=workdir,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    submit_dir = None
+    try:
+        while process.poll() is None and time.perf_counter() - start < timeout_s:
+            logs = list((workdir / "submit").glob("**/logs/blissDetectors/**/*.stdout"))
+            if len(logs) >= kill_in_job:
+                submit_dir = logs[0].parents[3]
+                break
+            time.sleep(0.5)
+    finally:
+        # Parsl starts its worker pool through a shell that exits, so the pool is found by its
+        # script's path (under this run's runinfo/) as well as by descent.
+        runinfo = str(workdir.resolve() / "runinfo")
+        for pid in [process.pid, *_descendants(process.pid), *_processes_naming(runinfo)]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        process.wait()
+    if submit_dir is None:
+        raise RuntimeError(f"bps submit ended (code {process.returncode}) before it could be killed.")
+    killed_at_s = time.perf_counter() - start
+    restart_s = run_checked(
+        [
+            "bps",
+            "restart",
+            "--wms-service-class",
+            "lsst.ctrl.bps.parsl.ParslService",
+            "--id",
+            str(submit_dir),
+        ],
+        cwd=workdir,
+        env=env,
+    )
+    return {"killed_at_s": killed_at_s, "restart_s": restart_s, "completed": completed_quanta(repo, output)}

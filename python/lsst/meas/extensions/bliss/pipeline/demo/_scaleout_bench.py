@@ -25,6 +25,7 @@ from .._deblend_task import BLISS_INVALID_PLANE, BlissDeblendMeasureConfig
 from ._demo_repo import DemoRepoConfig, build_demo_repo
 from ._postgres import temporary_postgres
 from ._scaleout import (
+    bps_sigkill_and_restart,
     bps_submit,
     compare_collections,
     completed_quanta,
@@ -87,6 +88,17 @@ def _shared_repo_parts(args: argparse.Namespace, workdir: Path, results: dict[st
         bps_comparison = compare_collections(repo, "bench/clean", "bench/bps")
         results["bps_identical"] = bool(bps_comparison["identical"])
         results["bps_differences"] = bps_comparison["differences"]
+
+        if not args.quick:
+            # BPS's own restart after the submitting process and its workers were SIGKILLed.
+            bps_restart = bps_sigkill_and_restart(
+                repo, inputs, "bench/bps-restart", workdir / "bps_restart", n_quanta, *bps_options
+            )
+            comparison = compare_collections(repo, "bench/clean", "bench/bps-restart")
+            results["bps_restart"] = {**bps_restart, **comparison}
+            results["bps_restart_identical"] = bool(
+                comparison["identical"] and bps_restart["completed"] == n_quanta
+            )
 
 
 def _throughput_part(args: argparse.Namespace, workdir: Path, results: dict[str, Any]) -> None:
