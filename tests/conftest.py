@@ -13,10 +13,15 @@ from lsst.meas.extensions.bliss import (
     SimulatorConfig,
     SurveyConditions,
     load_default_model,
+    use_bliss_butler_config,
 )
 
 TINY_ENCODER = EncoderConfig(pixel_channels=(8, 8, 16), tile_blocks=1, head_channels=16)
 """A small untrained encoder's architecture, for tests of model files."""
+
+# Every Butler of the tests, and every process they start (pipetask, butler, bps), learns the
+# BlissModel storage class from the package's Butler configuration, as under the EUPS table.
+use_bliss_butler_config()
 
 
 @pytest.fixture(scope="session")

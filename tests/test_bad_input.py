@@ -143,7 +143,7 @@ def _umask() -> int:
     return umask
 
 
-# --- butler bliss-register keeps the file's mode and its symbolic link ---------------------------------
+# --- butler bliss-register --write-config keeps the file's mode and its symbolic link --------------------
 
 
 @pytest.fixture
@@ -156,7 +156,7 @@ def repo(tmp_path: Path) -> Path:
 def test_registration_keeps_the_permissions_of_butler_yaml(repo: Path) -> None:
     config = repo / "butler.yaml"
     config.chmod(0o644)
-    result = CliRunner().invoke(bliss_register, [str(repo)])
+    result = CliRunner().invoke(bliss_register, [str(repo), "--write-config"])
     assert result.exit_code == 0, result.output
     assert "registered" in result.output
     assert stat.S_IMODE(config.stat().st_mode) == 0o644
@@ -170,7 +170,7 @@ def test_registration_follows_a_linked_butler_yaml_and_keeps_the_link(repo: Path
     (repo / "butler.yaml").rename(shared)
     shared.chmod(0o640)
     (repo / "butler.yaml").symlink_to(shared)
-    result = CliRunner().invoke(bliss_register, [str(repo)])
+    result = CliRunner().invoke(bliss_register, [str(repo), "--write-config"])
     assert result.exit_code == 0, result.output
     assert (repo / "butler.yaml").is_symlink() and (repo / "butler.yaml").resolve() == shared
     assert MODEL_STORAGE_CLASS in yaml.safe_load(shared.read_text())["storageClasses"]
@@ -182,7 +182,7 @@ def test_registration_follows_a_linked_butler_yaml_and_keeps_the_link(repo: Path
 def test_registration_names_a_dangling_link(repo: Path, tmp_path: Path) -> None:
     (repo / "butler.yaml").unlink()
     (repo / "butler.yaml").symlink_to(tmp_path / "gone.yaml")
-    result = CliRunner().invoke(bliss_register, [str(repo)])
+    result = CliRunner().invoke(bliss_register, [str(repo), "--write-config"])
     assert result.exit_code != 0
     assert "gone.yaml" in str(result.exception) and "does not exist" in str(result.exception)
 

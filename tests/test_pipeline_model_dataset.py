@@ -1,5 +1,7 @@
 """The bliss_model Butler dataset: registration in new and existing repos, round trip, bad files."""
 
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -25,10 +27,39 @@ def repo(tmp_path: Path) -> Path:
     return root
 
 
-def test_registration_is_idempotent_and_keeps_the_repo_config(repo: Path) -> None:
-    before = yaml.safe_load((repo / "butler.yaml").read_text())
+def test_registration_leaves_butler_yaml_untouched(repo: Path) -> None:
+    config = repo / "butler.yaml"
+    config.chmod(0o640)
+    before = config.read_bytes()
     assert register_bliss_storage_class(repo) is True
     assert register_bliss_storage_class(repo) is False
+    assert config.read_bytes() == before and stat.S_IMODE(config.stat().st_mode) == 0o640
+    # The storage class and formatter come from DAF_BUTLER_CONFIG_PATH (set by conftest, as by EUPS).
+    with Butler.from_config(str(repo), writeable=True, run="models/a") as butler:
+        assert butler.get_dataset_type("bliss_model").storageClass_name == MODEL_STORAGE_CLASS
+        butler.put(load_default_model(), "bliss_model", dataId={})
+    assert config.read_bytes() == before
+
+
+def test_a_butler_without_the_config_path_does_not_know_the_storage_class(repo: Path) -> None:
+    register_bliss_storage_class(repo)
+    code = (
+        "import sys; from lsst.daf.butler import Butler; "
+        "b = Butler.from_config(sys.argv[1]); print(b.storageClasses.getStorageClass('BlissModel'))"
+    )
+    environment = {key: value for key, value in os.environ.items() if key != "DAF_BUTLER_CONFIG_PATH"}
+    without = subprocess.run(
+        [sys.executable, "-c", code, str(repo)], capture_output=True, text=True, env=environment
+    )
+    assert without.returncode != 0 and "BlissModel" in without.stderr
+    with_path = subprocess.run([sys.executable, "-c", code, str(repo)], capture_output=True, text=True)
+    assert with_path.returncode == 0, with_path.stderr
+
+
+def test_registration_can_write_the_repo_config(repo: Path) -> None:
+    before = yaml.safe_load((repo / "butler.yaml").read_text())
+    assert register_bliss_storage_class(repo, write_config=True) is True
+    assert register_bliss_storage_class(repo, write_config=True) is False
     after = yaml.safe_load((repo / "butler.yaml").read_text())
     assert after["registry"] == before["registry"]
     assert after["datastore"]["root"] == before["datastore"]["root"]

@@ -14,6 +14,7 @@ from . import (
     _pipetask_options,
     _render_suite,
     _saturation_suite,
+    _scaleout_suite,
     _science_suite,
     _tables_suite,
     _train_suite,
@@ -48,4 +49,6 @@ SUITES: dict[str, BenchSuite] = {
     "pipetask": BenchSuite(
         _pipetask_options.DESCRIPTION, _pipetask_options.add_arguments, _run_pipetask_suite
     ),
+    # Imports the middleware (Butler, pipetask, bps) inside its run only.
+    "scaleout": BenchSuite(_scaleout_suite.DESCRIPTION, _scaleout_suite.add_arguments, _scaleout_suite.run),
 }

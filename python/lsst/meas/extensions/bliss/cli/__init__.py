@@ -1,6 +1,6 @@
 """Every command-line program of the package.
 
-``bliss-train``, ``bliss-bench`` and ``bliss-validate`` use the core only and
+``bliss-train``, ``bliss-bench``, ``bliss-validate`` and ``bliss-paths`` use the core only and
 are imported with this package.  ``bliss-make-demo-repo``,
 ``bliss-demo-report`` and the ``butler`` subcommands (found through the
 ``butler.cli`` entry point) need the Rubin middleware, so their modules are
@@ -13,6 +13,7 @@ from typing import Any
 
 from ._bench import *
 from ._migrate_model import *
+from ._paths import *
 from ._train import *
 from ._validate import *
 

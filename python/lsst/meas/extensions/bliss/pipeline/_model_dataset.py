@@ -2,10 +2,14 @@
 
 A model is one safetensors file (weights plus the JSON description written
 by `BlissModel.to_bytes`); the formatter reads it without unpickling anything.
-A Butler repo learns the ``BlissModel`` storage class from its own
-``butler.yaml``, which `register_bliss_storage_class` edits in place, so every
-later process (``pipetask run``, ``butler query-datasets``) sees it without
-environment variables.
+Butlers learn the ``BlissModel`` storage class and its formatter from the
+package's Butler configuration directory (`butler_config_dir`) on
+``DAF_BUTLER_CONFIG_PATH``, which the EUPS table sets (pip users export it),
+so a repo's own ``butler.yaml`` is never edited: a shared, PostgreSQL-backed
+repo needs nothing beyond the ``bliss_model`` dataset type in its registry.
+`register_bliss_storage_class` with ``write_config=True`` still writes the
+definitions into a private repo's ``butler.yaml`` for a setup without the
+environment variable.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ __all__ = [
     "BlissModelFormatter",
     "ingest_model",
     "register_bliss_storage_class",
+    "register_model_dataset_type",
     "registered_config_path",
     "storage_class_config",
 ]
@@ -30,7 +35,12 @@ import yaml
 
 from lsst.daf.butler import Butler, DatasetRef, DatasetType, FormatterV2
 
-from ..io import BlissModel, atomic_write_path, load_default_model
+from ..io import (
+    BlissModel,
+    atomic_write_path,
+    load_default_model,
+    use_bliss_butler_config,
+)
 
 MODEL_STORAGE_CLASS = "BlissModel"
 """Name of the storage class of trained BLISS models."""
@@ -88,40 +98,92 @@ def _add_formatter(datastore: dict[str, Any]) -> None:
     datastore.setdefault("formatters", {})[MODEL_STORAGE_CLASS] = _FORMATTER_NAME
 
 
-def register_bliss_storage_class(repo: str | Path) -> bool:
-    """Teach a Butler repo the ``BlissModel`` storage class (idempotent).
+def register_model_dataset_type(
+    repo: str | Path, dataset_type_name: str = DEFAULT_MODEL_DATASET_TYPE
+) -> bool:
+    """Register a model dataset type (no dimensions, storage class ``BlissModel``) in a repo's registry.
 
     Parameters
     ----------
     repo
-        Root directory of an existing local repo (made by ``butler create``
-        or `Butler.makeRepo`).
+        The repo (a directory or a ``butler.yaml``, local or shared).
+    dataset_type_name
+        Name of the dataset type.
+
+    Returns
+    -------
+    inserted
+        False if the registry already had it.
+
+    Notes
+    -----
+    The package's Butler configuration goes onto ``DAF_BUTLER_CONFIG_PATH``
+    of this process first (`use_bliss_butler_config`); the repo's
+    ``butler.yaml`` is read, never written.
+    """
+    use_bliss_butler_config()
+    butler = Butler.from_config(str(repo), writeable=True)
+    try:
+        dataset_type = DatasetType(
+            dataset_type_name, butler.dimensions.empty, MODEL_STORAGE_CLASS, universe=butler.dimensions
+        )
+        return bool(butler.registry.registerDatasetType(dataset_type))
+    finally:
+        butler.close()
+
+
+def register_bliss_storage_class(repo: str | Path, write_config: bool = False) -> bool:
+    """Make a Butler repo ready for ``BlissModel`` datasets (idempotent).
+
+    Parameters
+    ----------
+    repo
+        Root directory of an existing repo (made by ``butler create`` or
+        `Butler.makeRepo`).
+    write_config
+        Also write the storage class and formatter into the repo's
+        ``butler.yaml`` (for a private repo used without
+        ``DAF_BUTLER_CONFIG_PATH``); never needed where the EUPS table or the
+        user sets that variable, and wrong for a shared repo.
 
     Returns
     -------
     changed
-        False if the repo already knew the storage class.
+        False if the repo already had the ``bliss_model`` dataset type (and,
+        with ``write_config``, its ``butler.yaml`` the definitions).
 
     Raises
     ------
     FileNotFoundError
         If ``repo`` holds no ``butler.yaml``.
     ValueError
-        If ``butler.yaml`` is not a YAML mapping.
+        If ``butler.yaml`` is not a YAML mapping (``write_config`` only).
 
     Notes
     -----
-    The file is rewritten atomically (a new temporary file in the same
-    directory, then a rename, `atomic_write_path`), so an interrupted
-    registration leaves the original untouched.  The rewritten file keeps the
-    original's permission bits, so every user who could read the repo's
-    configuration still can.  A ``butler.yaml`` that is a symbolic link (a
-    configuration shared between repos, say) is followed deliberately: the
-    file it points to is rewritten in its own directory and the link stays a
-    link, so every repo that shares the configuration learns the storage
-    class (`registered_config_path`).
+    By default the repo's ``butler.yaml`` is left exactly as it is (bytes and
+    permissions): the storage class and formatter come from the package's
+    Butler configuration directory on ``DAF_BUTLER_CONFIG_PATH``
+    (`butler_config_dir`), which this function puts there for its own process
+    and which every other process must have too; the dataset type
+    ``bliss_model`` is registered in the registry (`register_model_dataset_type`).
+
+    With ``write_config`` the file is rewritten atomically (a new temporary
+    file in the same directory, then a rename, `atomic_write_path`), so an
+    interrupted registration leaves the original untouched.  The rewritten file
+    keeps the original's permission bits.  A ``butler.yaml`` that is a
+    symbolic link is followed deliberately: the file it points to is
+    rewritten in its own directory and the link stays a link, so every repo
+    that shares the configuration learns the storage class
+    (`registered_config_path`).
     """
     config_path = registered_config_path(repo)
+    changed = _write_storage_class_config(config_path) if write_config else False
+    return register_model_dataset_type(repo) or changed
+
+
+def _write_storage_class_config(config_path: Path) -> bool:
+    """Add the storage class and formatter to one ``butler.yaml``; False if it had them."""
     document = yaml.safe_load(config_path.read_text())
     if not isinstance(document, dict):
         raise ValueError(f"{config_path} is not a YAML mapping; cannot register the storage class.")
@@ -143,7 +205,7 @@ def register_bliss_storage_class(repo: str | Path) -> bool:
 
 
 def registered_config_path(repo: str | Path) -> Path:
-    """The ``butler.yaml`` file that `register_bliss_storage_class` rewrites for ``repo``.
+    """The ``butler.yaml`` file of ``repo`` (the one ``write_config`` rewrites).
 
     A symbolic link is resolved to the file it points to, so that the link
     itself is kept; the file must be a regular file.
@@ -215,7 +277,8 @@ def ingest_model(
         model = load_default_model()
     elif not isinstance(model, BlissModel):
         model = BlissModel.load(model)
-    register_bliss_storage_class(repo)
+    use_bliss_butler_config()
+    registered_config_path(repo)
     butler = Butler.from_config(str(repo), writeable=True, run=run)
     try:
         dataset_type = DatasetType(

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lsst.daf.butler import Butler, DatasetType
+from lsst.daf.butler import Butler, Config, DatasetType
 
 from ...catalog import SOURCE_FIELDS, FullCatalog
 from ...deblend import render_source_models, scene_model
@@ -251,6 +251,7 @@ def build_demo_repo(
     model: BlissModel | None = None,
     overwrite: bool = False,
     log: Any = None,
+    registry_db: str | None = None,
 ) -> dict[str, Any]:
     """Create a Butler repo of simulated calexps and their truth.
 
@@ -262,7 +263,7 @@ def build_demo_repo(
     Parameters
     ----------
     root
-        Directory of the new repo (SQLite registry, file datastore).
+        Directory of the new repo (its configuration, file datastore and, by default, SQLite registry).
     config
         What to simulate; default `DemoRepoConfig()`.
     model
@@ -272,6 +273,10 @@ def build_demo_repo(
         Replace an existing repo at ``root``.
     log
         Receives progress lines (e.g. `print`); default silent.
+    registry_db
+        SQLAlchemy URL of the registry database (e.g.
+        ``postgresql://user@host:port/database``, an empty database or one
+        whose schema this repo may create); default a SQLite file in ``root``.
 
     Returns
     -------
@@ -310,7 +315,7 @@ def build_demo_repo(
         shutil.rmtree(root)
     conditions = model.conditions
     tile = model.encoder.config.tile_size
-    Butler.makeRepo(str(root))
+    Butler.makeRepo(str(root), config=Config({"registry": {"db": registry_db}}) if registry_db else None)
     _write_demo_repo_marker(root, config)
     butler = Butler.from_config(str(root), writeable=True, run=config.calexp_collection)
     summary: dict[str, Any] = {
