@@ -188,9 +188,7 @@ def render_source_models(
     centre_x, centre_y = torch.round(sources.x).long(), torch.round(sources.y).long()
     x0, y0 = centre_x - largest, centre_y - largest
     own_x0, own_y0 = centre_x - half_size, centre_y - half_size
-    clipped = (
-        (own_x0 < 0) | (own_y0 < 0) | (own_x0 + 2 * half_size >= width) | (own_y0 + 2 * half_size >= height)
-    )
+    clipped = _stamp_clipped(own_x0, own_y0, half_size, height, width)
     models *= _inside_mask(x0, y0, size, height, width)
     return SourceModels(models, half_size, x0, y0, clipped, parameters=catalog, psf_fwhm_pix=fwhm)
 
@@ -226,6 +224,16 @@ class GalaxyLatents:
         nan = torch.full((n_sources, latent_dim), math.nan)
         no = torch.zeros(n_sources, dtype=torch.bool)
         return cls(nan, nan.clone(), torch.full((n_sources,), math.nan), no, no.clone())
+
+
+def _stamp_clipped(
+    own_x0: torch.Tensor, own_y0: torch.Tensor, half_size: torch.Tensor, height: int, width: int
+) -> torch.Tensor:
+    """Whether each source's own stamp, of side ``2 half_size + 1`` from its corner
+    ``(own_x0, own_y0)`` (pixels, shape (N,)), reaches beyond a ``height x width`` image."""
+    return (
+        (own_x0 < 0) | (own_y0 < 0) | (own_x0 + 2 * half_size >= width) | (own_y0 + 2 * half_size >= height)
+    )
 
 
 def model_sources(
@@ -502,13 +510,12 @@ def refine_galaxy_models(
     latents.flux_njy[galaxies] = torch.where(good, posterior.flux_njy, math.nan)
     latents.modelled[galaxies] = good
     latents.invalid[galaxies] = ~good
-    own_x0 = models.x0 + centre - models.half_size
-    own_y0 = models.y0 + centre - models.half_size
-    models.clipped = (
-        (own_x0 < 0)
-        | (own_y0 < 0)
-        | (own_x0 + 2 * models.half_size >= width)
-        | (own_y0 + 2 * models.half_size >= height)
+    models.clipped = _stamp_clipped(
+        models.x0 + centre - models.half_size,
+        models.y0 + centre - models.half_size,
+        models.half_size,
+        height,
+        width,
     )
     return models, latents
 
@@ -1000,12 +1007,11 @@ def models_from_parameters(
     own[:, crop, crop] = torch.cat(decoded) * inside
     models.models[galaxies] = own
     models.half_size[galaxies] = half
-    own_x0 = models.x0 + centre - models.half_size
-    own_y0 = models.y0 + centre - models.half_size
-    models.clipped = (
-        (own_x0 < 0)
-        | (own_y0 < 0)
-        | (own_x0 + 2 * models.half_size >= width)
-        | (own_y0 + 2 * models.half_size >= height)
+    models.clipped = _stamp_clipped(
+        models.x0 + centre - models.half_size,
+        models.y0 + centre - models.half_size,
+        models.half_size,
+        height,
+        width,
     )
     return models
