@@ -184,6 +184,7 @@ def set_nested(config, field: str, value) -> None:
         ("autoencoder.stamp_size", 16),
         ("autoencoder.latent_dim", 0),
         ("conditions.band", "q"),
+        ("conditions.pixel_scale_arcsec", -1.0),
         ("psf_fwhm_padding_arcsec", -0.1),
     ],
 )

@@ -95,18 +95,23 @@ class CoreConfig(Config):
 
     def validate(self) -> None:
         super().validate()
-        try:
-            self.to_core()
-        except (TypeError, ValueError) as err:
-            message = str(err)
-            # The field the message names first (the core's messages start with ``name=value``).
-            mentions = [
-                (match.start(), name)
-                for name in self._fields
-                if (match := re.search(rf"\b{name}\b", message)) is not None
-            ]
-            field = self._fields[min(mentions)[1]] if mentions else next(iter(self._fields.values()))
-            raise FieldValidationError(field, self, message) from err
+        _validate_by_building(self)
+
+
+def _validate_by_building(config: CoreConfig | ConditionsPexConfig) -> None:
+    """Validate a mirror by building its core object; the core's error is reported on the field its
+    message names first (the core's messages start with ``name=value``)."""
+    try:
+        config.to_core()
+    except (TypeError, ValueError) as err:
+        message = str(err)
+        mentions = [
+            (match.start(), name)
+            for name in config._fields
+            if (match := re.search(rf"\b{name}\b", message)) is not None
+        ]
+        field = config._fields[min(mentions)[1]] if mentions else next(iter(config._fields.values()))
+        raise FieldValidationError(field, config, message) from err
 
 
 def _pex_field(annotation: Any, default: Any, doc: str) -> Field:
@@ -197,10 +202,7 @@ class ConditionsPexConfig(Config):
 
     def validate(self) -> None:
         super().validate()
-        try:
-            self.to_core()
-        except (TypeError, ValueError) as err:
-            raise FieldValidationError(type(self).band, self, str(err)) from err
+        _validate_by_building(self)
 
 
 def _add_condition_overrides() -> None:
