@@ -51,7 +51,13 @@ import torch
 
 from ..catalog import FullCatalog
 from ..network import GalaxyAutoencoder, GalaxyLatentPosterior
-from ..rendering import STAMP_HALF_SIZES, catalog_to_render_sources, render_stamps, stamp_half_size
+from ..rendering import (
+    STAMP_HALF_SIZES,
+    RenderSources,
+    catalog_to_render_sources,
+    render_stamps,
+    stamp_half_size,
+)
 from ..survey import SurveyConditions
 from ._model_fit import ModelFitConfig, fit_source_models
 
@@ -224,6 +230,24 @@ class GalaxyLatents:
         nan = torch.full((n_sources, latent_dim), math.nan)
         no = torch.zeros(n_sources, dtype=torch.bool)
         return cls(nan, nan.clone(), torch.full((n_sources,), math.nan), no, no.clone())
+
+
+def _galaxy_stamp_inputs(
+    sources: RenderSources,
+    psf_fwhm_pix: torch.Tensor | np.ndarray,
+    models: SourceModels,
+    galaxies: torch.Tensor,
+    centre: int,
+    half: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What the autoencoder needs of the galaxies ``galaxies`` (indices, shape (G,)): their sub-pixel
+    offsets from the nearest pixel centre (G, 2), their PSF FWHM in pixels (G,), and the corner of
+    their autoencoder stamp of half-size ``half`` in the image (columns, rows; (G,) each), for models
+    whose stamps are centred on pixel ``centre``."""
+    x, y = sources.x.double(), sources.y.double()
+    offsets = torch.stack([x - torch.round(x), y - torch.round(y)], dim=1)[galaxies].float()
+    fwhm = torch.as_tensor(psf_fwhm_pix, dtype=torch.float32).reshape(-1)[galaxies]
+    return offsets, fwhm, models.x0[galaxies] + centre - half, models.y0[galaxies] + centre - half
 
 
 def _stamp_clipped(
@@ -477,11 +501,9 @@ def refine_galaxy_models(
     usable = torch.isfinite(image) & torch.isfinite(variance) & (variance > 0)
     if valid is not None:
         usable &= valid
-    x, y = sources.x.double(), sources.y.double()
-    offsets = torch.stack([x - torch.round(x), y - torch.round(y)], dim=1)[galaxies].float()
-    fwhm = torch.as_tensor(psf_fwhm_pix, dtype=torch.float32).reshape(-1)[galaxies]
-    own_x0 = models.x0[galaxies] + centre - half
-    own_y0 = models.y0[galaxies] + centre - half
+    offsets, fwhm, own_x0, own_y0 = _galaxy_stamp_inputs(
+        sources, psf_fwhm_pix, models, galaxies, centre, half
+    )
     rows, cols, inside = _window_index(own_x0, own_y0, config.stamp_size, height, width)
     stamp_valid = usable[rows, cols] & inside
     stamp_variance = torch.where(stamp_valid, variance.float()[rows, cols], 1.0)
@@ -984,11 +1006,9 @@ def models_from_parameters(
     crop = slice(centre - half, centre + half + 1)
     galaxies = torch.nonzero(latents.modelled).squeeze(1)
     sources = catalog_to_render_sources(parameters.to("cpu"), 1.0)
-    x, y = sources.x.double(), sources.y.double()
-    offsets = torch.stack([x - torch.round(x), y - torch.round(y)], dim=1)[galaxies].float()
-    fwhm = torch.as_tensor(psf_fwhm_pix, dtype=torch.float32).reshape(-1)[galaxies]
-    own_x0 = models.x0[galaxies] + centre - half
-    own_y0 = models.y0[galaxies] + centre - half
+    offsets, fwhm, own_x0, own_y0 = _galaxy_stamp_inputs(
+        sources, psf_fwhm_pix, models, galaxies, centre, half
+    )
     _, _, inside = _window_index(own_x0, own_y0, config.stamp_size, height, width)
     device = next(autoencoder.parameters()).device
     decoded = []
