@@ -3,15 +3,12 @@ so that the other suites start without importing it."""
 
 from __future__ import annotations
 
-__all__ = ["DEFAULT_PIPELINE", "DESCRIPTION", "add_arguments"]
+__all__ = ["DESCRIPTION", "add_arguments"]
 
 import argparse
 from pathlib import Path
 
 DESCRIPTION = "pipetask run of BlissDRP.yaml on one 2048x2048 calexp vs infer_frame on the same pixels"
-
-DEFAULT_PIPELINE = Path(__file__).resolve().parents[6] / "pipelines" / "BlissDRP.yaml"
-"""``pipelines/BlissDRP.yaml`` of a source checkout (editable install)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,6 +19,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--pipeline",
         type=Path,
-        default=DEFAULT_PIPELINE,
-        help="pipeline YAML (default pipelines/BlissDRP.yaml of this checkout)",
+        default=None,
+        help="pipeline YAML (default the package's pipelines/BlissDRP.yaml, wherever it is installed)",
     )

@@ -15,9 +15,6 @@ from __future__ import annotations
 __all__ = ["run_pipetask_suite"]
 
 import argparse
-import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,17 +26,20 @@ import torch
 from lsst.daf.butler import Butler
 
 from ...inference import infer_frame
+from ...io import resource_path
 from .. import DEFAULT_MODEL_RUN, children, exposure_pixels, ingest_model, psf_kernel_function
 from .._deblend_task import BLISS_INVALID_PLANE, BlissDeblendMeasureConfig
 from ._demo_repo import DemoRepoConfig, build_demo_repo
+from ._scaleout import pipetask_command, run_checked, tool_environment
 
 
 def run_pipetask_suite(args: argparse.Namespace) -> dict[str, Any]:
     """Run the suite (options in ``bench._pipetask_options``); returns the JSON results and a ``summary``."""
     size = args.size or (512 if args.quick else 2048)
-    if not args.pipeline.is_file():
-        raise FileNotFoundError(f"Pipeline {args.pipeline} not found; pass --pipeline.")
-    results: dict[str, Any] = {"size": size, "pipeline": str(args.pipeline)}
+    pipeline = args.pipeline if args.pipeline is not None else resource_path("pipelines", "BlissDRP.yaml")
+    if not pipeline.is_file():
+        raise FileNotFoundError(f"Pipeline {pipeline} not found; pass --pipeline.")
+    results: dict[str, Any] = {"size": size, "pipeline": str(pipeline)}
     with tempfile.TemporaryDirectory(prefix="bliss-bench-pipetask-") as workdir:
         repo = str(Path(workdir) / "repo")
         start = time.perf_counter()
@@ -51,30 +51,10 @@ def run_pipetask_suite(args: argparse.Namespace) -> dict[str, Any]:
         inputs = f"{summary['calexp_collection']},{DEFAULT_MODEL_RUN}"
 
         def pipetask_run(output: str, *options: str) -> float:
-            command = [
-                str(Path(sys.executable).with_name("pipetask")),
-                "run",
-                "-b",
-                repo,
-                "-i",
-                inputs,
-                "-o",
-                output,
-                "-p",
-                str(args.pipeline),
-                "--register-dataset-types",
-                # Deblending is work beyond the inference the direct call does; leave it out of both.
-                "-c",
-                "blissDeblendMeasure:do_deblend=False",
-                *options,
-            ]
-            start = time.perf_counter()
-            completed = subprocess.run(
-                command, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"}
-            )
-            if completed.returncode != 0:
-                raise RuntimeError(f"pipetask run failed:\n{completed.stderr[-4000:]}")
-            return time.perf_counter() - start
+            # Deblending is work beyond the inference the direct call does; leave it out of both.
+            no_deblend = ("-c", "blissDeblendMeasure:do_deblend=False")
+            command = pipetask_command(repo, inputs, output, *no_deblend, *options, pipeline=str(pipeline))
+            return run_checked(command, env=tool_environment())
 
         # pipetask runs each quantum on one thread unless told otherwise (parallelism comes from -j);
         # the like-for-like comparison lets torch use the same cores as the direct call.
