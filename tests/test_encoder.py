@@ -86,13 +86,15 @@ def test_loss_terms_are_gated_on_the_truth() -> None:
     assert (log_prob["flux"] != 0).any() and torch.equal(log_prob["disk_hlr"], torch.zeros(4))
 
 
+@pytest.mark.parametrize("size", [32, 28])
 @pytest.mark.parametrize("n_groups", [1, 2, 4])
-def test_log_prob_on_group_sublattices_equals_the_dense_head(n_groups: int) -> None:
-    """The loss evaluates each colour group's head only on that group's tiles; the result is the
-    dense head's, masked to the group, as teacher forcing defines it."""
+def test_log_prob_on_group_sublattices_equals_the_dense_head(n_groups: int, size: int) -> None:
+    """The loss evaluates each colour group's head only on that group's tiles (stacked in one call
+    when the sublattices are equal, an even number of tiles a side; one call each otherwise); the
+    result is the dense head's, masked to the group, as teacher forcing defines it."""
     torch.manual_seed(0)
     encoder = BlissEncoder(dataclasses.replace(TINY, checkerboard_groups=n_groups)).eval()
-    inputs, truth = inputs_and_truth(encoder, simulated_batch(density=3000.0))
+    inputs, truth = inputs_and_truth(encoder, simulated_batch(density=3000.0, size=size))
     with torch.no_grad():
         projected = encoder.head_features(encoder.features(inputs))
         groups = encoder._groups(projected)
@@ -106,6 +108,25 @@ def test_log_prob_on_group_sublattices_equals_the_dense_head(n_groups: int) -> N
         sparse = encoder.log_prob(inputs, truth)
     for name, value in dense.items():
         torch.testing.assert_close(sparse[name], value, rtol=1e-5, atol=1e-3)
+
+
+def test_mixed_precision_log_prob_stays_close_to_float32_and_has_float32_gradients() -> None:
+    """Training with a bfloat16 backbone and head (`TrainingConfig.backbone_precision`): the
+    factors' parameters and log-probabilities stay float32 and close to the float32 ones."""
+    torch.manual_seed(0)
+    encoder = BlissEncoder(TINY)
+    inputs, truth = inputs_and_truth(encoder, simulated_batch(density=3000.0))
+    with torch.no_grad():
+        exact = encoder.log_prob(inputs, truth)
+    mixed = encoder.log_prob(inputs, truth, torch.bfloat16)
+    for name, value in exact.items():
+        assert mixed[name].dtype == torch.float32, name
+        scale = float(value.abs().max()) + 1.0
+        assert float((mixed[name].detach() - value).abs().max()) <= 0.05 * scale, name
+    sum(value.sum() for value in mixed.values()).backward()
+    for name, parameter in encoder.named_parameters():
+        assert parameter.grad is not None and parameter.grad.dtype == torch.float32, name
+        assert torch.isfinite(parameter.grad).all(), name
 
 
 def test_loss_weights_scale_one_factor_term() -> None:

@@ -302,6 +302,13 @@ class BlissEncoder(nn.Module):
         ValueError
             If H or W is not a multiple of the tile size.
         """
+        self._check_tiling(inputs)
+        if compute_dtype != torch.float32:
+            with torch.autocast(inputs.tensor.device.type, dtype=compute_dtype):
+                return self._backbone(inputs.tensor).float()
+        return self._backbone(inputs.tensor)
+
+    def _check_tiling(self, inputs: NetworkInputs) -> None:
         tile = self.config.tile_size
         height, width = inputs.tensor.shape[-2:]
         if height % tile or width % tile or height == 0 or width == 0:
@@ -309,10 +316,6 @@ class BlissEncoder(nn.Module):
                 f"Image size {height}x{width} is not a positive multiple of tile_size={tile}; "
                 "pad it to whole tiles."
             )
-        if compute_dtype != torch.float32:
-            with torch.autocast(inputs.tensor.device.type, dtype=compute_dtype):
-                return self._backbone(inputs.tensor).float()
-        return self._backbone(inputs.tensor)
 
     def _backbone(self, pixels: torch.Tensor) -> torch.Tensor:
         """The backbone on ``pixels`` (B, N_INPUT_CHANNELS, H, W).  Without autograd its activations are
@@ -412,11 +415,10 @@ class BlissEncoder(nn.Module):
 
     def split_params(self, raw: torch.Tensor) -> dict[str, torch.Tensor]:
         """Split raw parameters (..., n_total) per factor, (..., n)."""
-        params, start = {}, 0
-        for factor in self.factors:
-            params[factor.name] = raw[..., start : start + factor.n_params]
-            start += factor.n_params
-        return params
+        # One split (its gradient is one concatenation) rather than a slice per factor (each slice's
+        # gradient is a zero-filled tensor of the whole output's size).
+        pieces = raw.split([factor.n_params for factor in self.factors], dim=-1)
+        return {factor.name: piece for factor, piece in zip(self.factors, pieces, strict=True)}
 
     def _head_on_sublattice(self, hidden: torch.Tensor, row: int, col: int) -> dict[str, torch.Tensor]:
         """`head` evaluated only at tiles ``(row + 2 i, col + 2 j)`` of the hidden layer (B, C, Ht, Wt):
@@ -436,9 +438,11 @@ class BlissEncoder(nn.Module):
                 bordered.new_zeros(bordered.shape[0], output.out_channels, n_rows, n_cols)
             )
         active = nn.functional.silu(bordered)[..., row:, col:]
-        return self._raw_to_params(
-            output(nn.functional.silu(nn.functional.conv2d(active, conv.weight, conv.bias, stride=2)))
-        )
+        hidden = nn.functional.silu(nn.functional.conv2d(active, conv.weight, conv.bias, stride=2))
+        # The last layer gives the factors' parameters: float32 even under autocast (bfloat16's 8-bit
+        # mantissa would round a log-flux mean by a few per cent).
+        with torch.autocast(hidden.device.type, enabled=False):
+            return self._raw_to_params(output(hidden.float()))
 
     def context_update(
         self, values: dict[str, torch.Tensor], row: int, col: int, shape: tuple[int, int]
@@ -468,7 +472,9 @@ class BlissEncoder(nn.Module):
     def _groups(self, features: torch.Tensor) -> torch.Tensor:
         return checkerboard_groups(*features.shape[-2:], self.config.checkerboard_groups, features.device)
 
-    def log_prob(self, inputs: NetworkInputs, truth: TileTruth) -> dict[str, torch.Tensor]:
+    def log_prob(
+        self, inputs: NetworkInputs, truth: TileTruth, compute_dtype: torch.dtype = torch.float32
+    ) -> dict[str, torch.Tensor]:
         """Log-probability of the truth under the posterior (teacher forcing).
 
         Parameters
@@ -477,40 +483,87 @@ class BlissEncoder(nn.Module):
             Normalized images, (B, N_INPUT_CHANNELS, H, W).
         truth
             Truth per tile from `make_tile_truth`, values (B, Ht, Wt, d).
+        compute_dtype
+            Arithmetic of the backbone (see `features`); the head and the
+            log-probabilities are float32.
 
         Returns
         -------
         log_prob
             Per factor, the gated log-probability summed over tiles, shape (B,).
         """
-        features = self.features(inputs)
-        projected = self.head_features(features)
-        groups = self._groups(features)
-        totals = {factor.name: features.new_zeros(features.shape[0]) for factor in self.factors}
-        gates = {"always": torch.ones_like(truth.present), "source": truth.present, "galaxy": truth.is_galaxy}
-        for group in range(self.config.checkerboard_groups):
-            hidden = projected + self.head_context(
-                self.context_embedding(self._context(truth.values, groups < group))
-            )
+        self._check_tiling(inputs)
+        n_groups = self.config.checkerboard_groups
+        mixed = compute_dtype != torch.float32
+        # Mixed precision: every convolution but the head's last runs in ``compute_dtype`` (see
+        # `head_on_bordered_sublattice`), the factors' log-probabilities in float32.
+        with torch.autocast(inputs.tensor.device.type, dtype=compute_dtype, enabled=mixed):
+            features = self._backbone(inputs.tensor)
+            projected = self.head_features(features)
+            groups = self._groups(features)
+            batch, _, n_rows, n_cols = features.shape
+            # Every group's context at once, stacked along the batch (group-major): one call of each
+            # context convolution instead of one per group; a training step is dominated by such calls.
+            contexts = torch.cat([self._context(truth.values, groups < group) for group in range(n_groups)])
+            context_hidden = self.head_context(self.context_embedding(contexts))
+            hidden = (context_hidden.unflatten(0, (n_groups, batch)) + projected).flatten(0, 1)
             # A tile's parameters count only in its own group, so the head's last layers run only on the
             # group's tiles, which are one or more of the four stride-2 sublattices (a quarter of the
             # cost each); the hidden layer they read stays dense.
-            for row, col in _group_sublattices(self.config.checkerboard_groups, group):
-                params = self._head_on_sublattice(hidden, row, col)
-                for factor in self.factors:
-                    term = factor.log_prob(params[factor.name], truth.values[factor.name][:, row::2, col::2])
-                    weight = gates[factor.gate][:, row::2, col::2].to(term.dtype)
-                    totals[factor.name] = totals[factor.name] + (term * weight).sum(dim=(1, 2))
+            lattices = [
+                (g, row, col) for g in range(n_groups) for row, col in _group_sublattices(n_groups, g)
+            ]
+            equal_lattices = n_rows % 2 == 0 and n_cols % 2 == 0
+            if equal_lattices:
+                # Equal sublattices (every training image): the four are stacked along the batch, each
+                # cropped so that the head's stride-2 convolution starts on its first tile.
+                bordered = nn.functional.pad(hidden, (1, 1, 1, 1))
+                stacked = torch.cat(
+                    [
+                        bordered[
+                            g * batch : (g + 1) * batch, :, row : row + n_rows + 1, col : col + n_cols + 1
+                        ]
+                        for g, row, col in lattices
+                    ]
+                )
+                stacked_params = self.head_on_bordered_sublattice(stacked, 0, 0)
+            else:  # a grid of odd size: one head call per sublattice
+                lattice_params = [
+                    self._head_on_sublattice(hidden[g * batch : (g + 1) * batch], row, col)
+                    for g, row, col in lattices
+                ]
+        gates = {"always": torch.ones_like(truth.present), "source": truth.present, "galaxy": truth.is_galaxy}
+        totals = {}
+        for factor in self.factors:
+            truth_values, gate = truth.values[factor.name], gates[factor.gate]
+            if equal_lattices:  # each factor's log-probability in one call over the four sublattices
+                term = factor.log_prob(
+                    stacked_params[factor.name],
+                    torch.cat([truth_values[:, row::2, col::2] for _, row, col in lattices]),
+                )
+                weight = torch.cat([gate[:, row::2, col::2] for _, row, col in lattices]).to(term.dtype)
+                per_lattice = (term * weight).sum(dim=(1, 2)).unflatten(0, (len(lattices), batch))
+                totals[factor.name] = per_lattice.sum(dim=0)
+                continue
+            totals[factor.name] = features.new_zeros(batch, dtype=torch.float32)
+            for params, (_, row, col) in zip(lattice_params, lattices, strict=True):
+                term = factor.log_prob(params[factor.name], truth_values[:, row::2, col::2])
+                weight = gate[:, row::2, col::2].to(term.dtype)
+                totals[factor.name] = totals[factor.name] + (term * weight).sum(dim=(1, 2))
         return totals
 
     def loss(
-        self, inputs: NetworkInputs, truth: TileTruth, weights: Mapping[str, float] | None = None
+        self,
+        inputs: NetworkInputs,
+        truth: TileTruth,
+        weights: Mapping[str, float] | None = None,
+        compute_dtype: torch.dtype = torch.float32,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """Forward-KL (NPE) loss: ``-log q(truth)`` summed over tiles, averaged over images.
 
         Parameters
         ----------
-        inputs, truth
+        inputs, truth, compute_dtype
             As for `log_prob`.
         weights
             Weight of each named factor's term (default 1 for every factor).
@@ -522,7 +575,7 @@ class BlissEncoder(nn.Module):
         terms
             Each factor's unweighted contribution (mean over images), for logging.
         """
-        log_prob = self.log_prob(inputs, truth)
+        log_prob = self.log_prob(inputs, truth, compute_dtype)
         terms = {name: -float(value.detach().mean()) for name, value in log_prob.items()}
         weights = weights or {}
         unknown = sorted(set(weights) - set(log_prob))
