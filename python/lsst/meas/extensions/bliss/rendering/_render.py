@@ -286,7 +286,10 @@ def paste_stamps(
     cols = (torch.round(x).long()[:, None] + offsets)[:, None, :]
     inside = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
     flat = (image_index[:, None, None] * height + rows) * width + cols
-    images.view(-1).index_add_(0, flat[inside], stamps[inside].to(images.dtype))
+    if bool(inside.all()):  # nothing to clip: no boolean indexing, which costs more than the sum
+        images.view(-1).index_add_(0, flat.reshape(-1), stamps.reshape(-1).to(images.dtype))
+    else:
+        images.view(-1).index_add_(0, flat[inside], stamps[inside].to(images.dtype))
 
 
 def render_images(
@@ -328,17 +331,23 @@ def render_images(
     images
         Shape (B, H, W), in the units of ``sources.flux``.
     """
-    images = torch.zeros(n_images, height, width, device=sources.x.device, dtype=dtype)
+    device = sources.x.device
     if len(sources) == 0:
-        return images
+        return torch.zeros(n_images, height, width, device=device, dtype=dtype)
     half_sizes = stamp_half_size(sources, psf, max_half_size)
+    # Stamps are added to a canvas with a margin that holds the largest, so that none is clipped (see
+    # `paste_stamps`); the margin is even so that shifting a position by it does not change which
+    # pixel it rounds to (torch rounds halves to even).
+    margin = int(half_sizes.max()) + int(half_sizes.max()) % 2
+    canvas = torch.zeros(n_images, height + 2 * margin, width + 2 * margin, device=device, dtype=dtype)
     for half_size in torch.unique(half_sizes).tolist():
         group = sources.select((half_sizes == half_size).nonzero().squeeze(1))
         for chunk in _chunks(len(group), half_size, fft_padding, max_chunk_bytes):
-            part = group.select(torch.arange(chunk.start, chunk.stop, device=group.x.device))
+            whole = chunk.start == 0 and chunk.stop == len(group)
+            part = group if whole else group.select(torch.arange(chunk.start, chunk.stop, device=device))
             stamps = render_stamps(part, psf, half_size, fft_padding, dtype)
-            paste_stamps(images, stamps, part.image_index, part.x, part.y)
-    return images
+            paste_stamps(canvas, stamps, part.image_index, part.x + margin, part.y + margin)
+    return canvas[:, margin : margin + height, margin : margin + width].contiguous()
 
 
 def catalog_to_render_sources(catalog: FullCatalog, pixel_scale_arcsec: float) -> RenderSources:
