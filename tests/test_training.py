@@ -9,7 +9,7 @@ import yaml
 from lsst.meas.extensions.bliss import BlissModel, TrainingRun, train
 from lsst.meas.extensions.bliss.cli import train_main
 from lsst.meas.extensions.bliss.io import default_training_recipe_path
-from lsst.meas.extensions.bliss.training import load_run_config
+from lsst.meas.extensions.bliss.training import EncoderTrainer, load_run_config
 
 TINY = {
     "simulator": {"image_height": 32, "image_width": 32},
@@ -60,6 +60,52 @@ def test_resume_continues_bit_identically(tmp_path) -> None:
     assert resumed.training["steps"] == 6
     for name, value in straight.encoder.state_dict().items():
         assert torch.equal(value, resumed.encoder.state_dict()[name]), name
+
+
+def test_overlapped_simulation_trains_on_the_same_batches_and_resumes_identically(tmp_path) -> None:
+    def consumed_images(training: dict, steps: int) -> list[torch.Tensor]:
+        trainer = EncoderTrainer(TrainingRun.from_dict({**TINY, "training": training}), tmp_path, lambda _: None)
+        images = []
+        network_step = trainer.network_step
+
+        def recording_step(batch):
+            images.append(batch.image.clone())
+            return network_step(batch)
+
+        trainer.network_step = recording_step
+        try:
+            for _ in range(steps):
+                trainer.train_step()
+        finally:
+            trainer.stop_overlap()
+        # After stopping, the generator is where a sequential run would be: the next batch follows.
+        images.append(trainer.simulate_batch().image)
+        return images
+
+    threads = torch.get_num_threads()
+    sequential = consumed_images(TINY["training"], 3)
+    overlapped = consumed_images({**TINY["training"], "overlap_simulation": True}, 3)
+    assert torch.get_num_threads() == threads  # the thread split ends with the overlap
+    for first, second in zip(sequential, overlapped, strict=True):
+        assert torch.equal(first, second)
+    # Stopped by its time budget with batches simulated ahead, a run resumes where it stopped.
+    overlap = {**TINY, "training": {**TINY["training"], "overlap_simulation": True}}
+    straight = train(TrainingRun.from_dict(overlap), tmp_path / "straight", log=lambda _: None)
+    budget = {**overlap, "training": {**overlap["training"], "max_minutes": 1e-9}}
+    train(TrainingRun.from_dict(budget), tmp_path / "resumed", log=lambda _: None)
+    # The overlap does not define the run: resuming without it is allowed.
+    resumed = train(TrainingRun.from_dict(overlap), tmp_path / "resumed", resume=True, log=lambda _: None)
+    for name, value in straight.encoder.state_dict().items():
+        assert torch.equal(value, resumed.encoder.state_dict()[name]), name
+
+
+def test_mixed_precision_training_runs_and_is_validated(tmp_path) -> None:
+    mixed = {**TINY, "training": {**TINY["training"], "n_steps": 3, "backbone_precision": "bfloat16"}}
+    model = train(TrainingRun.from_dict(mixed), tmp_path / "mixed", log=lambda _: None)
+    assert all(torch.isfinite(value).all() for value in model.encoder.state_dict().values())
+    assert model.training["run"]["training"]["backbone_precision"] == "bfloat16"
+    with pytest.raises(ValueError, match="precision='half' must be one of"):
+        TrainingRun.from_dict({"training": {"backbone_precision": "half"}})
 
 
 def test_resume_needs_the_same_config_and_a_checkpoint(tmp_path) -> None:

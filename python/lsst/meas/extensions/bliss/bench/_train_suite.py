@@ -5,7 +5,7 @@ optimizer settings) on the chosen device.  After a few warm-up steps the suite t
 process and on the same trainer:
 
 * the loop itself: `EncoderTrainer.train_step`, what ``bliss-train`` repeats (simulation and
-  optimizer step, as the loop overlaps or sequences them);
+  optimizer step, sequenced, or overlapped when the recipe sets ``overlap_simulation``);
 * the simulation alone: `EncoderTrainer.simulate_batch` (prior, rendering, noise), with the
   renderer's own time measured inside it;
 * the network alone: `EncoderTrainer.network_step` on batches simulated beforehand (inputs,
@@ -102,6 +102,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for _ in range(repeats):
             seconds, _ = _timed(device, lambda: [trainer.train_step() for _ in range(steps)])
             loop_s.append(seconds / (steps * batch_size))
+            # The parts alone, each with all the threads (a recipe that overlaps them splits the threads).
+            trainer.stop_overlap()
             render_seconds[0] = 0.0
             seconds, batches = _timed(device, lambda: [trainer.simulate_batch() for _ in range(steps)])
             simulation_s.append(seconds / (steps * batch_size))
@@ -123,6 +125,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
         "batch_size": batch_size,
+        "backbone_precision": training.backbone_precision,
+        "overlap_simulation": training.overlap_simulation,
         "image_shape": [run_config.simulator.image_height, run_config.simulator.image_width],
         "steps_per_pass": steps,
         "passes": repeats,
