@@ -304,3 +304,27 @@ def test_a_multi_band_background_model_trains_and_round_trips(tmp_path) -> None:
     assert loaded.trained_bands == ("g", "r", "i") and loaded.encoder.config.input_noise == "background"
     assert loaded.simulator.exposure_time_range_s == (15.0, 30.0)
     assert TrainingRun.from_dict(model.training["run"]).band_conditions == loaded.band_conditions
+
+
+def test_train_task_config_mirrors_the_bands() -> None:
+    from lsst.pex.config import FieldValidationError
+
+    from lsst.meas.extensions.bliss.pipeline import BlissTrainConfig
+
+    config = BlissTrainConfig()
+    assert config.training_run().band_conditions == () and config.encoder.input_noise == "pixel_variance"
+    config.conditions.bands = ["g", "r", "i"]
+    config.encoder.input_noise = "background"
+    config.simulator.exposure_time_range_s = [15.0, 30.0]
+    config.validate()
+    run = config.training_run()
+    assert [item.band for item in run.band_conditions] == ["g", "r", "i"] and run.conditions.band == "r"
+    again = BlissTrainConfig()
+    again.from_training_run(run)
+    assert again.training_run() == run
+    config.conditions.band = "z"
+    with pytest.raises(FieldValidationError, match=r"band='z' \(the nominal band\) is not among bands"):
+        config.conditions.validate()
+    config.conditions.band, config.conditions.bands = "g", ["g", "q"]
+    with pytest.raises(FieldValidationError, match="band='q' is not a LSST filter"):
+        config.conditions.validate()
