@@ -496,7 +496,7 @@ def test_posterior_summaries_stay_finite_without_the_bound(
     default_model: BlissModel, clean_scene, monkeypatch
 ) -> None:
     """Even a pixel the bound would have caught gives finite errors, percentiles and samples."""
-    monkeypatch.setattr(frame_module, "max_representable_signal_to_noise", lambda conditions: math.inf)
+    monkeypatch.setattr(frame_module, "representable_signal_to_noise", lambda model, band: math.inf)
     image, variance, mask = clean_scene
     hot = image.clone()
     hot[64, 64] = 1e10

@@ -309,3 +309,50 @@ def test_command_line(tmp_path, capsys) -> None:
     assert "overwrite" in capsys.readouterr().err
     assert make_demo_repo_main([str(tmp_path / "bad"), "--height", "0"]) == 1
     assert "height" in capsys.readouterr().err
+
+
+def test_demo_visits_take_the_configured_bands(tmp_path) -> None:
+    import torch
+
+    from lsst.meas.extensions.bliss import (
+        BlissEncoder,
+        BlissModel,
+        EncoderConfig,
+        PriorConfig,
+        SimulatorConfig,
+        SurveyConditions,
+    )
+
+    torch.manual_seed(0)
+    model = BlissModel(
+        BlissEncoder(EncoderConfig(pixel_channels=(8, 8, 16), tile_blocks=1, head_channels=16)),
+        SurveyConditions.from_survey(),
+        PriorConfig(),
+        SimulatorConfig(psf_fwhm_range_arcsec=(0.6, 1.2)),
+        band_conditions=tuple(SurveyConditions.from_survey("LSST", band) for band in "gri"),
+    )
+    config = DemoRepoConfig(
+        n_visits=3,
+        n_detectors=1,
+        height=64,
+        width=64,
+        defects=False,
+        saturated_star_mag=None,
+        counts_calexps=0,
+        visit_bands=("g", "r", "i"),
+    )
+    summary = build_demo_repo(tmp_path / "repo", config, model=model)
+    repo = Butler.from_config(summary["root"], collections=summary["calexp_collection"])
+    bands = {}
+    for data_id in summary["data_ids"]:
+        calexp = repo.get("calexp", data_id)
+        bands[data_id["visit"]] = calexp.band
+        # Each visit has its band's sky: the g sky is darker than the i sky.
+        bands[(data_id["visit"], "noise")] = float(np.sqrt(np.median(calexp.variance.array)))
+    assert [bands[visit] for visit in (1000, 1001, 1002)] == ["g", "r", "i"]
+    assert bands[(1000, "noise")] < bands[(1001, "noise")] < bands[(1002, "noise")]
+    assert DemoRepoConfig().visit_bands == ()
+    with pytest.raises(
+        ValueError, match=r"not trained for band\(s\) \['z'\] \(its bands: \['g', 'r', 'i'\]\)"
+    ):
+        build_demo_repo(tmp_path / "other", dataclasses.replace(config, visit_bands=("g", "z")), model=model)

@@ -70,7 +70,10 @@ def test_messages_name_the_quantity_its_value_the_range_and_the_tolerance(defaul
     (problem,) = problems(
         default_model, InputConditions(0.2, "i"), 0.8, default_model.conditions.background_noise_njy
     )
-    assert problem.message == "band 'i' is not the model's 'r' (extra_bands=[])"
+    assert problem.message == (
+        "band 'i' is not among the model's trained bands ['r']: use a model trained for band 'i' "
+        "(extra_bands=[])"
+    )
     accepted = out_of_range_problems(
         default_model,
         InputConditions(0.2, "i"),
@@ -114,7 +117,9 @@ def test_infer_frame_refuses_out_of_range_images_unless_flagged(default_model: B
     )
     assert plain.out_of_range == [] and not plain.catalog.fields["flag_out_of_range"].any()
     assert int(plain.catalog.n_sources[0]) > 0
-    with pytest.raises(OutOfTrainedRangeError, match=r"band 'g' is not the model's 'r'") as refused:
+    with pytest.raises(
+        OutOfTrainedRangeError, match=r"band 'g' is not among the model's trained bands \['r'\]"
+    ) as refused:
         infer_frame(default_model, image, variance, mask, fwhm, config, conditions=InputConditions(0.2, "g"))
     assert [problem.quantity for problem in refused.value.problems] == ["band"]
     with pytest.raises(OutOfTrainedRangeError, match=r"PSF FWHM 2\.5 arcsec"):
@@ -127,7 +132,10 @@ def test_infer_frame_refuses_out_of_range_images_unless_flagged(default_model: B
     flagged = infer_frame(
         default_model, image, variance, mask, fwhm, flagged_config, conditions=InputConditions(0.2, "g")
     )
-    assert flagged.out_of_range == ["band 'g' is not the model's 'r' (extra_bands=[])"]
+    assert flagged.out_of_range == [
+        "band 'g' is not among the model's trained bands ['r']: use a model trained for band 'g' "
+        "(extra_bands=[])"
+    ]
     flags = flagged.catalog.fields["flag_out_of_range"]
     assert flags.shape == flagged.catalog.x.shape and bool(flags.all())
     # The flag changes nothing else.

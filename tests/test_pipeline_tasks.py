@@ -276,7 +276,9 @@ def test_pipetask_fails_on_a_model_of_another_band(demo: dict, tmp_path: Path) -
     )
     assert completed.returncode != 0
     assert (
-        "IncompatibleModelError" in completed.stderr and "band 'r' is not the model's 'i'" in completed.stderr
+        "IncompatibleModelError" in completed.stderr
+        and "band 'r' is not among the model's trained bands ['i']" in completed.stderr
+        and "butler bliss-ingest-model" in completed.stderr
     )
 
 

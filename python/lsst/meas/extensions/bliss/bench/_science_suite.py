@@ -11,7 +11,7 @@ the tile-boundary dip of the detection probability.
 
 from __future__ import annotations
 
-__all__ = ["DESCRIPTION", "add_arguments", "run"]
+__all__ = ["DESCRIPTION", "SCENE_SIZE", "add_arguments", "held_out_scene_figures", "run"]
 
 import argparse
 import math
@@ -35,7 +35,7 @@ from ..metrics import (
 )
 from ..runtime import BACKBONE_PRECISIONS, resolve_backbone_dtype
 from ..simulation import ImageSimulator, PriorConfig, SimulatorConfig
-from ..survey import flux_njy_to_mag
+from ..survey import SurveyConditions, flux_njy_to_mag
 from ..validate import (
     catalog_rows,
     tile_position_sweep,
@@ -100,9 +100,69 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     n_scenes = args.n_scenes or (40 if args.quick else 200)
     sweep_trials = args.sweep_trials or (50 if args.quick else 200)
     model.require_held_out_seed(args.seed, "--seed")
-    conditions = model.conditions
     backbone_dtype = resolve_backbone_dtype(args.precision, torch.device("cpu"))
     scene_prior = _scene_prior(args.scene_prior, model, args.seed)
+    generator = torch.Generator().manual_seed(args.seed)
+    results: dict[str, Any] = {
+        "model": str(args.model) if args.model is not None else "packaged default",
+        **held_out_scene_figures(
+            model, model.conditions, scene_prior, n_scenes, args.batch_size, generator, backbone_dtype
+        ),
+    }
+    sweep = tile_position_sweep(model, sweep_trials, args.seed + 1, backbone_dtype=backbone_dtype)
+    results["bliss_edge_dip"] = sweep.pop("edge_dip")
+    results["bliss_edge_dip_stderr"] = sweep.pop("edge_dip_stderr")
+    results["bliss_tile_position_detection_prob"] = sweep
+    r = results
+    results["summary"] = "\n".join(
+        [
+            f"science: {n_scenes} scenes {SCENE_SIZE}x{SCENE_SIZE}, {r['n_true_sources']} true sources",
+            f"science: recall(SNR>=10) {r['bliss_recall_snr10']:.3f}, precision(SNR>=10) "
+            f"{r['bliss_precision_snr10']:.3f}, class acc(SNR>=10) {r['bliss_class_acc_snr10']:.3f}",
+            f"science: isolated-star flux bias {r['bliss_flux_bias']:+.3f}, scatter/CRB "
+            f"{r['bliss_flux_scatter_over_crb']:.2f} +- {r['bliss_flux_scatter_over_crb_stderr']:.2f}, "
+            f"cov68 {r['bliss_flux_cov68']:.3f}, "
+            f"edge dip {r['bliss_edge_dip']:.3f} +- {r['bliss_edge_dip_stderr']:.3f}",
+            f"bliss_f1 = {r['bliss_f1']:.3f}, sep_f1 = {r['sep_f1']:.3f}",
+        ]
+    )
+    return results
+
+
+def held_out_scene_figures(
+    model: BlissModel,
+    conditions: SurveyConditions,
+    scene_prior: PriorConfig,
+    n_scenes: int,
+    batch_size: int,
+    generator: torch.Generator,
+    backbone_dtype: torch.dtype = torch.float32,
+) -> dict[str, Any]:
+    """BLISS and SEP on held-out scenes of `SCENE_SIZE` pixels: detection, classification, flux
+    figures and calibration.
+
+    Parameters
+    ----------
+    model
+        The model.
+    conditions
+        Conditions of the scenes (e.g. one of the model's trained bands).
+    scene_prior
+        Prior of the scenes.
+    n_scenes, batch_size
+        Scenes, and scenes per inference batch.
+    generator
+        Source of the scenes (CPU), seeded apart from the model's training seeds.
+    backbone_dtype
+        Arithmetic of the encoder's backbone.
+
+    Returns
+    -------
+    figures
+        ``bliss_f1``, ``sep_f1``, ``bliss_recall_snr10``, ``bliss_precision_snr10``,
+        ``bliss_class_acc_snr10``, ``bliss_flux_cov68`` and the other figures of ``bliss-bench
+        science`` (without the tile-position sweep).
+    """
     simulator = ImageSimulator(
         conditions,
         scene_prior,
@@ -111,7 +171,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         ),
         device="cpu",
     )
-    generator = torch.Generator().manual_seed(args.seed)
     per_image: dict[str, list[np.ndarray]] = {}
 
     def keep(name: str, values: np.ndarray) -> None:
@@ -120,7 +179,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     seconds = {"bliss": 0.0, "sep": 0.0}
     done = 0
     while done < n_scenes:
-        size = min(args.batch_size, n_scenes - done)
+        size = min(batch_size, n_scenes - done)
         batch = simulator.sample(size, generator=generator)
         truth = batch.truth
         snr, blendedness = source_snr_and_blendedness(
@@ -192,7 +251,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     pairs = {method: matched_attributes(with_snr, method, true_names) for method in ("bliss", "sep")}
     n_true_snr10 = sum(int(np.sum(snr >= 10)) for snr in per_image["true_snr"])
     results: dict[str, Any] = {
-        "model": str(args.model) if args.model is not None else "packaged default",
         "n_scenes": n_scenes,
         "scene_size": SCENE_SIZE,
         "n_true_sources": int(sum(len(v) for v in per_image["true_x"])),
@@ -210,23 +268,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         n_est_snr10 = sum(int(np.sum(snr >= 10)) for snr in with_snr[f"{method}_snr"])
         results.update(_pair_figures(method, pairs[method], n_true_snr10, n_est_snr10))
     results.update({f"bliss_{k}": v for k, v in _calibration(pairs["bliss"]).items()})
-    sweep = tile_position_sweep(model, sweep_trials, args.seed + 1, backbone_dtype=backbone_dtype)
-    results["bliss_edge_dip"] = sweep.pop("edge_dip")
-    results["bliss_edge_dip_stderr"] = sweep.pop("edge_dip_stderr")
-    results["bliss_tile_position_detection_prob"] = sweep
-    r = results
-    results["summary"] = "\n".join(
-        [
-            f"science: {n_scenes} scenes {SCENE_SIZE}x{SCENE_SIZE}, {r['n_true_sources']} true sources",
-            f"science: recall(SNR>=10) {r['bliss_recall_snr10']:.3f}, precision(SNR>=10) "
-            f"{r['bliss_precision_snr10']:.3f}, class acc(SNR>=10) {r['bliss_class_acc_snr10']:.3f}",
-            f"science: isolated-star flux bias {r['bliss_flux_bias']:+.3f}, scatter/CRB "
-            f"{r['bliss_flux_scatter_over_crb']:.2f} +- {r['bliss_flux_scatter_over_crb_stderr']:.2f}, "
-            f"cov68 {r['bliss_flux_cov68']:.3f}, "
-            f"edge dip {r['bliss_edge_dip']:.3f} +- {r['bliss_edge_dip_stderr']:.3f}",
-            f"bliss_f1 = {r['bliss_f1']:.3f}, sep_f1 = {r['sep_f1']:.3f}",
-        ]
-    )
     return results
 
 

@@ -13,6 +13,7 @@ from . import (
     _infer_suite,
     _pipetask_options,
     _render_suite,
+    _robustness_suite,
     _saturation_suite,
     _scaleout_suite,
     _science_suite,
@@ -48,6 +49,10 @@ SUITES: dict[str, BenchSuite] = {
     "train": BenchSuite(_train_suite.DESCRIPTION, _train_suite.add_arguments, _train_suite.run),
     "pipetask": BenchSuite(
         _pipetask_options.DESCRIPTION, _pipetask_options.add_arguments, _run_pipetask_suite
+    ),
+    # Imports the pipeline layer (for counts against nJy) inside its run only.
+    "robustness": BenchSuite(
+        _robustness_suite.DESCRIPTION, _robustness_suite.add_arguments, _robustness_suite.run
     ),
     # Imports the middleware (Butler, pipetask, bps) inside its run only.
     "scaleout": BenchSuite(_scaleout_suite.DESCRIPTION, _scaleout_suite.add_arguments, _scaleout_suite.run),

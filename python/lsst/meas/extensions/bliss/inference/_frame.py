@@ -34,7 +34,6 @@ from ..network import (
     SampledSources,
     TilePosterior,
     TileRandomness,
-    max_representable_signal_to_noise,
     noise_scale,
     prepare_inputs,
     sample_sources,
@@ -43,7 +42,13 @@ from ..runtime import check_backbone_precision, check_device_name, resolve_backb
 from ..survey import DEFAULT_INVALID_MASK_PLANES, SurveyConditions, invalid_mask_bits
 from ._heap import reuse_freed_memory
 from ._inference import ESTIMATE_FIELDS, evaluation_mode, padded_to_tiles, posterior_to_tile_catalog
-from ._limits import InputConditions, OutOfRange, OutOfTrainedRangeError, out_of_range_problems
+from ._limits import (
+    InputConditions,
+    OutOfRange,
+    OutOfTrainedRangeError,
+    out_of_range_problems,
+    representable_signal_to_noise,
+)
 
 PsfModel = float | Callable[[float, float], "float | np.ndarray"]
 """A PSF FWHM in pixels for the whole image, or a callable ``(x, y) -> FWHM in pixels or a kernel image``."""
@@ -713,7 +718,7 @@ def infer_frame(
     )
     # Pixels beyond what the model's inputs represent (a hot pixel, a missed cosmic ray, a variance far
     # too small) are invalid like masked ones, so they neither reach the network nor go unflagged.
-    max_snr = max_representable_signal_to_noise(model.conditions)
+    max_snr = representable_signal_to_noise(model, None if conditions is None else conditions.band)
     padded_valid, flux_scale_t = noise_scale(
         padded_image, padded_variance, padded_mask, invalid_bits, max_snr
     )
@@ -771,6 +776,7 @@ def infer_frame(
                 invalid_bits,
                 flux_scale_t,
                 max_snr,
+                encoder.config.input_noise,
             )
             chunk_inputs = dataclasses.replace(
                 chunk_inputs,

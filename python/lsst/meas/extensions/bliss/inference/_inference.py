@@ -121,7 +121,11 @@ def _normalized_inputs(
     invalid_bits: int | None = None,
 ) -> NetworkInputs:
     """`prepare_inputs` of images padded with invalid pixels to whole tiles (`padded_to_tiles`)."""
-    return prepare_inputs(*padded_to_tiles(encoder, image, variance, mask, psf_fwhm_pix), invalid_bits)
+    return prepare_inputs(
+        *padded_to_tiles(encoder, image, variance, mask, psf_fwhm_pix),
+        invalid_bits,
+        input_noise=encoder.config.input_noise,
+    )
 
 
 def padded_to_tiles(

@@ -14,9 +14,12 @@ The trained ranges, from what the model file records:
 * PSF FWHM: the simulator's range of training PSFs (or the nominal FWHM), widened by
   ``psf_fwhm_margin_arcsec`` on both sides;
 * noise level (depth): the median per-pixel noise of the training images is the sky noise of the
-  nominal conditions; an image whose median noise differs by more than ``depth_margin_mag``
-  magnitudes (a factor ``10^(0.4 depth_margin_mag)``) is deeper or shallower than anything trained;
-* band: the model's, or one of ``extra_bands``.
+  band's nominal conditions (over the simulator's range of exposure times and variance-plane
+  conventions, where it draws them); an image whose median noise lies more than
+  ``depth_margin_mag`` magnitudes (a factor ``10^(0.4 depth_margin_mag)``) beyond that range is
+  deeper or shallower than anything trained.  An image of unknown band is held to the union of the
+  trained bands' ranges;
+* band: one of the model's trained bands (`BlissModel.trained_bands`), or one of ``extra_bands``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ __all__ = [
     "OutOfTrainedRangeError",
     "TrainedRange",
     "out_of_range_problems",
+    "representable_signal_to_noise",
+    "trained_noise_range_njy",
     "trained_psf_fwhm_range_arcsec",
     "trained_ranges",
 ]
@@ -35,6 +40,11 @@ import dataclasses
 import math
 
 from ..io import BlissModel
+from ..network import max_representable_signal_to_noise
+from ..survey import SurveyConditions
+
+_GAIN_CONVENTION_NOISE_FACTORS = {"gain_x0.5": math.sqrt(2.0), "gain_x2": math.sqrt(0.5)}
+"""Factor by which a variance convention (`VARIANCE_CONVENTIONS`) scales an image's median noise."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,10 +152,58 @@ def trained_psf_fwhm_range_arcsec(model: BlissModel) -> tuple[float, float]:
     return (float(fwhm_range[0]), float(fwhm_range[1]))
 
 
+def _band_noise_range_njy(model: BlissModel, conditions: SurveyConditions) -> tuple[float, float]:
+    """Median per-pixel noise range (nJy) of a band's training images: its sky noise over the
+    simulator's exposure times and variance conventions."""
+    times = model.simulator.exposure_time_range_s or (conditions.exposure_time_s,)
+    noises = [conditions.replace(exposure_time_s=float(time)).background_noise_njy for time in times]
+    factors = [_GAIN_CONVENTION_NOISE_FACTORS.get(name, 1.0) for name in model.simulator.variance_conventions]
+    return min(noises) * min(factors, default=1.0), max(noises) * max(factors, default=1.0)
+
+
+def trained_noise_range_njy(model: BlissModel, band: str | None = None) -> tuple[float, float]:
+    """Median per-pixel noise range of a model's training images, nJy, without tolerance.
+
+    Parameters
+    ----------
+    model
+        The model.
+    band
+        A trained band: its range; None or a band not trained: the union of every trained band's.
+    """
+    if band in model.trained_bands:
+        return _band_noise_range_njy(model, model.conditions_for_band(band))
+    ranges = [_band_noise_range_njy(model, item) for item in model.band_conditions or (model.conditions,)]
+    return min(low for low, _ in ranges), max(high for _, high in ranges)
+
+
+def representable_signal_to_noise(model: BlissModel, band: str | None = None) -> float:
+    """`max_representable_signal_to_noise` of an image of ``band`` (a trained band's conditions);
+    the largest over the trained bands for None or a band not trained."""
+    if band in model.trained_bands:
+        return max_representable_signal_to_noise(model.conditions_for_band(band))
+    return max(
+        max_representable_signal_to_noise(item) for item in model.band_conditions or (model.conditions,)
+    )
+
+
 def trained_ranges(
-    model: BlissModel, pixel_scale_rtol: float, psf_fwhm_margin_arcsec: float, depth_margin_mag: float
+    model: BlissModel,
+    pixel_scale_rtol: float,
+    psf_fwhm_margin_arcsec: float,
+    depth_margin_mag: float,
+    band: str | None = None,
 ) -> dict[str, TrainedRange]:
     """The model's trained pixel scale, PSF FWHM and noise ranges, widened by the tolerances.
+
+    Parameters
+    ----------
+    model
+        The model.
+    pixel_scale_rtol, psf_fwhm_margin_arcsec, depth_margin_mag
+        Tolerances (see `FrameConfig`).
+    band
+        The band whose noise range is given (see `trained_noise_range_njy`).
 
     Returns
     -------
@@ -155,7 +213,7 @@ def trained_ranges(
     conditions = model.conditions
     scale = conditions.pixel_scale_arcsec
     low, high = trained_psf_fwhm_range_arcsec(model)
-    noise = conditions.background_noise_njy
+    noise_low, noise_high = trained_noise_range_njy(model, band)
     factor = 10.0 ** (0.4 * depth_margin_mag)
     return {
         "pixel_scale_arcsec": TrainedRange(
@@ -164,7 +222,7 @@ def trained_ranges(
         "psf_fwhm_arcsec": TrainedRange(
             "PSF FWHM", max(low - psf_fwhm_margin_arcsec, 0.0), high + psf_fwhm_margin_arcsec, "arcsec"
         ),
-        "noise_njy": TrainedRange("median pixel noise", noise / factor, noise * factor, "nJy"),
+        "noise_njy": TrainedRange("median pixel noise", noise_low / factor, noise_high * factor, "nJy"),
     }
 
 
@@ -199,7 +257,9 @@ def out_of_range_problems(
         One per quantity out of range, naming it, its value and the range
         (and the config field that widens it); empty when all lie within.
     """
-    ranges = trained_ranges(model, pixel_scale_rtol, psf_fwhm_margin_arcsec, depth_margin_mag)
+    ranges = trained_ranges(
+        model, pixel_scale_rtol, psf_fwhm_margin_arcsec, depth_margin_mag, conditions.band
+    )
     problems = []
     scale = model.conditions.pixel_scale_arcsec
     if conditions.pixel_scale_arcsec is not None:
@@ -207,10 +267,11 @@ def out_of_range_problems(
         if not ranges["pixel_scale_arcsec"].contains(scale):
             message = ranges["pixel_scale_arcsec"].problem(scale) + " (pixel_scale_rtol)"
             problems.append(OutOfRange("pixel_scale", message))
-    trained_band = model.conditions.band
-    if conditions.band is not None and conditions.band != trained_band and conditions.band not in extra_bands:
+    trained = model.trained_bands
+    if conditions.band is not None and conditions.band not in trained and conditions.band not in extra_bands:
         message = (
-            f"band {conditions.band!r} is not the model's {trained_band!r} (extra_bands={list(extra_bands)})"
+            f"band {conditions.band!r} is not among the model's trained bands {list(trained)}: use a model "
+            f"trained for band {conditions.band!r} (extra_bands={list(extra_bands)})"
         )
         problems.append(OutOfRange("band", message))
     for fwhm in sorted({psf_fwhm_pix[0] * scale, psf_fwhm_pix[1] * scale}):

@@ -251,6 +251,11 @@ class BlissModel:
     autoencoder
         The galaxy autoencoder, or None for a package without one (catalogs
         only; deblending then needs the parametric galaxy models).
+    band_conditions
+        Nominal conditions of every band the encoder was trained for, when
+        it was trained for several (each training image drew its band among
+        them); ``conditions`` is one of them.  Empty (every model file
+        without the field): the model serves ``conditions.band`` alone.
     """
 
     encoder: BlissEncoder
@@ -260,6 +265,27 @@ class BlissModel:
     training: dict[str, Any] = dataclasses.field(default_factory=dict)
     package_version: str = __version__
     autoencoder: GalaxyAutoencoder | None = None
+    band_conditions: tuple[SurveyConditions, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.band_conditions = tuple(self.band_conditions)
+        if self.band_conditions and self.conditions not in self.band_conditions:
+            raise ValueError(
+                f"band_conditions (bands {[item.band for item in self.band_conditions]}) must include the "
+                f"model's nominal conditions (band {self.conditions.band!r}) as they are."
+            )
+
+    @property
+    def trained_bands(self) -> tuple[str, ...]:
+        """The bands the encoder was trained for, in training order."""
+        return tuple(item.band for item in self.band_conditions) or (self.conditions.band,)
+
+    def conditions_for_band(self, band: str | None) -> SurveyConditions:
+        """Nominal conditions of a trained band; ``conditions`` for None or a band not trained."""
+        for item in self.band_conditions:
+            if item.band == band:
+                return item
+        return self.conditions
 
     def require_autoencoder(self, purpose: str) -> GalaxyAutoencoder:
         """The autoencoder, or a `MissingAutoencoderError` that says what needs it."""
@@ -293,6 +319,8 @@ class BlissModel:
             "simulator": self.simulator.to_dict(),
             "training": self.training,
             "autoencoder": None if self.autoencoder is None else self.autoencoder.config.to_dict(),
+            # Written for models of several bands only: a single-band model's file is as before.
+            **({"bands": [item.to_dict() for item in self.band_conditions]} if self.band_conditions else {}),
         }
 
     def to_bytes(self) -> bytes:
@@ -384,7 +412,9 @@ class BlissModel:
         version = document["format_version"]
         required = _REQUIRED_KEYS if version == MODEL_FORMAT_VERSION else _LEGACY_REQUIRED_KEYS
         allowed = (
-            _REQUIRED_KEYS if version == MODEL_FORMAT_VERSION else (*_LEGACY_REQUIRED_KEYS, "autoencoder")
+            (*_REQUIRED_KEYS, "bands")
+            if version == MODEL_FORMAT_VERSION
+            else (*_LEGACY_REQUIRED_KEYS, "autoencoder")
         )
         missing = [key for key in required if key not in document]
         if missing:
@@ -420,6 +450,7 @@ class BlissModel:
         conditions = _header_section(SurveyConditions, "conditions", document["conditions"], source)
         prior = _header_section(PriorConfig, "prior", document["prior"], source)
         simulator = _header_section(SimulatorConfig, "simulator", document["simulator"], source)
+        band_conditions = _band_conditions(document.get("bands", []), conditions, source)
         try:
             encoder = BlissEncoder(encoder_config)
             autoencoder = None if autoencoder_config is None else GalaxyAutoencoder(autoencoder_config)
@@ -455,6 +486,7 @@ class BlissModel:
             training=document["training"],
             package_version=document["package_version"],
             autoencoder=autoencoder,
+            band_conditions=band_conditions,
         )
 
     @classmethod
@@ -472,6 +504,31 @@ class BlissModel:
         if not path.is_file():
             raise FileNotFoundError(f"No BLISS model file at {path}.")
         return cls.from_bytes(path.read_bytes(), source=str(path))
+
+
+def _band_conditions(data: Any, nominal: SurveyConditions, source: str) -> tuple[SurveyConditions, ...]:
+    """The trained bands' conditions of a model description (its optional ``bands`` list).
+
+    Raises
+    ------
+    ModelFormatError
+        If ``bands`` is not a list of valid conditions of distinct bands that includes the nominal ones.
+    """
+    if not isinstance(data, list):
+        raise ModelFormatError(
+            f"{source}: model description field 'bands' must be a JSON list; got {type(data).__name__}. "
+            "The file was edited or corrupted; re-create or copy it again."
+        )
+    bands = tuple(
+        _header_section(SurveyConditions, f"bands[{index}]", item, source) for index, item in enumerate(data)
+    )
+    names = [item.band for item in bands]
+    if bands and (nominal not in bands or len(set(names)) != len(names)):
+        raise ModelFormatError(
+            f"{source}: model description field 'bands' (bands {names}) must list distinct bands and "
+            f"include the nominal conditions (band {nominal.band!r}). The file was edited or corrupted."
+        )
+    return bands
 
 
 def _parse_model_file(data: bytes, source: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -31,7 +31,7 @@ from torch import nn
 
 from ..catalog import TileCatalog
 from ._factors import Factor, TileTruth, make_factors
-from ._normalize import N_INPUT_CHANNELS, NetworkInputs
+from ._normalize import N_INPUT_CHANNELS, NetworkInputs, check_input_noise
 from ._posterior import TilePosterior
 from ._random import TileRandomness
 from ._sparse_checkerboard import (
@@ -97,6 +97,14 @@ class EncoderConfig:
         by a convolution and a residual block there). The second skips the
         full-resolution layers, where a CPU runs narrow convolutions at a
         fraction of its arithmetic rate (see ``doc/lsst.meas.extensions.bliss/encoder.rst``).
+    input_noise
+        Noise unit of the data channels of the inputs the network is trained
+        and run on (`prepare_inputs`): ``"pixel_variance"`` (the packaged
+        model, and every model file without the field) divides each pixel by
+        its own ``sqrt(variance)``; ``"background"`` divides every pixel by the
+        image's median per-pixel noise, which makes the fluxes independent of
+        the variance plane's source term and gain convention (see
+        ``doc/lsst.meas.extensions.bliss/encoder.rst``).
     """
 
     tile_size: int = 4
@@ -107,8 +115,10 @@ class EncoderConfig:
     head_channels: int = 64
     downsample_kernel: int = 3
     stem: str = "convolution"
+    input_noise: str = "pixel_variance"
 
     def __post_init__(self) -> None:
+        check_input_noise(self.input_noise)
         if self.tile_size < 1 or self.tile_size & (self.tile_size - 1):
             raise ValueError(f"tile_size={self.tile_size} is out of range; it must be a power of two.")
         if self.checkerboard_groups not in (1, 2, 4):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 __all__ = [
+    "INPUT_NOISE_MODES",
     "N_INPUT_CHANNELS",
     "NetworkInputs",
+    "check_input_noise",
     "max_representable_signal_to_noise",
     "noise_scale",
     "prepare_inputs",
@@ -28,6 +30,9 @@ REPRESENTABLE_HEADROOM = 4.0
 """Factor between `max_representable_signal_to_noise` and the largest signal-to-noise an unsaturated
 pixel can have at the model's nominal conditions: room for skies up to 16 times darker (in electrons)
 than the nominal one."""
+INPUT_NOISE_MODES: tuple[str, ...] = ("pixel_variance", "background")
+"""Noise units of the data channels (`prepare_inputs`'s ``input_noise``): each pixel's own
+``sqrt(variance)``, or the image's background noise (its median per-pixel noise) for every pixel."""
 PSF_FWHM_REFERENCE_PIX = 4.0
 PSF_FWHM_SCALE_PIX = 1.0
 
@@ -93,8 +98,10 @@ class NetworkInputs:
     Attributes
     ----------
     tensor
-        Shape (B, N_INPUT_CHANNELS, H, W): ``asinh(image / (s sqrt(variance)))``
-        for each softening ``s`` of `ASINH_SOFTENING` (zero where invalid), the
+        Shape (B, N_INPUT_CHANNELS, H, W): ``asinh(image / (s sigma))`` for each
+        softening ``s`` of `ASINH_SOFTENING` (zero where invalid), with ``sigma``
+        the pixel's ``sqrt(variance)`` or the image's ``flux_scale_njy``
+        (`prepare_inputs`'s ``input_noise``), the
         validity of each pixel (0 or 1), and the PSF FWHM in pixels,
         standardized, as a plane (zero where invalid: an invalid pixel has every
         channel zero, as the convolutions' padding beyond the image does).
@@ -124,6 +131,7 @@ def prepare_inputs(
     invalid_bits: int | None = None,
     flux_scale_njy: torch.Tensor | None = None,
     max_signal_to_noise: float | None = None,
+    input_noise: str = "pixel_variance",
 ) -> NetworkInputs:
     """Normalize images for the encoder.
 
@@ -155,6 +163,14 @@ def prepare_inputs(
     max_signal_to_noise
         Pixels of a larger absolute signal-to-noise are invalid (see
         `max_representable_signal_to_noise`); None: no bound.
+    input_noise
+        Noise unit of the data channels, one of `INPUT_NOISE_MODES` (the
+        model's `EncoderConfig.input_noise`): ``"pixel_variance"`` divides
+        each pixel by its own ``sqrt(variance)``; ``"background"`` divides
+        every pixel by ``flux_scale_njy``, so that the channels are a fixed
+        function of the image in nJy and do not depend on the variance
+        plane's source term (the validity and the ``max_signal_to_noise``
+        test stay per pixel).
 
     Returns
     -------
@@ -164,12 +180,14 @@ def prepare_inputs(
     Raises
     ------
     ValueError
-        If the shapes of image, variance, mask and a PSF FWHM map differ.
+        If the shapes of image, variance, mask and a PSF FWHM map differ, or
+        ``input_noise`` is not one of `INPUT_NOISE_MODES`.
     TypeError
         If ``psf_fwhm_pix`` is not a number or numeric array (naming it).
     """
     if image.ndim != 3:
         raise ValueError(f"image must have shape (B, H, W); got {tuple(image.shape)}.")
+    check_input_noise(input_noise)
     for name, other in (("variance", variance), ("mask", mask)):
         if other is not None and other.shape != image.shape:
             raise ValueError(
@@ -196,6 +214,11 @@ def prepare_inputs(
         )
     else:
         flux_scale = flux_scale_njy.to(dtype=image.dtype, device=image.device)
+    if input_noise == "background":
+        # The signal in background-noise units: linear in the image whatever the variance plane's
+        # convention (source Poisson term, gain), which sets only the validity and the unit's value.
+        scale = _as_array(flux_scale.reshape(-1, 1, 1), on_cpu)
+        xp.divide(xp.where(valid, arrays[0], 0.0), scale, out=signal)
     fwhm = _psf_fwhm_tensor(psf_fwhm_pix, image)
     if fwhm.ndim == 3:
         if fwhm.shape != image.shape:
@@ -215,6 +238,15 @@ def prepare_inputs(
     # along masked detector borders (EDGE).
     tensor[:, -1].masked_fill_(~valid, 0.0)
     return NetworkInputs(tensor=tensor, flux_scale_njy=flux_scale, valid=valid)
+
+
+def check_input_noise(input_noise: str) -> None:
+    """Raise a `ValueError` naming ``input_noise`` unless it is one of `INPUT_NOISE_MODES`."""
+    if input_noise not in INPUT_NOISE_MODES:
+        raise ValueError(
+            f"input_noise={input_noise!r} is not a noise unit of the network inputs; choose one of "
+            f"{', '.join(map(repr, INPUT_NOISE_MODES))}."
+        )
 
 
 def _psf_fwhm_tensor(psf_fwhm_pix: object, image: torch.Tensor) -> torch.Tensor:

@@ -186,23 +186,57 @@ class ConditionsPexConfig(Config):
     survey = Field[str](
         doc="Survey whose nominal conditions (surveycodex) the simulations use.", default="LSST"
     )
-    band = Field[str](doc="Filter band of the simulations.", default="r")
+    band = Field[str](
+        doc="Filter band of the simulations; with bands, the model's nominal band (one of them).", default="r"
+    )
+    bands = ListField[str](
+        doc="Bands to train one model for: each training image draws its band (that band's nominal "
+        "conditions, with the overrides set here) among them. Empty: band alone.",
+        default=[],
+    )
 
     def to_core(self, **overrides: Any) -> SurveyConditions:
-        """The survey's conditions with the fields set here (and ``overrides``) replaced.
+        """The survey's conditions in ``band`` with the fields set here (and ``overrides``) replaced.
 
         Raises
         ------
         ValueError
             For an unknown survey or band, or values the conditions reject.
         """
-        values = {name: getattr(self, name) for name in self._fields if name not in ("survey", "band")}
-        values = {name: value for name, value in values.items() if value is not None}
-        return SurveyConditions.from_survey(self.survey, self.band, **{**values, **overrides})
+        return SurveyConditions.from_survey(self.survey, self.band, **{**self._overrides(), **overrides})
+
+    def band_conditions(self, **overrides: Any) -> tuple[SurveyConditions, ...]:
+        """The conditions of each of ``bands`` (empty when it is), with the same overrides as `to_core`.
+
+        Raises
+        ------
+        ValueError
+            For an unknown band, or values the conditions reject.
+        """
+        values = {**self._overrides(), **overrides}
+        return tuple(SurveyConditions.from_survey(self.survey, band, **values) for band in self.bands or ())
+
+    def _overrides(self) -> dict[str, Any]:
+        """The condition fields set here (not None)."""
+        names = [name for name in self._fields if name not in ("survey", "band", "bands")]
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
     def validate(self) -> None:
         super().validate()
         _validate_by_building(self)
+        bands = list(self.bands or ())
+        problem = None
+        if len(set(bands)) != len(bands):
+            problem = f"bands={bands} lists a band more than once"
+        elif bands and self.band not in bands:
+            problem = f"band={self.band!r} (the nominal band) is not among bands={bands}; list it or pick one"
+        else:
+            try:
+                self.band_conditions()
+            except ValueError as err:
+                problem = str(err)
+        if problem is not None:
+            raise FieldValidationError(type(self).bands, self, problem)
 
 
 def _add_condition_overrides() -> None:

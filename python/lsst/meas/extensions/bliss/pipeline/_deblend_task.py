@@ -58,9 +58,10 @@ from ..inference import (
     OutOfTrainedRangeError,
     infer_frame,
     out_of_range_problems,
+    representable_signal_to_noise,
 )
 from ..io import BlissModel
-from ..network import GalaxyAutoencoder, max_representable_signal_to_noise, unrepresentable_pixels
+from ..network import GalaxyAutoencoder, unrepresentable_pixels
 from ..survey import SurveyConditions
 from ._compatibility import measure_exposure_conditions
 from ._core_config import FramePexConfig, ModelFitPexConfig
@@ -551,7 +552,13 @@ class BlissDeblendMeasureTask(PipelineTask):
     @staticmethod
     def _refusal(error: OutOfTrainedRangeError) -> IncompatibleModelError | IncompatibleExposureError:
         """The pipeline's error for conditions out of range: the whole run's for another band or
-        pixel scale, this exposure's for its PSF size or depth."""
+        pixel scale (saying how to provide a model for it), this exposure's for its PSF size or depth."""
+        if any(problem.quantity == "band" for problem in error.problems):
+            return IncompatibleModelError(
+                f"{error} To process this band, train a model for it (bliss-train with the band in "
+                "conditions.bands) and ingest it with 'butler bliss-ingest-model REPO --model FILE', then "
+                "pass its RUN collection to 'pipetask run -i'."
+            )
         if any(problem.model_mismatch for problem in error.problems):
             return IncompatibleModelError(str(error))
         return IncompatibleExposureError(str(error))
@@ -602,7 +609,7 @@ class BlissDeblendMeasureTask(PipelineTask):
         height, width = pixels.image.shape
         # Pixels the model's inputs cannot represent (a hot pixel, a missed cosmic ray, a variance far too
         # small) are invalid for the deblending as they are for the network, and count as invalid.
-        max_snr = max_representable_signal_to_noise(model.conditions)
+        max_snr = representable_signal_to_noise(model, None if conditions is None else conditions.band)
         np.logical_or(
             pixels.invalid, unrepresentable_pixels(pixels.image, pixels.variance, max_snr), out=pixels.invalid
         )

@@ -120,8 +120,9 @@ class BlissTrainConfig(PipelineTaskConfig, pipelineConnections=BlissTrainConnect
         """Set every section from a core `TrainingRun`."""
         nominal = SurveyConditions.from_survey(run.conditions.survey, run.conditions.band)
         self.conditions.survey, self.conditions.band = run.conditions.survey, run.conditions.band
+        self.conditions.bands = [item.band for item in run.band_conditions]
         for name in self.conditions._fields:
-            if name not in ("survey", "band"):
+            if name not in ("survey", "band", "bands"):
                 value = getattr(run.conditions, name)
                 setattr(self.conditions, name, None if value == getattr(nominal, name) else value)
         for section in ("prior", "simulator", "encoder", "training", "autoencoder"):
@@ -152,6 +153,11 @@ class BlissTrainConfig(PipelineTaskConfig, pipelineConnections=BlissTrainConnect
         condition_overrides: dict[str, Any] = {}
         simulator = self.simulator.to_core()
         if measured:
+            if self.conditions.bands:
+                raise ValueError(
+                    f"use_calexp_conditions matches one band, but config.conditions.bands is "
+                    f"{list(self.conditions.bands)}; leave bands empty and set conditions.band"
+                )
             band = self.conditions.band
             bands = {item.band for item in measured if item.band is not None} - {band}
             if bands:
@@ -172,6 +178,7 @@ class BlissTrainConfig(PipelineTaskConfig, pipelineConnections=BlissTrainConnect
             training=self.training.to_core(),
             autoencoder=self.autoencoder.to_core(),
             autoencoder_training=self.autoencoder_training.to_core() if self.train_autoencoder else None,
+            band_conditions=self.conditions.band_conditions(**condition_overrides),
         )
 
 

@@ -3,7 +3,7 @@ so that what a model file records about its training does not load the simulator
 
 from __future__ import annotations
 
-__all__ = ["NOISE_MODELS", "PriorConfig", "SimulatorConfig"]
+__all__ = ["NOISE_MODELS", "VARIANCE_CONVENTIONS", "PriorConfig", "SimulatorConfig"]
 
 import dataclasses
 import math
@@ -209,6 +209,13 @@ class PriorConfig:
 
 NOISE_MODELS: tuple[str, ...] = ("poisson", "gaussian")
 
+VARIANCE_CONVENTIONS: tuple[str, ...] = ("full", "sky_only", "gain_x0.5", "gain_x2")
+"""How a variance plane may have been computed (`variance_convention`): ``"full"``, the expected
+variance of each pixel (sky, the source's own Poisson noise and read noise) as the simulator
+computes it; ``"sky_only"``, the sky and read noise alone, as in coadds; ``"gain_x0.5"`` and
+``"gain_x2"``, the full variance computed with half or twice the true gain (electrons per count),
+which multiplies it by 2 or by 0.5."""
+
 
 @dataclasses.dataclass(frozen=True)
 class SimulatorConfig:
@@ -244,6 +251,17 @@ class SimulatorConfig:
         network that has only seen saturated stars masked learns that a mask
         means a star.  0 (the default) adds none and draws the same random
         numbers as before the option.
+    exposure_time_range_s
+        If set, each image draws its exposure time uniformly from this range
+        (seconds) instead of the conditions': that changes the electrons per
+        nJy, hence the sky's and the sources' Poisson noise and how they
+        compare, as real visits do.  None (the default) draws no random
+        number for it.
+    variance_conventions
+        If not empty, each image's variance plane follows one of these
+        `VARIANCE_CONVENTIONS`, drawn uniformly, so that a network never
+        learns to rely on one convention.  Empty (the default): the full
+        variance, with no random number drawn for it.
     """
 
     image_height: int = 64
@@ -256,8 +274,23 @@ class SimulatorConfig:
     psf_fwhm_range_arcsec: tuple[float, float] | None = None
     max_stamp_half_size: int = 64
     masked_regions_per_image: float = 0.0
+    exposure_time_range_s: tuple[float, float] | None = None
+    variance_conventions: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if self.exposure_time_range_s is not None:
+            low, high = self.exposure_time_range_s
+            if not (math.isfinite(low) and math.isfinite(high) and 0 < low <= high):
+                raise ValueError(
+                    f"exposure_time_range_s={self.exposure_time_range_s} is out of range; "
+                    "need 0 < low <= high seconds."
+                )
+        unknown = [name for name in self.variance_conventions if name not in VARIANCE_CONVENTIONS]
+        if unknown or len(set(self.variance_conventions)) != len(self.variance_conventions):
+            raise ValueError(
+                f"variance_conventions={list(self.variance_conventions)} must list distinct conventions "
+                f"among {list(VARIANCE_CONVENTIONS)}."
+            )
         if self.tile_size < 1:
             raise ValueError(f"tile_size={self.tile_size} is out of range; it must be >= 1 pixel.")
         for name in ("image_height", "image_width"):
@@ -299,4 +332,12 @@ class SimulatorConfig:
     def from_dict(cls, data: dict[str, Any]) -> SimulatorConfig:
         """Inverse of `to_dict`."""
         fwhm_range = data.get("psf_fwhm_range_arcsec")
-        return cls(**{**data, "psf_fwhm_range_arcsec": None if fwhm_range is None else tuple(fwhm_range)})
+        exposure_range = data.get("exposure_time_range_s")
+        fields = {
+            **data,
+            "psf_fwhm_range_arcsec": None if fwhm_range is None else tuple(fwhm_range),
+            "exposure_time_range_s": None if exposure_range is None else tuple(exposure_range),
+        }
+        if "variance_conventions" in data:
+            fields["variance_conventions"] = tuple(data["variance_conventions"])
+        return cls(**fields)

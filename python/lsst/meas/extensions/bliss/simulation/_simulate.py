@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "add_detector_defects",
+    "variance_convention",
     "saturated_pixels",
     "ImageSimulator",
     "SimulatedBatch",
@@ -11,7 +12,7 @@ __all__ = [
 ]
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -20,7 +21,7 @@ from ..catalog import FullCatalog, TileCatalog
 from ..rendering import PointSpreadFunction, catalog_to_render_sources, render_images
 from ..runtime import resolve_device
 from ..survey import MASK_PLANES, SurveyConditions
-from ._config import PriorConfig, SimulatorConfig
+from ._config import VARIANCE_CONVENTIONS, PriorConfig, SimulatorConfig
 from ._prior import SourcePrior
 
 
@@ -46,6 +47,13 @@ class SimulatedBatch:
         PSF FWHM of each image, shape (B,).
     truth_tiles
         Truth of the sources inside the images, per tile.
+    exposure_time_s
+        Exposure time of each image, seconds, shape (B,); None where not recorded.
+    bands
+        Band of each image (length B); None where not recorded.
+    variance_conventions
+        `VARIANCE_CONVENTIONS` entry of each image's variance plane (length B);
+        None where not recorded.
     """
 
     image: torch.Tensor
@@ -55,6 +63,9 @@ class SimulatedBatch:
     background_njy: torch.Tensor
     psf_fwhm_arcsec: torch.Tensor
     truth_tiles: TileCatalog
+    exposure_time_s: torch.Tensor | None = None
+    bands: tuple[str, ...] | None = None
+    variance_conventions: tuple[str, ...] | None = None
 
     @property
     def truth(self) -> FullCatalog:
@@ -75,6 +86,13 @@ class ImageSimulator:
         Simulation settings.
     device
         ``"auto"``, ``"cpu"`` or ``"cuda"``.
+    band_conditions
+        Conditions of several bands: each image of `sample` draws its band
+        uniformly among them (its sky, zero point and depth, hence the
+        prior's faint limit), as one model trained for all of them needs.
+        They must share the pixel scale and PSF family of ``conditions``.
+        Empty (the default): every image has ``conditions``, and no random
+        number is drawn for the band.
     """
 
     def __init__(
@@ -83,13 +101,28 @@ class ImageSimulator:
         prior: PriorConfig | None = None,
         config: SimulatorConfig | None = None,
         device: str | torch.device = "auto",
+        band_conditions: Sequence[SurveyConditions] = (),
     ) -> None:
         self.conditions = conditions
         self.config = config or SimulatorConfig()
-        self.prior = SourcePrior(
-            prior or PriorConfig(), conditions, self.config.tile_size, self.config.max_sources_per_tile
-        )
+        prior = prior or PriorConfig()
+        self.prior = SourcePrior(prior, conditions, self.config.tile_size, self.config.max_sources_per_tile)
         self.device = resolve_device(device)
+        for other in band_conditions:
+            shared = ("pixel_scale_arcsec", "psf_model", "moffat_beta")
+            differing = [name for name in shared if getattr(other, name) != getattr(conditions, name)]
+            if differing:
+                raise ValueError(
+                    f"band {other.band!r} differs from the nominal conditions in {differing}; the bands "
+                    "of one simulator must share the pixel scale and PSF family."
+                )
+        self.band_conditions = tuple(band_conditions) or (conditions,)
+        self.band_priors = [
+            self.prior
+            if band == conditions
+            else SourcePrior(prior, band, self.config.tile_size, self.config.max_sources_per_tile)
+            for band in self.band_conditions
+        ]
 
     def sample(
         self,
@@ -130,7 +163,14 @@ class ImageSimulator:
         tile, border = config.tile_size, config.border_tiles
         n_tiles_h = config.image_height // tile + 2 * border
         n_tiles_w = config.image_width // tile + 2 * border
-        tiles = self.prior.sample(batch_size, n_tiles_h, n_tiles_w, generator, self.device)
+        if len(self.band_conditions) > 1:
+            band_index = torch.randint(
+                len(self.band_conditions), (batch_size,), generator=generator, device=self.device
+            )
+            tiles = self._sample_tiles_by_band(band_index, n_tiles_h, n_tiles_w, generator)
+        else:
+            band_index = torch.zeros(batch_size, dtype=torch.long, device=self.device)
+            tiles = self.prior.sample(batch_size, n_tiles_h, n_tiles_w, generator, self.device)
         margin = border * tile
         if psf_fwhm_at is None:
             fwhm = self._sample_psf_fwhm(batch_size, generator)
@@ -142,18 +182,114 @@ class ImageSimulator:
             )
             fwhm = torch.full((batch_size,), float(centre[0]), device=self.device)
         noiseless = noiseless[:, margin : margin + config.image_height, margin : margin + config.image_width]
-        image, variance, mask = observe(
-            noiseless, self.conditions, generator, self.config.noise, self.config.subtract_background
-        )
+        image_conditions, conventions = self._image_conditions(band_index, generator)
+        image, variance, mask = self._observe(noiseless, image_conditions, conventions, generator)
         if config.masked_regions_per_image > 0:
             mask = mask | _masked_regions(mask.shape, config.masked_regions_per_image, generator)
-        background = torch.full((batch_size,), conditions.sky_level_njy, device=self.device)
-        return SimulatedBatch(image, variance, mask, noiseless, background, fwhm, tiles.crop(border))
+        return self._batch(
+            image, variance, mask, noiseless, fwhm, tiles.crop(border), image_conditions, conventions
+        )
+
+    def _sample_tiles_by_band(
+        self, band_index: torch.Tensor, n_tiles_h: int, n_tiles_w: int, generator: torch.Generator
+    ) -> TileCatalog:
+        """Tile catalogs of images whose bands are ``band_index`` (B,), each from its band's prior."""
+        parts, owners = [], []
+        for index, prior in enumerate(self.band_priors):
+            images = torch.nonzero(band_index == index, as_tuple=True)[0]
+            if images.numel():
+                parts.append(prior.sample(images.numel(), n_tiles_h, n_tiles_w, generator, self.device))
+                owners.append(images)
+        # Back to the images' order: part rows are grouped by band.
+        order = torch.argsort(torch.cat(owners))
+        fields = {name: torch.cat([part.fields[name] for part in parts])[order] for name in parts[0].fields}
+        return TileCatalog(
+            parts[0].tile_size,
+            torch.cat([part.n_sources for part in parts])[order],
+            torch.cat([part.locations for part in parts])[order],
+            fields,
+            sum(part.n_dropped for part in parts),
+        )
+
+    def _image_conditions(
+        self, band_index: torch.Tensor, generator: torch.Generator
+    ) -> tuple[list[SurveyConditions], list[str]]:
+        """Each image's conditions (its band's, with its exposure time) and variance convention,
+        drawn as configured (no random number where nothing is drawn)."""
+        config = self.config
+        image_conditions = [self.band_conditions[int(index)] for index in band_index.tolist()]
+        if config.exposure_time_range_s is not None:
+            low, high = config.exposure_time_range_s
+            times = low + (high - low) * torch.rand(
+                len(image_conditions), generator=generator, device=self.device, dtype=torch.float64
+            )
+            image_conditions = [
+                item.replace(exposure_time_s=float(time))
+                for item, time in zip(image_conditions, times.tolist(), strict=True)
+            ]
+        conventions = ["full"] * len(image_conditions)
+        if config.variance_conventions:
+            choice = torch.randint(
+                len(config.variance_conventions),
+                (len(image_conditions),),
+                generator=generator,
+                device=self.device,
+            )
+            conventions = [config.variance_conventions[int(index)] for index in choice.tolist()]
+        return image_conditions, conventions
+
+    def _observe(
+        self,
+        noiseless: torch.Tensor,
+        image_conditions: list[SurveyConditions],
+        conventions: list[str],
+        generator: torch.Generator,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`observe` of each image under its own conditions and variance convention (the whole batch
+        at once where all images share the nominal ones, with the same random numbers as before the
+        per-image options)."""
+        noise, subtract = self.config.noise, self.config.subtract_background
+        if all(item == self.conditions for item in image_conditions) and set(conventions) == {"full"}:
+            return observe(noiseless, self.conditions, generator, noise, subtract)
+        parts = []
+        for index, (item, convention) in enumerate(zip(image_conditions, conventions, strict=True)):
+            image, variance, mask = observe(noiseless[index : index + 1], item, generator, noise, subtract)
+            parts.append((image, variance_convention(variance, item, convention), mask))
+        image, variance, mask = (torch.cat(list(arrays)) for arrays in zip(*parts, strict=True))
+        return image, variance, mask
+
+    def _batch(
+        self,
+        image: torch.Tensor,
+        variance: torch.Tensor,
+        mask: torch.Tensor,
+        noiseless: torch.Tensor,
+        fwhm: torch.Tensor,
+        truth: TileCatalog,
+        image_conditions: list[SurveyConditions],
+        conventions: list[str],
+    ) -> SimulatedBatch:
+        """The batch with each image's sky level, exposure time, band and variance convention."""
+        background = torch.tensor(
+            [item.sky_level_njy for item in image_conditions], dtype=torch.float32, device=self.device
+        )
+        exposure = torch.tensor([item.exposure_time_s for item in image_conditions], device=self.device)
+        bands = tuple(item.band for item in image_conditions)
+        return SimulatedBatch(
+            image, variance, mask, noiseless, background, fwhm, truth, exposure, bands, tuple(conventions)
+        )
 
     def simulate_catalog(
-        self, catalog: FullCatalog, generator: torch.Generator, psf_fwhm_arcsec: torch.Tensor | None = None
+        self,
+        catalog: FullCatalog,
+        generator: torch.Generator,
+        psf_fwhm_arcsec: torch.Tensor | None = None,
+        variance_convention_name: str = "full",
     ) -> SimulatedBatch:
         """Observe a given catalog (e.g. a controlled test scene) with sky and noise.
+
+        The images have the nominal conditions (``conditions``, its exposure
+        time included) whatever the per-image options of the configuration.
 
         Parameters
         ----------
@@ -163,6 +299,8 @@ class ImageSimulator:
             Random source of the noise (and of the PSF FWHM if drawn).
         psf_fwhm_arcsec
             PSF FWHM per image, shape (B,); default drawn as in `sample`.
+        variance_convention_name
+            Convention of the variance planes (`variance_convention`).
 
         Returns
         -------
@@ -173,12 +311,13 @@ class ImageSimulator:
         batch_size = catalog.batch_size
         fwhm = self._sample_psf_fwhm(batch_size, generator) if psf_fwhm_arcsec is None else psf_fwhm_arcsec
         noiseless = self.render(catalog, self.conditions.psf(fwhm.cpu().numpy()))
-        image, variance, mask = observe(
-            noiseless, self.conditions, generator, self.config.noise, self.config.subtract_background
-        )
-        background = torch.full((batch_size,), self.conditions.sky_level_njy, device=self.device)
+        image_conditions = [self.conditions] * batch_size
+        conventions = [variance_convention_name] * batch_size
+        image, variance, mask = self._observe(noiseless, image_conditions, conventions, generator)
         truth = catalog.to_tile_catalog(self.config.tile_size, self.config.max_sources_per_tile)
-        return SimulatedBatch(image, variance, mask, noiseless, background, fwhm.to(self.device), truth)
+        return self._batch(
+            image, variance, mask, noiseless, fwhm.to(self.device), truth, image_conditions, conventions
+        )
 
     def render(self, catalog: FullCatalog, psf: PointSpreadFunction) -> torch.Tensor:
         """Noiseless images of a catalog, nJy, shape (B, H, W), image ``b`` with PSF ``b``."""
@@ -301,6 +440,46 @@ def observe(
     image = torch.where(saturated, torch.full_like(image, full_well_njy), image)
     mask = saturated.to(torch.int32) << MASK_PLANES["SAT"]
     return image, variance, mask
+
+
+def variance_convention(
+    variance: torch.Tensor, conditions: SurveyConditions, convention: str
+) -> torch.Tensor:
+    """A variance plane as the convention ``convention`` computes it from the expected variance.
+
+    Parameters
+    ----------
+    variance
+        Expected variance of each pixel (sky, source Poisson and read noise) as `observe` gives it,
+        nJy^2, any shape.
+    conditions
+        The image's conditions (sky level, gain, read noise).
+    convention
+        One of `VARIANCE_CONVENTIONS`.
+
+    Returns
+    -------
+    variance
+        nJy^2, of ``variance``'s shape: itself (``"full"``), the sky and read noise alone
+        (``"sky_only"``), or the full variance computed with half or twice the true gain
+        (``"gain_x0.5"``: twice the variance; ``"gain_x2"``: half).
+
+    Raises
+    ------
+    ValueError
+        If ``convention`` is not one of `VARIANCE_CONVENTIONS`.
+    """
+    if convention == "full":
+        return variance
+    if convention == "sky_only":
+        return torch.full_like(variance, conditions.background_noise_njy**2)
+    if convention == "gain_x0.5":
+        return variance * 2.0
+    if convention == "gain_x2":
+        return variance * 0.5
+    raise ValueError(
+        f"variance convention {convention!r} is unknown; choose one of {list(VARIANCE_CONVENTIONS)}."
+    )
 
 
 def saturated_pixels(charge_e: torch.Tensor, full_well_e: float) -> torch.Tensor:

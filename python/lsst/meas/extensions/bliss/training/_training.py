@@ -125,7 +125,12 @@ class TrainingConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainingRun:
-    """Everything that defines a training run (the content of a ``bliss-train`` config file)."""
+    """Everything that defines a training run (the content of a ``bliss-train`` config file).
+
+    ``band_conditions`` lists the nominal conditions of every band the run trains one encoder for
+    (each image draws its band among them); empty: ``conditions`` alone.  ``conditions`` is the
+    model's nominal conditions, one of them.
+    """
 
     conditions: SurveyConditions
     prior: PriorConfig = dataclasses.field(default_factory=PriorConfig)
@@ -136,8 +141,14 @@ class TrainingRun:
     training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
     autoencoder: AutoencoderConfig = dataclasses.field(default_factory=AutoencoderConfig)
     autoencoder_training: AutoencoderTrainingConfig | None = None
+    band_conditions: tuple[SurveyConditions, ...] = ()
 
     def __post_init__(self) -> None:
+        if self.band_conditions and self.conditions not in self.band_conditions:
+            raise ValueError(
+                f"conditions.band={self.conditions.band!r} is not among conditions.bands "
+                f"{[item.band for item in self.band_conditions]}; list it there or pick one of those."
+            )
         if self.simulator.tile_size != self.encoder.tile_size:
             raise ValueError(
                 f"simulator.tile_size={self.simulator.tile_size} differs from encoder.tile_size="
@@ -151,7 +162,10 @@ class TrainingRun:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainingRun:
         """Build from a mapping with optional sections ``conditions`` (``survey``, ``band`` and
-        overrides for `SurveyConditions.from_survey`), ``prior``, ``simulator``, ``encoder``,
+        overrides for `SurveyConditions.from_survey`; ``bands``, a list of the survey's bands to
+        train one encoder for, the overrides applying to each, ``band`` then being the nominal one,
+        by default ``r`` if listed, else the first), ``band_conditions`` (each band's full
+        conditions, as `to_dict` writes them), ``prior``, ``simulator``, ``encoder``,
         ``training``, ``autoencoder`` and ``autoencoder_training`` (present: the galaxy
         autoencoder is trained too).
 
@@ -161,11 +175,25 @@ class TrainingRun:
             For unknown sections or fields.
         """
         sections = {"conditions", "prior", "simulator", "encoder", "training", "autoencoder"}
-        unknown = set(data) - sections - {"autoencoder_training"}
+        unknown = set(data) - sections - {"autoencoder_training", "band_conditions"}
         if unknown:
             raise ValueError(f"Unknown training config section(s) {sorted(unknown)}.")
         conditions = dict(data.get("conditions") or {})
-        survey, band = conditions.pop("survey", "LSST"), conditions.pop("band", "r")
+        bands, explicit_band = conditions.pop("bands", None), conditions.pop("band", None)
+        survey = conditions.pop("survey", "LSST")
+        band_conditions: tuple[SurveyConditions, ...] = tuple(
+            SurveyConditions.from_dict(dict(item)) for item in data.get("band_conditions") or ()
+        )
+        if bands is not None:
+            if isinstance(bands, str) or not bands or len(set(bands)) != len(bands):
+                raise ValueError(
+                    f"conditions.bands={bands!r} must be a list of distinct {survey} bands, e.g. [g, r, i]."
+                )
+            band_conditions = tuple(
+                SurveyConditions.from_survey(survey, name, **conditions) for name in bands
+            )
+        names = [item.band for item in band_conditions]
+        band = explicit_band or ("r" if not names or "r" in names else names[0])
 
         def section(kind: type, name: str, defaults: dict[str, Any] | None = None) -> Any:
             fields = {**(defaults or {}), **(data.get(name) or {})}
@@ -186,6 +214,7 @@ class TrainingRun:
                 if "autoencoder_training" in data
                 else None
             ),
+            band_conditions=band_conditions,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -201,6 +230,12 @@ class TrainingRun:
                 {}
                 if self.autoencoder_training is None
                 else {"autoencoder_training": self.autoencoder_training.to_dict()}
+            ),
+            # Written for runs of several bands only: a single-band run's record is as before.
+            **(
+                {"band_conditions": [item.to_dict() for item in self.band_conditions]}
+                if self.band_conditions
+                else {}
             ),
         }
 
@@ -285,7 +320,9 @@ class EncoderTrainer:
         self.memory_format = torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
         torch.manual_seed(config.seed)
         self.encoder = BlissEncoder(run.encoder).to(self.device, memory_format=self.memory_format)
-        self.simulator = ImageSimulator(run.conditions, run.prior, run.simulator, self.device)
+        self.simulator = ImageSimulator(
+            run.conditions, run.prior, run.simulator, self.device, band_conditions=run.band_conditions
+        )
         self.optimizer = torch.optim.Adam(self.encoder.parameters(), lr=config.learning_rate)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: warmup_cosine_factor(step, config.warmup_steps, config.n_steps)
@@ -316,7 +353,13 @@ class EncoderTrainer:
         compute_dtype: torch.dtype = torch.float32,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         pixel_scale = self.run.conditions.pixel_scale_arcsec
-        inputs = prepare_inputs(batch.image, batch.variance, batch.mask, batch.psf_fwhm_arcsec / pixel_scale)
+        inputs = prepare_inputs(
+            batch.image,
+            batch.variance,
+            batch.mask,
+            batch.psf_fwhm_arcsec / pixel_scale,
+            input_noise=self.run.encoder.input_noise,
+        )
         inputs = dataclasses.replace(
             inputs, tensor=inputs.tensor.contiguous(memory_format=self.memory_format)
         )
@@ -514,7 +557,11 @@ def check_initial_model(run: TrainingRun, model: BlissModel) -> None:
     ValueError
         If its encoder architecture or survey conditions differ from the run's.
     """
-    if model.encoder.config != run.encoder or model.conditions != run.conditions:
+    if (
+        model.encoder.config != run.encoder
+        or model.conditions != run.conditions
+        or model.band_conditions != run.band_conditions
+    ):
         raise ValueError(
             "The initial model's encoder architecture or survey conditions differ from the training "
             "config's; fine-tuning needs the same encoder section and conditions."
@@ -593,7 +640,9 @@ def train(
     trainer.encoder.eval()
     # The returned encoder computes exactly as the saved and reloaded one.
     encoder = trainer.encoder.cpu().to(memory_format=torch.contiguous_format)
-    model = BlissModel(encoder, run.conditions, run.prior, run.simulator, summary)
+    model = BlissModel(
+        encoder, run.conditions, run.prior, run.simulator, summary, band_conditions=run.band_conditions
+    )
     if run.autoencoder_training is not None:
         model = add_autoencoder(model, run, log=log, command=command)
     model.save(output_dir / "model.safetensors")

@@ -8,4 +8,5 @@ from ._postgres import *
 from ._scaleout import *
 from ._scaleout_bench import *
 from ._tables_bench import *
+from ._units_bench import *
 from ._visit_image_factory import *

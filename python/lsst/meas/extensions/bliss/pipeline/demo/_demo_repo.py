@@ -68,6 +68,11 @@ class DemoRepoConfig:
         How many calexps (the last ones, in visit then detector order) are
         stored in instrumental counts with the photometric scaling that
         calibrates them, as DC2 and DP0.2 calexps are, instead of in nJy.
+    visit_bands
+        Band of each visit, repeated in turn over the visits (each a band the
+        model was trained for; the filters are then named ``<band>_sim``);
+        empty (the default): every visit in the model's nominal band, with
+        the filter ``physical_filter``.
     """
 
     n_visits: int = 2
@@ -82,6 +87,7 @@ class DemoRepoConfig:
     defects: bool = True
     saturated_star_mag: float | None = 13.5
     counts_calexps: int = 1
+    visit_bands: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in ("n_visits", "n_detectors"):
@@ -166,7 +172,27 @@ def _mask_planes(mask_bits: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
-def _register(butler: Butler, config: DemoRepoConfig, band: str) -> None:
+def _visit_filters(config: DemoRepoConfig, model: BlissModel) -> list[tuple[str, str]]:
+    """(band, physical filter) of each visit.
+
+    Raises
+    ------
+    ValueError
+        If a band of ``config.visit_bands`` is not one the model was trained for.
+    """
+    if not config.visit_bands:
+        return [(model.conditions.band, config.physical_filter)] * config.n_visits
+    untrained = [band for band in config.visit_bands if band not in model.trained_bands]
+    if untrained:
+        raise ValueError(
+            f"visit_bands={list(config.visit_bands)}: the model was not trained for band(s) {untrained} "
+            f"(its bands: {list(model.trained_bands)}); use a model trained for them."
+        )
+    bands = [config.visit_bands[index % len(config.visit_bands)] for index in range(config.n_visits)]
+    return [(band, f"{band}_sim") for band in bands]
+
+
+def _register(butler: Butler, config: DemoRepoConfig, filters: list[tuple[str, str]]) -> None:
     registry = butler.registry
     registry.insertDimensionData(
         "instrument",
@@ -177,9 +203,10 @@ def _register(butler: Butler, config: DemoRepoConfig, band: str) -> None:
             "exposure_max": _FIRST_VISIT + config.n_visits,
         },
     )
-    registry.insertDimensionData(
-        "physical_filter", {"instrument": config.instrument, "name": config.physical_filter, "band": band}
-    )
+    for band, physical_filter in sorted(set(filters)):
+        registry.insertDimensionData(
+            "physical_filter", {"instrument": config.instrument, "name": physical_filter, "band": band}
+        )
     registry.insertDimensionData("day_obs", {"instrument": config.instrument, "id": _DAY_OBS})
     for detector in range(config.n_detectors):
         registry.insertDimensionData(
@@ -193,7 +220,7 @@ def _register(butler: Butler, config: DemoRepoConfig, band: str) -> None:
                 "instrument": config.instrument,
                 "id": visit,
                 "name": f"sim{visit}",
-                "physical_filter": config.physical_filter,
+                "physical_filter": filters[index][1],
                 "day_obs": _DAY_OBS,
             },
         )
@@ -326,19 +353,21 @@ def build_demo_repo(
     summary["n_truth"] = []
     summary["counts_data_ids"] = []
     try:
-        _register(butler, config, conditions.band)
-        simulator = ImageSimulator(
-            conditions,
-            model.prior.without_bright_stars(),
-            SimulatorConfig(
-                image_height=tile * math.ceil(config.height / tile),
-                image_width=tile * math.ceil(config.width / tile),
-                tile_size=tile,
-            ),
-            device="cpu",
-        )
-        # Instrumental counts at the survey's zero point and gain (ADU per nJy).
-        counts_per_njy = conditions.njy_to_electrons / conditions.gain_e_per_adu
+        filters = _visit_filters(config, model)
+        _register(butler, config, filters)
+        simulators = {
+            band: ImageSimulator(
+                model.conditions_for_band(band),
+                model.prior.without_bright_stars(),
+                SimulatorConfig(
+                    image_height=tile * math.ceil(config.height / tile),
+                    image_width=tile * math.ceil(config.width / tile),
+                    tile_size=tile,
+                ),
+                device="cpu",
+            )
+            for band in {band for band, _ in filters}
+        }
         exposures = [
             (_FIRST_VISIT + index, detector)
             for index in range(config.n_visits)
@@ -347,6 +376,11 @@ def build_demo_repo(
         in_counts = set(exposures[len(exposures) - config.counts_calexps :])
         for index in range(config.n_visits):
             visit = _FIRST_VISIT + index
+            band, physical_filter = filters[index]
+            conditions = model.conditions_for_band(band)
+            simulator = simulators[band]
+            # Instrumental counts at the band's zero point and the survey's gain (ADU per nJy).
+            counts_per_njy = conditions.njy_to_electrons / conditions.gain_e_per_adu
             for detector in range(config.n_detectors):
                 rng = np.random.default_rng([config.seed, visit, detector])
                 field = _psf_field(rng, fwhm_range, config.height, config.width)
@@ -378,8 +412,8 @@ def build_demo_repo(
                     instrument=config.instrument,
                     visit=visit,
                     detector=detector,
-                    physical_filter=config.physical_filter,
-                    band=conditions.band,
+                    physical_filter=physical_filter,
+                    band=band,
                     pointing_deg=pointing,
                     pixel_scale_arcsec=conditions.pixel_scale_arcsec,
                     psf_model=conditions.psf_model,
