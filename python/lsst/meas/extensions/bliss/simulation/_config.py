@@ -3,7 +3,7 @@ so that what a model file records about its training does not load the simulator
 
 from __future__ import annotations
 
-__all__ = ["NOISE_MODELS", "PriorConfig", "SimulatorConfig"]
+__all__ = ["NOISE_MODELS", "REALISTIC_GALAXIES", "PriorConfig", "SimulatorConfig"]
 
 import dataclasses
 import math
@@ -251,6 +251,11 @@ class PriorConfig:
         """JSON-serializable representation."""
         return dataclasses.asdict(self)
 
+    def with_realistic_galaxies(self) -> PriorConfig:
+        """The same prior with the galaxy population of `REALISTIC_GALAXIES` (knots, irregular
+        galaxies, published sizes and ellipticities, a compact population and close pairs)."""
+        return dataclasses.replace(self, **REALISTIC_GALAXIES)
+
     def without_bright_stars(self) -> PriorConfig:
         """The same prior without the added bright stars, whose training density is far above the
         sky's: the prior of held-out and demo scenes (saturated stars are measured on their own, by
@@ -282,6 +287,34 @@ class PriorConfig:
         )
         return cls(**{k: tuple(v) if k in ranges else v for k, v in data.items()})
 
+
+REALISTIC_GALAXIES: dict[str, Any] = {
+    "size_mag_slope": 0.088,
+    "size_log_scatter": 0.55,
+    "max_hlr_arcsec": 5.0,
+    "compact_fraction": 0.1,
+    "compact_max_hlr_arcsec": 0.2,
+    "disk_ellipticity_sigma": 0.26,
+    "knot_galaxy_fraction": 0.5,
+    "knot_flux_fraction_range": (0.05, 0.5),
+    "knot_count_range": (5, 30),
+    "knot_offset_fraction": 0.2,
+    "knot_offset_hlr_range": (0.25, 1.0),
+    "companion_fraction": 0.3,
+}
+"""`PriorConfig` settings of the richer galaxy population (``PriorConfig.with_realistic_galaxies``).
+
+Sizes: ``R_e`` grows as ``M^0.22`` for late-type galaxies (van der Wel et al.
+2014), i.e. ``10^(-0.088 m)`` at fixed mass-to-light ratio; the scatter of
+ln ``R_e`` at fixed magnitude, 0.55, is that of star-forming galaxies at fixed
+luminosity (Shibuya et al. 2015, about 0.5) widened by the spread of redshifts
+at a fixed apparent magnitude; radii up to 5".  One galaxy in ten is compact
+(0.1"-0.2") at any magnitude.  Disk ellipticities have a dispersion of 0.26 per
+component (Leauthaud et al. 2007).  Half the disks hold 5-30 star-forming knots
+with 5-50% of their light (the knot model of the DC2 simulations), a fifth of
+those off-centre by 0.25-1 half-light radius; three galaxies in ten have a close
+companion (twice the Poisson field's pairs 1-2 PSF FWHM apart).  See
+``doc/lsst.meas.extensions.bliss/simulator.rst``."""
 
 NOISE_MODELS: tuple[str, ...] = ("poisson", "gaussian")
 
