@@ -266,9 +266,7 @@ def test_realistic_sizes_follow_the_relation_with_compact_galaxies_at_every_magn
         lognormal_compact = stats.norm.cdf(math.log(0.2 / median) / config.size_log_scatter)
         expected_compact = 0.1 + 0.9 * lognormal_compact
         assert np.mean(radius < 0.2) == pytest.approx(expected_compact, abs=0.01)
-        assert np.median(radius[radius >= 0.2]) == pytest.approx(
-            median, rel=0.05 if magnitude < 20 else 0.15
-        )
+        assert np.median(radius[radius >= 0.2]) == pytest.approx(median, rel=0.05 if magnitude < 20 else 0.15)
         assert radius.min() >= 0.1 and radius.max() <= 5.0
     bright = realistic_shapes(40_000, 17.0)["disk_hlr_arcsec"]
     assert np.mean(bright < 0.2) >= 0.09 and np.mean(bright > 3.0) > 0.02
