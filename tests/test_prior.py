@@ -6,9 +6,15 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy import optimize
+from scipy import optimize, spatial, stats
 
-from lsst.meas.extensions.bliss import PriorConfig, SourcePrior, SurveyConditions, mag_to_flux_njy
+from lsst.meas.extensions.bliss import (
+    PriorConfig,
+    SourcePrior,
+    SurveyConditions,
+    mag_to_flux_njy,
+    simulate_galaxy_stamps,
+)
 
 CONDITIONS = SurveyConditions.from_survey()
 
@@ -114,6 +120,15 @@ def test_same_seed_same_catalog() -> None:
         ("companion_min_separation_pix", -1.0),
         ("bright_star_density_per_arcmin2", -1.0),
         ("bright_star_mag_range", (16.0, 12.0)),
+        ("compact_fraction", -0.1),
+        ("compact_max_hlr_arcsec", math.nan),
+        ("disk_ellipticity_sigma", -0.2),
+        ("knot_galaxy_fraction", 2.0),
+        ("knot_flux_fraction_range", (0.5, 1.0)),
+        ("knot_count_range", (0, 10)),
+        ("knot_count_range", (5.5, 10)),
+        ("knot_offset_fraction", math.inf),
+        ("knot_offset_hlr_range", (1.0, 0.5)),
     ],
 )
 def test_invalid_prior_parameters_name_the_field(field: str, value) -> None:
@@ -212,3 +227,124 @@ def test_bright_stars_are_added_at_their_density_and_magnitudes() -> None:
     assert torch.equal(field.n_sources[~bright], plain.n_sources[~bright])
     assert PriorConfig.from_dict(config.to_dict()) == config
     assert config.poisson_field() == PriorConfig()
+
+
+def test_compact_galaxies_need_a_compact_radius_above_the_minimum() -> None:
+    with pytest.raises(ValueError, match="compact_max_hlr_arcsec"):
+        PriorConfig(compact_fraction=0.1, compact_max_hlr_arcsec=0.05)
+
+
+def test_realistic_options_switched_off_keep_todays_random_numbers() -> None:
+    # Ranges of switched-off options change nothing: the draws are those of the plain prior.
+    other_ranges = PriorConfig(
+        knot_count_range=(2, 3), knot_offset_hlr_range=(0.0, 2.0), compact_max_hlr_arcsec=0.4
+    )
+    first = SourcePrior(PriorConfig(), CONDITIONS).sample(2, 16, 16, torch.Generator().manual_seed(4))
+    second = SourcePrior(other_ranges, CONDITIONS).sample(2, 16, 16, torch.Generator().manual_seed(4))
+    assert set(first.fields) == set(second.fields)
+    assert not any(name.startswith("knot_") for name in first.fields)
+    for name in first.fields:
+        assert torch.equal(first.fields[name], second.fields[name])
+    realistic = PriorConfig().with_realistic_galaxies()
+    assert PriorConfig.from_dict(realistic.to_dict()) == realistic
+
+
+def realistic_shapes(n: int, magnitude: float, **overrides) -> dict[str, np.ndarray]:
+    config = dataclasses.replace(PriorConfig().with_realistic_galaxies(), **overrides)
+    prior = SourcePrior(config, CONDITIONS)
+    flux = torch.full((n,), float(mag_to_flux_njy(magnitude)), dtype=torch.float64)
+    shapes = prior.sample_galaxy_shapes(flux, torch.Generator().manual_seed(11))
+    return {name: value.numpy() for name, value in shapes.items()}
+
+
+def test_realistic_sizes_follow_the_relation_with_compact_galaxies_at_every_magnitude() -> None:
+    config = PriorConfig().with_realistic_galaxies()
+    for magnitude in (19.0, 24.0):
+        radius = realistic_shapes(40_000, magnitude)["disk_hlr_arcsec"]
+        median = config.size_median_arcsec * 10 ** (-config.size_mag_slope * (magnitude - 24.0))
+        # A tenth are compact (0.1"-0.2"); the rest follow the log-normal relation (truncated at 0.1"-5").
+        lognormal_compact = stats.norm.cdf(math.log(0.2 / median) / config.size_log_scatter)
+        expected_compact = 0.1 + 0.9 * lognormal_compact
+        assert np.mean(radius < 0.2) == pytest.approx(expected_compact, abs=0.01)
+        assert np.median(radius[radius >= 0.2]) == pytest.approx(median, rel=0.05 if magnitude < 20 else 0.15)
+        assert radius.min() >= 0.1 and radius.max() <= 5.0
+    bright = realistic_shapes(40_000, 17.0)["disk_hlr_arcsec"]
+    assert np.mean(bright < 0.2) >= 0.09 and np.mean(bright > 3.0) > 0.02
+
+
+def test_disk_ellipticities_have_the_configured_dispersion() -> None:
+    q = realistic_shapes(40_000, 23.0)["disk_q"]
+    g = (1 - q) / (1 + q)
+    # |g| of a 2-d Gaussian of dispersion sigma per component is Rayleigh, truncated at q = 0.2.
+    sigma, g_max = 0.26, (1 - 0.2) / (1 + 0.2)
+    cdf_max = 1 - math.exp(-(g_max**2) / (2 * sigma**2))
+    truncated_median = sigma * math.sqrt(-2 * math.log(1 - 0.5 * cdf_max))
+    assert np.median(g) == pytest.approx(truncated_median, rel=0.03)
+    assert q.min() >= 0.2 and q.max() <= 1.0
+
+
+def test_knots_are_drawn_at_their_rate_and_in_their_ranges() -> None:
+    shapes = realistic_shapes(40_000, 22.0)
+    has_knots = shapes["knot_count"] > 0
+    disky = shapes["disk_frac"] > 0
+    assert np.mean(has_knots[disky]) == pytest.approx(0.5, abs=0.01)
+    fraction, count = shapes["knot_frac"][has_knots], shapes["knot_count"][has_knots]
+    assert fraction.min() >= 0.05 and fraction.max() <= 0.5
+    assert np.mean(fraction) == pytest.approx(0.275, abs=0.005)
+    assert set(np.unique(count)) == set(range(5, 31))
+    offset = shapes["knot_offset_hlr"][has_knots]
+    assert np.mean(offset > 0) == pytest.approx(0.2, abs=0.01)
+    assert offset[offset > 0].min() >= 0.25 and offset.max() <= 1.0
+    seeds = shapes["knot_seed"][has_knots]
+    assert np.all(seeds == np.round(seeds)) and len(np.unique(seeds)) > 0.99 * seeds.size
+    assert np.all(shapes["knot_seed"][~has_knots] == 0)
+
+
+def test_stars_and_padding_carry_no_knots() -> None:
+    config = PriorConfig(knot_galaxy_fraction=1.0, star_fraction=0.5)
+    catalog = SourcePrior(config, CONDITIONS).sample(2, 32, 32, torch.Generator().manual_seed(2))
+    not_galaxy = ~(catalog.is_valid & catalog.fields["is_galaxy"])
+    for name in ("knot_frac", "knot_count", "knot_seed", "knot_offset_hlr"):
+        assert torch.all(catalog.fields[name][not_galaxy] == 0)
+    assert torch.all(catalog.fields["knot_count"][~not_galaxy & (catalog.fields["disk_frac"] > 0)] > 0)
+
+
+def test_companions_make_pairs_one_to_two_psf_fwhm_apart_common() -> None:
+    fwhm_pix = CONDITIONS.psf_fwhm_arcsec / CONDITIONS.pixel_scale_arcsec
+
+    def close_pair_fraction(companion_fraction: float) -> float:
+        prior = SourcePrior(PriorConfig(companion_fraction=companion_fraction), CONDITIONS)
+        catalog = prior.sample(20, 48, 48, torch.Generator().manual_seed(6)).to_full_catalog()
+        close = total = 0
+        for index in range(catalog.batch_size):
+            count = int(catalog.n_sources[index])
+            xy = torch.stack([catalog.x[index, :count], catalog.y[index, :count]], 1).numpy()
+            galaxy = catalog.fields["is_galaxy"][index, :count].numpy()
+            distance = spatial.cKDTree(xy).query(xy, k=2)[0][:, 1]
+            inner = (xy.min(1) > 2 * fwhm_pix) & (xy.max(1) < 192 - 2 * fwhm_pix) & galaxy
+            total += int(inner.sum())
+            close += int((inner & (distance >= fwhm_pix) & (distance <= 2 * fwhm_pix)).sum())
+        return close / total
+
+    poisson, clustered = close_pair_fraction(0.0), close_pair_fraction(0.3)
+    assert 0.05 < poisson < 0.2
+    assert clustered > 1.6 * poisson
+
+
+def test_galaxy_stamps_draw_the_knots_of_the_prior() -> None:
+    def stamps(knot_flux_fraction: float) -> torch.Tensor:
+        config = PriorConfig(knot_galaxy_fraction=1.0, knot_flux_fraction_range=(knot_flux_fraction,) * 2)
+        prior = SourcePrior(config, CONDITIONS)
+        batch = simulate_galaxy_stamps(prior, (0.7, 0.7), 31, 16, torch.Generator().manual_seed(3))
+        return batch.noiseless, batch.flux_njy
+
+    (smooth, flux), (knotty, same_flux) = stamps(0.0), stamps(0.5)
+    # The same galaxies (same draws) with half their disk light moved into knots: the same flux on the
+    # stamps that hold their galaxy, other light.
+    assert torch.equal(flux, same_flux)
+    held = smooth.sum((1, 2)) > 0.99 * flux
+    assert held.sum() >= 8
+    assert torch.allclose(knotty.sum((1, 2))[held], flux[held], rtol=0.01)
+    difference = (knotty - smooth).abs().amax((1, 2)) / smooth.amax((1, 2))
+    # Knots under the PSF of a compact galaxy change little; in large ones they stand out.
+    assert float((difference > 0.01).float().mean()) >= 0.5 and float(difference.max()) > 0.2

@@ -16,7 +16,13 @@ from lsst.meas.extensions.bliss import (
     render_stamps,
     stamp_half_size,
 )
-from lsst.meas.extensions.bliss.bench._render_suite import accuracy_grid, compare_with_galsim
+from lsst.meas.extensions.bliss.bench._render_suite import accuracy_grid, compare_with_galsim, knot_grid
+from lsst.meas.extensions.bliss.rendering import (
+    EXPONENTIAL_HLR_OVER_SCALE,
+    knot_fluxes,
+    knot_offsets_pix,
+    render_galsim_images,
+)
 
 PEAK_TOLERANCE = 0.01
 FLUX_TOLERANCE = 0.005
@@ -169,3 +175,105 @@ def test_image_psf_is_normalized() -> None:
     kernel[2, 3] = 1.0
     psf = ImagePsf(kernel)
     assert float(psf.images.sum()) == pytest.approx(1.0)
+
+
+def test_galaxies_with_knots_match_galsim() -> None:
+    # Centred and off-centre knots, radii up to 5", both PSF models; GalSim draws the knots as points.
+    for psf, sources in knot_grid(sample=8, seed=5):
+        assert bool(sources.has_knots.all())
+        errors = compare_with_galsim(psf, sources)
+        assert errors["max_abs_err_over_peak"].max() <= PEAK_TOLERANCE
+        assert errors["flux_rel_err"].max() <= FLUX_TOLERANCE
+
+
+def test_knots_are_placed_like_the_sheared_disk_and_fixed_by_their_seed() -> None:
+    hlr, q, angle = 4.0, 0.5, 0.6
+    offsets = knot_offsets_pix(
+        torch.tensor([7.0]),
+        20_000,
+        torch.tensor([hlr]),
+        torch.tensor([q]),
+        torch.tensor([angle]),
+        torch.tensor([0.0]),
+    )[0].numpy()
+    # Undo the rotation and the area-preserving shear: the round profile's radii.
+    cos, sin = math.cos(angle), math.sin(angle)
+    major = offsets[:, 0] * cos + offsets[:, 1] * sin
+    minor = -offsets[:, 0] * sin + offsets[:, 1] * cos
+    radius = np.hypot(major * math.sqrt(q), minor / math.sqrt(q))
+    # Half an exponential disk's light lies within its half-light radius; none beyond 5 of them.
+    assert np.median(radius) == pytest.approx(hlr, rel=0.03)
+    assert radius.max() <= 5 * hlr
+    assert np.mean(radius) == pytest.approx(2 * hlr / EXPONENTIAL_HLR_OVER_SCALE, rel=0.03)
+    assert np.std(minor) / np.std(major) == pytest.approx(q, rel=0.03)
+    # A knot does not depend on how many are drawn; another seed moves it.
+    first_ten = knot_offsets_pix(
+        torch.tensor([7.0]),
+        10,
+        torch.tensor([hlr]),
+        torch.tensor([q]),
+        torch.tensor([angle]),
+        torch.tensor([0.0]),
+    )[0].numpy()
+    np.testing.assert_allclose(first_ten, offsets[:10])
+    other = knot_offsets_pix(
+        torch.tensor([8.0]),
+        10,
+        torch.tensor([hlr]),
+        torch.tensor([q]),
+        torch.tensor([angle]),
+        torch.tensor([0.0]),
+    )[0].numpy()
+    assert np.abs(other - first_ten).min() > 0
+
+
+def test_off_centre_knots_move_their_centre_by_the_offset() -> None:
+    hlr, offset_hlr = 3.0, 1.0
+    offsets = knot_offsets_pix(
+        torch.tensor([3.0]),
+        20_000,
+        torch.tensor([hlr]),
+        torch.tensor([1.0]),
+        torch.tensor([0.0]),
+        torch.tensor([offset_hlr]),
+    )[0].numpy()
+    assert np.hypot(*offsets.mean(axis=0)) == pytest.approx(offset_hlr * hlr, rel=0.05)
+
+
+def test_knots_share_their_fraction_of_the_disk_flux() -> None:
+    fluxes = knot_fluxes(
+        torch.tensor([1000.0, 500.0]),
+        torch.tensor([0.8, 1.0]),
+        torch.tensor([0.25, 0.5]),
+        torch.tensor([4.0, 2.0]),
+        5,
+    )
+    np.testing.assert_allclose(fluxes.sum(1).numpy(), [200.0, 250.0])
+    assert torch.equal(fluxes[1, 2:], torch.zeros(3))
+
+
+def test_partial_knot_fields_are_an_error() -> None:
+    with pytest.raises(ValueError, match="knot_frac"):
+        RenderSources(**{**vars(make_sources(1)), "knot_frac": torch.zeros(1)})
+
+
+def test_galsim_scene_matches_the_torch_renderer() -> None:
+    sources = make_sources(
+        3,
+        x=[10.2, 30.0, 61.5],
+        y=[20.0, 33.4, 40.0],
+        is_galaxy=True,
+        disk_hlr_pix=[2.0, 6.0, 3.0],
+        disk_q=0.6,
+        position_angle_rad=0.4,
+        disk_frac=0.8,
+        knot_frac=[0.0, 0.4, 0.3],
+        knot_count=[0.0, 12.0, 6.0],
+        knot_seed=[0.0, 17.0, 99.0],
+        knot_offset_hlr=[0.0, 0.5, 0.0],
+    )
+    psf = MoffatPsf(np.array([3.5]), beta=3.5)
+    ours = render_images(sources, psf, 1, 48, 64, dtype=torch.float64)[0].numpy()
+    reference = render_galsim_images(sources, psf, 1, 48, 64)[0]
+    # GalSim's default accuracy (folding threshold 5e-3) bounds the agreement of the scenes.
+    assert np.abs(ours - reference).max() <= PEAK_TOLERANCE * reference.max()

@@ -4,8 +4,11 @@ Two parts, both on the same machine in one run:
 
 * accuracy: a grid over half-light radius (0.1"-3"), axis ratio (0.2-1),
   bulge fraction (0-1), PSF FWHM (0.6"-1.2"), Gaussian and Moffat PSFs, random
-  sub-pixel offsets, at 0.2"/pixel, plus stars; every stamp is drawn by GalSim
-  (tightened accuracy) and by the torch renderer on the same bounds;
+  sub-pixel offsets, at 0.2"/pixel, plus stars, and a second grid of galaxies
+  with star-forming knots (centred and off-centre, radii up to 5"); every stamp
+  is drawn by GalSim (tightened accuracy, the knots as ``DeltaFunction``
+  points at the renderer's positions) and by the torch renderer on the same
+  bounds;
 * speed: a set of galaxies drawn from the default LSST prior under the
   default PSF, rendered by GalSim (default accuracy, one process) and by
   the torch renderer (batched, CPU threads as configured; GPU when present).
@@ -13,7 +16,7 @@ Two parts, both on the same machine in one run:
 
 from __future__ import annotations
 
-__all__ = ["DESCRIPTION", "accuracy_grid", "add_arguments", "compare_with_galsim", "run"]
+__all__ = ["DESCRIPTION", "accuracy_grid", "add_arguments", "compare_with_galsim", "knot_grid", "run"]
 
 import argparse
 import itertools
@@ -26,6 +29,8 @@ import torch
 
 from ..catalog import FullCatalog
 from ..rendering import (
+    KNOT_FIELDS,
+    MAX_KNOT_SEED,
     GaussianPsf,
     MoffatPsf,
     PointSpreadFunction,
@@ -47,6 +52,10 @@ GRID_BULGE_FRACTION = (0.0, 0.25, 0.5, 0.75, 1.0)
 GRID_PSF_FWHM_ARCSEC = (0.6, 0.8, 1.0, 1.2)
 GRID_PSF_MODELS = ("gaussian", "moffat")
 STARS_PER_PSF = 4
+KNOT_GRID_HLR_ARCSEC = (0.3, 1.0, 2.0, 5.0)
+KNOT_GRID_AXIS_RATIO = (0.3, 0.7)
+KNOT_GRID_OFFSET_HLR = (0.0, 0.75)
+KNOT_GRID_PSF_FWHM_ARCSEC = 0.7
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -63,11 +72,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="accuracy stamps drawn at random from the grid (default: whole grid; quick: 120)",
     )
+    parser.add_argument(
+        "--knot-grid-sample",
+        type=int,
+        default=None,
+        help="stamps drawn at random from the grid of galaxies with knots (default: all 32; quick: 8)",
+    )
 
 
 def _sources(columns: dict[str, list[float]], device: torch.device | str = "cpu") -> RenderSources:
     count = len(columns["x"])
     as_float = {k: torch.tensor(v, dtype=torch.float64, device=device) for k, v in columns.items()}
+    knots = {name: as_float.get(name) for name in KNOT_FIELDS}
     return RenderSources(
         x=as_float["x"],
         y=as_float["y"],
@@ -81,6 +97,7 @@ def _sources(columns: dict[str, list[float]], device: torch.device | str = "cpu"
         position_angle_rad=as_float["position_angle_rad"],
         image_index=torch.zeros(count, dtype=torch.long, device=device),
         psf_index=torch.tensor(columns["psf_index"], dtype=torch.long, device=device),
+        **knots,
     )
 
 
@@ -157,6 +174,66 @@ def accuracy_grid(
                 columns[name].append(value)
         psf = GaussianPsf(fwhm_pix) if model == "gaussian" else MoffatPsf(fwhm_pix, beta=3.5)
         groups.append((psf, _sources(columns)))
+    return groups
+
+
+def knot_grid(sample: int | None = None, seed: int = 0) -> list[tuple[PointSpreadFunction, RenderSources]]:
+    """Galaxies with star-forming knots, grouped by PSF model (one PSF of FWHM 0.7" each).
+
+    A grid over disk half-light radius (0.3"-5"), axis ratio and knot offset
+    (centred, or 0.75 half-light radii off-centre), under Gaussian and Moffat
+    PSFs; each galaxy has a random bulge fraction (0-0.5), 5-40 knots holding
+    10-50% of the disk's light, a random knot seed, position angle and
+    sub-pixel offset.
+
+    Parameters
+    ----------
+    sample
+        Keep this many grid points chosen at random (``None``: all of them).
+    seed
+        Seed of the random parameters and of the sample.
+
+    Returns
+    -------
+    groups
+        ``(psf, sources)`` pairs.
+    """
+    rng = np.random.default_rng(seed)
+    points = list(
+        itertools.product(KNOT_GRID_HLR_ARCSEC, KNOT_GRID_AXIS_RATIO, KNOT_GRID_OFFSET_HLR, GRID_PSF_MODELS)
+    )
+    if sample is not None and sample < len(points):
+        points = [points[i] for i in rng.choice(len(points), size=sample, replace=False)]
+    fwhm_pix = np.array([KNOT_GRID_PSF_FWHM_ARCSEC / PIXEL_SCALE_ARCSEC])
+    groups = []
+    for model in GRID_PSF_MODELS:
+        rows = []
+        for hlr_arcsec, axis_ratio, offset_hlr, _ in (p for p in points if p[3] == model):
+            centre = 300.0 + rng.uniform(-0.5, 0.5, size=2)
+            hlr_pix = hlr_arcsec / PIXEL_SCALE_ARCSEC
+            rows.append(
+                {
+                    "x": centre[0],
+                    "y": centre[1],
+                    "flux": 1.0e4,
+                    "is_galaxy": True,
+                    "disk_frac": 1.0 - rng.uniform(0.0, 0.5),
+                    "disk_hlr_pix": hlr_pix,
+                    "disk_q": axis_ratio,
+                    "bulge_hlr_pix": 0.5 * hlr_pix,
+                    "bulge_q": 0.8,
+                    "position_angle_rad": rng.uniform(0, np.pi),
+                    "psf_index": 0,
+                    "knot_frac": rng.uniform(0.1, 0.5),
+                    "knot_count": float(rng.integers(5, 41)),
+                    "knot_seed": float(rng.integers(0, MAX_KNOT_SEED)),
+                    "knot_offset_hlr": offset_hlr,
+                }
+            )
+        if rows:
+            columns = {name: [row[name] for row in rows] for name in rows[0]}
+            psf = GaussianPsf(fwhm_pix) if model == "gaussian" else MoffatPsf(fwhm_pix, beta=3.5)
+            groups.append((psf, _sources(columns)))
     return groups
 
 
@@ -254,6 +331,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # with fewer galaxies the per-size-group overhead of the batched renderer would dominate.
     n_galaxies = args.n_galaxies or 400
     grid_sample = args.grid_sample if args.grid_sample is not None else (120 if args.quick else None)
+    knot_sample = args.knot_grid_sample if args.knot_grid_sample is not None else (8 if args.quick else None)
 
     accuracy = {"max_abs_err_over_peak": [], "flux_rel_err": []}
     n_grid = 0
@@ -263,9 +341,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for name in accuracy:
             accuracy[name].extend(errors[name].tolist())
         n_grid += len(sources)
+    knot_accuracy: dict[str, list[float]] = {"max_abs_err_over_peak": [], "flux_rel_err": []}
+    for psf, sources in knot_grid(knot_sample, args.seed):
+        errors = compare_with_galsim(psf, sources)
+        for name in knot_accuracy:
+            knot_accuracy[name].extend(errors[name].tolist())
     accuracy_seconds = time.perf_counter() - start
-    peak_errors = np.array(accuracy["max_abs_err_over_peak"])
-    flux_errors = np.array(accuracy["flux_rel_err"])
+    knot_peak_errors = np.array(knot_accuracy["max_abs_err_over_peak"] or [math.nan])
+    knot_flux_errors = np.array(knot_accuracy["flux_rel_err"] or [math.nan])
+    # The overall figures and tolerance cover both grids.
+    peak_errors = np.array(accuracy["max_abs_err_over_peak"] + knot_accuracy["max_abs_err_over_peak"])
+    flux_errors = np.array(accuracy["flux_rel_err"] + knot_accuracy["flux_rel_err"])
 
     psf, sources = _timing_set(n_galaxies, args.seed)
     half_sizes = stamp_half_size(sources, psf)
@@ -303,6 +389,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "timing_set_max_abs_err_over_peak_vs_galsim_defaults": float(max(timing_set_errors)),
         "grid_n_stamps": n_grid,
+        "knot_grid_n_stamps": len(knot_accuracy["flux_rel_err"]),
+        "knot_max_abs_err_over_peak": float(knot_peak_errors.max()),
+        "knot_max_flux_rel_err": float(knot_flux_errors.max()),
         "grid_seconds": accuracy_seconds,
         "max_abs_err_over_peak": float(peak_errors.max()),
         "median_abs_err_over_peak": float(np.median(peak_errors)),
@@ -310,8 +399,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "grid_fraction_within_tolerance": float(np.mean((peak_errors <= 0.01) & (flux_errors <= 0.005))),
     }
     if torch.cuda.is_available():
-        gpu_sources = sources.select(torch.arange(len(sources)))
-        gpu_sources = type(gpu_sources)(**{k: v.cuda() for k, v in vars(gpu_sources).items()})
+        gpu_sources = sources.apply(lambda values: values.cuda())
         results["torch_gpu_galaxies_per_s"] = len(sources) / _time_torch(gpu_sources, psf)
     gpu = (
         f", GPU {results['torch_gpu_galaxies_per_s']:.0f} galaxies/s"
@@ -320,8 +408,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     )
     results["summary"] = "\n".join(
         [
-            f"render: accuracy on {n_grid} grid stamps: max |torch-galsim|/peak = "
+            f"render: accuracy on {n_grid} grid stamps and {results['knot_grid_n_stamps']} with knots: "
+            "max |torch-galsim|/peak = "
             f"{results['max_abs_err_over_peak']:.2e}, max flux error = {results['max_flux_rel_err']:.2e}",
+            "render: galaxies with knots alone: max |torch-galsim|/peak = "
+            f"{results['knot_max_abs_err_over_peak']:.2e}, max flux error = "
+            f"{results['knot_max_flux_rel_err']:.2e}",
             f"render: GalSim {results['galsim_galaxies_per_s']:.0f} galaxies/s, torch "
             f"{results['torch_galaxies_per_s']:.0f} galaxies/s ({results['torch_threads']} CPU threads){gpu}",
             f"speedup_vs_galsim = {results['speedup_vs_galsim']:.1f}x "

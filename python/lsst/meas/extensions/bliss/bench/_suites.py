@@ -12,6 +12,7 @@ from . import (
     _deblend_suite,
     _infer_suite,
     _pipetask_options,
+    _realism_suite,
     _render_suite,
     _robustness_suite,
     _saturation_suite,
@@ -40,6 +41,7 @@ def _run_pipetask_suite(args: argparse.Namespace) -> dict[str, Any]:
 SUITES: dict[str, BenchSuite] = {
     "render": BenchSuite(_render_suite.DESCRIPTION, _render_suite.add_arguments, _render_suite.run),
     "science": BenchSuite(_science_suite.DESCRIPTION, _science_suite.add_arguments, _science_suite.run),
+    "realism": BenchSuite(_realism_suite.DESCRIPTION, _realism_suite.add_arguments, _realism_suite.run),
     "infer": BenchSuite(_infer_suite.DESCRIPTION, _infer_suite.add_arguments, _infer_suite.run),
     "deblend": BenchSuite(_deblend_suite.DESCRIPTION, _deblend_suite.add_arguments, _deblend_suite.run),
     "saturation": BenchSuite(

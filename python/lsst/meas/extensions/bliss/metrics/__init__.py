@@ -5,3 +5,4 @@ from ._catalog_scores import *
 from ._detection import *
 from ._matching import *
 from ._residuals import *
+from ._shredding import *

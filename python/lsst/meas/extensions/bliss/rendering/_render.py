@@ -31,11 +31,12 @@ __all__ = [
 
 import dataclasses
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
 from ..catalog import FullCatalog
+from ._knots import KNOT_EXTENT_HLR, KNOT_FIELDS, knot_fluxes, knot_offsets_pix
 from ._profiles import EXPONENTIAL_HLR_OVER_SCALE, devaucouleurs_fourier_squared, exponential_fourier_squared
 from ._psf import PointSpreadFunction, rfft_wavenumbers
 
@@ -99,6 +100,9 @@ class RenderSources:
         Index of the image each source belongs to, shape (n,).
     psf_index
         Index into the PSF batch used for each source, shape (n,).
+    knot_frac, knot_count, knot_seed, knot_offset_hlr
+        The galaxies' star-forming knots (see `KNOT_FIELDS`), shape (n,)
+        each, or all `None` for smooth galaxies only.
     """
 
     x: torch.Tensor
@@ -113,13 +117,34 @@ class RenderSources:
     position_angle_rad: torch.Tensor
     image_index: torch.Tensor
     psf_index: torch.Tensor
+    knot_frac: torch.Tensor | None = None
+    knot_count: torch.Tensor | None = None
+    knot_seed: torch.Tensor | None = None
+    knot_offset_hlr: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        given = [getattr(self, name) is not None for name in KNOT_FIELDS]
+        if any(given) and not all(given):
+            raise ValueError(f"RenderSources needs all of {KNOT_FIELDS} or none of them.")
 
     def __len__(self) -> int:
         return self.x.shape[0]
 
     def select(self, index: torch.Tensor) -> RenderSources:
         """Return the sources at ``index`` (boolean mask or integer indices)."""
-        return RenderSources(**{f.name: getattr(self, f.name)[index] for f in dataclasses.fields(self)})
+        return self.apply(lambda values: values[index])
+
+    def apply(self, function: Callable[[torch.Tensor], torch.Tensor]) -> RenderSources:
+        """The sources with ``function`` applied to every tensor (e.g. to move them to a device)."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return RenderSources(**{k: None if v is None else function(v) for k, v in values.items()})
+
+    @property
+    def has_knots(self) -> torch.Tensor:
+        """True for galaxies with knots, shape (n,)."""
+        if self.knot_count is None or self.knot_frac is None:
+            return torch.zeros_like(self.is_galaxy)
+        return self.is_galaxy & (self.knot_count.round() > 0) & (self.knot_frac > 0)
 
 
 def _next_fft_size(minimum: int) -> int:
@@ -155,6 +180,10 @@ def stamp_half_size(
         Integer half-sizes, shape (n,).
     """
     disk_extent = sources.disk_hlr_pix / sources.disk_q.sqrt() * (sources.disk_frac > 0)
+    if sources.knot_offset_hlr is not None:
+        # Knots lie within KNOT_EXTENT_HLR radii of a centre that may be offset from the galaxy's.
+        knot_reach = (KNOT_EXTENT_HLR + sources.knot_offset_hlr) / GALAXY_EXTENT_HLR
+        disk_extent = disk_extent * torch.where(sources.has_knots, knot_reach.clamp(min=1.0), 1.0)
     bulge_extent = sources.bulge_hlr_pix / sources.bulge_q.sqrt() * (sources.disk_frac < 1)
     galaxy_extent = GALAXY_EXTENT_HLR * torch.maximum(disk_extent, bulge_extent) * sources.is_galaxy
     psf_extent = psf.radius_pix().to(sources.x.device, sources.x.dtype)[sources.psf_index]
@@ -187,9 +216,38 @@ def _galaxy_fourier(sources: RenderSources, ky: torch.Tensor, kx: torch.Tensor) 
     disk_arg_sq = sheared_squared(sources.disk_hlr_pix / EXPONENTIAL_HLR_OVER_SCALE, sources.disk_q)
     disk = exponential_fourier_squared(disk_arg_sq)
     bulge = devaucouleurs_fourier_squared(sheared_squared(sources.bulge_hlr_pix, sources.bulge_q))
-    disk_flux = column(sources.flux * sources.disk_frac)
+    disk_flux = sources.flux * sources.disk_frac
+    if sources.knot_frac is not None:
+        # The knots' share of the disk light is drawn as points (`_knot_fourier`).
+        disk_flux = disk_flux * torch.where(sources.has_knots, 1.0 - sources.knot_frac, 1.0)
+    disk_flux = column(disk_flux)
     bulge_flux = column(sources.flux * (1.0 - sources.disk_frac))
     return disk.mul_(disk_flux).addcmul_(bulge, bulge_flux)
+
+
+def _knot_fourier(sources: RenderSources, ky: torch.Tensor, kx: torch.Tensor) -> torch.Tensor:
+    """Transforms of the galaxies' knots, ``sum_j f_j exp(-i k . d_j)``, shape (n, N, N // 2 + 1).
+
+    The phase factor of a point is separable in ``ky`` and ``kx``, so the sum
+    over knots is one batched complex matrix product of (n, N, J) by (n, J, N // 2 + 1).
+    """
+    assert sources.knot_count is not None and sources.knot_seed is not None  # callers check has_knots
+    assert sources.knot_frac is not None and sources.knot_offset_hlr is not None
+    n_knots = int(sources.knot_count.round().max())
+    offsets = knot_offsets_pix(
+        sources.knot_seed,
+        n_knots,
+        sources.disk_hlr_pix,
+        sources.disk_q,
+        sources.position_angle_rad,
+        sources.knot_offset_hlr,
+    ).to(kx.dtype)
+    fluxes = knot_fluxes(sources.flux, sources.disk_frac, sources.knot_frac, sources.knot_count, n_knots).to(
+        kx.dtype
+    )
+    phase_y = torch.polar(fluxes[..., None], -ky[:, 0] * offsets[..., 1:2])
+    phase_x = torch.polar(torch.ones_like(fluxes[..., None]), -kx[0] * offsets[..., 0:1])
+    return torch.bmm(phase_y.transpose(1, 2), phase_x)
 
 
 def render_stamps(
@@ -236,6 +294,10 @@ def render_stamps(
         galaxies = is_galaxy.nonzero().squeeze(1)
         if galaxies.numel() > 0:
             profile[galaxies] = _galaxy_fourier(sources.select(galaxies), ky, kx)
+    knotty = sources.has_knots.nonzero().squeeze(1)
+    if knotty.numel() > 0:
+        profile = torch.complex(profile, torch.zeros_like(profile))
+        profile[knotty] += _knot_fourier(sources.select(knotty), ky, kx)
     psf_transform = psf.fourier_grid(fft_size, device, dtype)
     if psf.n_psf > 1:
         psf_transform = psf_transform[sources.psf_index]
@@ -356,7 +418,8 @@ def catalog_to_render_sources(catalog: FullCatalog, pixel_scale_arcsec: float) -
     Parameters
     ----------
     catalog
-        Sources with sizes in arcsec.
+        Sources with sizes in arcsec; its `KNOT_FIELDS`, where it has them,
+        give the galaxies' knots.
     pixel_scale_arcsec
         Arcsec per pixel.
 
@@ -381,4 +444,5 @@ def catalog_to_render_sources(catalog: FullCatalog, pixel_scale_arcsec: float) -
         position_angle_rad=fields["position_angle_rad"],
         image_index=image_index,
         psf_index=image_index,
+        **{name: fields.get(name) for name in KNOT_FIELDS},
     )

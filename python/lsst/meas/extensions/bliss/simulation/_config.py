@@ -3,7 +3,7 @@ so that what a model file records about its training does not load the simulator
 
 from __future__ import annotations
 
-__all__ = ["NOISE_MODELS", "VARIANCE_CONVENTIONS", "PriorConfig", "SimulatorConfig"]
+__all__ = ["NOISE_MODELS", "REALISTIC_GALAXIES", "VARIANCE_CONVENTIONS", "PriorConfig", "SimulatorConfig"]
 
 import dataclasses
 import math
@@ -80,6 +80,40 @@ class PriorConfig:
         the same random numbers as before the option.
     bright_star_mag_range
         AB magnitudes (brightest, faintest) of the added bright stars.
+    compact_fraction
+        Probability that a galaxy belongs to a compact population whose disk
+        half-light radius is log-uniform between ``min_hlr_arcsec`` and
+        ``compact_max_hlr_arcsec`` whatever its magnitude, instead of following
+        the size-magnitude relation: deep surveys find compact galaxies (early
+        types, compact star-forming galaxies) at bright as well as faint
+        magnitudes, which a single log-normal relation makes rare at bright
+        magnitudes.  0 (the default) draws the same random numbers as before
+        the option.
+    compact_max_hlr_arcsec
+        Largest half-light radius of the compact population, arcsec.
+    disk_ellipticity_sigma
+        Dispersion per component of the disks' intrinsic ellipticity
+        ``|g| = (1 - q) / (1 + q)``: ``g`` is a two-dimensional Gaussian with
+        this dispersion, truncated so that the axis ratio stays in
+        ``disk_q_range`` (the same uniform number drawn through the
+        truncated Rayleigh quantile, so nothing else changes).  0 (the default)
+        keeps axis ratios uniform in ``disk_q_range``.
+    knot_galaxy_fraction
+        Probability that a galaxy's disk holds star-forming knots: point-like
+        clumps that carry a fraction of the disk's light and are placed like
+        the disk's light (see `rendering.KNOT_FIELDS`); such galaxies carry
+        the knot fields in the truth catalog.  0 (the default) draws no knots,
+        no knot fields and the same random numbers as before the option.
+    knot_flux_fraction_range
+        Fraction of the disk's flux in knots, uniform in this range per galaxy.
+    knot_count_range
+        Number of knots, an integer uniform in this range (inclusive) per galaxy.
+    knot_offset_fraction
+        Probability that a galaxy with knots is irregular: its knots are
+        centred away from the galaxy's centre, which makes its light lopsided.
+    knot_offset_hlr_range
+        Distance of an irregular galaxy's knot centre from its centre, in disk
+        half-light radii, uniform in this range.
     """
 
     source_density_per_arcmin2: float = 55.0
@@ -103,6 +137,14 @@ class PriorConfig:
     companion_min_separation_pix: float = 0.0
     bright_star_density_per_arcmin2: float = 0.0
     bright_star_mag_range: tuple[float, float] = (12.0, 16.0)
+    compact_fraction: float = 0.0
+    compact_max_hlr_arcsec: float = 0.2
+    disk_ellipticity_sigma: float = 0.0
+    knot_galaxy_fraction: float = 0.0
+    knot_flux_fraction_range: tuple[float, float] = (0.05, 0.5)
+    knot_count_range: tuple[int, int] = (5, 30)
+    knot_offset_fraction: float = 0.0
+    knot_offset_hlr_range: tuple[float, float] = (0.25, 1.0)
 
     def __post_init__(self) -> None:
         def require(condition: bool, field: str, allowed: str) -> None:
@@ -173,10 +215,46 @@ class PriorConfig:
             "bright_star_mag_range",
             "(brightest, faintest) AB magnitudes with brightest <= faintest",
         )
+        for name in ("compact_fraction", "knot_galaxy_fraction", "knot_offset_fraction"):
+            require(finite(getattr(self, name)) and 0 <= getattr(self, name) <= 1, name, "[0, 1]")
+        require(
+            finite(self.compact_max_hlr_arcsec)
+            and (self.compact_fraction == 0 or self.compact_max_hlr_arcsec > self.min_hlr_arcsec),
+            "compact_max_hlr_arcsec",
+            "a radius (arcsec) larger than min_hlr_arcsec",
+        )
+        require(
+            finite(self.disk_ellipticity_sigma) and 0 <= self.disk_ellipticity_sigma <= 1,
+            "disk_ellipticity_sigma",
+            "[0, 1] (0 keeps axis ratios uniform)",
+        )
+        low, high = self.knot_flux_fraction_range
+        require(
+            finite(low) and finite(high) and 0 <= low <= high < 1,
+            "knot_flux_fraction_range",
+            "0 <= low <= high < 1",
+        )
+        low, high = self.knot_count_range
+        require(
+            isinstance(low, int) and isinstance(high, int) and 1 <= low <= high <= 1000,
+            "knot_count_range",
+            "integers 1 <= low <= high <= 1000",
+        )
+        low, high = self.knot_offset_hlr_range
+        require(
+            finite(low) and finite(high) and 0 <= low <= high <= 5,
+            "knot_offset_hlr_range",
+            "0 <= low <= high <= 5 disk half-light radii",
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serializable representation."""
         return dataclasses.asdict(self)
+
+    def with_realistic_galaxies(self) -> PriorConfig:
+        """The same prior with the galaxy population of `REALISTIC_GALAXIES` (knots, irregular
+        galaxies, published sizes and ellipticities, a compact population and close pairs)."""
+        return dataclasses.replace(self, **REALISTIC_GALAXIES)
 
     def without_bright_stars(self) -> PriorConfig:
         """The same prior without the added bright stars, whose training density is far above the
@@ -203,9 +281,40 @@ class PriorConfig:
             "bulge_q_range",
             "companion_delta_mag_range",
             "bright_star_mag_range",
+            "knot_flux_fraction_range",
+            "knot_count_range",
+            "knot_offset_hlr_range",
         )
         return cls(**{k: tuple(v) if k in ranges else v for k, v in data.items()})
 
+
+REALISTIC_GALAXIES: dict[str, Any] = {
+    "size_mag_slope": 0.088,
+    "size_log_scatter": 0.55,
+    "max_hlr_arcsec": 5.0,
+    "compact_fraction": 0.1,
+    "compact_max_hlr_arcsec": 0.2,
+    "disk_ellipticity_sigma": 0.26,
+    "knot_galaxy_fraction": 0.5,
+    "knot_flux_fraction_range": (0.05, 0.5),
+    "knot_count_range": (5, 30),
+    "knot_offset_fraction": 0.2,
+    "knot_offset_hlr_range": (0.25, 1.0),
+    "companion_fraction": 0.3,
+}
+"""`PriorConfig` settings of the richer galaxy population (``PriorConfig.with_realistic_galaxies``).
+
+Sizes: ``R_e`` grows as ``M^0.22`` for late-type galaxies (van der Wel et al.
+2014), i.e. ``10^(-0.088 m)`` at fixed mass-to-light ratio; the scatter of
+ln ``R_e`` at fixed magnitude, 0.55, is that of star-forming galaxies at fixed
+luminosity (Shibuya et al. 2015, about 0.5) widened by the spread of redshifts
+at a fixed apparent magnitude; radii up to 5".  One galaxy in ten is compact
+(0.1"-0.2") at any magnitude.  Disk ellipticities have a dispersion of 0.26 per
+component (Leauthaud et al. 2007).  Half the disks hold 5-30 star-forming knots
+with 5-50% of their light (the knot model of the DC2 simulations), a fifth of
+those off-centre by 0.25-1 half-light radius; three galaxies in ten have a close
+companion (twice the Poisson field's pairs 1-2 PSF FWHM apart).  See
+``doc/lsst.meas.extensions.bliss/simulator.rst``."""
 
 NOISE_MODELS: tuple[str, ...] = ("poisson", "gaussian")
 

@@ -10,7 +10,7 @@ import math
 import torch
 
 from ..network import GalaxyStampBatch
-from ..rendering import RenderSources, render_stamps
+from ..rendering import KNOT_FIELDS, RenderSources, render_stamps
 from ._prior import SourcePrior, sample_truncated_pareto
 from ._simulate import observe
 
@@ -29,7 +29,8 @@ def simulate_galaxy_stamps(
     Fluxes run from twice the prior's faint limit (the autoencoder models
     galaxies that are detected) to its bright limit, a fraction
     ``pareto_fraction`` of them from the prior's Pareto law and the others
-    log-uniform; shapes follow its size-magnitude relation; the PSF FWHM of each stamp is uniform in the
+    log-uniform; shapes follow its size-magnitude relation (and its compact population, ellipticities
+    and star-forming knots where the prior draws them); the PSF FWHM of each stamp is uniform in the
     range and the noise is the survey's (`observe`).
 
     Parameters
@@ -91,6 +92,7 @@ def simulate_galaxy_stamps(
         position_angle_rad=shapes["position_angle_rad"],
         image_index=torch.arange(batch_size, device=device),
         psf_index=torch.arange(batch_size, device=device),
+        **{name: shapes.get(name) for name in KNOT_FIELDS},
     )
     psf = conditions.psf(fwhm_arcsec.cpu().double().numpy())
     noiseless = render_stamps(sources, psf, half_size, fft_padding=2.0).float()

@@ -8,7 +8,8 @@ import math
 
 import torch
 
-from ..catalog import SOURCE_FIELDS, TileCatalog
+from ..catalog import TileCatalog
+from ..rendering import MAX_KNOT_SEED
 from ..survey import AB_NJY_ZERO_POINT, SurveyConditions, mag_to_flux_njy
 from ._config import PriorConfig
 
@@ -64,7 +65,9 @@ class SourcePrior:
     at ``max_sources_per_tile`` (sources beyond it are not drawn); locations
     are uniform within the tile; each source is a star with probability
     ``star_fraction``; fluxes follow truncated Pareto laws; galaxies get a
-    bulge+disk shape with a size-magnitude relation.
+    bulge+disk shape with a size-magnitude relation and, as configured, a
+    compact population, Gaussian disk ellipticities and star-forming knots
+    (whose parameters the truth catalog carries as `KNOT_FIELDS`).
 
     Parameters
     ----------
@@ -154,7 +157,7 @@ class SourcePrior:
         galaxy = occupied & is_galaxy
         # Padding slots and the galaxy fields of stars carry neutral values.
         neutral = {"disk_q": 1.0, "bulge_q": 1.0}
-        for name in SOURCE_FIELDS:
+        for name in tuple(fields):
             keep = occupied if name in ("flux_njy", "is_galaxy") else galaxy
             fields[name] = torch.where(
                 keep, fields[name], torch.full_like(fields[name], neutral.get(name, 0))
@@ -265,7 +268,8 @@ class SourcePrior:
         shapes
             ``disk_frac``, ``disk_hlr_arcsec``, ``disk_q``, ``bulge_hlr_arcsec``,
             ``bulge_q`` and ``position_angle_rad`` (radians in [0, pi)), each of
-            the fluxes' shape and dtype.
+            the fluxes' shape and dtype; with ``knot_galaxy_fraction > 0`` also
+            the `KNOT_FIELDS` (zero for galaxies without knots).
         """
         config = self.config
 
@@ -274,13 +278,60 @@ class SourcePrior:
 
         disk_hlr = self._sample_sizes(flux_njy, generator)
         bulge_hlr = (disk_hlr * uniform(*config.bulge_size_ratio_range)).clamp(min=config.min_hlr_arcsec)
-        return {
-            "disk_frac": uniform(0.0, 1.0),
+        disk_frac = uniform(0.0, 1.0)
+        if config.disk_ellipticity_sigma > 0:
+            disk_q = self._disk_axis_ratio(uniform(0.0, 1.0))
+        else:
+            disk_q = uniform(*config.disk_q_range)
+        shapes = {
+            "disk_frac": disk_frac,
             "disk_hlr_arcsec": disk_hlr,
-            "disk_q": uniform(*config.disk_q_range),
+            "disk_q": disk_q,
             "bulge_hlr_arcsec": bulge_hlr,
             "bulge_q": uniform(*config.bulge_q_range),
             "position_angle_rad": uniform(0.0, math.pi),
+        }
+        if config.knot_galaxy_fraction > 0:
+            shapes.update(self._sample_knots(disk_frac, generator))
+        return shapes
+
+    def _disk_axis_ratio(self, uniform: torch.Tensor) -> torch.Tensor:
+        """Axis ratios whose ellipticity ``|g| = (1 - q) / (1 + q)`` is Rayleigh-distributed (a 2-d
+        Gaussian ``g`` of dispersion ``disk_ellipticity_sigma`` per component), truncated to
+        ``disk_q_range``: ``uniform`` (in [0, 1)) through the truncated quantile function."""
+        config = self.config
+        q_low, q_high = config.disk_q_range
+        two_sigma_sq = 2.0 * config.disk_ellipticity_sigma**2
+        g_low, g_high = (1.0 - q_high) / (1.0 + q_high), (1.0 - q_low) / (1.0 + q_low)
+        cdf_low, cdf_high = (-math.expm1(-(g**2) / two_sigma_sq) for g in (g_low, g_high))
+        probability = cdf_low + uniform.double() * (cdf_high - cdf_low)
+        g = torch.sqrt(-two_sigma_sq * torch.log1p(-probability)).clamp(g_low, g_high)
+        return ((1.0 - g) / (1.0 + g)).to(uniform.dtype)
+
+    def _sample_knots(self, disk_frac: torch.Tensor, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        """The `KNOT_FIELDS` of galaxies (see ``knot_*`` in `PriorConfig`); zero where a galaxy has
+        no knots (including pure bulges)."""
+        config = self.config
+        shape, device, dtype = disk_frac.shape, disk_frac.device, disk_frac.dtype
+
+        def uniform(low: float, high: float) -> torch.Tensor:
+            return _uniform(shape, low, high, generator, device, dtype)
+
+        has_knots = (torch.rand(shape, generator=generator, device=device) < config.knot_galaxy_fraction) & (
+            disk_frac > 0
+        )
+        fraction = uniform(*config.knot_flux_fraction_range)
+        low, high = config.knot_count_range
+        count = torch.randint(low, high + 1, shape, generator=generator, device=device).to(dtype)
+        seed = torch.randint(0, MAX_KNOT_SEED, shape, generator=generator, device=device).to(dtype)
+        irregular = torch.rand(shape, generator=generator, device=device) < config.knot_offset_fraction
+        offset = torch.where(irregular, uniform(*config.knot_offset_hlr_range), 0.0)
+        zero = torch.zeros_like(fraction)
+        return {
+            "knot_frac": torch.where(has_knots, fraction, zero),
+            "knot_count": torch.where(has_knots, count, zero),
+            "knot_seed": torch.where(has_knots, seed, zero),
+            "knot_offset_hlr": torch.where(has_knots, offset, zero),
         }
 
     def _sample_sizes(self, flux_njy: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -296,4 +347,13 @@ class SourcePrior:
         uniform = torch.rand(flux_njy.shape, generator=generator, device=flux_njy.device, dtype=torch.float64)
         probability = (lower + uniform * (upper - lower)).clamp(1e-12, 1 - 1e-12)
         log_size = log_median + config.size_log_scatter * torch.special.ndtri(probability)
+        if config.compact_fraction > 0:
+            compact = torch.rand(flux_njy.shape, generator=generator, device=flux_njy.device)
+            compact = compact < config.compact_fraction
+            log_low = math.log(config.min_hlr_arcsec)
+            log_high = math.log(min(config.compact_max_hlr_arcsec, config.max_hlr_arcsec))
+            log_compact = _uniform(
+                flux_njy.shape, log_low, log_high, generator, flux_njy.device, torch.float64
+            )
+            log_size = torch.where(compact, log_compact, log_size)
         return log_size.exp().clamp(config.min_hlr_arcsec, config.max_hlr_arcsec).to(flux_njy.dtype)
