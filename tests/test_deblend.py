@@ -2,6 +2,7 @@
 
 import math
 
+import galsim
 import numpy as np
 import pytest
 import torch
@@ -15,6 +16,7 @@ from lsst.meas.extensions.bliss import (
     deblend_sources,
     measure_deblended,
     model_sources,
+    psf_corrected_shapes,
     refine_galaxy_models,
     render_source_models,
     scene_model,
@@ -111,6 +113,67 @@ def test_bad_models_are_flagged_and_empty_catalogs_work() -> None:
             deblend_sources(torch.zeros(64, 64), torch.ones(64, 64), empty), 1.0
         ).values()
     )
+
+
+def galsim_psf_images(n_sources: int, fwhm_pix: float = FWHM_PIX, side: int = 25) -> np.ndarray:
+    """The survey's Moffat PSF through the pixel, centred on a ``side``-pixel stamp, shape (N, side, side)."""
+    psf = galsim.Moffat(beta=CONDITIONS.moffat_beta, fwhm=fwhm_pix)
+    return np.stack([psf.drawImage(nx=side, ny=side, scale=1.0).array] * n_sources)
+
+
+def test_psf_corrected_shapes_recover_the_pre_psf_distortion_of_galsim_galaxies() -> None:
+    # Exponential disks drawn by GalSim (not by the package's renderer) through the Moffat PSF
+    # and the pixel, alone and without noise.  HSM's e1, e2 are distortions (1 - q^2)/(1 + q^2),
+    # not shears (1 - q)/(1 + q): for q = 0.4 they differ by 40%.
+    shapes = [(0.6, 0.4, 0.3), (0.6, 0.7, 1.2), (1.0, 0.4, 2.0), (1.0, 0.7, -0.6), (0.12, 0.5, 0.0)]
+    rows = [galaxy(40.0 + 80.0 * index + 0.3, 40.6, q, angle) for index, (_, q, angle) in enumerate(shapes)]
+    for row, (hlr_arcsec, _, _) in zip(rows, shapes, strict=True):
+        row["disk_hlr_arcsec"] = hlr_arcsec
+    height, width = 80, 80 * len(rows)
+    image = galsim.ImageD(width, height, scale=1.0, xmin=0, ymin=0)
+    for row in rows:
+        disk = galsim.Exponential(
+            half_light_radius=row["disk_hlr_arcsec"] / CONDITIONS.pixel_scale_arcsec, flux=row["flux_njy"]
+        ).shear(q=row["disk_q"], beta=row["position_angle_rad"] * galsim.radians)
+        psf = galsim.Moffat(beta=CONDITIONS.moffat_beta, fwhm=FWHM_PIX)
+        galsim.Convolve(disk, psf).drawImage(
+            image, center=galsim.PositionD(row["x"], row["y"]), add_to_image=True
+        )
+    models = render_source_models(
+        catalog(rows, height, width), torch.full((len(rows),), FWHM_PIX), CONDITIONS, height, width
+    )
+    pixels = torch.from_numpy(image.array.copy()).float()
+    deblended = deblend_sources(pixels, torch.ones(height, width), models)
+    measured = psf_corrected_shapes(deblended, galsim_psf_images(len(rows)), 1.0)
+    assert not measured["flag"].any()
+    distortion = np.array([(1 - q**2) / (1 + q**2) for _, q, _ in shapes])
+    angle = np.array([angle for _, _, angle in shapes])
+    resolved = measured["resolution"] >= 0.3
+    assert resolved.tolist() == [True, True, True, True, False]
+    np.testing.assert_allclose(
+        np.hypot(measured["e1"], measured["e2"])[resolved], distortion[resolved], rtol=0.03
+    )
+    measured_angle = 0.5 * np.arctan2(measured["e2"], measured["e1"])
+    wrapped = (measured_angle - angle + math.pi / 2) % math.pi - math.pi / 2
+    np.testing.assert_allclose(wrapped[resolved], 0.0, atol=0.02)
+    # The resolution factor grows with the galaxy's size, within [0, 1].
+    assert ((measured["resolution"] > 0) & (measured["resolution"] < 1)).all()
+    assert measured["resolution"][2] > measured["resolution"][0] > measured["resolution"][4]
+    assert (measured["sigma"] > 0).all()
+
+
+def test_failed_psf_corrected_shapes_are_flagged_with_null_values() -> None:
+    sources = catalog([dict(x=20.0, y=20.0), galaxy(44.0, 44.0, 0.5, 0.3)])
+    models = render_source_models(sources, torch.full((2,), FWHM_PIX), CONDITIONS, 64, 64)
+    deblended = deblend_sources(scene_model(models, 64, 64), torch.ones(64, 64), models)
+    deblended.images[1] = 0.0  # a source with no light left
+    # Measured with a PSF twice as wide as the star's, the star is "smaller than the PSF".
+    measured = psf_corrected_shapes(deblended, galsim_psf_images(2, 2.0 * FWHM_PIX), 1.0)
+    assert measured["flag"].tolist() == [True, True]
+    for name in ("e1", "e2", "sigma", "resolution"):
+        assert np.isnan(measured[name]).all(), name
+    with pytest.raises(ValueError, match="1 PSF images for 2 sources"):
+        psf_corrected_shapes(deblended, galsim_psf_images(1), 1.0)
 
 
 def test_masked_pixels_get_no_share_and_the_model_corrects_the_flux() -> None:

@@ -133,10 +133,17 @@ def test_hsm_failures_are_flagged_never_nan(runs) -> None:
         table = children(result.bliss_source)
         flag = np.asarray(table["hsmShapeRegauss_flag"])
         assert (~flag).any()
-        for name in ("hsmShapeRegauss_e1", "hsmShapeRegauss_e2", "hsmShapeRegauss_sigma"):
+        for name in (
+            "hsmShapeRegauss_e1",
+            "hsmShapeRegauss_e2",
+            "hsmShapeRegauss_sigma",
+            "hsmShapeRegauss_resolution",
+        ):
             values, masked = np.ma.getdata(table[name]), np.ma.getmaskarray(table[name])
             np.testing.assert_array_equal(masked, flag)
             assert np.isfinite(values[~flag]).all(), name
+        resolution = np.ma.getdata(table["hsmShapeRegauss_resolution"])[~flag]
+        assert ((resolution >= 0) & (resolution <= 1)).all()
 
 
 def test_compact_models_render_the_deblending_stamps_again(runs) -> None:

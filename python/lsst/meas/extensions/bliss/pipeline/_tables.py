@@ -444,10 +444,18 @@ DEBLEND_COLUMNS: tuple[tuple[str, str, u.UnitBase | None, str], ...] = (
         "Per-component uncertainty of hsmShapeRegauss_e1 and hsmShapeRegauss_e2 from the pixel noise.",
     ),
     (
+        "hsmShapeRegauss_resolution",
+        "hsm_resolution",
+        None,
+        "Resolution factor R2 = 1 - T_psf / T_gal of the re-Gaussianization, in [0, 1]: 0 for an "
+        "unresolved source, towards 1 for one much larger than the PSF (weak-lensing samples commonly "
+        "keep R2 >= 0.3).",
+    ),
+    (
         "hsmShapeRegauss_flag",
         "hsm_flag",
         None,
-        "The PSF-corrected shape failed; hsmShapeRegauss_e1, _e2 and _sigma are null.",
+        "The PSF-corrected shape failed; hsmShapeRegauss_e1, _e2, _sigma and _resolution are null.",
     ),
     (
         "blendedness_abs",
@@ -489,7 +497,8 @@ def add_deblend_columns(table: Table, measurements: dict[str, np.ndarray]) -> No
     """Add `DEBLEND_COLUMNS` to a ``bliss_source`` table; undefined values are masked, never NaN.
 
     ``measurements`` holds `measure_deblended`'s values, `psf_corrected_shapes`'s as ``hsm_e1``,
-    ``hsm_e2``, ``hsm_sigma``, ``hsm_flag``, and `blendedness_abs`'s as ``blendedness_abs``.
+    ``hsm_e2``, ``hsm_sigma``, ``hsm_resolution``, ``hsm_flag``, and `blendedness_abs`'s as
+    ``blendedness_abs``.
     """
     for name, key, unit, description in DEBLEND_COLUMNS:
         values = np.asarray(measurements[key])
