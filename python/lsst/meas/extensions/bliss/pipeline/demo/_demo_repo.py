@@ -397,7 +397,13 @@ def build_demo_repo(
                     star = _bright_star(rng, config, conditions)
                     noiseless = batch.noiseless[0, : config.height, : config.width].numpy()
                     _add_saturated_star(star, field, conditions, image, variance, mask_bits, noiseless, rng)
-                    truth = truth.concatenate(star)
+                    # Fields the prior adds (a realistic population's knots) are zero for the star.
+                    extra = {
+                        name: torch.zeros(star.x.shape, dtype=value.dtype)
+                        for name, value in truth.fields.items()
+                        if name not in star.fields
+                    }
+                    truth = truth.concatenate(dataclasses.replace(star, fields={**star.fields, **extra}))
                 if config.defects:
                     add_detector_defects(mask_bits, image, rng)
                 pointing = (
