@@ -50,7 +50,7 @@ DEMO_OUTPUT ?= u/demo/bliss
 DEMO_INPUTS ?= BlissSim/calexp,bliss/models/default
 
 demo: venv
-	$(VENV)/bin/bliss-make-demo-repo $(DEMO_REPO) --overwrite
+	$(VENV)/bin/bliss-make-demo-repo $(DEMO_REPO) --visits 3 --bands g r i --overwrite
 	$(VENV)/bin/butler bliss-register $(DEMO_REPO)
 	$(VENV)/bin/butler bliss-ingest-model $(DEMO_REPO)
 	$(VENV)/bin/pipetask run -b $(DEMO_REPO) -i $(DEMO_INPUTS) -o $(DEMO_OUTPUT) \
@@ -65,7 +65,7 @@ demo: venv
 # The demo through BPS: the same repo and model, then `bps submit` of bps/bps_BlissDRP.yaml with its
 # local Parsl site (ctrl_bps_parsl; BPS writes submit/ and Parsl runinfo/ under bps_runs/).
 demo-bps: venv
-	$(VENV)/bin/bliss-make-demo-repo $(DEMO_REPO) --overwrite
+	$(VENV)/bin/bliss-make-demo-repo $(DEMO_REPO) --visits 3 --bands g r i --overwrite
 	$(VENV)/bin/butler bliss-register $(DEMO_REPO)
 	$(VENV)/bin/butler bliss-ingest-model $(DEMO_REPO)
 	mkdir -p bps_runs

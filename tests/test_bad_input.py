@@ -397,13 +397,12 @@ def test_migration_checks_the_old_weights_digest(tiny_model: BlissModel, tmp_pat
     assert old.read_bytes() == bytes(data)
 
 
-def test_the_packaged_model_was_migrated_once_with_its_weights_unchanged() -> None:
+def test_the_packaged_model_is_written_in_the_current_format() -> None:
     model = load_default_model()
-    assert [step["from_format_version"] for step in model.training["format_migrations"]] == [3]
-    # The weights digest recorded at training time still matches: the migration kept the weights.
-    assert model_document(default_model_path().read_bytes())["weights_sha256"] == (
-        "7d5595a0ba077046300cea82c311f7133b5fa9a073bfbf7ff99a8cf9b25afeff"
-    )
+    document = model_document(default_model_path().read_bytes())
+    assert document["format_version"] == MODEL_FORMAT_VERSION
+    # Trained in the current format: no migration was needed.
+    assert "format_migrations" not in model.training
 
 
 # --- One hot pixel, or a variance far too small, no longer loses a detector ----------------------------

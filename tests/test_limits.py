@@ -65,22 +65,25 @@ def test_messages_name_the_quantity_its_value_the_range_and_the_tolerance(defaul
     (problem,) = problems(
         default_model, InputConditions(0.2, "r"), 2.5, default_model.conditions.background_noise_njy
     )
-    assert "PSF FWHM 2.5 arcsec" in problem.message and "0.55-1.25 arcsec" in problem.message
+    low, high = default_model.simulator.psf_fwhm_range_arcsec
+    margin = TOLERANCES["psf_fwhm_margin_arcsec"]
+    assert "PSF FWHM 2.5 arcsec" in problem.message
+    assert f"{low - margin:.2f}-{high + margin:.2f} arcsec" in problem.message
     assert "(psf_fwhm_margin_arcsec)" in problem.message and not problem.model_mismatch
     (problem,) = problems(
-        default_model, InputConditions(0.2, "i"), 0.8, default_model.conditions.background_noise_njy
+        default_model, InputConditions(0.2, "N921"), 0.8, default_model.conditions.background_noise_njy
     )
     assert problem.message == (
-        "band 'i' is not among the model's trained bands ['r']: use a model trained for band 'i' "
-        "(extra_bands=[])"
+        "band 'N921' is not among the model's trained bands ['u', 'g', 'r', 'i', 'z', 'y']: use a model "
+        "trained for band 'N921' (extra_bands=[])"
     )
     accepted = out_of_range_problems(
         default_model,
-        InputConditions(0.2, "i"),
+        InputConditions(0.2, "N921"),
         (4.0, 4.0),
         default_model.conditions.background_noise_njy,
         **TOLERANCES,
-        extra_bands=("i",),
+        extra_bands=("N921",),
     )
     assert accepted == []
 
@@ -118,9 +121,11 @@ def test_infer_frame_refuses_out_of_range_images_unless_flagged(default_model: B
     assert plain.out_of_range == [] and not plain.catalog.fields["flag_out_of_range"].any()
     assert int(plain.catalog.n_sources[0]) > 0
     with pytest.raises(
-        OutOfTrainedRangeError, match=r"band 'g' is not among the model's trained bands \['r'\]"
+        OutOfTrainedRangeError, match=r"band 'N921' is not among the model's trained bands"
     ) as refused:
-        infer_frame(default_model, image, variance, mask, fwhm, config, conditions=InputConditions(0.2, "g"))
+        infer_frame(
+            default_model, image, variance, mask, fwhm, config, conditions=InputConditions(0.2, "N921")
+        )
     assert [problem.quantity for problem in refused.value.problems] == ["band"]
     with pytest.raises(OutOfTrainedRangeError, match=r"PSF FWHM 2\.5 arcsec"):
         infer_frame(default_model, image, variance, mask, 12.5, config)
@@ -130,11 +135,11 @@ def test_infer_frame_refuses_out_of_range_images_unless_flagged(default_model: B
         infer_frame(default_model, image * 10 ** (-0.4 * 4), deep, mask, fwhm, config)
     flagged_config = FrameConfig(n_samples=0, device="cpu", out_of_range="flag")
     flagged = infer_frame(
-        default_model, image, variance, mask, fwhm, flagged_config, conditions=InputConditions(0.2, "g")
+        default_model, image, variance, mask, fwhm, flagged_config, conditions=InputConditions(0.2, "N921")
     )
     assert flagged.out_of_range == [
-        "band 'g' is not among the model's trained bands ['r']: use a model trained for band 'g' "
-        "(extra_bands=[])"
+        "band 'N921' is not among the model's trained bands ['u', 'g', 'r', 'i', 'z', 'y']: use a model "
+        "trained for band 'N921' (extra_bands=[])"
     ]
     flags = flagged.catalog.fields["flag_out_of_range"]
     assert flags.shape == flagged.catalog.x.shape and bool(flags.all())

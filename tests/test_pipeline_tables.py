@@ -118,12 +118,15 @@ def test_training_conditions_from_exposures_reproduce_the_nominal_noise() -> Non
     with pytest.raises(ValueError, match="flux densities"):
         conditions_from_exposures([exposure(unit="adu")], nominal)
     config = BlissTrainConfig()
-    config.conditions.band = "g"
-    with pytest.raises(ValueError, match="config.conditions.band"):
-        config.training_run([exposure()])
-    config.conditions.band = "r"
+    # The packaged recipe's six bands: r calexps train an r-band model.
     run = config.training_run([exposure(psf_fwhm_arcsec=(0.7, 0.8)), exposure(psf_fwhm_arcsec=(0.75, 0.95))])
     assert run.simulator.psf_fwhm_range_arcsec == pytest.approx((0.65, 1.0))
+    assert run.conditions.band == "r" and run.band_conditions == ()
+    config.conditions.band, config.conditions.bands = "g", []
+    with pytest.raises(
+        ValueError, match=r"calexps are in band\(s\) \['r'\] but the config's bands are \['g'\]"
+    ):
+        config.training_run([exposure()])
 
 
 @pytest.mark.parametrize(

@@ -259,6 +259,7 @@ def test_pipetask_fails_on_a_model_of_another_band(demo: dict, tmp_path: Path) -
     model = Butler.from_config(demo["root"], collections=demo["inputs"]).get("bliss_model", {})
     other_band = copy.copy(model)
     other_band.conditions = model.conditions.replace(band="i")
+    other_band.band_conditions = ()  # an i-band-only model
     ingest_model(demo["root"], other_band, run="bliss/models/i_band")
     inputs = [demo["calexp_collection"], "bliss/models/i_band"]
     completed = pipetask(

@@ -105,9 +105,10 @@ def test_a_background_model_gives_the_same_fluxes_for_any_variance_convention(
     fwhm = float(batch.psf_fwhm_arcsec[0]) / conditions.pixel_scale_arcsec
     config = FrameConfig(n_samples=0, device="cpu", detection_threshold=0.2)
     differences = {}
-    # The packaged model (per-pixel inputs) against an untrained one with background inputs: the
+    # The packaged model (background inputs) against an untrained one with per-pixel inputs: the
     # invariance is in the inputs, whatever the weights.
-    for input_noise, model in (("background", tiny_model("background")), ("pixel_variance", default_model)):
+    assert default_model.encoder.config.input_noise == "background"
+    for input_noise, model in (("background", default_model), ("pixel_variance", tiny_model())):
         frames = [
             infer_frame(
                 model,
@@ -126,12 +127,14 @@ def test_a_background_model_gives_the_same_fluxes_for_any_variance_convention(
         ]
         assert log_flux[0].numel() > 0
         differences[input_noise] = float((log_flux[1] - log_flux[0]).abs().max())
-    # Only the unit (the median noise) moves, by the sources' share of the median pixel's variance.
-    assert differences["background"] < 2e-3 < differences["pixel_variance"]
+    # Only the unit (the median noise) moves, by the sources' share of the median pixel's variance;
+    # per-pixel inputs change wherever a source's own noise enters the variance.
+    assert differences["background"] < 2e-3
+    assert differences["pixel_variance"] > differences["background"]
 
 
 def test_input_noise_is_recorded_and_old_files_read_as_per_pixel(tmp_path, default_model: BlissModel) -> None:
-    assert default_model.encoder.config.input_noise == "pixel_variance"
+    assert default_model.encoder.config.input_noise == "background"
     model = tiny_model("background")
     loaded = BlissModel.load(model.save(tmp_path / "model.safetensors"))
     assert loaded.encoder.config.input_noise == "background"
@@ -262,15 +265,17 @@ def test_limits_hold_each_band_to_its_own_depth(default_model: BlissModel) -> No
     low, high = trained_noise_range_njy(widened, "g")
     assert low == pytest.approx(g.background_noise_njy * 2**0.5)
     assert high == pytest.approx(g.replace(exposure_time_s=15.0).background_noise_njy * 2**0.5)
-    # Today's r-only model serves r and refuses the other bands.
-    assert default_model.trained_bands == ("r",)
+    # A single-band model serves its band and refuses the others; the packaged model has all six.
+    assert default_model.trained_bands == ("u", "g", "r", "i", "z", "y")
+    single = tiny_model()
+    assert single.trained_bands == ("r",)
     image = torch.zeros(32, 32)
-    variance = torch.full_like(image, default_model.conditions.background_noise_njy**2)
+    variance = torch.full_like(image, single.conditions.background_noise_njy**2)
     config = FrameConfig(n_samples=0, device="cpu")
     with pytest.raises(
         OutOfTrainedRangeError, match=r"band 'g' is not among the model's trained bands \['r'\]"
     ):
-        infer_frame(default_model, image, variance, None, 4.0, config, conditions=InputConditions(0.2, "g"))
+        infer_frame(single, image, variance, None, 4.0, config, conditions=InputConditions(0.2, "g"))
 
 
 def test_pipeline_refusal_of_an_untrained_band_says_how_to_get_a_model() -> None:
@@ -311,8 +316,9 @@ def test_train_task_config_mirrors_the_bands() -> None:
 
     from lsst.meas.extensions.bliss.pipeline import BlissTrainConfig
 
-    config = BlissTrainConfig()
-    assert config.training_run().band_conditions == () and config.encoder.input_noise == "pixel_variance"
+    config = BlissTrainConfig()  # the packaged recipe's: six bands, background inputs
+    bands = tuple(conditions.band for conditions in config.training_run().band_conditions)
+    assert bands == ("u", "g", "r", "i", "z", "y") and config.encoder.input_noise == "background"
     config.conditions.bands = ["g", "r", "i"]
     config.encoder.input_noise = "background"
     config.simulator.exposure_time_range_s = [15.0, 30.0]

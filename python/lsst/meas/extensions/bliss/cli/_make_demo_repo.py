@@ -32,6 +32,13 @@ def make_demo_repo_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--collection", default=defaults.calexp_collection, help="RUN collection (default BlissSim/calexp)"
     )
+    parser.add_argument(
+        "--bands",
+        nargs="+",
+        default=list(defaults.visit_bands),
+        help="band of each visit, repeated in turn (bands the model was trained for; default: every visit "
+        "in the model's nominal band)",
+    )
     parser.add_argument("--no-defects", action="store_true", help="no bad columns, cosmic rays, ...")
     parser.add_argument("--model", type=Path, default=None, help="model whose conditions to simulate")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing repo")
@@ -45,6 +52,7 @@ def make_demo_repo_main(argv: Sequence[str] | None = None) -> int:
             seed=args.seed,
             calexp_collection=args.collection,
             defects=not args.no_defects,
+            visit_bands=tuple(args.bands),
         )
         model = BlissModel.load(args.model) if args.model is not None else None
         start = time.perf_counter()

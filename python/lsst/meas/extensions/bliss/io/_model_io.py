@@ -78,7 +78,7 @@ _FILE_DIGEST_PLACEHOLDER = "0" * 64
 """What the ``file_sha256`` value is replaced with while the file's digest is computed."""
 _MIGRATE_COMMAND = "bliss-migrate-model"
 """Command that rewrites a model file of an older format version in the current one."""
-DEFAULT_MODEL_NAME = "bliss_lsst_r_default.safetensors"
+DEFAULT_MODEL_NAME = "bliss_lsst_default.safetensors"
 
 
 class ModelFormatError(ValueError):

@@ -195,15 +195,18 @@ class ConditionsPexConfig(Config):
         default=[],
     )
 
-    def to_core(self, **overrides: Any) -> SurveyConditions:
-        """The survey's conditions in ``band`` with the fields set here (and ``overrides``) replaced.
+    def to_core(self, band: str | None = None, **overrides: Any) -> SurveyConditions:
+        """The survey's conditions in ``band`` (default this config's) with the fields set here (and
+        ``overrides``) replaced.
 
         Raises
         ------
         ValueError
             For an unknown survey or band, or values the conditions reject.
         """
-        return SurveyConditions.from_survey(self.survey, self.band, **{**self._overrides(), **overrides})
+        return SurveyConditions.from_survey(
+            self.survey, band or self.band, **{**self._overrides(), **overrides}
+        )
 
     def band_conditions(self, **overrides: Any) -> tuple[SurveyConditions, ...]:
         """The conditions of each of ``bands`` (empty when it is), with the same overrides as `to_core`.
