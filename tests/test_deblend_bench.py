@@ -4,6 +4,7 @@ import json
 import math
 
 from lsst.meas.extensions.bliss.cli import bench_main as main
+from lsst.meas.extensions.bliss.validate import half_found_separation_fwhm
 
 REQUIRED_KEYS = {
     "blend_flux_scatter_ratio",
@@ -12,6 +13,7 @@ REQUIRED_KEYS = {
     "sep_blend_flux_scatter",
     "bliss_e_scatter_snr20",
     "separation_sweep",
+    "both_found_half_separation_fwhm",
 }
 
 
@@ -42,3 +44,16 @@ def test_deblend_suite_reports_scatter_ratio_and_sweep(tmp_path, capsys) -> None
         assert abs(results["flux_bias"][f"truth_start_{label}_isolated"]) < 0.1
         assert math.isfinite(results[f"truth_start_{label}_blend_flux_scatter_ratio"])
     assert "blend_flux_scatter_ratio" in capsys.readouterr().out.splitlines()[-1]
+
+
+def test_half_found_separation_interpolates_the_first_crossing_of_one_half() -> None:
+    def sweep(fractions: list[float]) -> list[dict[str, float]]:
+        return [
+            {"separation_fwhm": 0.25 * (index + 1), "both_found_fraction": fraction}
+            for index, fraction in enumerate(fractions)
+        ]
+
+    # 0.2 at 0.5 FWHM, 0.8 at 0.75: one half is reached halfway between them.
+    assert half_found_separation_fwhm(sweep([0.0, 0.2, 0.8, 1.0])) == 0.625
+    assert half_found_separation_fwhm(sweep([0.6, 1.0])) == 0.25  # already at the smallest separation
+    assert math.isnan(half_found_separation_fwhm(sweep([0.0, 0.1, 0.4])))  # never reached

@@ -71,6 +71,7 @@ from ..validate import (
     PAIR_SCENE_SIZE,
     deblend_and_measure,
     disk_galaxies,
+    half_found_separation_fwhm,
     measure_scene,
     run_separation_sweep,
     scene_catalog,
@@ -331,6 +332,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "bliss_posterior_e_scatter_snr20": robust_scatter(np.asarray(posterior_e_residuals)),
         "hsm_failures": hsm_failures,
         "separation_sweep": sweep,
+        "both_found_half_separation_fwhm": half_found_separation_fwhm(sweep),
         "elapsed_s": time.perf_counter() - start,
     }
     results["summary"] = (
@@ -338,7 +340,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         f"{results['blend_flux_scatter_ratio']:.2f} +- {ratio_stderr:.2f}, "
         f"bliss_blend_flux_scatter = {scatter['bliss_pair']:.3f}, "
         f"sep_blend_flux_scatter = {scatter['sep_pair']:.3f}, bliss_e_scatter_snr20 = "
-        f"{results['bliss_e_scatter_snr20']:.3f}"
+        f"{results['bliss_e_scatter_snr20']:.3f}, both_found_half_separation_fwhm = "
+        f"{results['both_found_half_separation_fwhm']:.2f}"
         + ("" if ae_chi2 is None else f", ae_chi2_median = {ae_chi2['ae_chi2_median']:.3f}")
     )
     return results

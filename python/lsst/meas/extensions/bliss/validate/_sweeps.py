@@ -17,6 +17,7 @@ __all__ = [
     "disk_galaxies",
     "measure_scene",
     "scene_catalog",
+    "half_found_separation_fwhm",
     "run_separation_sweep",
     "separation_sweep",
     "tile_position_sweep",
@@ -200,7 +201,8 @@ def run_separation_sweep(
     n_trials: int,
     fit: ModelFitConfig | None,
 ) -> list[dict[str, float]]:
-    """Second-source detection probability and flux residuals against separation (1-10 px)."""
+    """Second-source detection probability, the fraction of trials with both galaxies found, and flux
+    residuals against separation (1-10 px; also in units of the nominal PSF FWHM)."""
     conditions = model.conditions
     fwhm_arcsec = conditions.psf_fwhm_arcsec
     fwhm_pix = fwhm_arcsec / conditions.pixel_scale_arcsec
@@ -221,7 +223,7 @@ def run_separation_sweep(
             properties.append(values)
         truth = scene_catalog(positions, properties)
         batch = simulator.simulate_catalog(truth, generator, torch.full((n_trials,), fwhm_arcsec))
-        detection, residual_first, residual_second = [], [], []
+        detection, residual_first, residual_second, both_found = [], [], [], 0
         for index in range(n_trials):
             bliss = measure_scene(
                 model, batch.image[index], batch.variance[index], fwhm_pix, autoencoder, fit=fit
@@ -230,13 +232,16 @@ def run_separation_sweep(
             match = match_sources(where[:, 0], where[:, 1], bliss["x"], bliss["y"], MATCH_RADIUS_PIX)
             found = dict(zip(match.true_index.tolist(), match.est_index.tolist(), strict=True))
             detection.append(float(bliss["detection_prob"][found[1]]) if 1 in found else 0.0)
+            both_found += int(0 in found and 1 in found)
             for which, bucket in ((0, residual_first), (1, residual_second)):
                 if which in found:
                     bucket.append(bliss["flux_njy"][found[which]] / properties[index]["flux_njy"][which] - 1)
         sweep.append(
             {
                 "separation_pix": float(separation),
+                "separation_fwhm": separation / fwhm_pix,
                 "second_detection_prob": float(np.mean(detection)),
+                "both_found_fraction": both_found / n_trials,
                 "second_found_fraction": len(residual_second) / n_trials,
                 "first_flux_residual_median": float(np.median(residual_first))
                 if residual_first
@@ -248,6 +253,27 @@ def run_separation_sweep(
             }
         )
     return sweep
+
+
+def half_found_separation_fwhm(sweep: list[dict[str, float]]) -> float:
+    """The separation, in PSF FWHM, at which both galaxies of a pair are found in half the trials.
+
+    Linear interpolation of ``both_found_fraction`` against ``separation_fwhm`` of a
+    `run_separation_sweep` at its first crossing of 0.5 from below; NaN when the fraction never
+    reaches 0.5 over the sweep, and the smallest separation when it starts there.
+    """
+    previous = None
+    for entry in sweep:
+        separation, fraction = entry["separation_fwhm"], entry["both_found_fraction"]
+        if fraction >= 0.5:
+            if previous is None:
+                return separation
+            low_separation, low_fraction = previous
+            return low_separation + (0.5 - low_fraction) * (separation - low_separation) / (
+                fraction - low_fraction
+            )
+        previous = (separation, fraction)
+    return float("nan")
 
 
 def catalog_rows(catalog: FullCatalog, index: int) -> dict[str, np.ndarray]:
