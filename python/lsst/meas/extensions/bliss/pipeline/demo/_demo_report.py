@@ -190,8 +190,10 @@ def tables_tour(repo: str, collections: str | list[str]) -> str:
                     f"blendedness_abs={child['blendedness_abs']:.2f}"
                 )
         same_visit = [ref for ref in refs if ref.dataId["visit"] == first.dataId["visit"]][:2]
-        if len(same_visit) == 2:
-            stacked = vstack([children(butler.get(ref)) for ref in same_visit])
+        stacked = vstack([children(butler.get(ref)) for ref in same_visit]) if same_visit else []
+        if len(same_visit) == 2 and len(stacked) == 0:
+            lines.append(f"visit {first.dataId['visit']}: no sources on its detectors to join")
+        elif len(same_visit) == 2:
             models = vstack([butler.get("bliss_deblended_models", ref.dataId) for ref in same_visit])
             joined = join(
                 stacked,
