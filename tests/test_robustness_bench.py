@@ -33,6 +33,13 @@ def test_robustness_suite_on_the_packaged_model(tmp_path, capsys) -> None:
         assert abs(bins["30-100"]["median_ratio"] - 1.0) < 0.1, case
     worst = max(abs(item["median_ratio"] - 1.0) for bins in flux.values() for item in bins.values())
     assert results["max_abs_flux_bias_variance"] == worst
+    changes = [
+        abs(item["median_ratio"] / flux["training"][name]["median_ratio"] - 1.0)
+        for case, bins in flux.items()
+        if case != "training"
+        for name, item in bins.items()
+    ]
+    assert results["max_abs_flux_change_vs_training_variance"] == max(changes)
     # The packaged model is trained for the six bands: each is scored.
     assert results["bands_scored"] == results["trained_bands"] == ["u", "g", "r", "i", "z", "y"]
     for band in results["bands_scored"]:
