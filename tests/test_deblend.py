@@ -172,6 +172,11 @@ def test_failed_psf_corrected_shapes_are_flagged_with_null_values() -> None:
     assert measured["flag"].tolist() == [True, True]
     for name in ("e1", "e2", "sigma", "resolution"):
         assert np.isnan(measured[name]).all(), name
+    # A source whose every stamp pixel is masked is flagged too (GalSim refuses such an input).
+    deblended = deblend_sources(scene_model(models, 64, 64), torch.ones(64, 64), models)
+    deblended.valid[1] = False
+    measured = psf_corrected_shapes(deblended, galsim_psf_images(2), 1.0)
+    assert bool(measured["flag"][1]) and np.isnan(measured["e1"][1])
     with pytest.raises(ValueError, match="1 PSF images for 2 sources"):
         psf_corrected_shapes(deblended, galsim_psf_images(1), 1.0)
 

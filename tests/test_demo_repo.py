@@ -17,6 +17,7 @@ from lsst.meas.extensions.bliss.pipeline.demo import (
     build_demo_repo,
     make_visit_image,
 )
+from lsst.meas.extensions.bliss.rendering import KNOT_FIELDS
 from lsst.meas.extensions.bliss.survey import flux_njy_to_mag
 
 HEIGHT, WIDTH = 128, 160
@@ -192,6 +193,8 @@ def test_truth_table(demo: dict, butler: Butler, default_model) -> None:
         }
         dimensionless = ("id", "is_galaxy", "disk_frac", "disk_q", "bulge_q", "visit", "detector")
         assert set(units) | set(dimensionless) <= set(truth.colnames)
+        # The packaged model's prior draws star-forming knots: their four fields are kept.
+        assert set(KNOT_FIELDS) <= set(truth.colnames) and (np.asarray(truth["knot_count"]) > 0).any()
         for name in truth.colnames:
             assert truth[name].description, name
             assert truth[name].unit == units.get(name), name

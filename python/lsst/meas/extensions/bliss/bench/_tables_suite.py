@@ -33,7 +33,7 @@ import torch
 from ..catalog import FullCatalog
 from ..deblend import DeblendedSources, psf_corrected_shapes, render_source_models
 from ..metrics import match_sources, robust_scatter, robust_scatter_stderr
-from ..rendering import galsim_psf
+from ..rendering import KNOT_FIELDS, galsim_psf
 from ..survey import SurveyConditions
 
 DESCRIPTION = (
@@ -73,6 +73,8 @@ def _truth_catalog(truth: Any, height: int, width: int) -> FullCatalog:
         "bulge_q": row("bulge_q"),
         "position_angle_rad": row("position_angle", math.pi / 180.0),
     }
+    # The galaxies' knots, where the simulation drew them, so that each is drawn again as it was.
+    fields.update({name: row(name) for name in KNOT_FIELDS if name in truth.colnames})
     return FullCatalog(height, width, torch.tensor([n_sources]), row("x"), row("y"), fields)
 
 

@@ -952,12 +952,20 @@ def psf_corrected_shapes(
     for index in range(n_sources):
         size = 2 * int(models.half_size[index]) + 1
         own = slice(centre - size // 2, centre + size // 2 + 1)
+        valid = weights[index, own, own]
+        if not valid.any():  # every pixel of the stamp masked: nothing to measure (flagged)
+            continue
         galaxy = galsim.Image(np.ascontiguousarray(images[index, own, own]))
-        weight = galsim.Image(np.ascontiguousarray(weights[index, own, own].astype(np.int32)))
+        weight = galsim.Image(np.ascontiguousarray(valid.astype(np.int32)))
         psf = galsim.Image(np.ascontiguousarray(psf_images[index], dtype=np.float64))
-        result = galsim.hsm.EstimateShear(
-            galaxy, psf, weight=weight, sky_var=sky_variance_njy2, shear_est="REGAUSS", strict=False
-        )
+        try:
+            result = galsim.hsm.EstimateShear(
+                galaxy, psf, weight=weight, sky_var=sky_variance_njy2, shear_est="REGAUSS", strict=False
+            )
+        except galsim.errors.GalSimHSMError:
+            # strict=False reports failures of the measurement itself; GalSim still raises for inputs
+            # it refuses outright, which are failures of this source's shape, not of the table.
+            continue
         values = (result.corrected_e1, result.corrected_e2, result.corrected_shape_err)
         resolution = result.resolution_factor
         if (

@@ -151,6 +151,15 @@ TRUTH_COLUMNS: tuple[_ColumnSpec, ...] = tuple(
 """Columns of a simulation's truth table (``bliss_truth``): the sample columns without prefix."""
 
 
+_TRUTH_KNOT_COLUMNS: dict[str, str] = {
+    "knot_frac": "Fraction of the disk's light in star-forming knots (0: none).",
+    "knot_count": "Number of star-forming knots.",
+    "knot_seed": "Integer seed that places the knots (with the disk's size and shape).",
+    "knot_offset_hlr": "Offset of an irregular galaxy's knots from its centre, disk half-light radii.",
+}
+"""Optional columns of a truth table whose simulation drew star-forming knots (`KNOT_FIELDS`)."""
+
+
 def _shifted(catalog: FullCatalog, x0: int, y0: int) -> FullCatalog:
     return FullCatalog(
         catalog.height, catalog.width, catalog.n_sources, catalog.x + x0, catalog.y + y0, catalog.fields
@@ -389,6 +398,12 @@ def truth_table(
     table["psf_fwhm"] = np.asarray(psf_fwhm_arcsec, dtype=float)
     table["psf_fwhm"].unit = u.arcsec
     table["psf_fwhm"].description = "FWHM of the PSF at the source."
+    # A realistic population's star-forming knots, which the four fields define (the renderers draw
+    # the same knots from them): kept so that each true galaxy can be drawn again as it was.
+    for name, description in _TRUTH_KNOT_COLUMNS.items():
+        if name in catalog.fields:
+            table[name] = catalog.fields[name][0, :n].cpu().numpy().astype(np.float64)
+            table[name].description = description
     _data_id_columns(table, n, visit, detector)
     return _ordered(table, ["id", "coord_ra", "coord_dec"])
 
