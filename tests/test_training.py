@@ -64,7 +64,9 @@ def test_resume_continues_bit_identically(tmp_path) -> None:
 
 def test_overlapped_simulation_trains_on_the_same_batches_and_resumes_identically(tmp_path) -> None:
     def consumed_images(training: dict, steps: int) -> list[torch.Tensor]:
-        trainer = EncoderTrainer(TrainingRun.from_dict({**TINY, "training": training}), tmp_path, lambda _: None)
+        trainer = EncoderTrainer(
+            TrainingRun.from_dict({**TINY, "training": training}), tmp_path, lambda _: None
+        )
         images = []
         network_step = trainer.network_step
 
