@@ -260,6 +260,12 @@ def _stamp_clipped(
     )
 
 
+def _models_clipped(models: SourceModels, height: int, width: int) -> torch.Tensor:
+    """`_stamp_clipped` of each model's own stamp (its ``half_size`` around the stamp's centre)."""
+    own_corner = models.stamp_size // 2 - models.half_size
+    return _stamp_clipped(models.x0 + own_corner, models.y0 + own_corner, models.half_size, height, width)
+
+
 def model_sources(
     catalog: FullCatalog,
     psf_fwhm_pix: torch.Tensor,
@@ -532,13 +538,7 @@ def refine_galaxy_models(
     latents.flux_njy[galaxies] = torch.where(good, posterior.flux_njy, math.nan)
     latents.modelled[galaxies] = good
     latents.invalid[galaxies] = ~good
-    models.clipped = _stamp_clipped(
-        models.x0 + centre - models.half_size,
-        models.y0 + centre - models.half_size,
-        models.half_size,
-        height,
-        width,
-    )
+    models.clipped = _models_clipped(models, height, width)
     return models, latents
 
 
@@ -1056,11 +1056,5 @@ def models_from_parameters(
     own[:, crop, crop] = torch.cat(decoded) * inside
     models.models[galaxies] = own
     models.half_size[galaxies] = half
-    models.clipped = _stamp_clipped(
-        models.x0 + centre - models.half_size,
-        models.y0 + centre - models.half_size,
-        models.half_size,
-        height,
-        width,
-    )
+    models.clipped = _models_clipped(models, height, width)
     return models
