@@ -94,3 +94,24 @@ def test_bps_submit_with_the_local_parsl_site(repo: dict, tmp_path: Path) -> Non
     assert completed_quanta(repo["root"], "u/test/bps") == N_DETECTORS
     comparison = compare_collections(repo["root"], "u/test/clean", "u/test/bps")
     assert comparison["identical"], comparison["differences"]
+
+
+def test_parallel_quanta_from_a_forkserver_give_the_clean_tables(repo: dict) -> None:
+    """``pipetask run -j 2 --start-method forkserver``, the throughput bench's way of running quanta side
+    by side: every quantum completes and writes the same tables as the one-process run."""
+    run_checked(
+        pipetask_command(
+            repo["root"],
+            repo["inputs"],
+            "u/test/forkserver",
+            "-j",
+            "2",
+            "--start-method",
+            "forkserver",
+            "-c",
+            "blissDeblendMeasure:inference.n_samples=4",
+        )
+    )
+    assert completed_quanta(repo["root"], "u/test/forkserver") == N_DETECTORS
+    comparison = compare_collections(repo["root"], "u/test/clean", "u/test/forkserver")
+    assert comparison["identical"], comparison["differences"]

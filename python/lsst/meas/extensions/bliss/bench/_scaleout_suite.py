@@ -13,12 +13,14 @@ Four parts, each through the command-line tools as a user runs them:
 3. ``bps submit bps/bps_BlissDRP.yaml`` with the local Parsl site on the same
    repo (``bps_completed``, ``bps_identical``).
 4. Throughput: N simulated detectors (4096 x 4096 unless ``--size``) through
-   ``pipetask run -j J`` (or BPS with clustering) against a loop of
-   `infer_frame` calls in one process with J torch threads on the same
-   pixels; ``per_detector_overhead_ratio`` is the first wall time over the
-   second.  Both leave out deblending (``do_deblend=False``), as in
-   ``bliss-bench pipetask``; the loop's pixels are already in memory, so
-   the reads count as pipeline overhead.
+   ``pipetask run -j J --start-method forkserver`` (or BPS with clustering)
+   against a loop of `infer_frame` calls in one process with J torch
+   threads on the same pixels; ``per_detector_overhead_ratio`` is the first
+   wall time over the second.  Both leave out deblending
+   (``do_deblend=False``), as in ``bliss-bench pipetask``; the loop's pixels
+   are already in memory, so the reads count as pipeline overhead
+   (``per_detector_overhead_ratio_reads_in_reference`` adds the loop's
+   reads to its time instead).
 """
 
 from __future__ import annotations
@@ -53,6 +55,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("pipetask", "bps"),
         default="pipetask",
         help="what runs the throughput part: pipetask run -j JOBS, or bps submit with one cluster per job",
+    )
+    parser.add_argument(
+        "--start-method",
+        choices=("forkserver", "spawn"),
+        default="forkserver",
+        help="how pipetask -j starts a quantum's process (forkserver: the middleware imports are inherited)",
     )
 
 
