@@ -150,10 +150,10 @@ class BlissTrainConfig(PipelineTaskConfig, pipelineConnections=BlissTrainConnect
             If the calexps are not in one of the configured bands, cannot be characterized, or
             the sections do not fit together.
         """
-        condition_overrides: dict[str, Any] = {}
         simulator = self.simulator.to_core()
-        conditions, band_conditions = self.conditions.to_core, self.conditions.band_conditions
-        if measured:
+        if not measured:
+            conditions, band_conditions = self.conditions.to_core(), self.conditions.band_conditions()
+        else:
             # A model matched to calexps is trained for their one band: one of the configured ones.
             configured = [self.conditions.band, *(self.conditions.bands or ())]
             calexp_bands = sorted({item.band for item in measured if item.band is not None})
@@ -163,28 +163,22 @@ class BlissTrainConfig(PipelineTaskConfig, pipelineConnections=BlissTrainConnect
                     f"the calexps are in band(s) {calexp_bands} but the config's bands are "
                     f"{sorted(set(configured))}; train from calexps of one configured band"
                 )
-
-            def conditions(**overrides: Any) -> SurveyConditions:
-                return self.conditions.to_core(band, **overrides)
-
-            def band_conditions(**overrides: Any) -> tuple[SurveyConditions, ...]:
-                return ()
-
-            condition_overrides = conditions_from_exposures(measured, conditions())
+            condition_overrides = conditions_from_exposures(measured, self.conditions.to_core(band))
             low = min(item.psf_fwhm_arcsec[0] for item in measured) - self.psf_fwhm_padding_arcsec
             high = max(item.psf_fwhm_arcsec[1] for item in measured) + self.psf_fwhm_padding_arcsec
             fwhm_range = (max(low, 0.05), high)
             condition_overrides["psf_fwhm_arcsec"] = 0.5 * (fwhm_range[0] + fwhm_range[1])
             simulator = dataclasses.replace(simulator, psf_fwhm_range_arcsec=fwhm_range)
+            conditions, band_conditions = self.conditions.to_core(band, **condition_overrides), ()
         return TrainingRun(
-            conditions=conditions(**condition_overrides),
+            conditions=conditions,
             prior=self.prior.to_core(),
             simulator=simulator,
             encoder=self.encoder.to_core(),
             training=self.training.to_core(),
             autoencoder=self.autoencoder.to_core(),
             autoencoder_training=self.autoencoder_training.to_core() if self.train_autoencoder else None,
-            band_conditions=band_conditions(**condition_overrides),
+            band_conditions=band_conditions,
         )
 
 
