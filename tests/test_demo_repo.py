@@ -8,6 +8,7 @@ import pytest
 from astropy.table import QTable
 from lsst.daf.butler import Butler, DatasetType
 
+from lsst.meas.extensions.bliss.bench._tables_suite import _variance_njy2
 from lsst.meas.extensions.bliss.cli import make_demo_repo_main
 from lsst.meas.extensions.bliss.inference import psf_kernel_fwhm_pix
 from lsst.meas.extensions.bliss.pipeline.demo import (
@@ -118,6 +119,18 @@ def test_stored_calexp(demo: dict, butler: Butler, default_model) -> None:
         assert pixel_scale_arcsec(calexp.sky_projection, x, y) == pytest.approx(
             (default_model.conditions.pixel_scale_arcsec,) * 2, rel=1e-3
         )
+
+
+def test_tables_bench_variance_is_in_njy_for_a_calexp_in_counts(demo: dict, butler: Butler) -> None:
+    # The second detector is stored in instrumental counts: the true SNR of the tables bench divides
+    # fluxes in nJy by its variance, which must be in nJy^2 as the first detector's is.
+    in_njy, in_counts = (butler.get("calexp", data_id) for data_id in demo["data_ids"])
+    assert in_njy.unit == u.nJy and in_counts.unit != u.nJy
+    stored = np.median(in_counts.variance.array)
+    calibrated = np.median(_variance_njy2(in_counts))
+    assert stored / calibrated > 1.2  # the counts are not nJy: the test can tell them apart
+    assert calibrated == pytest.approx(np.median(_variance_njy2(in_njy)), rel=0.05)
+    np.testing.assert_array_equal(_variance_njy2(in_njy), in_njy.variance.array)
 
 
 @pytest.mark.parametrize("psf_model", ["moffat", "gaussian"])

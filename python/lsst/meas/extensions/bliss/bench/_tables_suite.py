@@ -78,6 +78,16 @@ def _truth_catalog(truth: Any, height: int, width: int) -> FullCatalog:
     return FullCatalog(height, width, torch.tensor([n_sources]), row("x"), row("y"), fields)
 
 
+def _variance_njy2(calexp: Any) -> np.ndarray:
+    """The calexp's variance in nJy^2, shape (H, W): a calexp stored in instrumental counts (as the
+    demo repo stores its last one, like DC2's) is calibrated with its photometric scaling first, so
+    that the true SNR of galaxies whose fluxes are in nJy is not scaled by the counts per nJy."""
+    # The pipeline layer (lsst.images) is imported only for this suite.
+    from ..pipeline import calibrated_exposure
+
+    return np.asarray(calibrated_exposure(calexp).variance.array, dtype=np.float64)
+
+
 def _true_snr(
     truth: Any,
     conditions: SurveyConditions,
@@ -86,8 +96,9 @@ def _true_snr(
     width: int,
     chunk_size: int = 256,
 ) -> np.ndarray:
-    """``sqrt(sum I^2 / Var)`` of each true source drawn alone with its PSF (I in nJy, the calexp's
-    variance), shape (N,); rendered in chunks, so that memory stays bounded on large detectors."""
+    """``sqrt(sum I^2 / Var)`` of each true source drawn alone with its PSF (I in nJy, ``variance``
+    the calexp's in nJy^2, shape (H, W)), shape (N,); rendered in chunks, so that memory stays
+    bounded on large detectors."""
     snr = np.zeros(len(truth))
     for start in range(0, len(truth), chunk_size):
         chunk = truth[start : start + chunk_size]
@@ -193,11 +204,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results["n_children"] = int((np.asarray(detected["parentSourceId"]) != 0).sum())
 
     height, width = calexp.image.array.shape
+    variance = _variance_njy2(calexp)
     is_galaxy = np.asarray(truth["is_galaxy"], dtype=bool)
     snr = np.zeros(len(truth))
-    snr[is_galaxy] = _true_snr(
-        truth[is_galaxy], model.conditions, np.asarray(calexp.variance.array, dtype=np.float64), height, width
-    )
+    snr[is_galaxy] = _true_snr(truth[is_galaxy], model.conditions, variance, height, width)
     galaxies = is_galaxy & (snr >= _MIN_SNR)
     match = match_sources(
         np.asarray(truth["x"])[galaxies],
@@ -209,9 +219,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     measured = ~np.asarray(detected["hsmShapeRegauss_flag"])[match.est_index]
     est_index, true_index = match.est_index[measured], match.true_index[measured]
     chosen = truth[galaxies][true_index]
-    reference = _noiseless_shapes(
-        chosen, model.conditions, float(np.median(calexp.variance.array)), height, width
-    )
+    reference = _noiseless_shapes(chosen, model.conditions, float(np.median(variance)), height, width)
     scored = ~reference["flag"]
     true_e = np.stack([reference["e1"], reference["e2"]], axis=1)[scored]
     est_e = np.stack(
