@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lsst.meas.extensions.bliss.pipeline import DEFAULT_MODEL_RUN
+from lsst.meas.extensions.bliss.pipeline import DEFAULT_MODEL_RUN, pipetask_arguments
 from lsst.meas.extensions.bliss.pipeline.demo import (
     DemoRepoConfig,
     bps_submit,
@@ -115,3 +115,42 @@ def test_parallel_quanta_from_a_forkserver_give_the_clean_tables(repo: dict) -> 
     assert completed_quanta(repo["root"], "u/test/forkserver") == N_DETECTORS
     comparison = compare_collections(repo["root"], "u/test/clean", "u/test/forkserver")
     assert comparison["identical"], comparison["differences"]
+
+
+def test_bliss_pipetask_runs_the_quanta_from_its_preloaded_forkserver(repo: dict) -> None:
+    """``bliss-pipetask run -j 2``: every quantum completes, with the tables of the one-process run."""
+    run_checked(
+        pipetask_command(
+            repo["root"],
+            repo["inputs"],
+            "u/test/bliss-pipetask",
+            "-j",
+            "2",
+            "-c",
+            "blissDeblendMeasure:inference.n_samples=4",
+            launcher="bliss-pipetask",
+        )
+    )
+    assert completed_quanta(repo["root"], "u/test/bliss-pipetask") == N_DETECTORS
+    comparison = compare_collections(repo["root"], "u/test/clean", "u/test/bliss-pipetask")
+    assert comparison["identical"], comparison["differences"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["run", "-b", "R", "-j", "2"], ["run", "-b", "R", "-j", "2", "--start-method", "forkserver"]),
+        (
+            ["--log-level", "DEBUG", "run", "-j", "2"],
+            ["--log-level", "DEBUG", "run", "-j", "2", "--start-method", "forkserver"],
+        ),
+        (["--long-log", "run", "--start-method", "spawn"], ["--long-log", "run", "--start-method", "spawn"]),
+        (["run", "--start-method=spawn"], ["run", "--start-method=spawn"]),
+        (["qgraph", "-b", "R"], ["qgraph", "-b", "R"]),
+        (["--help"], ["--help"]),
+    ],
+)
+def test_bliss_pipetask_adds_the_forkserver_only_to_a_run_without_start_method(
+    argv: list[str], expected: list[str]
+) -> None:
+    assert pipetask_arguments(argv) == expected

@@ -13,9 +13,11 @@ Four parts, each through the command-line tools as a user runs them:
 3. ``bps submit bps/bps_BlissDRP.yaml`` with the local Parsl site on the same
    repo (``bps_completed``, ``bps_identical``).
 4. Throughput: N simulated detectors (4096 x 4096 unless ``--size``) through
-   ``pipetask run -j J --start-method forkserver`` (or BPS with clustering)
-   against a loop of `infer_frame` calls in one process with J torch
-   threads on the same pixels; ``per_detector_overhead_ratio`` is the first
+   ``bliss-pipetask run -j J`` (``pipetask`` with a preloaded forkserver;
+   ``--runner pipetask`` for plain ``pipetask run -j J --start-method
+   forkserver``, ``--runner bps`` for BPS with clustering) against a loop
+   of `infer_frame` calls in one process with J torch threads on the same
+   pixels; ``per_detector_overhead_ratio`` is the first
    wall time over the second.  Both leave out deblending
    (``do_deblend=False``), as in ``bliss-bench pipetask``; the loop's pixels
    are already in memory, so the reads count as pipeline overhead
@@ -32,7 +34,7 @@ from typing import Any
 
 DESCRIPTION = (
     "BlissDRP through bps submit (local Parsl site), against a PostgreSQL registry, after SIGKILL and "
-    "resume, and N 4096x4096 detectors through pipetask -j 2 against infer_frame in one process"
+    "resume, and N 4096x4096 detectors through bliss-pipetask -j 2 against infer_frame in one process"
 )
 
 
@@ -52,15 +54,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--runner",
-        choices=("pipetask", "bps"),
-        default="pipetask",
-        help="what runs the throughput part: pipetask run -j JOBS, or bps submit with one cluster per job",
+        choices=("bliss-pipetask", "pipetask", "bps"),
+        default="bliss-pipetask",
+        help="what runs the throughput part: bliss-pipetask run -j JOBS (pipetask with a preloaded "
+        "forkserver), pipetask run -j JOBS, or bps submit with one cluster per job",
     )
     parser.add_argument(
         "--start-method",
         choices=("forkserver", "spawn"),
         default="forkserver",
-        help="how pipetask -j starts a quantum's process (forkserver: the middleware imports are inherited)",
+        help="how (bliss-)pipetask -j starts a quantum's process (forkserver: the server's imports are "
+        "inherited)",
     )
 
 

@@ -2,7 +2,7 @@
 
 ``bliss-train``, ``bliss-bench``, ``bliss-validate`` and ``bliss-paths`` use the core only and
 are imported with this package.  ``bliss-make-demo-repo``,
-``bliss-demo-report`` and the ``butler`` subcommands (found through the
+``bliss-demo-report``, ``bliss-pipetask`` and the ``butler`` subcommands (found through the
 ``butler.cli`` entry point) need the Rubin middleware, so their modules are
 imported on first access to their names: importing this package does not load
 the middleware.
@@ -23,6 +23,7 @@ _PIPELINE_COMMANDS = {
     "get_cli_subcommands": "._butler_commands",
     "demo_report_main": "._demo_report",
     "make_demo_repo_main": "._make_demo_repo",
+    "pipetask_main": "._pipetask",
 }
 
 

@@ -10,6 +10,7 @@ from ._core_config import *
 from ._deblend_task import *
 from ._exposure import *
 from ._ids import *
+from ._launcher import *
 from ._model_dataset import *
 from ._schema import *
 from ._tables import *

@@ -70,12 +70,19 @@ def run_checked(command: Sequence[str], cwd: str | Path | None = None, env: dict
 
 
 def pipetask_command(
-    repo: str, inputs: str, output: str, *options: str, pipeline: str | None = None
+    repo: str,
+    inputs: str,
+    output: str,
+    *options: str,
+    pipeline: str | None = None,
+    launcher: str = "pipetask",
 ) -> list[str]:
-    """``pipetask run`` of BlissDRP (the packaged pipeline by default) with dataset type registration."""
+    """``pipetask run`` of BlissDRP (the packaged pipeline by default) with dataset type registration;
+    ``launcher="bliss-pipetask"`` runs it through `pipetask_main` (quanta forked from a preloaded
+    server)."""
     pipeline = pipeline or str(resource_path("pipelines", "BlissDRP.yaml"))
     return [
-        "pipetask",
+        launcher,
         "run",
         "-b",
         repo,

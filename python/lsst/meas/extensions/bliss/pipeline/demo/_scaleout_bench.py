@@ -118,16 +118,25 @@ def _throughput_part(args: argparse.Namespace, workdir: Path, results: dict[str,
         "size": size,
         "jobs": jobs,
         "runner": args.runner,
-        "start_method": args.start_method if args.runner == "pipetask" else None,
+        "start_method": args.start_method if args.runner != "bps" else None,
         "repo_build_s": time.perf_counter() - start,
         "load_average_before": os.getloadavg(),
     }
     output = "bench/throughput"
     no_deblend = "blissDeblendMeasure:do_deblend=False"
-    if args.runner == "pipetask":
+    if args.runner != "bps":
         throughput["pipeline_s"] = run_checked(
             pipetask_command(
-                repo, inputs, output, "-j", str(jobs), "--start-method", args.start_method, "-c", no_deblend
+                repo,
+                inputs,
+                output,
+                "-j",
+                str(jobs),
+                "--start-method",
+                args.start_method,
+                "-c",
+                no_deblend,
+                launcher=args.runner,
             )
         )
     else:
