@@ -17,6 +17,15 @@ that of the same galaxy measured alone and without noise: over all of them
 ``hsm_resolved_fraction_snr20``), and against the flux-weighted mean of the true
 disk's and bulge's pre-PSF distortions (``hsm_e_scatter_snr20_intrinsic``).
 Galaxies whose measurement or reference failed are counted, not scored.
+
+The noise floor of that figure: the same scored galaxies, drawn alone exactly as for the reference
+(same stamps, PSF images and knots) plus independent Gaussian noise of the calexp's variance in
+nJy^2 at each pixel (from ``numpy.random.default_rng((seed, 1))``, ``seed`` the bench's), measured
+in the same way against the same reference, over all of them
+(``hsm_e_scatter_snr20_noise_floor``) and over the task's resolved sample, selected by the task's
+measured resolution (``hsm_e_scatter_snr20_resolved_noise_floor``); the task's scatter over it is
+``hsm_e_scatter_snr20_over_noise_floor``.  Galaxies whose noisy measurement failed are counted
+(``n_galaxies_snr20_noise_floor_failed``) and left out of the floor only.
 """
 
 from __future__ import annotations
