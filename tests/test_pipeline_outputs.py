@@ -185,6 +185,75 @@ def test_tables_bench_quick(tmp_path) -> None:
     assert results["missing_dp1_columns"] == [] and results["felis_valid"] is True
     assert results["parent_child_consistent"] is True
     assert results["models_bytes_over_calexp_bytes"] <= 0.05
+    # The noise floor is measured on the same scored galaxies and reported beside the task's figure.
+    for name in (
+        "hsm_e_scatter_snr20_noise_floor",
+        "hsm_e_scatter_snr20_resolved_noise_floor",
+        "hsm_e_scatter_snr20_over_noise_floor",
+    ):
+        assert np.isfinite(results[name]) and results[name] > 0, name
+    assert 0 <= results["n_galaxies_snr20_noise_floor_failed"] <= results["n_galaxies_snr20_scored"]
+
+
+def _galaxies_alone(x: np.ndarray, y: np.ndarray) -> Table:
+    """A truth table of smooth bulge+disk galaxies at (x, y), pixels, in the demo truth's columns."""
+    n_galaxies = len(x)
+    rng = np.random.default_rng(3)
+    return Table(
+        {
+            "x": x,
+            "y": y,
+            "flux": np.full(n_galaxies, 5000.0),
+            "is_galaxy": np.ones(n_galaxies, dtype=bool),
+            "disk_frac": rng.uniform(0.5, 1.0, n_galaxies),
+            "disk_hlr": rng.uniform(0.6, 1.0, n_galaxies),
+            "disk_q": rng.uniform(0.4, 0.9, n_galaxies),
+            "bulge_hlr": rng.uniform(0.2, 0.4, n_galaxies),
+            "bulge_q": rng.uniform(0.6, 0.9, n_galaxies),
+            "position_angle": rng.uniform(0.0, 180.0, n_galaxies),
+            "psf_fwhm": np.full(n_galaxies, 0.7),
+        }
+    )
+
+
+def test_tables_bench_noise_floor_follows_the_variance_at_each_galaxy() -> None:
+    """Galaxies where the variance is zero keep the noiseless reference's shapes exactly; elsewhere
+    their scatter about it grows with the noise (4 times the sigma, about 4 times the scatter)."""
+    from lsst.meas.extensions.bliss import SurveyConditions
+    from lsst.meas.extensions.bliss.bench._tables_suite import (
+        _alone_shapes,
+        _draw_alone,
+        _noise_floor_shapes,
+    )
+    from lsst.meas.extensions.bliss.metrics import robust_scatter
+
+    # Not square, and noisy only at x < 100: a stamp read at the wrong pixels (rows for columns, or
+    # the wrong corner) would put noise on the galaxies of the quiet half.
+    height, width, n_each = 100, 200, 12
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.uniform(30.0, 70.0, n_each), rng.uniform(130.0, 170.0, n_each)])
+    y = rng.uniform(30.0, 70.0, 2 * n_each)
+    conditions = SurveyConditions.from_survey()
+    alone = _draw_alone(_galaxies_alone(x, y), conditions, height, width)
+    reference = _alone_shapes(alone, 100.0)
+    assert not reference["flag"].any()
+    variance = np.zeros((height, width))
+    variance[:, :100] = 100.0
+    noisy, quiet = np.arange(n_each), np.arange(n_each, 2 * n_each)
+
+    def scatter(scale: float) -> tuple[float, dict[str, np.ndarray]]:
+        shapes = _noise_floor_shapes(alone, scale * variance, 100.0, np.random.default_rng(1))
+        residuals = np.stack([shapes["e1"] - reference["e1"], shapes["e2"] - reference["e2"]], axis=1)
+        return robust_scatter(residuals[noisy]), shapes
+
+    low, shapes = scatter(1.0)
+    high, _ = scatter(16.0)
+    for name in ("e1", "e2", "resolution"):
+        np.testing.assert_array_equal(shapes[name][quiet], reference[name][quiet])
+    assert 0.0 < low and 2.5 * low < high
+    zero = _noise_floor_shapes(alone, 0.0 * variance, 100.0, np.random.default_rng(1))
+    for name in ("e1", "e2", "resolution"):
+        np.testing.assert_array_equal(zero[name], reference[name])
 
 
 def test_without_deblending_pixel_flags_come_from_the_centre_and_columns_still_match(tmp_path) -> None:

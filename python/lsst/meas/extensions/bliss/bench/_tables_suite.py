@@ -17,6 +17,15 @@ that of the same galaxy measured alone and without noise: over all of them
 ``hsm_resolved_fraction_snr20``), and against the flux-weighted mean of the true
 disk's and bulge's pre-PSF distortions (``hsm_e_scatter_snr20_intrinsic``).
 Galaxies whose measurement or reference failed are counted, not scored.
+
+The noise floor of that figure: the same scored galaxies, drawn alone exactly as for the reference
+(same stamps, PSF images and knots) plus independent Gaussian noise of the calexp's variance in
+nJy^2 at each pixel (from ``numpy.random.default_rng((seed, 1))``, ``seed`` the bench's), measured
+in the same way against the same reference, over all of them
+(``hsm_e_scatter_snr20_noise_floor``) and over the task's resolved sample, selected by the task's
+measured resolution (``hsm_e_scatter_snr20_resolved_noise_floor``); the task's scatter over it is
+``hsm_e_scatter_snr20_over_noise_floor``.  Galaxies whose noisy measurement failed are counted
+(``n_galaxies_snr20_noise_floor_failed``) and left out of the floor only.
 """
 
 from __future__ import annotations
@@ -24,6 +33,7 @@ from __future__ import annotations
 __all__ = ["DESCRIPTION", "add_arguments", "run"]
 
 import argparse
+import dataclasses
 import math
 from typing import Any
 
@@ -31,7 +41,7 @@ import numpy as np
 import torch
 
 from ..catalog import FullCatalog
-from ..deblend import DeblendedSources, psf_corrected_shapes, render_source_models
+from ..deblend import DeblendedSources, SourceModels, psf_corrected_shapes, render_source_models
 from ..metrics import match_sources, robust_scatter, robust_scatter_stderr
 from ..rendering import KNOT_FIELDS, galsim_psf
 from ..survey import SurveyConditions
@@ -47,6 +57,11 @@ _MIN_SNR = 20.0
 _MIN_RESOLUTION = 0.3
 """Least HSM resolution factor of the resolved sample: the cut of the HSC first-year shear catalog
 (Mandelbaum et al. 2018)."""
+
+
+_NOISE_FLOOR_STREAM = 1
+"""The noise floor's noise comes from ``numpy.random.default_rng((seed, _NOISE_FLOOR_STREAM))``, ``seed``
+the bench's ``--seed``: fixed for a seed, and independent of the simulation's own draws."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -88,6 +103,33 @@ def _variance_njy2(calexp: Any) -> np.ndarray:
     return np.asarray(calibrated_exposure(calexp).variance.array, dtype=np.float64)
 
 
+def _stamp_variance(models: SourceModels, variance: np.ndarray) -> np.ndarray:
+    """The image's variance at each pixel of each model stamp, nJy^2, shape (N, S, S).
+
+    Parameters
+    ----------
+    models
+        Model stamps on an image of shape (H, W).
+    variance
+        The image's variance, nJy^2, shape (H, W).
+
+    Returns
+    -------
+    stamp_variance
+        ``variance`` at each stamp pixel, shape (N, S, S); 0 at stamp pixels beyond the image, where
+        the models are zero and the task's stamps hold nothing observed.
+    """
+    height, width = variance.shape
+    offsets = np.arange(models.stamp_size)
+    rows = models.y0.numpy()[:, None] + offsets[None, :]
+    cols = models.x0.numpy()[:, None] + offsets[None, :]
+    inside = ((rows >= 0) & (rows < height))[:, :, None] & ((cols >= 0) & (cols < width))[:, None, :]
+    stamp_variance = variance[
+        np.clip(rows, 0, height - 1)[:, :, None], np.clip(cols, 0, width - 1)[:, None, :]
+    ]
+    return np.where(inside, stamp_variance, 0.0)
+
+
 def _true_snr(
     truth: Any,
     conditions: SurveyConditions,
@@ -105,13 +147,71 @@ def _true_snr(
         catalog = _truth_catalog(chunk, height, width)
         fwhm_pix = torch.as_tensor(np.asarray(chunk["psf_fwhm"]) / conditions.pixel_scale_arcsec)
         models = render_source_models(catalog, fwhm_pix, conditions, height, width)
-        offsets = np.arange(models.stamp_size)
-        rows = np.clip(models.y0.numpy()[:, None] + offsets[None, :], 0, height - 1)[:, :, None]
-        cols = np.clip(models.x0.numpy()[:, None] + offsets[None, :], 0, width - 1)[:, None, :]
-        pixel_variance = np.maximum(variance[rows, cols], 1e-30)
+        # The floor only avoids 0/0 beyond the image, where the models are zero.
+        pixel_variance = np.maximum(_stamp_variance(models, variance), 1e-30)
         stamps = models.models.double().numpy()
         snr[start : start + chunk_size] = np.sqrt((stamps**2 / pixel_variance).sum(axis=(1, 2)))
     return snr
+
+
+@dataclasses.dataclass(frozen=True)
+class _AloneGalaxies:
+    """True galaxies drawn alone and without noise, as the reference shapes measure them.
+
+    Attributes
+    ----------
+    models
+        Each galaxy rendered from its true parameters with the PSF at its position, on the stamp
+        and pixels of the detector, nJy per pixel, stamps of shape (N, S, S).
+    psf_images
+        The exact PSF at each galaxy (GalSim's Moffat or Gaussian through the pixel; centred, unit
+        sum, pixels of the image), shape (N, P, P).
+    """
+
+    models: SourceModels
+    psf_images: np.ndarray
+
+
+def _draw_alone(truth: Any, conditions: SurveyConditions, height: int, width: int) -> _AloneGalaxies:
+    """Draw each true galaxy of ``truth`` (N rows) alone and without noise, with its exact PSF."""
+    catalog = _truth_catalog(truth, height, width)
+    fwhm_pix = np.asarray(truth["psf_fwhm"], dtype=np.float64) / conditions.pixel_scale_arcsec
+    models = render_source_models(catalog, torch.as_tensor(fwhm_pix), conditions, height, width)
+    psf = conditions.psf(fwhm_pix * conditions.pixel_scale_arcsec)
+    side = 2 * math.ceil(float(psf.radius_pix().max())) + 1
+    psf_images = np.stack(
+        [galsim_psf(psf, index).drawImage(nx=side, ny=side, scale=1.0).array for index in range(len(truth))]
+    )
+    return _AloneGalaxies(models, psf_images)
+
+
+def _alone_shapes(
+    alone: _AloneGalaxies, sky_variance_njy2: float, noise: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """`psf_corrected_shapes` of the galaxies drawn alone, with ``noise`` added, shape (N,) each.
+
+    Parameters
+    ----------
+    alone
+        The galaxies drawn alone (`_draw_alone`).
+    sky_variance_njy2
+        Typical per-pixel variance of the image, nJy^2 (for HSM's uncertainty only).
+    noise
+        Noise added to each stamp, nJy per pixel, shape (N, S, S) as ``alone.models.models``; None
+        for none.
+
+    Returns
+    -------
+    shapes
+        The output of `psf_corrected_shapes`: ``e1``, ``e2``, ``sigma``, ``resolution``, ``flag``.
+    """
+    models = alone.models.models
+    images = models if noise is None else models + torch.as_tensor(noise, dtype=models.dtype)
+    # Every pixel counts as observed: the galaxy alone has no masked pixels to fill with its model.
+    drawn = DeblendedSources(
+        images, torch.zeros_like(models), alone.models, torch.ones_like(models, dtype=torch.bool)
+    )
+    return psf_corrected_shapes(drawn, alone.psf_images, sky_variance_njy2)
 
 
 def _noiseless_shapes(
@@ -124,21 +224,38 @@ def _noiseless_shapes(
     through the pixel); so the shapes are what re-Gaussianization gives without noise,
     neighbours or modelling, the reference that the task's shapes are scored against.
     """
-    catalog = _truth_catalog(truth, height, width)
-    fwhm_pix = np.asarray(truth["psf_fwhm"], dtype=np.float64) / conditions.pixel_scale_arcsec
-    models = render_source_models(catalog, torch.as_tensor(fwhm_pix), conditions, height, width)
-    psf = conditions.psf(fwhm_pix * conditions.pixel_scale_arcsec)
-    side = 2 * math.ceil(float(psf.radius_pix().max())) + 1
-    psf_images = np.stack(
-        [galsim_psf(psf, index).drawImage(nx=side, ny=side, scale=1.0).array for index in range(len(truth))]
-    )
-    alone = DeblendedSources(
-        models.models,
-        torch.zeros_like(models.models),
-        models,
-        torch.ones_like(models.models, dtype=torch.bool),
-    )
-    return psf_corrected_shapes(alone, psf_images, sky_variance_njy2)
+    return _alone_shapes(_draw_alone(truth, conditions, height, width), sky_variance_njy2)
+
+
+def _noise_floor_shapes(
+    alone: _AloneGalaxies, variance: np.ndarray, sky_variance_njy2: float, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
+    """`psf_corrected_shapes` of the galaxies drawn alone plus the image's pixel noise, shape (N,) each.
+
+    Parameters
+    ----------
+    alone
+        The galaxies drawn alone, as for the noiseless reference (`_draw_alone`).
+    variance
+        The image's variance, nJy^2, shape (H, W); each stamp pixel gets independent Gaussian noise
+        of the variance at that pixel (none beyond the image).
+    sky_variance_njy2
+        Typical per-pixel variance of the image, nJy^2 (for HSM's uncertainty only).
+    rng
+        Source of the noise.
+
+    Returns
+    -------
+    shapes
+        The output of `psf_corrected_shapes`: ``e1``, ``e2``, ``sigma``, ``resolution``, ``flag``.
+
+    Notes
+    -----
+    Scored against the noiseless reference, these shapes give the scatter that the pixel noise
+    alone causes, without neighbours, deblending or modelling: the floor of the task's figure.
+    """
+    sigma = np.sqrt(_stamp_variance(alone.models, variance))
+    return _alone_shapes(alone, sky_variance_njy2, rng.standard_normal(sigma.shape) * sigma)
 
 
 def _intrinsic_distortion(truth: Any) -> np.ndarray:
@@ -219,7 +336,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     measured = ~np.asarray(detected["hsmShapeRegauss_flag"])[match.est_index]
     est_index, true_index = match.est_index[measured], match.true_index[measured]
     chosen = truth[galaxies][true_index]
-    reference = _noiseless_shapes(chosen, model.conditions, float(np.median(variance)), height, width)
+    sky_variance = float(np.median(variance))
+    # One rendering serves the noiseless reference and the noise floor: same stamps, PSFs and knots.
+    alone = _draw_alone(chosen, model.conditions, height, width)
+    reference = _alone_shapes(alone, sky_variance)
+    floor = _noise_floor_shapes(
+        alone, variance, sky_variance, np.random.default_rng((args.seed, _NOISE_FLOOR_STREAM))
+    )
     scored = ~reference["flag"]
     true_e = np.stack([reference["e1"], reference["e2"]], axis=1)[scored]
     est_e = np.stack(
@@ -240,12 +363,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results["hsm_resolved_fraction_snr20"] = float(resolved.mean()) if resolved.size else math.nan
     results["hsm_e_scatter_snr20_resolved"] = robust_scatter(residuals[resolved])
     results["hsm_e_scatter_snr20_intrinsic"] = robust_scatter(est_e - _intrinsic_distortion(chosen)[scored])
+    # The noise floor: the same scored galaxies alone with the calexp's pixel noise, against the same
+    # reference; a failed noisy measurement leaves only this figure, and the resolved sample is the
+    # task's (by its measured resolution), so that both figures cover the same galaxies.
+    floor_measured = ~floor["flag"][scored]
+    floor_residuals = np.stack([floor["e1"], floor["e2"]], axis=1)[scored] - true_e
+    results["n_galaxies_snr20_noise_floor_failed"] = int((~floor_measured).sum())
+    results["hsm_e_scatter_snr20_noise_floor"] = robust_scatter(floor_residuals[floor_measured])
+    results["hsm_e_scatter_snr20_noise_floor_stderr"] = robust_scatter_stderr(floor_residuals[floor_measured])
+    results["hsm_e_scatter_snr20_resolved_noise_floor"] = robust_scatter(
+        floor_residuals[floor_measured & resolved]
+    )
+    noise_floor = results["hsm_e_scatter_snr20_noise_floor"]
+    results["hsm_e_scatter_snr20_over_noise_floor"] = (
+        results["hsm_e_scatter_snr20"] / noise_floor if noise_floor > 0 else math.nan
+    )
     results["summary"] = (
         f"tables on {size}x{size}: missing_dp1_columns = {results['missing_dp1_columns']}, felis_valid = "
         f"{results['felis_valid']}, models_bytes_over_calexp_bytes = "
         f"{results['models_bytes_over_calexp_bytes']:.4f}, parent_child_consistent = "
         f"{results['parent_child_consistent']}, hsm_e_scatter_snr20 = {results['hsm_e_scatter_snr20']:.3f} "
         f"(resolved, {results['hsm_resolved_fraction_snr20']:.0%} of them: "
-        f"{results['hsm_e_scatter_snr20_resolved']:.3f})"
+        f"{results['hsm_e_scatter_snr20_resolved']:.3f}), noise floor "
+        f"{results['hsm_e_scatter_snr20_noise_floor']:.3f} (resolved "
+        f"{results['hsm_e_scatter_snr20_resolved_noise_floor']:.3f}; task / floor "
+        f"{results['hsm_e_scatter_snr20_over_noise_floor']:.2f})"
     )
     return results
