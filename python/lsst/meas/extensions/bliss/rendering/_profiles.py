@@ -13,6 +13,7 @@ __all__ = [
     "DEVAUCOULEURS_TRUNCATION_HLR",
     "EXPONENTIAL_HLR_OVER_SCALE",
     "devaucouleurs_fourier",
+    "devaucouleurs_fourier_one_plus_squared",
     "devaucouleurs_fourier_squared",
     "exponential_fourier",
     "exponential_fourier_squared",
@@ -26,7 +27,7 @@ import math
 
 import numpy as np
 import torch
-from scipy import optimize, special
+from scipy import interpolate, optimize, special
 
 EXPONENTIAL_HLR_OVER_SCALE: float = 1.6783469900166605
 """Half-light radius of an exponential profile in units of its scale length."""
@@ -43,6 +44,10 @@ fluxes exact.  The half-light radius refers to the truncated profile.
 # Tabulation grid: uniform in s = log(1 + u^2) with u the dimensionless wavenumber,
 # so that the renderer can look up squared wavenumbers without a square root.
 _TABLE_SIZE = 2048
+# Nodes of the dense table that `_RadialTable.from_one_plus_squared` reads without interpolating: with
+# |df/ds| <= 0.9 (the de Vaucouleurs transform at s = 0) its error is below 5e-5 of f(0), and its
+# 512 KiB of float32 stay in a CPU core's cache.
+_DENSE_TABLE_SIZE = 2**17
 
 
 class _RadialTable:
@@ -63,6 +68,8 @@ class _RadialTable:
         self.values_cpu = torch.as_tensor(nodes[:-1], dtype=torch.float64)
         self.slopes_cpu = torch.as_tensor(np.diff(nodes), dtype=torch.float64)
         self._per_device: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
+        self._values = np.asarray(values, dtype=np.float64)
+        self._dense_per_device: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
 
     @staticmethod
     def nodes(u_max: float) -> np.ndarray:
@@ -89,6 +96,38 @@ class _RadialTable:
         lower_values = torch.index_select(values, 0, flat).view_as(lower)
         lower_slopes = torch.index_select(slopes, 0, flat).view_as(lower)
         return lower_values.addcmul_(lower_slopes, fraction)
+
+    def _dense_table(self) -> torch.Tensor:
+        """The dense table, float64, shape (`_DENSE_TABLE_SIZE` + 1,).
+
+        Node ``j`` holds the cubic interpolant of the coarse table at the midpoint of the cell
+        ``[j, j + 1) s_max / _DENSE_TABLE_SIZE``, so that truncating a position to its cell rounds
+        it to the nearest node; the first holds f(0) exactly, which keeps fluxes (k = 0) exact, and
+        the last (zero) stands for every argument beyond ``u_max``.
+        """
+        spline = interpolate.CubicSpline(np.linspace(0.0, self.s_max, _TABLE_SIZE), self._values)
+        midpoints = (np.arange(_DENSE_TABLE_SIZE) + 0.5) * (self.s_max / _DENSE_TABLE_SIZE)
+        dense = np.append(spline(midpoints), 0.0)
+        dense[0] = self._values[0]
+        return torch.as_tensor(dense, dtype=torch.float64)
+
+    def from_one_plus_squared(self, one_plus_u_squared: torch.Tensor) -> torch.Tensor:
+        """Values at ``u = sqrt(one_plus_u_squared - 1)``, same shape; overwrites its argument.
+
+        Without autograd this reads the nearest node of a dense table (error below 5e-5 of f(0)):
+        four passes over the argument against eight for the interpolation of `from_squared`, which
+        it falls back to when the argument requires a gradient.
+        """
+        if one_plus_u_squared.requires_grad:
+            return self.from_squared(one_plus_u_squared - 1.0)
+        key = (one_plus_u_squared.device, one_plus_u_squared.dtype)
+        if key not in self._dense_per_device:
+            # Made on first use: the renderer needs it for the de Vaucouleurs profile only.
+            self._dense_per_device[key] = self._dense_table().to(device=key[0], dtype=key[1])
+        dense = self._dense_per_device[key]
+        cell = one_plus_u_squared.log_().mul_(_DENSE_TABLE_SIZE / self.s_max)
+        cell = cell.clamp_(max=float(_DENSE_TABLE_SIZE)).int()
+        return torch.index_select(dense, 0, cell.view(-1)).view_as(cell)
 
     def __call__(self, u: torch.Tensor) -> torch.Tensor:
         return self.from_squared(u.square())
@@ -193,6 +232,25 @@ def devaucouleurs_fourier(k_hlr: torch.Tensor) -> torch.Tensor:
 def devaucouleurs_fourier_squared(k_hlr_squared: torch.Tensor) -> torch.Tensor:
     """`devaucouleurs_fourier` of ``sqrt(k_hlr_squared)``, avoiding the square root."""
     return _devaucouleurs_table().from_squared(k_hlr_squared)
+
+
+def devaucouleurs_fourier_one_plus_squared(one_plus_k_hlr_squared: torch.Tensor) -> torch.Tensor:
+    """`devaucouleurs_fourier` of ``sqrt(one_plus_k_hlr_squared - 1)``; overwrites its argument.
+
+    The renderer computes ``1 + (k hlr)^2`` in the matrix product that gives the disk's argument;
+    without autograd the transform is the nearest node of a dense table (error below 5e-5).
+
+    Parameters
+    ----------
+    one_plus_k_hlr_squared
+        One plus the squared product of wavenumber and half-light radius, any shape, >= 1.
+
+    Returns
+    -------
+    transform
+        Tabulated transform, same shape.
+    """
+    return _devaucouleurs_table().from_one_plus_squared(one_plus_k_hlr_squared)
 
 
 def moffat_alpha_over_fwhm(beta: float) -> float:

@@ -26,10 +26,12 @@ __all__ = [
     "paste_stamps",
     "render_images",
     "render_stamps",
+    "render_stamps_by_size",
     "stamp_half_size",
 ]
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Iterator
 
@@ -37,7 +39,7 @@ import torch
 
 from ..catalog import FullCatalog
 from ._knots import KNOT_EXTENT_HLR, KNOT_FIELDS, knot_fluxes, knot_offsets_pix
-from ._profiles import EXPONENTIAL_HLR_OVER_SCALE, devaucouleurs_fourier_squared, exponential_fourier_squared
+from ._profiles import EXPONENTIAL_HLR_OVER_SCALE, devaucouleurs_fourier_one_plus_squared
 from ._psf import PointSpreadFunction, rfft_wavenumbers
 
 STAMP_HALF_SIZES: tuple[int, ...] = (
@@ -193,43 +195,110 @@ def stamp_half_size(
     return torch.clamp(sizes[choice].long(), max=max_half_size)
 
 
-def _galaxy_fourier(sources: RenderSources, ky: torch.Tensor, kx: torch.Tensor) -> torch.Tensor:
-    """Bulge+disk transforms scaled by flux, shape (n, N, N // 2 + 1).
+@functools.cache
+def _fourier_grid(fft_size: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """The wavenumbers of the ``rfft2`` grid of an ``N x N`` stamp in the forms the renderer needs.
 
-    An area-preserving shear to axis ratio q along angle theta maps the
-    round transform's squared argument to ``k_major^2 / q + k_minor^2 q``;
-    with the profile scale r folded in, ``(r^2 / q) k_major^2 + (r^2 q) k_minor^2``.
+    Cached per grid, so the tensors must not be modified.
+
+    Returns
+    -------
+    basis
+        The monomials of a profile's squared argument, ``1``, ``kx^2``,
+        ``2 kx ky`` and ``ky^2`` (radians per pixel), flattened, shape (4, N (N // 2 + 1)).
+    minus_ky, minus_kx
+        ``-ky``, shape (N, 1), and ``-kx``, shape (1, N // 2 + 1), radians per pixel (a shift
+        by ``s`` is the phase ``exp(-i k s)``).
     """
+    ky, kx = rfft_wavenumbers(fft_size, device, dtype)
+    kx_grid, ky_grid = kx.expand(fft_size, -1), ky.expand(-1, kx.shape[-1])
+    basis = torch.stack(
+        [torch.ones_like(kx_grid), kx_grid.square(), 2.0 * kx_grid * ky_grid, ky_grid.square()]
+    )
+    return basis.reshape(4, -1), -ky, -kx
 
-    def column(values: torch.Tensor) -> torch.Tensor:
-        return values.to(kx.dtype)[:, None, None]
 
-    cos_angle = column(torch.cos(sources.position_angle_rad))
-    sin_angle = column(torch.sin(sources.position_angle_rad))
-    k_major_sq = torch.add(kx * cos_angle, ky * sin_angle).square_()
-    k_minor_sq = torch.sub(ky * cos_angle, kx * sin_angle).square_()
+# Smallest disk weight folded into the disk's argument (see `_source_terms`): a pure bulge's disk then
+# weighs 1e-12 of its flux, and its transform stays far above float32's smallest normal numbers.
+_MIN_DISK_WEIGHT = 1.0e-12
 
-    def sheared_squared(scale: torch.Tensor, axis_ratio: torch.Tensor) -> torch.Tensor:
-        scale_sq, q = column(scale.square()), column(axis_ratio)
-        return torch.addcmul(k_minor_sq * (scale_sq * q), k_major_sq, scale_sq / q)
 
-    disk_arg_sq = sheared_squared(sources.disk_hlr_pix / EXPONENTIAL_HLR_OVER_SCALE, sources.disk_q)
-    disk = exponential_fourier_squared(disk_arg_sq)
-    bulge = devaucouleurs_fourier_squared(sheared_squared(sources.bulge_hlr_pix, sources.bulge_q))
-    disk_flux = sources.flux * sources.disk_frac
+def _source_terms(sources: RenderSources, dtype: torch.dtype) -> torch.Tensor:
+    """Per-source numbers that the renderer needs on every stamp, computed once for a batch.
+
+    The profiles' squared arguments are a matrix product of coefficients with
+    the monomials of `_fourier_grid`: an area-preserving shear to axis ratio q
+    along angle theta maps the round transform's squared argument to
+    ``k_major^2 / q + k_minor^2 q``; with the profile scale r folded in,
+    ``a k_major^2 + b k_minor^2`` with ``a = r^2 / q`` and ``b = r^2 q``, the
+    quadratic form ``A kx^2 + 2 B kx ky + C ky^2`` with
+    ``A, C = (a + b) / 2 +- (a - b) / 2 cos(2 theta)`` and ``B = (a - b) / 2 sin(2 theta)``.
+    The disk's row is multiplied by ``w = f_disk^(-2/3)``, its flux fraction to
+    the power -2/3, so that ``rsqrt(w (1 + u^2))^3 = f_disk (1 + u^2)^(-3/2)`` is
+    the disk's transform weighted by its flux fraction.  A star's disk row is
+    ``(1, 0, 0, 0)`` (a flat transform) and its bulge weight zero.
+
+    Parameters
+    ----------
+    sources
+        ``n`` sources.
+    dtype
+        Real dtype of the result.
+
+    Returns
+    -------
+    terms
+        Shape (n, 12): columns 0-3 the disk's coefficients (of ``w (1 + u_disk^2)``,
+        ``u_disk`` the wavenumber in disk scale lengths) and 4-7 the bulge's (of
+        ``1 + u_bulge^2``, ``u_bulge`` in bulge half-light radii), against the rows
+        of the basis of `_fourier_grid`; 8 the fraction of the flux in the bulge; 9
+        the flux; 10 and 11 the offsets ``x - round(x)`` and ``y - round(y)``, pixels.
+    """
+    scale = torch.stack([sources.disk_hlr_pix / EXPONENTIAL_HLR_OVER_SCALE, sources.bulge_hlr_pix], dim=1)
+    scale_sq = scale.to(dtype).square()
+    axis_ratio = torch.stack([sources.disk_q, sources.bulge_q], dim=1).to(dtype)
+    major, minor = scale_sq / axis_ratio, scale_sq * axis_ratio
+    half_sum, half_difference = (major + minor).mul_(0.5), (major - minor).mul_(0.5)
+    double_angle = (2.0 * sources.position_angle_rad).to(dtype)[:, None]
+    along = half_difference * torch.cos(double_angle)
+    cross = half_difference * torch.sin(double_angle)
+    coefficients = torch.stack([torch.ones_like(half_sum), half_sum + along, cross, half_sum - along], dim=-1)
+    disk_frac = sources.disk_frac.to(dtype)
+    disk_weight = disk_frac
     if sources.knot_frac is not None:
         # The knots' share of the disk light is drawn as points (`_knot_fourier`).
-        disk_flux = disk_flux * torch.where(sources.has_knots, 1.0 - sources.knot_frac, 1.0)
-    disk_flux = column(disk_flux)
-    bulge_flux = column(sources.flux * (1.0 - sources.disk_frac))
-    return disk.mul_(disk_flux).addcmul_(bulge, bulge_flux)
+        disk_weight = disk_weight * torch.where(sources.has_knots, 1.0 - sources.knot_frac.to(dtype), 1.0)
+    coefficients[:, 0].mul_(disk_weight.clamp(min=_MIN_DISK_WEIGHT).pow(-2.0 / 3.0)[:, None])
+    bulge_weight = 1.0 - disk_frac
+    if not bool(sources.is_galaxy.all()):
+        flat = torch.zeros(4, device=coefficients.device, dtype=dtype)
+        flat[0] = 1.0
+        coefficients = torch.where(sources.is_galaxy[:, None, None], coefficients, flat)
+        bulge_weight = torch.where(sources.is_galaxy, bulge_weight, 0.0)
+    position = torch.stack([sources.x, sources.y], dim=1)
+    offset = (position - torch.round(position)).to(dtype)
+    return torch.cat(
+        [coefficients.flatten(1), bulge_weight[:, None], sources.flux.to(dtype)[:, None], offset], dim=1
+    )
 
 
-def _knot_fourier(sources: RenderSources, ky: torch.Tensor, kx: torch.Tensor) -> torch.Tensor:
-    """Transforms of the galaxies' knots, ``sum_j f_j exp(-i k . d_j)``, shape (n, N, N // 2 + 1).
+def _knot_fourier(
+    sources: RenderSources, minus_ky: torch.Tensor, minus_kx: torch.Tensor, shift: torch.Tensor
+) -> torch.Tensor:
+    """Transforms of the galaxies' knots, ``sum_j f_j exp(-i k . (d_j + s))``, shape (n, N, N // 2 + 1).
 
     The phase factor of a point is separable in ``ky`` and ``kx``, so the sum
     over knots is one batched complex matrix product of (n, N, J) by (n, J, N // 2 + 1).
+
+    Parameters
+    ----------
+    sources
+        ``n`` galaxies with knots.
+    minus_ky, minus_kx
+        Negated wavenumbers of `_fourier_grid`, shapes (N, 1) and (1, N // 2 + 1).
+    shift
+        The galaxies' positions ``s`` on the FFT grid, ``(x, y)`` in pixels, shape (n, 2);
+        the knots' offsets ``d_j`` are from these.
     """
     assert sources.knot_count is not None and sources.knot_seed is not None  # callers check has_knots
     assert sources.knot_frac is not None and sources.knot_offset_hlr is not None
@@ -241,12 +310,13 @@ def _knot_fourier(sources: RenderSources, ky: torch.Tensor, kx: torch.Tensor) ->
         sources.disk_q,
         sources.position_angle_rad,
         sources.knot_offset_hlr,
-    ).to(kx.dtype)
-    fluxes = knot_fluxes(sources.flux, sources.disk_frac, sources.knot_frac, sources.knot_count, n_knots).to(
-        kx.dtype
     )
-    phase_y = torch.polar(fluxes[..., None], -ky[:, 0] * offsets[..., 1:2])
-    phase_x = torch.polar(torch.ones_like(fluxes[..., None]), -kx[0] * offsets[..., 0:1])
+    positions = (offsets + shift.to(offsets.dtype)[:, None, :]).to(minus_kx.dtype)
+    fluxes = knot_fluxes(sources.flux, sources.disk_frac, sources.knot_frac, sources.knot_count, n_knots).to(
+        minus_kx.dtype
+    )
+    phase_y = torch.polar(fluxes[..., None], minus_ky[:, 0] * positions[..., 1:2])
+    phase_x = torch.polar(torch.ones_like(fluxes[..., None]), minus_kx[0] * positions[..., 0:1])
     return torch.bmm(phase_y.transpose(1, 2), phase_x)
 
 
@@ -258,6 +328,12 @@ def render_stamps(
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Render each source on a stamp centred on its nearest pixel.
+
+    The profiles' squared arguments are one matrix product of per-source
+    coefficients with the grid's monomials (`_profile_coefficients`); the
+    disk's transform is analytic, the bulge's tabulated.  The real profile is
+    multiplied by the (real) PSF transform before the one complex product with
+    the source's flux and sub-pixel phase.
 
     Parameters
     ----------
@@ -281,39 +357,144 @@ def render_stamps(
         Shape (n, S, S), in the units of ``sources.flux``; stamp pixel
         ``[h, h]`` is image pixel ``(round(y), round(x))``.
     """
+    knotty = sources.has_knots.nonzero().squeeze(1) if sources.knot_count is not None else None
+    knots = None if knotty is None or knotty.numel() == 0 else (knotty, sources.select(knotty))
+    return _render_terms(
+        _source_terms(sources, dtype),
+        bool(sources.is_galaxy.any()),
+        sources.psf_index,
+        knots,
+        psf,
+        half_size,
+        fft_padding,
+    )
+
+
+def _render_terms(
+    terms: torch.Tensor,
+    any_galaxy: bool,
+    psf_index: torch.Tensor,
+    knots: tuple[torch.Tensor, RenderSources] | None,
+    psf: PointSpreadFunction,
+    half_size: int,
+    fft_padding: float,
+) -> torch.Tensor:
+    """`render_stamps` of ``n`` sources given their `_source_terms`, shape (n, 12).
+
+    The computation is in the dtype of ``terms``; ``any_galaxy`` says whether any source is a galaxy,
+    ``psf_index`` (n,) indexes ``psf``, and ``knots`` holds the indices of the galaxies with knots
+    and those galaxies (`None` if there are none).
+    """
     stamp_size = 2 * half_size + 1
     fft_size = _next_fft_size(max(math.ceil(fft_padding * stamp_size), psf.min_fft_size))
-    device = sources.x.device
-    ky, kx = rfft_wavenumbers(fft_size, device, dtype)
-    n_sources = len(sources)
-    is_galaxy = sources.is_galaxy
-    if bool(is_galaxy.all()):
-        profile = _galaxy_fourier(sources, ky, kx)
-    else:
-        profile = sources.flux.to(dtype)[:, None, None].expand(n_sources, fft_size, kx.shape[-1]).clone()
-        galaxies = is_galaxy.nonzero().squeeze(1)
-        if galaxies.numel() > 0:
-            profile[galaxies] = _galaxy_fourier(sources.select(galaxies), ky, kx)
-    knotty = sources.has_knots.nonzero().squeeze(1)
-    if knotty.numel() > 0:
-        profile = torch.complex(profile, torch.zeros_like(profile))
-        profile[knotty] += _knot_fourier(sources.select(knotty), ky, kx)
+    device, dtype = terms.device, terms.dtype
+    basis, minus_ky, minus_kx = _fourier_grid(fft_size, device, dtype)
+    n_sources, n_columns = terms.shape[0], minus_kx.shape[-1]
     psf_transform = psf.fourier_grid(fft_size, device, dtype)
     if psf.n_psf > 1:
-        psf_transform = psf_transform[sources.psf_index]
-    # The sub-pixel shift is separable: exp(-i ky y) exp(-i kx x), placing the
-    # source at the grid centre plus its offset from its nearest pixel.
-    centre = fft_size // 2
-    shift_x = (sources.x - torch.round(sources.x)).to(dtype)[:, None, None] + centre
-    shift_y = (sources.y - torch.round(sources.y)).to(dtype)[:, None, None] + centre
-    phase_x = torch.polar(torch.ones_like(kx * shift_x), -(kx * shift_x))
-    phase_y = torch.polar(torch.ones_like(ky * shift_y), -(ky * shift_y))
-    if psf_transform.is_complex():
-        transform = (profile * phase_y).mul_(psf_transform * phase_x)
+        psf_transform = psf_transform[psf_index]
+    complex_dtype = torch.complex64 if dtype == torch.float32 else torch.complex128
+    transform = torch.empty(n_sources, fft_size, n_columns, device=device, dtype=complex_dtype)
+    if any_galaxy:
+        arguments = torch.matmul(terms[:, :8].reshape(n_sources, 2, 4), basis)
+        disk_root = torch.rsqrt(arguments[:, 0])
+        profile = torch.mul(disk_root.square(), disk_root)
+        bulge = devaucouleurs_fourier_one_plus_squared(arguments[:, 1])
+        profile = profile.addcmul_(bulge, terms[:, 8:9]).view(n_sources, fft_size, n_columns)
+        if psf_transform.is_complex():
+            transform.copy_(profile).mul_(psf_transform)
+        elif profile.requires_grad:  # autograd does not take out= arguments
+            transform = (profile * psf_transform).to(complex_dtype)
+        else:
+            # The product with a real PSF transform is written straight into the complex transform.
+            torch.mul(profile, psf_transform, out=transform)
     else:
-        transform = (profile.mul_(psf_transform) * phase_y).mul_(phase_x)
+        transform.copy_(psf_transform)
+    # The flux and the sub-pixel shift are separable, f exp(-i ky y) exp(-i kx x), and place the
+    # source at the grid centre plus its offset from its nearest pixel.
+    shift = terms[:, 10:12, None, None] + fft_size // 2
+    transform.mul_(torch.polar(terms[:, 9, None, None], minus_ky * shift[:, 1]))
+    transform.mul_(torch.polar(torch.ones_like(shift[:, 0]), minus_kx * shift[:, 0]))
+    if knots is not None:
+        knotty, knot_sources = knots
+        knot_transform = _knot_fourier(knot_sources, minus_ky, minus_kx, shift[knotty, :, 0, 0])
+        knot_transform.mul_(psf_transform[knotty] if psf.n_psf > 1 else psf_transform)
+        transform.index_add_(0, knotty, knot_transform)
     images = torch.fft.irfft2(transform, s=(fft_size, fft_size))
-    return images[:, centre - half_size : centre + half_size + 1, centre - half_size : centre + half_size + 1]
+    low, high = fft_size // 2 - half_size, fft_size // 2 + half_size + 1
+    return images[:, low:high, low:high]
+
+
+def render_stamps_by_size(
+    sources: RenderSources,
+    psf: PointSpreadFunction,
+    max_half_size: int = STAMP_HALF_SIZES[-1],
+    fft_padding: float = 1.0,
+    dtype: torch.dtype = torch.float32,
+    max_chunk_bytes: int = 256 * 2**20,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Render every source on a stamp of its own size (`stamp_half_size`), in batches of one size.
+
+    The same stamps as `render_stamps` on each size group, with the per-source
+    work done once for all sources.
+
+    Parameters
+    ----------
+    sources
+        ``n`` sources.
+    psf
+        PSF batch indexed by ``sources.psf_index``.
+    max_half_size
+        Largest stamp half-size in pixels.
+    fft_padding
+        See `render_stamps`.
+    dtype
+        Real floating dtype of the computation.
+    max_chunk_bytes
+        Approximate memory bound of one batch.
+
+    Yields
+    ------
+    members
+        Indices of the batch's sources into ``sources``, shape (m,).
+    stamps
+        Their stamps, shape (m, S, S) with ``S = 2 h + 1`` for the batch's half-size ``h``.
+    """
+    if len(sources) > 0:
+        half_sizes = stamp_half_size(sources, psf, max_half_size)
+        yield from _stamps_by_size(sources, psf, half_sizes, fft_padding, dtype, max_chunk_bytes)
+
+
+def _stamps_by_size(
+    sources: RenderSources,
+    psf: PointSpreadFunction,
+    half_sizes: torch.Tensor,
+    fft_padding: float,
+    dtype: torch.dtype,
+    max_chunk_bytes: int,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """`render_stamps_by_size` with the sources' half-sizes, shape (n,), given."""
+    order = torch.argsort(half_sizes, stable=True)
+    sizes, counts = torch.unique_consecutive(half_sizes[order], return_counts=True)
+    terms = _source_terms(sources, dtype)[order]
+    is_galaxy, psf_index = sources.is_galaxy[order], sources.psf_index[order]
+    has_knots = sources.has_knots[order] if sources.knot_count is not None else None
+    first = 0
+    for half_size, count in zip(sizes.tolist(), counts.tolist(), strict=True):
+        for chunk in _chunks(count, half_size, fft_padding, max_chunk_bytes):
+            batch = slice(first + chunk.start, first + chunk.stop)
+            members = order[batch]
+            knots = None
+            if has_knots is not None:
+                knotty = has_knots[batch].nonzero().squeeze(1)
+                if knotty.numel() > 0:
+                    knots = (knotty, sources.select(members[knotty]))
+            any_galaxy = bool(is_galaxy[batch].any())
+            stamps = _render_terms(
+                terms[batch], any_galaxy, psf_index[batch], knots, psf, half_size, fft_padding
+            )
+            yield members, stamps
+        first += count
 
 
 def _chunks(count: int, half_size: int, fft_padding: float, max_chunk_bytes: int) -> Iterator[slice]:
@@ -367,7 +548,7 @@ def render_images(
 ) -> torch.Tensor:
     """Render sources into a batch of noiseless images.
 
-    Sources are grouped by stamp size (`stamp_half_size`), rendered in
+    Sources are grouped by stamp size (`render_stamps_by_size`), rendered in
     chunks bounded by ``max_chunk_bytes`` and added to the images; stamps
     that extend beyond an image are clipped.
 
@@ -402,13 +583,14 @@ def render_images(
     # pixel it rounds to (torch rounds halves to even).
     margin = int(half_sizes.max()) + int(half_sizes.max()) % 2
     canvas = torch.zeros(n_images, height + 2 * margin, width + 2 * margin, device=device, dtype=dtype)
-    for half_size in torch.unique(half_sizes).tolist():
-        group = sources.select((half_sizes == half_size).nonzero().squeeze(1))
-        for chunk in _chunks(len(group), half_size, fft_padding, max_chunk_bytes):
-            whole = chunk.start == 0 and chunk.stop == len(group)
-            part = group if whole else group.select(torch.arange(chunk.start, chunk.stop, device=device))
-            stamps = render_stamps(part, psf, half_size, fft_padding, dtype)
-            paste_stamps(canvas, stamps, part.image_index, part.x + margin, part.y + margin)
+    for members, stamps in _stamps_by_size(sources, psf, half_sizes, fft_padding, dtype, max_chunk_bytes):
+        paste_stamps(
+            canvas,
+            stamps,
+            sources.image_index[members],
+            sources.x[members] + margin,
+            sources.y[members] + margin,
+        )
     return canvas[:, margin : margin + height, margin : margin + width].contiguous()
 
 
