@@ -199,23 +199,26 @@ def stamp_half_size(
 def _fourier_grid(fft_size: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
     """The wavenumbers of the ``rfft2`` grid of an ``N x N`` stamp in the forms the renderer needs.
 
-    Cached per grid, so the tensors must not be modified.
+    The renderer's half-spectra are transposed, ``[kx, ky]`` of shape (N // 2 + 1, N): the inverse
+    FFT along the contiguous ``ky`` first, then along ``kx``, copies less than `torch.fft.irfft2`
+    of ``[ky, kx]`` and is about 15% faster.  Cached per grid, so the tensors must not be modified.
 
     Returns
     -------
     basis
         The monomials of a profile's squared argument, ``1``, ``kx^2``,
-        ``2 kx ky`` and ``ky^2`` (radians per pixel), flattened, shape (4, N (N // 2 + 1)).
-    minus_ky, minus_kx
-        ``-ky``, shape (N, 1), and ``-kx``, shape (1, N // 2 + 1), radians per pixel (a shift
+        ``2 kx ky`` and ``ky^2`` (radians per pixel), flattened, shape (4, (N // 2 + 1) N).
+    minus_kx, minus_ky
+        ``-kx``, shape (N // 2 + 1, 1), and ``-ky``, shape (1, N), radians per pixel (a shift
         by ``s`` is the phase ``exp(-i k s)``).
     """
     ky, kx = rfft_wavenumbers(fft_size, device, dtype)
-    kx_grid, ky_grid = kx.expand(fft_size, -1), ky.expand(-1, kx.shape[-1])
+    kx, ky = kx.reshape(-1, 1), ky.reshape(1, -1)
+    kx_grid, ky_grid = kx.expand(-1, fft_size), ky.expand(kx.shape[0], -1)
     basis = torch.stack(
         [torch.ones_like(kx_grid), kx_grid.square(), 2.0 * kx_grid * ky_grid, ky_grid.square()]
     )
-    return basis.reshape(4, -1), -ky, -kx
+    return basis.reshape(4, -1), -kx, -ky
 
 
 # Smallest disk weight folded into the disk's argument (see `_source_terms`): a pure bulge's disk then
@@ -282,23 +285,36 @@ def _source_terms(sources: RenderSources, dtype: torch.dtype) -> torch.Tensor:
     )
 
 
-def _knot_fourier(
-    sources: RenderSources, minus_ky: torch.Tensor, minus_kx: torch.Tensor, shift: torch.Tensor
-) -> torch.Tensor:
-    """Transforms of the galaxies' knots, ``sum_j f_j exp(-i k . (d_j + s))``, shape (n, N, N // 2 + 1).
+def _phase_factor(angle: torch.Tensor) -> torch.Tensor:
+    """``exp(i angle)``, complex, same shape as ``angle`` (radians).
 
-    The phase factor of a point is separable in ``ky`` and ``kx``, so the sum
-    over knots is one batched complex matrix product of (n, N, J) by (n, J, N // 2 + 1).
+    Three times faster on a CPU than `torch.polar`, whose sine and cosine are not vectorized.
+    """
+    return torch.complex(torch.cos(angle), torch.sin(angle))
+
+
+def _knot_fourier(
+    sources: RenderSources, minus_kx: torch.Tensor, minus_ky: torch.Tensor, shift: torch.Tensor
+) -> torch.Tensor:
+    """Transforms of the galaxies' knots, ``sum_j f_j exp(-i k . (d_j + s))``, shape (n, N // 2 + 1, N).
+
+    The phase factor of a point is separable in ``kx`` and ``ky``, so the sum
+    over knots is one batched complex matrix product of (n, N // 2 + 1, J) by (n, J, N).
 
     Parameters
     ----------
     sources
         ``n`` galaxies with knots.
-    minus_ky, minus_kx
-        Negated wavenumbers of `_fourier_grid`, shapes (N, 1) and (1, N // 2 + 1).
+    minus_kx, minus_ky
+        Negated wavenumbers of `_fourier_grid`, shapes (N // 2 + 1, 1) and (1, N).
     shift
         The galaxies' positions ``s`` on the FFT grid, ``(x, y)`` in pixels, shape (n, 2);
         the knots' offsets ``d_j`` are from these.
+
+    Returns
+    -------
+    transform
+        In the transposed ``[kx, ky]`` layout of `_fourier_grid`, complex.
     """
     assert sources.knot_count is not None and sources.knot_seed is not None  # callers check has_knots
     assert sources.knot_frac is not None and sources.knot_offset_hlr is not None
@@ -315,9 +331,9 @@ def _knot_fourier(
     fluxes = knot_fluxes(sources.flux, sources.disk_frac, sources.knot_frac, sources.knot_count, n_knots).to(
         minus_kx.dtype
     )
-    phase_y = torch.polar(fluxes[..., None], minus_ky[:, 0] * positions[..., 1:2])
-    phase_x = torch.polar(torch.ones_like(fluxes[..., None]), minus_kx[0] * positions[..., 0:1])
-    return torch.bmm(phase_y.transpose(1, 2), phase_x)
+    phase_x = _phase_factor(positions[..., 0:1] * minus_kx.reshape(-1))
+    phase_y = _phase_factor(positions[..., 1:2] * minus_ky.reshape(-1)).mul_(fluxes[..., None])
+    return torch.bmm(phase_x.transpose(1, 2), phase_y)
 
 
 def render_stamps(
@@ -388,19 +404,20 @@ def _render_terms(
     stamp_size = 2 * half_size + 1
     fft_size = _next_fft_size(max(math.ceil(fft_padding * stamp_size), psf.min_fft_size))
     device, dtype = terms.device, terms.dtype
-    basis, minus_ky, minus_kx = _fourier_grid(fft_size, device, dtype)
-    n_sources, n_columns = terms.shape[0], minus_kx.shape[-1]
-    psf_transform = psf.fourier_grid(fft_size, device, dtype)
-    if psf.n_psf > 1:
-        psf_transform = psf_transform[psf_index]
+    basis, minus_kx, minus_ky = _fourier_grid(fft_size, device, dtype)
+    n_sources, n_columns = terms.shape[0], minus_kx.shape[0]
+    # Transposed to the renderer's [kx, ky] layout (see `_fourier_grid`).
+    psf_transform = psf.fourier_grid(fft_size, device, dtype).transpose(-1, -2)
+    psf_transform = psf_transform[psf_index] if psf.n_psf > 1 else psf_transform.contiguous()
     complex_dtype = torch.complex64 if dtype == torch.float32 else torch.complex128
-    transform = torch.empty(n_sources, fft_size, n_columns, device=device, dtype=complex_dtype)
+    transform = torch.empty(n_sources, n_columns, fft_size, device=device, dtype=complex_dtype)
     if any_galaxy:
-        arguments = torch.matmul(terms[:, :8].reshape(n_sources, 2, 4), basis)
+        # One (2 n, 4) by (4, N (N // 2 + 1)) product; a batched one would be many tiny products.
+        arguments = torch.mm(terms[:, :8].reshape(2 * n_sources, 4), basis).view(n_sources, 2, -1)
         disk_root = torch.rsqrt(arguments[:, 0])
         profile = torch.mul(disk_root.square(), disk_root)
         bulge = devaucouleurs_fourier_one_plus_squared(arguments[:, 1])
-        profile = profile.addcmul_(bulge, terms[:, 8:9]).view(n_sources, fft_size, n_columns)
+        profile = profile.addcmul_(bulge, terms[:, 8:9]).view(n_sources, n_columns, fft_size)
         if psf_transform.is_complex():
             transform.copy_(profile).mul_(psf_transform)
         elif profile.requires_grad:  # autograd does not take out= arguments
@@ -413,16 +430,17 @@ def _render_terms(
     # The flux and the sub-pixel shift are separable, f exp(-i ky y) exp(-i kx x), and place the
     # source at the grid centre plus its offset from its nearest pixel.
     shift = terms[:, 10:12, None, None] + fft_size // 2
-    transform.mul_(torch.polar(terms[:, 9, None, None], minus_ky * shift[:, 1]))
-    transform.mul_(torch.polar(torch.ones_like(shift[:, 0]), minus_kx * shift[:, 0]))
+    transform.mul_(_phase_factor(minus_ky * shift[:, 1]).mul_(terms[:, 9, None, None]))
+    transform.mul_(_phase_factor(minus_kx * shift[:, 0]))
     if knots is not None:
         knotty, knot_sources = knots
-        knot_transform = _knot_fourier(knot_sources, minus_ky, minus_kx, shift[knotty, :, 0, 0])
+        knot_transform = _knot_fourier(knot_sources, minus_kx, minus_ky, shift[knotty, :, 0, 0])
         knot_transform.mul_(psf_transform[knotty] if psf.n_psf > 1 else psf_transform)
         transform.index_add_(0, knotty, knot_transform)
-    images = torch.fft.irfft2(transform, s=(fft_size, fft_size))
+    # The image comes out transposed, [x, y].
+    images = torch.fft.irfftn(transform, s=(fft_size, fft_size), dim=(-1, -2))
     low, high = fft_size // 2 - half_size, fft_size // 2 + half_size + 1
-    return images[:, low:high, low:high]
+    return images[:, low:high, low:high].transpose(1, 2)
 
 
 def render_stamps_by_size(
