@@ -139,7 +139,7 @@ class _RadialTable:
         shift = mantissa_bits - _CELL_BITS
         one = torch.tensor(1.0, dtype=dtype).view(integer).item() >> shift
         cell = (one_plus_u_squared.view(integer) >> shift).sub_(one - 1).clamp_(0, dense.numel() - 1)
-        return torch.index_select(dense, 0, cell.view(-1)).view_as(cell)
+        return torch.index_select(dense, 0, cell.view(-1)).view(cell.shape)
 
     def __call__(self, u: torch.Tensor) -> torch.Tensor:
         return self.from_squared(u.square())

@@ -114,6 +114,19 @@ class PointSpreadFunction(ABC):
             cache[key] = self._compute_fourier_grid(fft_size, torch.device(device), dtype)
         return cache[key]
 
+    def fourier_grid_transposed(
+        self, fft_size: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor:
+        """`fourier_grid` transposed to ``[kx, ky]``, contiguous, shape (P, N // 2 + 1, N).
+
+        The layout of the renderer's half-spectra; cached like `fourier_grid`.
+        """
+        cache: dict = self.__dict__.setdefault("_fourier_cache", {})
+        key = ("transposed", fft_size, torch.device(device), dtype)
+        if key not in cache:
+            cache[key] = self.fourier_grid(fft_size, device, dtype).transpose(-1, -2).contiguous()
+        return cache[key]
+
     @abstractmethod
     def _compute_fourier_grid(self, fft_size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         """Uncached `fourier_grid`."""

@@ -199,9 +199,9 @@ def stamp_half_size(
 def _fourier_grid(fft_size: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
     """The wavenumbers of the ``rfft2`` grid of an ``N x N`` stamp in the forms the renderer needs.
 
-    The renderer's half-spectra are transposed, ``[kx, ky]`` of shape (N // 2 + 1, N): the inverse
-    FFT along the contiguous ``ky`` first, then along ``kx``, copies less than `torch.fft.irfft2`
-    of ``[ky, kx]`` and is about 15% faster.  Cached per grid, so the tensors must not be modified.
+    The renderer's half-spectra are transposed, ``[kx, ky]`` of shape (N // 2 + 1, N), so that
+    the inverse FFT along ``ky``, which comes first, is along contiguous memory (see
+    `_render_terms`).  Cached per grid, so the tensors must not be modified.
 
     Returns
     -------
@@ -211,6 +211,9 @@ def _fourier_grid(fft_size: int, device: torch.device, dtype: torch.dtype) -> tu
     minus_kx, minus_ky
         ``-kx``, shape (N // 2 + 1, 1), and ``-ky``, shape (1, N), radians per pixel (a shift
         by ``s`` is the phase ``exp(-i k s)``).
+    phase_basis
+        ``[[-kx, 0], [0, -ky]]``, shape (2, N // 2 + 1 + N): its product with shifts ``(x, y)``
+        gives the angles of both separable phase factors at once.
     """
     ky, kx = rfft_wavenumbers(fft_size, device, dtype)
     kx, ky = kx.reshape(-1, 1), ky.reshape(1, -1)
@@ -218,7 +221,8 @@ def _fourier_grid(fft_size: int, device: torch.device, dtype: torch.dtype) -> tu
     basis = torch.stack(
         [torch.ones_like(kx_grid), kx_grid.square(), 2.0 * kx_grid * ky_grid, ky_grid.square()]
     )
-    return basis.reshape(4, -1), -kx, -ky
+    phase_basis = torch.block_diag(-kx.reshape(1, -1), -ky)
+    return basis.reshape(4, -1), -kx, -ky, phase_basis
 
 
 # Smallest disk weight folded into the disk's argument (see `_source_terms`): a pure bulge's disk then
@@ -404,20 +408,15 @@ def _render_terms(
     stamp_size = 2 * half_size + 1
     fft_size = _next_fft_size(max(math.ceil(fft_padding * stamp_size), psf.min_fft_size))
     device, dtype = terms.device, terms.dtype
-    basis, minus_kx, minus_ky = _fourier_grid(fft_size, device, dtype)
+    basis, minus_kx, minus_ky, phase_basis = _fourier_grid(fft_size, device, dtype)
     n_sources, n_columns = terms.shape[0], minus_kx.shape[0]
-    # Transposed to the renderer's [kx, ky] layout (see `_fourier_grid`).
-    psf_transform = psf.fourier_grid(fft_size, device, dtype).transpose(-1, -2)
-    psf_transform = psf_transform[psf_index] if psf.n_psf > 1 else psf_transform.contiguous()
+    psf_transform = psf.fourier_grid_transposed(fft_size, device, dtype)
+    if psf.n_psf > 1:
+        psf_transform = psf_transform[psf_index]
     complex_dtype = torch.complex64 if dtype == torch.float32 else torch.complex128
     transform = torch.empty(n_sources, n_columns, fft_size, device=device, dtype=complex_dtype)
     if any_galaxy:
-        # One (2 n, 4) by (4, N (N // 2 + 1)) product; a batched one would be many tiny products.
-        arguments = torch.mm(terms[:, :8].reshape(2 * n_sources, 4), basis).view(n_sources, 2, -1)
-        disk_root = torch.rsqrt(arguments[:, 0])
-        profile = torch.mul(disk_root.square(), disk_root)
-        bulge = devaucouleurs_fourier_one_plus_squared(arguments[:, 1])
-        profile = profile.addcmul_(bulge, terms[:, 8:9]).view(n_sources, n_columns, fft_size)
+        profile = _smooth_profiles(terms, basis).view(n_sources, n_columns, fft_size)
         if psf_transform.is_complex():
             transform.copy_(profile).mul_(psf_transform)
         elif profile.requires_grad:  # autograd does not take out= arguments
@@ -427,20 +426,58 @@ def _render_terms(
             torch.mul(profile, psf_transform, out=transform)
     else:
         transform.copy_(psf_transform)
-    # The flux and the sub-pixel shift are separable, f exp(-i ky y) exp(-i kx x), and place the
-    # source at the grid centre plus its offset from its nearest pixel.
-    shift = terms[:, 10:12, None, None] + fft_size // 2
-    transform.mul_(_phase_factor(minus_ky * shift[:, 1]).mul_(terms[:, 9, None, None]))
-    transform.mul_(_phase_factor(minus_kx * shift[:, 0]))
+    # The flux and the sub-pixel shift are separable, f exp(-i kx x) exp(-i ky y), and place the
+    # source at the grid centre plus its offset from its nearest pixel; both factors come from one
+    # product and one complex exponential.
+    shift = terms[:, 10:12] + fft_size // 2
+    phase = _phase_factor(torch.mm(shift, phase_basis))
+    # The inverse FFTs below do not normalize ("forward" norm): the 1 / N^2 goes with the flux.
+    phase[:, n_columns:].mul_(terms[:, 9, None] / fft_size**2)
+    transform.mul_(phase[:, None, n_columns:]).mul_(phase[:, :n_columns, None])
     if knots is not None:
         knotty, knot_sources = knots
-        knot_transform = _knot_fourier(knot_sources, minus_kx, minus_ky, shift[knotty, :, 0, 0])
-        knot_transform.mul_(psf_transform[knotty] if psf.n_psf > 1 else psf_transform)
+        knot_transform = _knot_fourier(knot_sources, minus_kx, minus_ky, shift[knotty])
+        knot_psf = psf_transform[knotty] if psf.n_psf > 1 else psf_transform
+        knot_transform.mul_(knot_psf / fft_size**2)
         transform.index_add_(0, knotty, knot_transform)
-    # The image comes out transposed, [x, y].
-    images = torch.fft.irfftn(transform, s=(fft_size, fft_size), dim=(-1, -2))
     low, high = fft_size // 2 - half_size, fft_size // 2 + half_size + 1
-    return images[:, low:high, low:high].transpose(1, 2)
+    if transform.requires_grad:  # autograd does not take out= arguments
+        images = torch.fft.irfftn(transform, s=(fft_size, fft_size), dim=(-1, -2), norm="forward")
+        return images[:, low:high, low:high].transpose(1, 2)
+    # Along the contiguous ky first, written transposed, so that the transform along kx is along
+    # contiguous memory too and the image comes out [y, x]: torch then copies the half-spectrum
+    # once instead of three times, which makes the inverse FFT about 40% faster.
+    rows = torch.empty(n_sources, fft_size, n_columns, device=device, dtype=complex_dtype)
+    torch.fft.ifft(transform, dim=-1, norm="forward", out=rows.transpose(1, 2))
+    images = torch.fft.irfft(rows, n=fft_size, dim=-1, norm="forward")
+    return images[:, low:high, low:high]
+
+
+def _smooth_profiles(terms: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """The sources' bulge+disk transforms in units of their flux, shape (n, N (N // 2 + 1)).
+
+    Parameters
+    ----------
+    terms
+        `_source_terms` of ``n`` sources, shape (n, 12).
+    basis
+        The monomials of `_fourier_grid`, shape (4, N (N // 2 + 1)).
+    """
+    n_sources = terms.shape[0]
+    # One (2 n, 4) by (4, N (N // 2 + 1)) product, disks first; a batched product would be many tiny ones.
+    coefficients = terms[:, :8].reshape(n_sources, 2, 4).transpose(0, 1).reshape(2 * n_sources, 4)
+    disk, bulge = torch.mm(coefficients, basis).view(2, n_sources, -1)
+    if terms.requires_grad:
+        disk_root = torch.rsqrt(disk)
+        return torch.mul(disk_root.square(), disk_root).addcmul_(
+            devaucouleurs_fourier_one_plus_squared(bulge), terms[:, 8:9]
+        )
+    # Without autograd, in place: each pass then reads and writes memory that is already in the
+    # cache, which makes them about 20% faster.
+    profile = devaucouleurs_fourier_one_plus_squared(bulge).mul_(terms[:, 8:9])
+    disk_root = disk.rsqrt_()
+    # The bulge's argument is no longer needed: its memory takes the disk's squared root.
+    return profile.addcmul_(torch.mul(disk_root, disk_root, out=bulge), disk_root)
 
 
 def render_stamps_by_size(
@@ -495,7 +532,9 @@ def _stamps_by_size(
     order = torch.argsort(half_sizes, stable=True)
     sizes, counts = torch.unique_consecutive(half_sizes[order], return_counts=True)
     terms = _source_terms(sources, dtype)[order]
-    is_galaxy, psf_index = sources.is_galaxy[order], sources.psf_index[order]
+    psf_index = sources.psf_index[order]
+    # Galaxies among the first i sorted sources, counted once rather than tested in every batch.
+    galaxies_before = [0, *torch.cumsum(sources.is_galaxy[order], 0).tolist()]
     has_knots = sources.has_knots[order] if sources.knot_count is not None else None
     first = 0
     for half_size, count in zip(sizes.tolist(), counts.tolist(), strict=True):
@@ -507,7 +546,7 @@ def _stamps_by_size(
                 knotty = has_knots[batch].nonzero().squeeze(1)
                 if knotty.numel() > 0:
                     knots = (knotty, sources.select(members[knotty]))
-            any_galaxy = bool(is_galaxy[batch].any())
+            any_galaxy = galaxies_before[batch.stop] > galaxies_before[batch.start]
             stamps = _render_terms(
                 terms[batch], any_galaxy, psf_index[batch], knots, psf, half_size, fft_padding
             )
