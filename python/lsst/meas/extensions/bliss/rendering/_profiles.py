@@ -49,6 +49,9 @@ _TABLE_SIZE = 2048
 # |df/ds| <= 0.9 (the de Vaucouleurs transform at s = 0) its error is below 6e-5 of f(0).
 _CELL_BITS = 13
 
+# Integer dtype of the same size, number of mantissa bits and the bits of 1.0 of the float dtypes.
+_FLOAT_BITS = {torch.float32: (torch.int32, 23, 0x3F800000), torch.float64: (torch.int64, 52, 0x3FF << 52)}
+
 
 class _RadialTable:
     """Linear interpolation of a radial function tabulated on ``s = log1p(u^2)``.
@@ -121,9 +124,10 @@ class _RadialTable:
         """Values at ``u = sqrt(one_plus_u_squared - 1)``, same shape as the argument.
 
         For float32 and float64 arguments without autograd this reads the nearest node of a dense
-        table (error below 6e-5 of f(0)), whose cell is a shift of the argument's bits: three
-        passes over the argument against eight for the interpolation of `from_squared`, which it
-        falls back to otherwise (with the same values and gradients as that).
+        table (error below 6e-5 of f(0)), whose cell is a shift of the argument's bits, computed
+        in place (the argument is overwritten): four passes over the argument against eight for
+        the interpolation of `from_squared`, which it falls back to otherwise (with the same
+        values and gradients as that, and the argument left as it is).
         """
         dtype = one_plus_u_squared.dtype
         if one_plus_u_squared.requires_grad or dtype not in (torch.float32, torch.float64):
@@ -135,11 +139,11 @@ class _RadialTable:
         dense = self._dense_per_device[key]
         # A float's bits, read as an integer, grow with it: the exponent and the top mantissa
         # bits number the octave and the cell within it.
-        integer, mantissa_bits = (torch.int32, 23) if dtype == torch.float32 else (torch.int64, 52)
+        integer, mantissa_bits, one = _FLOAT_BITS[dtype]
         shift = mantissa_bits - _CELL_BITS
-        one = torch.tensor(1.0, dtype=dtype).view(integer).item() >> shift
-        cell = (one_plus_u_squared.view(integer) >> shift).sub_(one - 1).clamp_(0, dense.numel() - 1)
-        return torch.index_select(dense, 0, cell.view(-1)).view(cell.shape)
+        cell = one_plus_u_squared.view(integer).bitwise_right_shift_(shift)
+        cell = cell.sub_((one >> shift) - 1).clamp_(0, dense.numel() - 1)
+        return torch.index_select(dense, 0, cell.reshape(-1)).view(cell.shape)
 
     def __call__(self, u: torch.Tensor) -> torch.Tensor:
         return self.from_squared(u.square())
@@ -247,11 +251,11 @@ def devaucouleurs_fourier_squared(k_hlr_squared: torch.Tensor) -> torch.Tensor:
 
 
 def devaucouleurs_fourier_one_plus_squared(one_plus_k_hlr_squared: torch.Tensor) -> torch.Tensor:
-    """`devaucouleurs_fourier` of ``sqrt(one_plus_k_hlr_squared - 1)``.
+    """`devaucouleurs_fourier` of ``sqrt(one_plus_k_hlr_squared - 1)``; overwrites its argument.
 
     The renderer computes ``1 + (k hlr)^2`` in the matrix product that gives the profiles'
     arguments; without autograd the transform is the nearest node of a dense table (error below
-    6e-5 of f(0)).
+    6e-5 of f(0)), whose cell is computed in place of the argument.
 
     Parameters
     ----------

@@ -211,9 +211,6 @@ def _fourier_grid(fft_size: int, device: torch.device, dtype: torch.dtype) -> tu
     minus_kx, minus_ky
         ``-kx``, shape (N // 2 + 1, 1), and ``-ky``, shape (1, N), radians per pixel (a shift
         by ``s`` is the phase ``exp(-i k s)``).
-    phase_basis
-        ``[[-kx, 0], [0, -ky]]``, shape (2, N // 2 + 1 + N): its product with shifts ``(x, y)``
-        gives the angles of both separable phase factors at once.
     """
     ky, kx = rfft_wavenumbers(fft_size, device, dtype)
     kx, ky = kx.reshape(-1, 1), ky.reshape(1, -1)
@@ -221,8 +218,7 @@ def _fourier_grid(fft_size: int, device: torch.device, dtype: torch.dtype) -> tu
     basis = torch.stack(
         [torch.ones_like(kx_grid), kx_grid.square(), 2.0 * kx_grid * ky_grid, ky_grid.square()]
     )
-    phase_basis = torch.block_diag(-kx.reshape(1, -1), -ky)
-    return basis.reshape(4, -1), -kx, -ky, phase_basis
+    return basis.reshape(4, -1), -kx, -ky
 
 
 # Smallest disk weight folded into the disk's argument (see `_source_terms`): a pure bulge's disk then
@@ -377,38 +373,90 @@ def render_stamps(
         Shape (n, S, S), in the units of ``sources.flux``; stamp pixel
         ``[h, h]`` is image pixel ``(round(y), round(x))``.
     """
+    fft_size = _fft_size(half_size, fft_padding, psf)
+    terms = _source_terms(sources, dtype)
     knotty = sources.has_knots.nonzero().squeeze(1) if sources.knot_count is not None else None
     knots = None if knotty is None or knotty.numel() == 0 else (knotty, sources.select(knotty))
     return _render_terms(
-        _source_terms(sources, dtype),
+        terms,
+        _phase_factors(terms, torch.full_like(terms[:, 0], fft_size), fft_size),
         bool(sources.is_galaxy.any()),
         sources.psf_index,
         knots,
         psf,
         half_size,
-        fft_padding,
+        fft_size,
     )
+
+
+def _fft_size(half_size: int, fft_padding: float, psf: PointSpreadFunction) -> int:
+    """Side of the FFT grid of stamps of half-size ``half_size`` (see `render_stamps`)."""
+    return _next_fft_size(max(math.ceil(fft_padding * (2 * half_size + 1)), psf.min_fft_size))
+
+
+def _phase_factors(
+    terms: torch.Tensor, fft_size: torch.Tensor, max_fft_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each source's flux and shift to its position as separable factors on its own FFT grid.
+
+    The factors are ``exp(-i kx x)`` and ``f exp(-i ky y) / N^2``, ``f`` the flux
+    and ``(x, y)`` the shift that places the source at the grid centre plus its
+    offset from its nearest pixel; the ``1 / N^2`` is the normalization of the
+    inverse FFT.  They are computed for all sources at once (a few operations
+    rather than a few per stamp size), as ``(-1)^j exp(-i k offset)`` at
+    frequency index ``j``, since a shift by ``N / 2`` is the sign ``(-1)^j``.
+
+    Parameters
+    ----------
+    terms
+        `_source_terms` of ``n`` sources, shape (n, 12).
+    fft_size
+        Side ``N`` of each source's FFT grid (even), same dtype as ``terms``, shape (n,).
+    max_fft_size
+        The largest ``N``, ``W``.
+
+    Returns
+    -------
+    factor_x
+        Complex, shape (n, W // 2 + 1): column ``j < N // 2 + 1`` the factor at
+        ``kx = 2 pi j / N``; the others are not used.
+    factor_y
+        Complex, shape (n, W): column ``j < N`` the factor at the ``ky`` of
+        `torch.fft.fftfreq` index ``j``; the others are not used.
+    """
+    size = fft_size[:, None]
+    index = torch.arange(max_fft_size, device=terms.device, dtype=terms.dtype)
+    signed_index = index - size * (index >= size / 2)
+    n_columns = max_fft_size // 2 + 1
+    step = (-2.0 * math.pi) / size
+    angle = torch.cat(
+        [index[:n_columns] * (step * terms[:, 10:11]), signed_index * (step * terms[:, 11:12])], 1
+    )
+    sign = 1.0 - 2.0 * torch.remainder(torch.cat([index[:n_columns], index]), 2.0)
+    factors = _phase_factor(angle).mul_(sign)
+    factors[:, n_columns:].mul_(terms[:, 9:10] / size.square())
+    return factors[:, :n_columns], factors[:, n_columns:]
 
 
 def _render_terms(
     terms: torch.Tensor,
+    phase: tuple[torch.Tensor, torch.Tensor],
     any_galaxy: bool,
     psf_index: torch.Tensor,
     knots: tuple[torch.Tensor, RenderSources] | None,
     psf: PointSpreadFunction,
     half_size: int,
-    fft_padding: float,
+    fft_size: int,
 ) -> torch.Tensor:
     """`render_stamps` of ``n`` sources given their `_source_terms`, shape (n, 12).
 
-    The computation is in the dtype of ``terms``; ``any_galaxy`` says whether any source is a galaxy,
-    ``psf_index`` (n,) indexes ``psf``, and ``knots`` holds the indices of the galaxies with knots
-    and those galaxies (`None` if there are none).
+    The computation is in the dtype of ``terms``; ``phase`` holds their `_phase_factors`;
+    ``any_galaxy`` says whether any source is a galaxy, ``psf_index`` (n,) indexes ``psf``,
+    ``knots`` holds the indices of the galaxies with knots and those galaxies (`None` if there
+    are none), and ``fft_size`` is `_fft_size`.
     """
-    stamp_size = 2 * half_size + 1
-    fft_size = _next_fft_size(max(math.ceil(fft_padding * stamp_size), psf.min_fft_size))
     device, dtype = terms.device, terms.dtype
-    basis, minus_kx, minus_ky, phase_basis = _fourier_grid(fft_size, device, dtype)
+    basis, minus_kx, minus_ky = _fourier_grid(fft_size, device, dtype)
     n_sources, n_columns = terms.shape[0], minus_kx.shape[0]
     psf_transform = psf.fourier_grid_transposed(fft_size, device, dtype)
     if psf.n_psf > 1:
@@ -426,17 +474,12 @@ def _render_terms(
             torch.mul(profile, psf_transform, out=transform)
     else:
         transform.copy_(psf_transform)
-    # The flux and the sub-pixel shift are separable, f exp(-i kx x) exp(-i ky y), and place the
-    # source at the grid centre plus its offset from its nearest pixel; both factors come from one
-    # product and one complex exponential.
-    shift = terms[:, 10:12] + fft_size // 2
-    phase = _phase_factor(torch.mm(shift, phase_basis))
-    # The inverse FFTs below do not normalize ("forward" norm): the 1 / N^2 goes with the flux.
-    phase[:, n_columns:].mul_(terms[:, 9, None] / fft_size**2)
-    transform.mul_(phase[:, None, n_columns:]).mul_(phase[:, :n_columns, None])
+    # The flux, the inverse FFTs' normalization ("forward" norm below) and the shift.
+    transform.mul_(phase[1][:, None, :fft_size]).mul_(phase[0][:, :n_columns, None])
     if knots is not None:
         knotty, knot_sources = knots
-        knot_transform = _knot_fourier(knot_sources, minus_kx, minus_ky, shift[knotty])
+        shift = terms[knotty, 10:12] + fft_size // 2
+        knot_transform = _knot_fourier(knot_sources, minus_kx, minus_ky, shift)
         knot_psf = psf_transform[knotty] if psf.n_psf > 1 else psf_transform
         knot_transform.mul_(knot_psf / fft_size**2)
         transform.index_add_(0, knotty, knot_transform)
@@ -463,21 +506,17 @@ def _smooth_profiles(terms: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
     basis
         The monomials of `_fourier_grid`, shape (4, N (N // 2 + 1)).
     """
-    n_sources = terms.shape[0]
-    # One (2 n, 4) by (4, N (N // 2 + 1)) product, disks first; a batched product would be many tiny ones.
-    coefficients = terms[:, :8].reshape(n_sources, 2, 4).transpose(0, 1).reshape(2 * n_sources, 4)
-    disk, bulge = torch.mm(coefficients, basis).view(2, n_sources, -1)
     if terms.requires_grad:
-        disk_root = torch.rsqrt(disk)
-        return torch.mul(disk_root.square(), disk_root).addcmul_(
-            devaucouleurs_fourier_one_plus_squared(bulge), terms[:, 8:9]
-        )
+        disk_root = torch.rsqrt(torch.mm(terms[:, 0:4], basis))
+        bulge = devaucouleurs_fourier_one_plus_squared(torch.mm(terms[:, 4:8], basis))
+        return torch.mul(disk_root.square(), disk_root).addcmul_(bulge, terms[:, 8:9])
     # Without autograd, in place: each pass then reads and writes memory that is already in the
     # cache, which makes them about 20% faster.
-    profile = devaucouleurs_fourier_one_plus_squared(bulge).mul_(terms[:, 8:9])
-    disk_root = disk.rsqrt_()
+    bulge_argument = torch.mm(terms[:, 4:8], basis)
+    profile = devaucouleurs_fourier_one_plus_squared(bulge_argument).mul_(terms[:, 8:9])
+    disk_root = torch.mm(terms[:, 0:4], basis).rsqrt_()
     # The bulge's argument is no longer needed: its memory takes the disk's squared root.
-    return profile.addcmul_(torch.mul(disk_root, disk_root, out=bulge), disk_root)
+    return profile.addcmul_(torch.mul(disk_root, disk_root, out=bulge_argument), disk_root)
 
 
 def render_stamps_by_size(
@@ -532,13 +571,16 @@ def _stamps_by_size(
     order = torch.argsort(half_sizes, stable=True)
     sizes, counts = torch.unique_consecutive(half_sizes[order], return_counts=True)
     terms = _source_terms(sources, dtype)[order]
+    fft_sizes = [_fft_size(half_size, fft_padding, psf) for half_size in sizes.tolist()]
+    per_source = torch.tensor(fft_sizes, device=terms.device, dtype=dtype).repeat_interleave(counts)
+    phase = _phase_factors(terms, per_source, max(fft_sizes))
     psf_index = sources.psf_index[order]
     # Galaxies among the first i sorted sources, counted once rather than tested in every batch.
     galaxies_before = [0, *torch.cumsum(sources.is_galaxy[order], 0).tolist()]
     has_knots = sources.has_knots[order] if sources.knot_count is not None else None
     first = 0
-    for half_size, count in zip(sizes.tolist(), counts.tolist(), strict=True):
-        for chunk in _chunks(count, half_size, fft_padding, max_chunk_bytes):
+    for half_size, fft_size, count in zip(sizes.tolist(), fft_sizes, counts.tolist(), strict=True):
+        for chunk in _chunks(count, fft_size, max_chunk_bytes):
             batch = slice(first + chunk.start, first + chunk.stop)
             members = order[batch]
             knots = None
@@ -548,14 +590,20 @@ def _stamps_by_size(
                     knots = (knotty, sources.select(members[knotty]))
             any_galaxy = galaxies_before[batch.stop] > galaxies_before[batch.start]
             stamps = _render_terms(
-                terms[batch], any_galaxy, psf_index[batch], knots, psf, half_size, fft_padding
+                terms[batch],
+                (phase[0][batch], phase[1][batch]),
+                any_galaxy,
+                psf_index[batch],
+                knots,
+                psf,
+                half_size,
+                fft_size,
             )
             yield members, stamps
         first += count
 
 
-def _chunks(count: int, half_size: int, fft_padding: float, max_chunk_bytes: int) -> Iterator[slice]:
-    fft_size = _next_fft_size(math.ceil(fft_padding * (2 * half_size + 1)))
+def _chunks(count: int, fft_size: int, max_chunk_bytes: int) -> Iterator[slice]:
     # About eight complex64 temporaries of the half-spectrum live at once.
     per_source = 8 * 8 * fft_size * (fft_size // 2 + 1)
     step = max(1, max_chunk_bytes // per_source)
