@@ -221,9 +221,10 @@ def _fourier_grid(fft_size: int, device: torch.device, dtype: torch.dtype) -> tu
     return basis.reshape(4, -1), -kx, -ky
 
 
-# Smallest disk weight folded into the disk's argument (see `_source_terms`): a pure bulge's disk then
-# weighs 1e-12 of its flux, and its transform stays far above float32's smallest normal numbers.
-_MIN_DISK_WEIGHT = 1.0e-12
+# Smallest flux fraction of a disk or a bulge (see `_source_terms`): a pure bulge's disk then weighs
+# 1e-12 of its flux (and a pure disk's bulge), and the disk's transform, between 1e-12 and 1e12 times
+# the bulge's, stays far from float32's smallest normal and largest numbers.
+_MIN_WEIGHT = 1.0e-12
 
 
 def _source_terms(sources: RenderSources, dtype: torch.dtype) -> torch.Tensor:
@@ -236,10 +237,12 @@ def _source_terms(sources: RenderSources, dtype: torch.dtype) -> torch.Tensor:
     ``a k_major^2 + b k_minor^2`` with ``a = r^2 / q`` and ``b = r^2 q``, the
     quadratic form ``A kx^2 + 2 B kx ky + C ky^2`` with
     ``A, C = (a + b) / 2 +- (a - b) / 2 cos(2 theta)`` and ``B = (a - b) / 2 sin(2 theta)``.
-    The disk's row is multiplied by ``w = f_disk^(-2/3)``, its flux fraction to
-    the power -2/3, so that ``rsqrt(w (1 + u^2))^3 = f_disk (1 + u^2)^(-3/2)`` is
-    the disk's transform weighted by its flux fraction.  A star's disk row is
-    ``(1, 0, 0, 0)`` (a flat transform) and its bulge weight zero.
+    The profile is computed in units of the bulge's flux ``f_bulge``:
+    ``bulge + (f_disk / f_bulge) disk``, with the disk's row multiplied by
+    ``w = (f_disk / f_bulge)^(-2/3)`` so that ``rsqrt(w (1 + u^2))^3`` is its
+    transform ``(1 + u^2)^(-3/2)`` times ``f_disk / f_bulge`` (both fractions at
+    least 1e-12, see `_MIN_WEIGHT`), and ``f_bulge`` goes with the flux.  A star is
+    a flat "bulge", ``(1, 0, 0, 0)``, of weight 1, without a disk.
 
     Parameters
     ----------
@@ -251,11 +254,11 @@ def _source_terms(sources: RenderSources, dtype: torch.dtype) -> torch.Tensor:
     Returns
     -------
     terms
-        Shape (n, 12): columns 0-3 the disk's coefficients (of ``w (1 + u_disk^2)``,
+        Shape (n, 11): columns 0-3 the disk's coefficients (of ``w (1 + u_disk^2)``,
         ``u_disk`` the wavenumber in disk scale lengths) and 4-7 the bulge's (of
         ``1 + u_bulge^2``, ``u_bulge`` in bulge half-light radii), against the rows
-        of the basis of `_fourier_grid`; 8 the fraction of the flux in the bulge; 9
-        the flux; 10 and 11 the offsets ``x - round(x)`` and ``y - round(y)``, pixels.
+        of the basis of `_fourier_grid`; 8 the flux times ``f_bulge``; 9 and 10 the
+        offsets ``x - round(x)`` and ``y - round(y)``, pixels.
     """
     scale = torch.stack([sources.disk_hlr_pix / EXPONENTIAL_HLR_OVER_SCALE, sources.bulge_hlr_pix], dim=1)
     scale_sq = scale.to(dtype).square()
@@ -271,18 +274,19 @@ def _source_terms(sources: RenderSources, dtype: torch.dtype) -> torch.Tensor:
     if sources.knot_frac is not None:
         # The knots' share of the disk light is drawn as points (`_knot_fourier`).
         disk_weight = disk_weight * torch.where(sources.has_knots, 1.0 - sources.knot_frac.to(dtype), 1.0)
-    coefficients[:, 0].mul_(disk_weight.clamp(min=_MIN_DISK_WEIGHT).pow(-2.0 / 3.0)[:, None])
-    bulge_weight = 1.0 - disk_frac
+    bulge_weight = (1.0 - disk_frac).clamp(min=_MIN_WEIGHT)
     if not bool(sources.is_galaxy.all()):
         flat = torch.zeros(4, device=coefficients.device, dtype=dtype)
         flat[0] = 1.0
-        coefficients = torch.where(sources.is_galaxy[:, None, None], coefficients, flat)
-        bulge_weight = torch.where(sources.is_galaxy, bulge_weight, 0.0)
+        coefficients[:, 1] = torch.where(sources.is_galaxy[:, None], coefficients[:, 1], flat)
+        disk_weight = torch.where(sources.is_galaxy, disk_weight, 0.0)
+        bulge_weight = torch.where(sources.is_galaxy, bulge_weight, 1.0)
+    relative_disk_weight = disk_weight.clamp(min=_MIN_WEIGHT) / bulge_weight
+    coefficients[:, 0].mul_(relative_disk_weight.pow(-2.0 / 3.0)[:, None])
     position = torch.stack([sources.x, sources.y], dim=1)
     offset = (position - torch.round(position)).to(dtype)
-    return torch.cat(
-        [coefficients.flatten(1), bulge_weight[:, None], sources.flux.to(dtype)[:, None], offset], dim=1
-    )
+    amplitude = sources.flux.to(dtype) * bulge_weight
+    return torch.cat([coefficients.flatten(1), amplitude[:, None], offset], dim=1)
 
 
 def _phase_factor(angle: torch.Tensor) -> torch.Tensor:
@@ -409,7 +413,7 @@ def _phase_factors(
     Parameters
     ----------
     terms
-        `_source_terms` of ``n`` sources, shape (n, 12).
+        `_source_terms` of ``n`` sources, shape (n, 11).
     fft_size
         Side ``N`` of each source's FFT grid (even), same dtype as ``terms``, shape (n,).
     max_fft_size
@@ -430,11 +434,11 @@ def _phase_factors(
     n_columns = max_fft_size // 2 + 1
     step = (-2.0 * math.pi) / size
     angle = torch.cat(
-        [index[:n_columns] * (step * terms[:, 10:11]), signed_index * (step * terms[:, 11:12])], 1
+        [index[:n_columns] * (step * terms[:, 9:10]), signed_index * (step * terms[:, 10:11])], 1
     )
     sign = 1.0 - 2.0 * torch.remainder(torch.cat([index[:n_columns], index]), 2.0)
     factors = _phase_factor(angle).mul_(sign)
-    factors[:, n_columns:].mul_(terms[:, 9:10] / size.square())
+    factors[:, n_columns:].mul_(terms[:, 8:9] / size.square())
     return factors[:, :n_columns], factors[:, n_columns:]
 
 
@@ -448,7 +452,7 @@ def _render_terms(
     half_size: int,
     fft_size: int,
 ) -> torch.Tensor:
-    """`render_stamps` of ``n`` sources given their `_source_terms`, shape (n, 12).
+    """`render_stamps` of ``n`` sources given their `_source_terms`, shape (n, 11).
 
     The computation is in the dtype of ``terms``; ``phase`` holds their `_phase_factors`;
     ``any_galaxy`` says whether any source is a galaxy, ``psf_index`` (n,) indexes ``psf``,
@@ -478,7 +482,7 @@ def _render_terms(
     transform.mul_(phase[1][:, None, :fft_size]).mul_(phase[0][:, :n_columns, None])
     if knots is not None:
         knotty, knot_sources = knots
-        shift = terms[knotty, 10:12] + fft_size // 2
+        shift = terms[knotty, 9:11] + fft_size // 2
         knot_transform = _knot_fourier(knot_sources, minus_kx, minus_ky, shift)
         knot_psf = psf_transform[knotty] if psf.n_psf > 1 else psf_transform
         knot_transform.mul_(knot_psf / fft_size**2)
@@ -497,23 +501,23 @@ def _render_terms(
 
 
 def _smooth_profiles(terms: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
-    """The sources' bulge+disk transforms in units of their flux, shape (n, N (N // 2 + 1)).
+    """The sources' bulge+disk transforms in units of their bulges' flux, shape (n, N (N // 2 + 1)).
 
     Parameters
     ----------
     terms
-        `_source_terms` of ``n`` sources, shape (n, 12).
+        `_source_terms` of ``n`` sources, shape (n, 11).
     basis
         The monomials of `_fourier_grid`, shape (4, N (N // 2 + 1)).
     """
     if terms.requires_grad:
         disk_root = torch.rsqrt(torch.mm(terms[:, 0:4], basis))
         bulge = devaucouleurs_fourier_one_plus_squared(torch.mm(terms[:, 4:8], basis))
-        return torch.mul(disk_root.square(), disk_root).addcmul_(bulge, terms[:, 8:9])
+        return torch.addcmul(bulge, disk_root.square(), disk_root)
     # Without autograd, in place: each pass then reads and writes memory that is already in the
     # cache, which makes them about 20% faster.
     bulge_argument = torch.mm(terms[:, 4:8], basis)
-    profile = devaucouleurs_fourier_one_plus_squared(bulge_argument).mul_(terms[:, 8:9])
+    profile = devaucouleurs_fourier_one_plus_squared(bulge_argument)
     disk_root = torch.mm(terms[:, 0:4], basis).rsqrt_()
     # The bulge's argument is no longer needed: its memory takes the disk's squared root.
     return profile.addcmul_(torch.mul(disk_root, disk_root, out=bulge_argument), disk_root)
