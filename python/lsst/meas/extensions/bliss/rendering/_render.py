@@ -30,6 +30,7 @@ __all__ = [
     "stamp_half_size",
 ]
 
+import bisect
 import dataclasses
 import functools
 import math
@@ -297,28 +298,11 @@ def _phase_factor(angle: torch.Tensor) -> torch.Tensor:
     return torch.complex(torch.cos(angle), torch.sin(angle))
 
 
-def _knot_fourier(
-    sources: RenderSources, minus_kx: torch.Tensor, minus_ky: torch.Tensor, shift: torch.Tensor
-) -> torch.Tensor:
-    """Transforms of the galaxies' knots, ``sum_j f_j exp(-i k . (d_j + s))``, shape (n, N // 2 + 1, N).
+def _knot_terms(sources: RenderSources, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The knots of ``n`` galaxies with knots: offsets (n, J, 2), pixels, float64, and fluxes (n, J).
 
-    The phase factor of a point is separable in ``kx`` and ``ky``, so the sum
-    over knots is one batched complex matrix product of (n, N // 2 + 1, J) by (n, J, N).
-
-    Parameters
-    ----------
-    sources
-        ``n`` galaxies with knots.
-    minus_kx, minus_ky
-        Negated wavenumbers of `_fourier_grid`, shapes (N // 2 + 1, 1) and (1, N).
-    shift
-        The galaxies' positions ``s`` on the FFT grid, ``(x, y)`` in pixels, shape (n, 2);
-        the knots' offsets ``d_j`` are from these.
-
-    Returns
-    -------
-    transform
-        In the transposed ``[kx, ky]`` layout of `_fourier_grid`, complex.
+    ``J`` is the largest ``knot_count``; the fluxes, in ``dtype``, are zero beyond each galaxy's count
+    (see `knot_offsets_pix` and `knot_fluxes`).
     """
     assert sources.knot_count is not None and sources.knot_seed is not None  # callers check has_knots
     assert sources.knot_frac is not None and sources.knot_offset_hlr is not None
@@ -331,10 +315,38 @@ def _knot_fourier(
         sources.position_angle_rad,
         sources.knot_offset_hlr,
     )
+    fluxes = knot_fluxes(sources.flux, sources.disk_frac, sources.knot_frac, sources.knot_count, n_knots)
+    return offsets, fluxes.to(dtype)
+
+
+def _knot_fourier(
+    offsets: torch.Tensor,
+    fluxes: torch.Tensor,
+    minus_kx: torch.Tensor,
+    minus_ky: torch.Tensor,
+    shift: torch.Tensor,
+) -> torch.Tensor:
+    """Transforms of galaxies' knots, ``sum_j f_j exp(-i k . (d_j + s))``, shape (n, N // 2 + 1, N).
+
+    The phase factor of a point is separable in ``kx`` and ``ky``, so the sum
+    over knots is one batched complex matrix product of (n, N // 2 + 1, J) by (n, J, N).
+
+    Parameters
+    ----------
+    offsets, fluxes
+        The knots' offsets ``d_j`` from their galaxies' centres, pixels, and fluxes ``f_j``, shapes
+        (n, J, 2) and (n, J) (`_knot_terms`).
+    minus_kx, minus_ky
+        Negated wavenumbers of `_fourier_grid`, shapes (N // 2 + 1, 1) and (1, N).
+    shift
+        The galaxies' positions ``s`` on the FFT grid, ``(x, y)`` in pixels, shape (n, 2).
+
+    Returns
+    -------
+    transform
+        In the transposed ``[kx, ky]`` layout of `_fourier_grid`, complex.
+    """
     positions = (offsets + shift.to(offsets.dtype)[:, None, :]).to(minus_kx.dtype)
-    fluxes = knot_fluxes(sources.flux, sources.disk_frac, sources.knot_frac, sources.knot_count, n_knots).to(
-        minus_kx.dtype
-    )
     phase_x = _phase_factor(positions[..., 0:1] * minus_kx.reshape(-1))
     phase_y = _phase_factor(positions[..., 1:2] * minus_ky.reshape(-1)).mul_(fluxes[..., None])
     return torch.bmm(phase_x.transpose(1, 2), phase_y)
@@ -380,7 +392,9 @@ def render_stamps(
     fft_size = _fft_size(half_size, fft_padding, psf)
     terms = _source_terms(sources, dtype)
     knotty = sources.has_knots.nonzero().squeeze(1) if sources.knot_count is not None else None
-    knots = None if knotty is None or knotty.numel() == 0 else (knotty, sources.select(knotty))
+    knots = None
+    if knotty is not None and knotty.numel() > 0:
+        knots = (knotty, *_knot_terms(sources.select(knotty), dtype))
     return _render_terms(
         terms,
         _phase_factors(terms, torch.full_like(terms[:, 0], fft_size), fft_size),
@@ -436,9 +450,13 @@ def _phase_factors(
     angle = torch.cat(
         [index[:n_columns] * (step * terms[:, 9:10]), signed_index * (step * terms[:, 10:11])], 1
     )
+    # The moduli, (-1)^j and the amplitude, multiply the real cosines and sines: a complex tensor
+    # times a real one is several times slower on a CPU than the two real products.
     sign = 1.0 - 2.0 * torch.remainder(torch.cat([index[:n_columns], index]), 2.0)
-    factors = _phase_factor(angle).mul_(sign)
-    factors[:, n_columns:].mul_(terms[:, 8:9] / size.square())
+    modulus = torch.cat(
+        [sign[:n_columns].expand(len(size), -1), sign[n_columns:] * (terms[:, 8:9] / size.square())], 1
+    )
+    factors = torch.complex(torch.cos(angle).mul_(modulus), torch.sin(angle).mul_(modulus))
     return factors[:, :n_columns], factors[:, n_columns:]
 
 
@@ -447,7 +465,7 @@ def _render_terms(
     phase: tuple[torch.Tensor, torch.Tensor],
     any_galaxy: bool,
     psf_index: torch.Tensor,
-    knots: tuple[torch.Tensor, RenderSources] | None,
+    knots: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None,
     psf: PointSpreadFunction,
     half_size: int,
     fft_size: int,
@@ -456,8 +474,8 @@ def _render_terms(
 
     The computation is in the dtype of ``terms``; ``phase`` holds their `_phase_factors`;
     ``any_galaxy`` says whether any source is a galaxy, ``psf_index`` (n,) indexes ``psf``,
-    ``knots`` holds the indices of the galaxies with knots and those galaxies (`None` if there
-    are none), and ``fft_size`` is `_fft_size`.
+    ``knots`` holds the indices of the galaxies with knots and their `_knot_terms` (`None` if
+    there are none), and ``fft_size`` is `_fft_size`.
     """
     device, dtype = terms.device, terms.dtype
     basis, minus_kx, minus_ky = _fourier_grid(fft_size, device, dtype)
@@ -481,9 +499,9 @@ def _render_terms(
     # The flux, the inverse FFTs' normalization ("forward" norm below) and the shift.
     transform.mul_(phase[1][:, None, :fft_size]).mul_(phase[0][:, :n_columns, None])
     if knots is not None:
-        knotty, knot_sources = knots
+        knotty, knot_offsets, knot_fluxes = knots
         shift = terms[knotty, 9:11] + fft_size // 2
-        knot_transform = _knot_fourier(knot_sources, minus_kx, minus_ky, shift)
+        knot_transform = _knot_fourier(knot_offsets, knot_fluxes, minus_kx, minus_ky, shift)
         knot_psf = psf_transform[knotty] if psf.n_psf > 1 else psf_transform
         knot_transform.mul_(knot_psf / fft_size**2)
         transform.index_add_(0, knotty, knot_transform)
@@ -581,17 +599,22 @@ def _stamps_by_size(
     psf_index = sources.psf_index[order]
     # Galaxies among the first i sorted sources, counted once rather than tested in every batch.
     galaxies_before = [0, *torch.cumsum(sources.is_galaxy[order], 0).tolist()]
-    has_knots = sources.has_knots[order] if sources.knot_count is not None else None
+    # The knots of all galaxies at once (their positions take some hundred small operations).
+    knot_rows: list[int] = []
+    if sources.knot_count is not None:
+        knot_index = sources.has_knots[order].nonzero().squeeze(1)
+        knot_rows = knot_index.tolist()
+        if knot_rows:
+            knot_offsets, knot_fluxes = _knot_terms(sources.select(order[knot_index]), dtype)
     first = 0
     for half_size, fft_size, count in zip(sizes.tolist(), fft_sizes, counts.tolist(), strict=True):
         for chunk in _chunks(count, fft_size, max_chunk_bytes):
             batch = slice(first + chunk.start, first + chunk.stop)
             members = order[batch]
             knots = None
-            if has_knots is not None:
-                knotty = has_knots[batch].nonzero().squeeze(1)
-                if knotty.numel() > 0:
-                    knots = (knotty, sources.select(members[knotty]))
+            low, high = bisect.bisect_left(knot_rows, batch.start), bisect.bisect_left(knot_rows, batch.stop)
+            if high > low:
+                knots = (knot_index[low:high] - batch.start, knot_offsets[low:high], knot_fluxes[low:high])
             any_galaxy = galaxies_before[batch.stop] > galaxies_before[batch.start]
             stamps = _render_terms(
                 terms[batch],
@@ -634,14 +657,21 @@ def paste_stamps(
     n_images, height, width = images.shape
     half_size = stamps.shape[-1] // 2
     offsets = torch.arange(-half_size, half_size + 1, device=images.device)
-    rows = (torch.round(y).long()[:, None] + offsets)[:, :, None]
-    cols = (torch.round(x).long()[:, None] + offsets)[:, None, :]
-    inside = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
+    centre_rows, centre_cols = torch.round(y).long(), torch.round(x).long()
+    rows = (centre_rows[:, None] + offsets)[:, :, None]
+    cols = (centre_cols[:, None] + offsets)[:, None, :]
     flat = (image_index[:, None, None] * height + rows) * width + cols
-    if bool(inside.all()):  # nothing to clip: no boolean indexing, which costs more than the sum
-        images.view(-1).index_add_(0, flat.reshape(-1), stamps.reshape(-1).to(images.dtype))
-    else:
-        images.view(-1).index_add_(0, flat[inside], stamps[inside].to(images.dtype))
+    values = stamps.to(images.dtype)
+    # Whether any stamp needs clipping, from the centres alone.
+    lowest = torch.stack([centre_rows.min(), centre_cols.min()]) - half_size
+    highest = torch.stack([centre_rows.max() - height, centre_cols.max() - width]) + half_size
+    if bool((lowest < 0).any() | (highest >= 0).any()):
+        # Pixels off the image add zero to a pixel on it (the same order of additions, so the same
+        # sums), which costs less than selecting the others.
+        inside = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
+        values = torch.where(inside, values, 0.0)
+        flat = flat.clamp(0, images.numel() - 1)
+    images.view(-1).index_add_(0, flat.reshape(-1), values.reshape(-1))
 
 
 def render_images(
@@ -687,10 +717,13 @@ def render_images(
     if len(sources) == 0:
         return torch.zeros(n_images, height, width, device=device, dtype=dtype)
     half_sizes = stamp_half_size(sources, psf, max_half_size)
-    # Stamps are added to a canvas with a margin that holds the largest, so that none is clipped (see
-    # `paste_stamps`); the margin is even so that shifting a position by it does not change which
+    # Stamps are added to a canvas with a margin, so that those within it need no clipping (see
+    # `paste_stamps`); the margin holds the largest stamp but at most half the image, since a canvas
+    # many times the image's area (small images, big stamps) costs more to clear than clipping the
+    # few stamps beyond it.  It is even so that shifting a position by it does not change which
     # pixel it rounds to (torch rounds halves to even).
-    margin = int(half_sizes.max()) + int(half_sizes.max()) % 2
+    margin = min(int(half_sizes.max()), max(height, width) // 2)
+    margin += margin % 2
     canvas = torch.zeros(n_images, height + 2 * margin, width + 2 * margin, device=device, dtype=dtype)
     for members, stamps in _stamps_by_size(sources, psf, half_sizes, fft_padding, dtype, max_chunk_bytes):
         paste_stamps(
