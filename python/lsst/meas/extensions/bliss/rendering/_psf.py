@@ -114,17 +114,23 @@ class PointSpreadFunction(ABC):
             cache[key] = self._compute_fourier_grid(fft_size, torch.device(device), dtype)
         return cache[key]
 
-    def fourier_grid_transposed(
+    def centred_fourier_grid(
         self, fft_size: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
     ) -> torch.Tensor:
-        """`fourier_grid` transposed to ``[kx, ky]``, contiguous, shape (P, N // 2 + 1, N).
+        """`fourier_grid` in the form the renderer multiplies its half-spectra by.
 
-        The layout of the renderer's half-spectra; cached like `fourier_grid`.
+        Transposed to ``[kx, ky]``, contiguous, shape (P, N // 2 + 1, N); times
+        ``(-1)^(jx + jy)`` at frequency indices ``jx`` and ``jy`` (a shift by ``N / 2``
+        in both axes, which centres a source on the grid) and divided by ``N^2``
+        (the normalization of an inverse FFT). Cached like `fourier_grid`.
         """
         cache: dict = self.__dict__.setdefault("_fourier_cache", {})
-        key = ("transposed", fft_size, torch.device(device), dtype)
+        key = ("centred", fft_size, torch.device(device), dtype)
         if key not in cache:
-            cache[key] = self.fourier_grid(fft_size, device, dtype).transpose(-1, -2).contiguous()
+            grid = self.fourier_grid(fft_size, device, dtype).transpose(-1, -2)
+            index = torch.arange(fft_size, device=device)
+            sign = 1.0 - 2.0 * ((index[: grid.shape[-2], None] + index) % 2).to(dtype)
+            cache[key] = (grid * (sign / fft_size**2)).contiguous()
         return cache[key]
 
     @abstractmethod
