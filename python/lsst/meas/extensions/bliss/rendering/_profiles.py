@@ -19,6 +19,7 @@ __all__ = [
     "exponential_fourier_squared",
     "gaussian_fourier",
     "moffat_fourier",
+    "moffat_fourier_one_plus_squared",
     "moffat_alpha_over_fwhm",
 ]
 
@@ -307,3 +308,26 @@ def moffat_fourier(k_alpha: torch.Tensor, beta: float) -> torch.Tensor:
     if not beta > 1.1:
         raise ValueError(f"moffat_beta={beta} is out of range; it must be greater than 1.1.")
     return _moffat_table(float(beta))(k_alpha)
+
+
+def moffat_fourier_one_plus_squared(one_plus_k_alpha_squared: torch.Tensor, beta: float) -> torch.Tensor:
+    """`moffat_fourier` of ``sqrt(one_plus_k_alpha_squared - 1)``; overwrites its argument.
+
+    Without autograd the transform is the nearest node of a dense table (error below 6e-5 of
+    its value at k = 0), as `devaucouleurs_fourier_one_plus_squared`.
+
+    Parameters
+    ----------
+    one_plus_k_alpha_squared
+        One plus the squared product of wavenumber and Moffat scale, any shape, >= 1.
+    beta
+        Moffat index, greater than 1.1.
+
+    Returns
+    -------
+    transform
+        Tabulated transform, same shape.
+    """
+    if not beta > 1.1:
+        raise ValueError(f"moffat_beta={beta} is out of range; it must be greater than 1.1.")
+    return _moffat_table(float(beta)).from_one_plus_squared(one_plus_k_alpha_squared)

@@ -436,9 +436,10 @@ def _render_terms(
     basis, minus_kx, minus_ky, phase_basis = _fourier_grid(fft_size, device, dtype)
     n_sources, n_columns = terms.shape[0], minus_kx.shape[0]
     # Centred on the grid and normalized for the inverse FFTs ("forward" norm below).
-    psf_transform = psf.centred_fourier_grid(fft_size, device, dtype)
     if psf.n_psf > 1:
-        psf_transform = psf_transform[psf_index]
+        psf_transform = psf.centred_fourier_grid_of(psf_index, fft_size, device, dtype)
+    else:
+        psf_transform = psf.centred_fourier_grid(fft_size, device, dtype)
     complex_dtype = torch.complex64 if dtype == torch.float32 else torch.complex128
     transform = torch.empty(n_sources, n_columns, fft_size, device=device, dtype=complex_dtype)
     if any_galaxy:
