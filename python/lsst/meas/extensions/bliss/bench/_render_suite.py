@@ -37,7 +37,7 @@ from ..rendering import (
     RenderSources,
     catalog_to_render_sources,
     render_galsim_stamp,
-    render_stamps,
+    render_stamps_by_size,
     stamp_half_size,
 )
 from ..simulation import PriorConfig, SourcePrior
@@ -241,12 +241,7 @@ def _render_groups(
     sources: RenderSources, psf: PointSpreadFunction, dtype: torch.dtype
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Render every source on its own stamp, batched by stamp size: ``(members, stamps)`` per size."""
-    half_sizes = stamp_half_size(sources, psf)
-    groups = []
-    for half_size in torch.unique(half_sizes).tolist():
-        members = (half_sizes == half_size).nonzero().squeeze(1)
-        groups.append((members, render_stamps(sources.select(members), psf, half_size, dtype=dtype)))
-    return groups
+    return list(render_stamps_by_size(sources, psf, dtype=dtype))
 
 
 def _render_torch(sources: RenderSources, psf: PointSpreadFunction, dtype: torch.dtype) -> list[torch.Tensor]:

@@ -19,6 +19,7 @@ __all__ = [
     "rfft_wavenumbers",
 ]
 
+import functools
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -26,7 +27,12 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ._profiles import gaussian_fourier, moffat_alpha_over_fwhm, moffat_fourier
+from ._profiles import (
+    gaussian_fourier,
+    moffat_alpha_over_fwhm,
+    moffat_fourier,
+    moffat_fourier_one_plus_squared,
+)
 
 FWHM_OVER_SIGMA: float = 2.0 * math.sqrt(2.0 * math.log(2.0))
 
@@ -72,6 +78,27 @@ def pixel_response_fourier(ky: torch.Tensor, kx: torch.Tensor) -> torch.Tensor:
     return torch.sinc(kx / (2.0 * math.pi)) * torch.sinc(ky / (2.0 * math.pi))
 
 
+@functools.cache
+def _centred_grid(
+    fft_size: int, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The squared wavenumber and the window of `PointSpreadFunction.centred_fourier_grid`.
+
+    Returns
+    -------
+    k_squared
+        ``kx^2 + ky^2``, radians^2 per pixel^2, shape (N // 2 + 1, N) (``[kx, ky]``).
+    window
+        The unit pixel's transform times ``(-1)^(jx + jy) / N^2``, same shape.  Both are
+        cached per grid and must not be modified.
+    """
+    ky, kx = rfft_wavenumbers(fft_size, device, dtype)
+    kx, ky = kx.reshape(-1, 1), ky.reshape(1, -1)
+    index = torch.arange(fft_size, device=device)
+    sign = 1.0 - 2.0 * ((index[: kx.shape[0], None] + index) % 2).to(dtype)
+    return kx.square() + ky.square(), pixel_response_fourier(ky, kx) * sign / fft_size**2
+
+
 def _as_positive_vector(value: float | Sequence[float] | torch.Tensor, name: str) -> torch.Tensor:
     tensor = torch.as_tensor(value, dtype=torch.float64).reshape(-1).clone()
     if tensor.numel() == 0:
@@ -114,6 +141,46 @@ class PointSpreadFunction(ABC):
             cache[key] = self._compute_fourier_grid(fft_size, torch.device(device), dtype)
         return cache[key]
 
+    def centred_fourier_grid(
+        self, fft_size: int, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor:
+        """`fourier_grid` in the form the renderer multiplies its half-spectra by.
+
+        Transposed to ``[kx, ky]``, contiguous, shape (P, N // 2 + 1, N); times
+        ``(-1)^(jx + jy)`` at frequency indices ``jx`` and ``jy`` (a shift by ``N / 2``
+        in both axes, which centres a source on the grid) and divided by ``N^2``
+        (the normalization of an inverse FFT).  Analytic PSFs compute it directly,
+        with their tabulated profiles read at the nearest node of a dense table (error
+        below 6e-5 of the value at k = 0), since a new batch of PSFs (one per training
+        image) needs it for every stamp size.  Cached like `fourier_grid`.
+        """
+        cache: dict = self.__dict__.setdefault("_fourier_cache", {})
+        key = ("centred", fft_size, torch.device(device), dtype)
+        if key not in cache:
+            cache[key] = self._compute_centred_fourier_grid(fft_size, torch.device(device), dtype)
+        return cache[key]
+
+    def centred_fourier_grid_of(
+        self,
+        index: torch.Tensor,
+        fft_size: int,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> torch.Tensor:
+        """`centred_fourier_grid` of the PSFs ``index`` (shape (m,)), shape (m, N // 2 + 1, N).
+
+        Analytic PSFs compute only those when there are fewer of them than PSFs in the batch (a
+        training batch has a PSF per image, and a stamp size holds the sources of a few images).
+        """
+        return self.centred_fourier_grid(fft_size, device, dtype)[index]
+
+    def _compute_centred_fourier_grid(
+        self, fft_size: int, device: torch.device, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """Uncached `centred_fourier_grid`, from `fourier_grid`."""
+        _, window = _centred_grid(fft_size, device, dtype)
+        return (self.fourier_grid(fft_size, device, dtype).transpose(-1, -2) * window).contiguous()
+
     @abstractmethod
     def _compute_fourier_grid(self, fft_size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         """Uncached `fourier_grid`."""
@@ -150,6 +217,25 @@ class GaussianPsf(PointSpreadFunction):
         k = torch.sqrt(kx.square() + ky.square())
         return gaussian_fourier(k * sigma) * pixel_response_fourier(ky, kx)
 
+    def _compute_centred_fourier_grid(
+        self, fft_size: int, device: torch.device, dtype: torch.dtype, index: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        k_squared, window = _centred_grid(fft_size, device, dtype)
+        sigma = (self.fwhm_pix / FWHM_OVER_SIGMA).to(device=device, dtype=dtype)
+        sigma = (sigma if index is None else sigma[index])[:, None, None]
+        return torch.exp(k_squared * (-0.5 * sigma.square())).mul_(window)
+
+    def centred_fourier_grid_of(
+        self,
+        index: torch.Tensor,
+        fft_size: int,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> torch.Tensor:
+        if index.numel() >= self.n_psf:
+            return self.centred_fourier_grid(fft_size, device, dtype)[index]
+        return self._compute_centred_fourier_grid(fft_size, torch.device(device), dtype, index)
+
     def radius_pix(self) -> torch.Tensor:
         return 2.0 * self.fwhm_pix
 
@@ -185,6 +271,26 @@ class MoffatPsf(PointSpreadFunction):
         alpha = self.alpha_pix.to(device=device, dtype=dtype)[:, None, None]
         k = torch.sqrt(kx.square() + ky.square())
         return moffat_fourier(k * alpha, self.beta) * pixel_response_fourier(ky, kx)
+
+    def _compute_centred_fourier_grid(
+        self, fft_size: int, device: torch.device, dtype: torch.dtype, index: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        k_squared, window = _centred_grid(fft_size, device, dtype)
+        alpha = self.alpha_pix.to(device=device, dtype=dtype)
+        alpha = (alpha if index is None else alpha[index])[:, None, None]
+        one_plus_squared = (k_squared * alpha.square()).add_(1.0)
+        return moffat_fourier_one_plus_squared(one_plus_squared, self.beta).mul_(window)
+
+    def centred_fourier_grid_of(
+        self,
+        index: torch.Tensor,
+        fft_size: int,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> torch.Tensor:
+        if index.numel() >= self.n_psf:
+            return self.centred_fourier_grid(fft_size, device, dtype)[index]
+        return self._compute_centred_fourier_grid(fft_size, torch.device(device), dtype, index)
 
     def radius_pix(self) -> torch.Tensor:
         # Enclosed flux of a Moffat is 1 - (1 + R^2/alpha^2)^(1 - beta).
