@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from lsst.daf.butler.cli.cliLog import CliLog
 
-from lsst.meas.extensions.bliss.pipeline import DEFAULT_MODEL_RUN, pipetask_arguments
+from lsst.meas.extensions.bliss.pipeline import DEFAULT_MODEL_RUN, forks_quanta, pipetask_arguments
 from lsst.meas.extensions.bliss.pipeline.demo import (
     DemoRepoConfig,
     bps_submit,
@@ -154,3 +155,29 @@ def test_bliss_pipetask_adds_the_forkserver_only_to_a_run_without_start_method(
     argv: list[str], expected: list[str]
 ) -> None:
     assert pipetask_arguments(argv) == expected
+
+
+def test_bliss_pipetask_leaves_logging_to_pipetask() -> None:
+    """Reading the command line sets up no logging, so ``--long-log`` and the like before ``run`` still
+    take effect when pipetask parses them."""
+    CliLog.resetLog()
+    pipetask_arguments(["--long-log", "--log-level", "DEBUG", "run", "-j", "2"])
+    assert CliLog.configState == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "forks"),
+    [
+        (["run", "-j", "2", "--start-method", "forkserver"], True),
+        (["run", "-j2", "--start-method=forkserver"], True),
+        (["run", "--processes=4", "--start-method", "forkserver"], True),
+        (["run", "-j", "1", "--start-method", "forkserver"], False),
+        (["run", "-j", "2", "--start-method", "spawn"], False),
+        (["run", "--start-method", "forkserver"], False),
+        (["qgraph", "-j", "2", "--start-method", "forkserver"], False),
+    ],
+)
+def test_bliss_pipetask_starts_its_server_early_only_for_parallel_forked_runs(
+    argv: list[str], forks: bool
+) -> None:
+    assert forks_quanta(argv) == forks
