@@ -81,22 +81,25 @@ def pixel_response_fourier(ky: torch.Tensor, kx: torch.Tensor) -> torch.Tensor:
 @functools.cache
 def _centred_grid(
     fft_size: int, device: torch.device, dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The squared wavenumber and the window of `PointSpreadFunction.centred_fourier_grid`.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The squared wavenumber and the windows of `PointSpreadFunction.centred_fourier_grid`.
 
     Returns
     -------
     k_squared
         ``kx^2 + ky^2``, radians^2 per pixel^2, shape (N // 2 + 1, N) (``[kx, ky]``).
+    centring
+        ``(-1)^(jx + jy) / N^2``, same shape: the shift that centres a source on the grid and
+        the inverse FFT's normalization, for transforms that already hold the pixel (images).
     window
-        The unit pixel's transform times ``(-1)^(jx + jy) / N^2``, same shape.  Both are
-        cached per grid and must not be modified.
+        ``centring`` times the unit pixel's transform, same shape: for analytic profiles.  All
+        three are cached per grid and must not be modified.
     """
     ky, kx = rfft_wavenumbers(fft_size, device, dtype)
     kx, ky = kx.reshape(-1, 1), ky.reshape(1, -1)
     index = torch.arange(fft_size, device=device)
-    sign = 1.0 - 2.0 * ((index[: kx.shape[0], None] + index) % 2).to(dtype)
-    return kx.square() + ky.square(), pixel_response_fourier(ky, kx) * sign / fft_size**2
+    centring = (1.0 - 2.0 * ((index[: kx.shape[0], None] + index) % 2).to(dtype)) / fft_size**2
+    return kx.square() + ky.square(), centring, pixel_response_fourier(ky, kx) * centring
 
 
 def _as_positive_vector(value: float | Sequence[float] | torch.Tensor, name: str) -> torch.Tensor:
@@ -177,9 +180,9 @@ class PointSpreadFunction(ABC):
     def _compute_centred_fourier_grid(
         self, fft_size: int, device: torch.device, dtype: torch.dtype
     ) -> torch.Tensor:
-        """Uncached `centred_fourier_grid`, from `fourier_grid`."""
-        _, window = _centred_grid(fft_size, device, dtype)
-        return (self.fourier_grid(fft_size, device, dtype).transpose(-1, -2) * window).contiguous()
+        """Uncached `centred_fourier_grid`, from `fourier_grid` (which already holds the pixel)."""
+        _, centring, _ = _centred_grid(fft_size, device, dtype)
+        return (self.fourier_grid(fft_size, device, dtype).transpose(-1, -2) * centring).contiguous()
 
     @abstractmethod
     def _compute_fourier_grid(self, fft_size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -220,7 +223,7 @@ class GaussianPsf(PointSpreadFunction):
     def _compute_centred_fourier_grid(
         self, fft_size: int, device: torch.device, dtype: torch.dtype, index: torch.Tensor | None = None
     ) -> torch.Tensor:
-        k_squared, window = _centred_grid(fft_size, device, dtype)
+        k_squared, _, window = _centred_grid(fft_size, device, dtype)
         sigma = (self.fwhm_pix / FWHM_OVER_SIGMA).to(device=device, dtype=dtype)
         sigma = (sigma if index is None else sigma[index])[:, None, None]
         return torch.exp(k_squared * (-0.5 * sigma.square())).mul_(window)
@@ -275,7 +278,7 @@ class MoffatPsf(PointSpreadFunction):
     def _compute_centred_fourier_grid(
         self, fft_size: int, device: torch.device, dtype: torch.dtype, index: torch.Tensor | None = None
     ) -> torch.Tensor:
-        k_squared, window = _centred_grid(fft_size, device, dtype)
+        k_squared, _, window = _centred_grid(fft_size, device, dtype)
         alpha = self.alpha_pix.to(device=device, dtype=dtype)
         alpha = (alpha if index is None else alpha[index])[:, None, None]
         one_plus_squared = (k_squared * alpha.square()).add_(1.0)
