@@ -202,6 +202,23 @@ def test_masked_pixels_do_not_bias_psf_corrected_shapes() -> None:
         assert masked[name][0] == pytest.approx(whole[name][0], abs=1e-4), name
 
 
+def test_masked_pixels_do_not_bias_adaptive_moments() -> None:
+    # The same bad column for the unweighted adaptive moments of the deblended images (bliss_e1, ixx,
+    # ...): without the model in the masked pixels they see a hole of zero light.
+    size = 64
+    sources = catalog([galaxy(32.0, 32.0, 0.5, 0.3)], size, size)
+    models = render_source_models(sources, torch.full((1,), FWHM_PIX), CONDITIONS, size, size)
+    image = scene_model(models, size, size)
+    whole = measure_deblended(deblend_sources(image, torch.ones(size, size), models), 1.0)
+    valid = torch.ones(size, size, dtype=torch.bool)
+    valid[:, 34] = False
+    image[~valid] = 1e9
+    masked = measure_deblended(deblend_sources(image, torch.ones(size, size), models, valid), 1.0)
+    assert not whole["flag_moments_failed"][0] and not masked["flag_moments_failed"][0]
+    for name in ("e1", "e2", "sigma_pix", "ixx", "iyy", "ixy"):
+        assert masked[name][0] == pytest.approx(whole[name][0], rel=1e-4, abs=1e-6), name
+
+
 def test_masked_pixels_get_no_share_and_the_model_corrects_the_flux() -> None:
     size = 96
     sources = catalog([dict(x=48.0, y=48.0, flux_njy=1e5)], size, size)

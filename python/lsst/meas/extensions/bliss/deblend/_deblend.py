@@ -690,6 +690,20 @@ def deblend_sources(
     return DeblendedSources(share * observed, share.square() * pixel_variance, models, stamp_valid)
 
 
+def _model_filled_images(deblended: DeblendedSources) -> np.ndarray:
+    """Each source's deblended image with its own model in the masked pixels, nJy, shape (N, S, S).
+
+    GalSim's HSM either reads a masked pixel's value or, given a mask, leaves the pixel out of its
+    moment sums, which for a galaxy is the same as zero light there: a bad column through a
+    galaxy's core biases its shape by more than the pixel noise of a galaxy at SNR 20.  The model
+    is the source's expected light in those pixels, as the fluxes rely on it where pixels are
+    masked.
+    """
+    return np.where(
+        deblended.valid.numpy(), deblended.images.double().numpy(), deblended.models.models.double().numpy()
+    )
+
+
 def measure_deblended(
     deblended: DeblendedSources,
     noise_njy: float,
@@ -719,7 +733,8 @@ def measure_deblended(
         there, and its standard deviation; NaN when the footprint holds no
         valid pixel), ``e1``, ``e2`` (distortion
         ``(a^2 - b^2) / (a^2 + b^2)`` of the adaptive moments, axes of the
-        image grid), ``sigma_pix`` (adaptive-moment size
+        image grid; masked pixels hold the source's model, as for
+        `psf_corrected_shapes`), ``sigma_pix`` (adaptive-moment size
         ``det(M)^(1/4)``, pixels), ``ixx``, ``iyy``, ``ixy`` (the adaptive
         moment matrix ``M``, pixels^2), each shape (N,), NaN where undefined, and
         the `DEBLEND_FLAGS` (bool, shape (N,)).
@@ -752,7 +767,7 @@ def measure_deblended(
     undefined = flags["flag_no_model"] | ~footprint.any(dim=(1, 2)).numpy()
     results["flux_njy"] = np.where(undefined, np.nan, flux.double().numpy())
     results["flux_err_njy"] = np.where(undefined, np.nan, flux_err.double().numpy())
-    images = deblended.images.double().numpy()
+    images = _model_filled_images(deblended)
     for index in range(n_sources):
         if flags["flag_no_model"][index]:
             flags["flag_moments_failed"][index] = True
@@ -954,8 +969,7 @@ def psf_corrected_shapes(
     shapes = {name: np.full(n_sources, np.nan) for name in ("e1", "e2", "sigma", "resolution")}
     shapes["flag"] = np.ones(n_sources, dtype=bool)
     centre = models.stamp_size // 2
-    images = deblended.images.double().numpy()
-    own_models = models.models.double().numpy()
+    images = _model_filled_images(deblended)
     weights = deblended.valid.numpy()
     for index in range(n_sources):
         size = 2 * int(models.half_size[index]) + 1
@@ -963,9 +977,7 @@ def psf_corrected_shapes(
         valid = weights[index, own, own]
         if not valid.any():  # every pixel of the stamp masked: nothing to measure (flagged)
             continue
-        # Masked pixels take the model: HSM's mask would make them holes of zero light (see Notes).
-        filled = np.where(valid, images[index, own, own], own_models[index, own, own])
-        galaxy = galsim.Image(np.ascontiguousarray(filled))
+        galaxy = galsim.Image(np.ascontiguousarray(images[index, own, own]))
         psf = galsim.Image(np.ascontiguousarray(psf_images[index], dtype=np.float64))
         try:
             result = galsim.hsm.EstimateShear(
