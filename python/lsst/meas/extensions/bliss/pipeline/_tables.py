@@ -44,6 +44,7 @@ from ..catalog import SOURCE_FIELDS, FullCatalog
 from ..deblend import BlendFamilies, GalaxyLatents, SourceModels, models_from_parameters
 from ..inference import FrameResult
 from ..network import GalaxyAutoencoder
+from ..rendering import KNOT_FIELD_DESCRIPTIONS
 from ..survey import SurveyConditions, flux_njy_to_mag
 
 # (column, unit, description, value of a catalog) with the catalog's positions already in parent pixels.
@@ -149,15 +150,6 @@ TRUTH_COLUMNS: tuple[_ColumnSpec, ...] = tuple(
     for name, unit, description, value in SAMPLE_COLUMNS
 )
 """Columns of a simulation's truth table (``bliss_truth``): the sample columns without prefix."""
-
-
-_TRUTH_KNOT_COLUMNS: dict[str, str] = {
-    "knot_frac": "Fraction of the disk's light in star-forming knots (0: none).",
-    "knot_count": "Number of star-forming knots.",
-    "knot_seed": "Integer seed that places the knots (with the disk's size and shape).",
-    "knot_offset_hlr": "Offset of an irregular galaxy's knots from its centre, disk half-light radii.",
-}
-"""Optional columns of a truth table whose simulation drew star-forming knots (`KNOT_FIELDS`)."""
 
 
 def _shifted(catalog: FullCatalog, x0: int, y0: int) -> FullCatalog:
@@ -400,7 +392,7 @@ def truth_table(
     table["psf_fwhm"].description = "FWHM of the PSF at the source."
     # A realistic population's star-forming knots, which the four fields define (the renderers draw
     # the same knots from them): kept so that each true galaxy can be drawn again as it was.
-    for name, description in _TRUTH_KNOT_COLUMNS.items():
+    for name, description in KNOT_FIELD_DESCRIPTIONS.items():
         if name in catalog.fields:
             table[name] = catalog.fields[name][0, :n].cpu().numpy().astype(np.float64)
             table[name].description = description

@@ -22,7 +22,14 @@ in a direction drawn from the seed.  The points are then sheared like the disk
 
 from __future__ import annotations
 
-__all__ = ["KNOT_EXTENT_HLR", "KNOT_FIELDS", "MAX_KNOT_SEED", "knot_fluxes", "knot_offsets_pix"]
+__all__ = [
+    "KNOT_EXTENT_HLR",
+    "KNOT_FIELDS",
+    "KNOT_FIELD_DESCRIPTIONS",
+    "MAX_KNOT_SEED",
+    "knot_fluxes",
+    "knot_offsets_pix",
+]
 
 import functools
 import math
@@ -31,7 +38,15 @@ import torch
 
 from ._profiles import EXPONENTIAL_HLR_OVER_SCALE
 
-KNOT_FIELDS: tuple[str, ...] = ("knot_frac", "knot_count", "knot_seed", "knot_offset_hlr")
+KNOT_FIELD_DESCRIPTIONS: dict[str, str] = {
+    "knot_frac": "Fraction of the disk's light in star-forming knots (0: none).",
+    "knot_count": "Number of star-forming knots.",
+    "knot_seed": "Integer seed that places the knots (with the disk's size and shape).",
+    "knot_offset_hlr": "Offset of an irregular galaxy's knots from its centre, disk half-light radii.",
+}
+"""One line on each of the `KNOT_FIELDS`, for the tables that store them."""
+
+KNOT_FIELDS: tuple[str, ...] = tuple(KNOT_FIELD_DESCRIPTIONS)
 """Catalog fields (beyond `SOURCE_FIELDS`) that describe a galaxy's knots.
 
 ``knot_frac`` the fraction of the disk's flux in knots, in [0, 1);
