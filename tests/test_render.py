@@ -277,3 +277,28 @@ def test_galsim_scene_matches_the_torch_renderer() -> None:
     reference = render_galsim_images(sources, psf, 1, 48, 64)[0]
     # GalSim's default accuracy (folding threshold 5e-3) bounds the agreement of the scenes.
     assert np.abs(ours - reference).max() <= PEAK_TOLERANCE * reference.max()
+
+
+@pytest.mark.parametrize(
+    "psf",
+    [
+        GaussianPsf([2.5, 3.0, 4.0]),
+        MoffatPsf([2.5, 3.0, 4.0]),
+        ImagePsf(
+            np.stack(
+                [
+                    galsim.Moffat(beta=3.5, fwhm=f).drawImage(nx=15, ny=15, scale=1.0).array
+                    for f in (2.5, 3.0, 4.0)
+                ]
+            )
+        ),
+    ],
+    ids=["gaussian", "moffat", "image"],
+)
+def test_centred_transforms_of_some_psfs_match_those_of_the_whole_batch(psf) -> None:
+    # A stamp size that holds the sources of a few images computes only their PSFs' transforms.
+    index = torch.tensor([2, 0])
+    some = psf.centred_fourier_grid_of(index, 32)
+    whole = psf.centred_fourier_grid(32)
+    assert some.shape == (2, 17, 32)
+    torch.testing.assert_close(some, whole[index], rtol=0, atol=1e-7)

@@ -172,17 +172,22 @@ class PointSpreadFunction(ABC):
     ) -> torch.Tensor:
         """`centred_fourier_grid` of the PSFs ``index`` (shape (m,)), shape (m, N // 2 + 1, N).
 
-        Analytic PSFs compute only those when there are fewer of them than PSFs in the batch (a
-        training batch has a PSF per image, and a stamp size holds the sources of a few images).
+        Only those are computed when there are fewer of them than PSFs in the batch (a training
+        batch has a PSF per image, and a stamp size holds the sources of a few images).
         """
-        return self.centred_fourier_grid(fft_size, device, dtype)[index]
+        if index.numel() >= self.n_psf:
+            return self.centred_fourier_grid(fft_size, device, dtype)[index]
+        return self._compute_centred_fourier_grid(fft_size, torch.device(device), dtype, index)
 
     def _compute_centred_fourier_grid(
-        self, fft_size: int, device: torch.device, dtype: torch.dtype
+        self, fft_size: int, device: torch.device, dtype: torch.dtype, index: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Uncached `centred_fourier_grid`, from `fourier_grid` (which already holds the pixel)."""
+        """Uncached `centred_fourier_grid` (of the PSFs ``index`` only, when given), from `fourier_grid`
+        (which already holds the pixel); analytic PSFs compute it directly instead."""
         _, centring, _ = _centred_grid(fft_size, device, dtype)
-        return (self.fourier_grid(fft_size, device, dtype).transpose(-1, -2) * centring).contiguous()
+        grid = self.fourier_grid(fft_size, device, dtype)
+        grid = grid if index is None else grid[index]
+        return (grid.transpose(-1, -2) * centring).contiguous()
 
     @abstractmethod
     def _compute_fourier_grid(self, fft_size: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -228,17 +233,6 @@ class GaussianPsf(PointSpreadFunction):
         sigma = (sigma if index is None else sigma[index])[:, None, None]
         return torch.exp(k_squared * (-0.5 * sigma.square())).mul_(window)
 
-    def centred_fourier_grid_of(
-        self,
-        index: torch.Tensor,
-        fft_size: int,
-        device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.float32,
-    ) -> torch.Tensor:
-        if index.numel() >= self.n_psf:
-            return self.centred_fourier_grid(fft_size, device, dtype)[index]
-        return self._compute_centred_fourier_grid(fft_size, torch.device(device), dtype, index)
-
     def radius_pix(self) -> torch.Tensor:
         return 2.0 * self.fwhm_pix
 
@@ -283,17 +277,6 @@ class MoffatPsf(PointSpreadFunction):
         alpha = (alpha if index is None else alpha[index])[:, None, None]
         one_plus_squared = (k_squared * alpha.square()).add_(1.0)
         return moffat_fourier_one_plus_squared(one_plus_squared, self.beta).mul_(window)
-
-    def centred_fourier_grid_of(
-        self,
-        index: torch.Tensor,
-        fft_size: int,
-        device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.float32,
-    ) -> torch.Tensor:
-        if index.numel() >= self.n_psf:
-            return self.centred_fourier_grid(fft_size, device, dtype)[index]
-        return self._compute_centred_fourier_grid(fft_size, torch.device(device), dtype, index)
 
     def radius_pix(self) -> torch.Tensor:
         # Enclosed flux of a Moffat is 1 - (1 + R^2/alpha^2)^(1 - beta).
