@@ -135,7 +135,7 @@ class _RadialTable:
             return self.from_squared(one_plus_u_squared - 1.0)
         key = (one_plus_u_squared.device, dtype)
         if key not in self._dense_per_device:
-            # Made on first use: the renderer needs it for the de Vaucouleurs profile only.
+            # Made on first use: only the renderer's tables (de Vaucouleurs, Moffat) need it.
             self._dense_per_device[key] = self._dense_table().to(device=key[0], dtype=dtype)
         dense = self._dense_per_device[key]
         # A float's bits, read as an integer, grow with it: the exponent and the top mantissa
@@ -288,6 +288,13 @@ def _moffat_table(beta: float) -> _RadialTable:
     return _RadialTable(u_max, np.nan_to_num(values, nan=0.0))
 
 
+def _checked_moffat_table(beta: float) -> _RadialTable:
+    """The Moffat table of index ``beta``, or `ValueError` for an index of infinite or ill-behaved flux."""
+    if not beta > 1.1:
+        raise ValueError(f"moffat_beta={beta} is out of range; it must be greater than 1.1.")
+    return _moffat_table(float(beta))
+
+
 def moffat_fourier(k_alpha: torch.Tensor, beta: float) -> torch.Tensor:
     """Fourier transform of a unit-flux untruncated Moffat profile.
 
@@ -305,9 +312,7 @@ def moffat_fourier(k_alpha: torch.Tensor, beta: float) -> torch.Tensor:
     transform
         Tabulated transform, same shape.
     """
-    if not beta > 1.1:
-        raise ValueError(f"moffat_beta={beta} is out of range; it must be greater than 1.1.")
-    return _moffat_table(float(beta))(k_alpha)
+    return _checked_moffat_table(beta)(k_alpha)
 
 
 def moffat_fourier_one_plus_squared(one_plus_k_alpha_squared: torch.Tensor, beta: float) -> torch.Tensor:
@@ -328,6 +333,4 @@ def moffat_fourier_one_plus_squared(one_plus_k_alpha_squared: torch.Tensor, beta
     transform
         Tabulated transform, same shape.
     """
-    if not beta > 1.1:
-        raise ValueError(f"moffat_beta={beta} is out of range; it must be greater than 1.1.")
-    return _moffat_table(float(beta)).from_one_plus_squared(one_plus_k_alpha_squared)
+    return _checked_moffat_table(beta).from_one_plus_squared(one_plus_k_alpha_squared)

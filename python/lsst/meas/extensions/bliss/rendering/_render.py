@@ -368,7 +368,7 @@ def render_stamps(
     """Render each source on a stamp centred on its nearest pixel.
 
     The profiles' squared arguments are one matrix product of per-source
-    coefficients with the grid's monomials (`_profile_coefficients`); the
+    coefficients with the grid's monomials (`_source_terms`); the
     disk's transform is analytic, the bulge's tabulated.  The real profile is
     multiplied by the (real) PSF transform before the one complex product with
     the source's flux and sub-pixel phase.
