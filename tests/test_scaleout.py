@@ -97,43 +97,33 @@ def test_bps_submit_with_the_local_parsl_site(repo: dict, tmp_path: Path) -> Non
     assert comparison["identical"], comparison["differences"]
 
 
-def test_parallel_quanta_from_a_forkserver_give_the_clean_tables(repo: dict) -> None:
-    """``pipetask run -j 2 --start-method forkserver``, the throughput bench's way of running quanta side
-    by side: every quantum completes and writes the same tables as the one-process run."""
+@pytest.mark.parametrize(
+    ("launcher", "start_method"),
+    [("pipetask", ["--start-method", "forkserver"]), ("bliss-pipetask", [])],
+    ids=["pipetask-forkserver", "bliss-pipetask"],
+)
+def test_parallel_quanta_from_a_forkserver_give_the_clean_tables(
+    repo: dict, launcher: str, start_method: list[str]
+) -> None:
+    """``pipetask run -j 2 --start-method forkserver`` and ``bliss-pipetask run -j 2`` (which adds the
+    start method and preloads its server), the throughput bench's ways of running quanta side by side:
+    every quantum completes and writes the same tables as the one-process run."""
+    output = f"u/test/{launcher}"
     run_checked(
         pipetask_command(
             repo["root"],
             repo["inputs"],
-            "u/test/forkserver",
+            output,
             "-j",
             "2",
-            "--start-method",
-            "forkserver",
+            *start_method,
             "-c",
             "blissDeblendMeasure:inference.n_samples=4",
+            launcher=launcher,
         )
     )
-    assert completed_quanta(repo["root"], "u/test/forkserver") == N_DETECTORS
-    comparison = compare_collections(repo["root"], "u/test/clean", "u/test/forkserver")
-    assert comparison["identical"], comparison["differences"]
-
-
-def test_bliss_pipetask_runs_the_quanta_from_its_preloaded_forkserver(repo: dict) -> None:
-    """``bliss-pipetask run -j 2``: every quantum completes, with the tables of the one-process run."""
-    run_checked(
-        pipetask_command(
-            repo["root"],
-            repo["inputs"],
-            "u/test/bliss-pipetask",
-            "-j",
-            "2",
-            "-c",
-            "blissDeblendMeasure:inference.n_samples=4",
-            launcher="bliss-pipetask",
-        )
-    )
-    assert completed_quanta(repo["root"], "u/test/bliss-pipetask") == N_DETECTORS
-    comparison = compare_collections(repo["root"], "u/test/clean", "u/test/bliss-pipetask")
+    assert completed_quanta(repo["root"], output) == N_DETECTORS
+    comparison = compare_collections(repo["root"], "u/test/clean", output)
     assert comparison["identical"], comparison["differences"]
 
 

@@ -214,19 +214,6 @@ def _alone_shapes(
     return psf_corrected_shapes(drawn, alone.psf_images, sky_variance_njy2)
 
 
-def _noiseless_shapes(
-    truth: Any, conditions: SurveyConditions, sky_variance_njy2: float, height: int, width: int
-) -> dict[str, np.ndarray]:
-    """`psf_corrected_shapes` of each true galaxy drawn alone and without noise, shape (N,) each.
-
-    Each galaxy is rendered from its true parameters with the PSF at its position, on the stamp
-    and pixels of the detector, and measured with the exact PSF (GalSim's Moffat or Gaussian
-    through the pixel); so the shapes are what re-Gaussianization gives without noise,
-    neighbours or modelling, the reference that the task's shapes are scored against.
-    """
-    return _alone_shapes(_draw_alone(truth, conditions, height, width), sky_variance_njy2)
-
-
 def _noise_floor_shapes(
     alone: _AloneGalaxies, variance: np.ndarray, sky_variance_njy2: float, rng: np.random.Generator
 ) -> dict[str, np.ndarray]:
