@@ -14,10 +14,12 @@ from lsst.meas.extensions.bliss.metrics import (
     detection_metrics,
     ellipticity_from_shape,
     expected_calibration_error,
+    ideal_classification_accuracy,
     interval_coverage,
     match_sources,
     matched_attributes,
     pit_histogram,
+    point_source_residual_fraction,
     relative_residual_stats,
     residual_stats,
     robust_scatter,
@@ -360,3 +362,53 @@ def test_matched_attributes_carry_both_sides_of_each_match_in_image_order() -> N
     np.testing.assert_array_equal(wide["est_x"], [10.2, 20.3, 7.0])
     empty = matched_attributes({k: v[2:] for k, v in per_image.items()}, "bliss", ["flux"])
     assert all(values.shape == (0,) for values in empty.values())
+
+
+def test_ideal_classification_accuracy_of_known_problems() -> None:
+    from scipy.stats import norm
+
+    # One galaxy and one star at SNR 20, hypotheses d = 20 * 0.1 = 2 noise units apart, equal priors:
+    # the Bayes decision errs with probability Phi(-d / 2) on either class.
+    assert ideal_classification_accuracy([1, 0], [20.0, 20.0], [0.1, 0.0]) == pytest.approx(norm.cdf(1.0))
+    # Indistinguishable (a point-like galaxy) with three stars to one galaxy: calling all stars is best.
+    assert ideal_classification_accuracy([1, 0, 0, 0], [20.0] * 4, [0.0] * 4) == pytest.approx(0.75)
+    # Sources alone in their SNR bins are decided by the prior; below min_snr they are left out.
+    assert ideal_classification_accuracy([1, 0, 1], [11.0, 40.0, 5.0], [0.0, 0.0, 0.0]) == 1.0
+    assert math.isnan(ideal_classification_accuracy([1], [5.0], [0.5]))
+    # Farther apart (higher SNR or a larger galaxy) is easier.
+    low = ideal_classification_accuracy([1, 0], [15.0, 15.0], [0.1, 0.0])
+    assert low < ideal_classification_accuracy([1, 0], [15.0, 15.0], [0.2, 0.0]) < 1.0
+    with pytest.raises(ValueError, match="residual_fraction"):
+        ideal_classification_accuracy([1, 0], [20.0, 20.0], [1.5, 0.0])
+    with pytest.raises(ValueError, match="snr"):
+        ideal_classification_accuracy([1, 0], [20.0], [0.1, 0.0])
+
+
+def test_point_source_residual_fraction_grows_with_galaxy_size() -> None:
+    from lsst.meas.extensions.bliss.rendering import GaussianPsf, RenderSources
+
+    n = 5
+    hlr_pix = torch.tensor([0.0, 0.05, 0.5, 0.75, 1.5], dtype=torch.float64)
+    sources = RenderSources(
+        x=torch.full((n,), 20.3, dtype=torch.float64),
+        y=torch.full((n,), 19.8, dtype=torch.float64),
+        flux=torch.full((n,), 1000.0, dtype=torch.float64),
+        is_galaxy=torch.tensor([False, True, True, True, True]),
+        disk_frac=torch.ones(n, dtype=torch.float64),
+        disk_hlr_pix=hlr_pix.clamp(min=0.05),
+        disk_q=torch.ones(n, dtype=torch.float64),
+        bulge_hlr_pix=hlr_pix.clamp(min=0.05),
+        bulge_q=torch.ones(n, dtype=torch.float64),
+        position_angle_rad=torch.zeros(n, dtype=torch.float64),
+        image_index=torch.zeros(n, dtype=torch.long),
+        psf_index=torch.zeros(n, dtype=torch.long),
+    )
+    psf = GaussianPsf(torch.tensor([3.5]))  # FWHM 0.7" at 0.2"/px
+    fraction = point_source_residual_fraction(sources, psf)
+    assert fraction.shape == (n,) and fraction[0] == 0.0
+    assert fraction[1] < 0.01  # a galaxy far smaller than the PSF is a point source
+    assert np.all(np.diff(fraction[1:]) > 0) and fraction[-1] < 1.0
+    # An exponential disk of half-light radius 0.15" under a 0.7" Gaussian PSF: about 0.1 of its
+    # image is beyond any point source (hypotheses 1 noise unit apart at SNR 10).
+    assert 0.07 < fraction[3] < 0.14
+    assert point_source_residual_fraction(sources.select(torch.zeros(n, dtype=torch.bool)), psf).shape == (0,)

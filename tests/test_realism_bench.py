@@ -44,6 +44,7 @@ def test_method_figures_of_a_hand_made_scene() -> None:
         "true_snr": [np.array([50.0, 15.0, 30.0, 3.0])],
         "true_is_galaxy": [np.array([1.0, 1.0, 0.0, 1.0])],
         "true_hlr_arcsec": [np.array([1.0, 0.15, 0.0, 0.5])],
+        "true_point_residual": [np.array([np.nan, 0.1, 0.0, np.nan])],
         "bliss_x": [np.array([10.0, 14.0, 30.0, 50.0])],
         "bliss_y": [np.array([10.0, 10.0, 10.0, 10.0])],
         "bliss_snr": [np.array([45.0, 12.0, 14.0, 28.0])],
@@ -55,6 +56,8 @@ def test_method_figures_of_a_hand_made_scene() -> None:
     assert figures["bliss_precision_snr10"] == pytest.approx(3 / 4)
     assert figures["bliss_class_acc_snr10"] == pytest.approx(2 / 3)
     assert figures["bliss_class_acc_compact_snr10"] == pytest.approx(1 / 2)
+    # The compact galaxy and the star are alone in their SNR bins: an ideal observer gets both right.
+    assert figures["bliss_class_acc_compact_snr10_ideal"] == 1.0
     assert figures["bliss_shred_rate_snr20"] == pytest.approx(1.0)
     without_classifier = {k: v for k, v in per_image.items() if k != "bliss_galaxy_prob"}
     assert method_figures(without_classifier, "bliss", 0.2)["bliss_class_acc_snr10"] is None
@@ -68,6 +71,9 @@ def test_realism_suite_runs_and_reports_its_figures(tmp_path) -> None:
         for figure in ("f1", "recall_snr10", "precision_snr10", "shred_rate_snr20"):
             assert f"{method}_{figure}" in results
     assert 0 <= results["bliss_f1"] <= 1 and results["sep_class_acc_snr10"] is None
+    assert results["sep_class_acc_compact_snr10_ideal"] is None
+    ideal = results["bliss_class_acc_compact_snr10_ideal"]
+    assert ideal is None or math.isnan(ideal) or 0.5 <= ideal <= 1.0
     assert results["n_galaxies_with_knots_drawn"] > 0
     assert results["scene_prior"]["knot_galaxy_fraction"] > 0
 

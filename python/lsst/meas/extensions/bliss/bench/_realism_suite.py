@@ -21,6 +21,9 @@ within 1 pixel (`metrics`):
 * ``class_acc_snr10``: star/galaxy accuracy of matched sources with true SNR
   >= 10, and ``class_acc_compact_snr10`` of those whose true half-light radius
   is below 0.2" (stars and compact galaxies); SEP does not classify (null);
+* ``class_acc_compact_snr10_ideal``: beside it, the accuracy an ideal observer
+  that knows each compact galaxy's profile could reach on the same matched
+  sources (`ideal_classification_accuracy`), the ceiling of that figure;
 * ``shred_rate_snr20``: fraction of true galaxies with SNR >= 20 that get one
   or more extra detections, matching no true source, within 1.5 half-light
   radii (of the major axis of the larger of disk and bulge) of their centre.
@@ -47,11 +50,18 @@ from ..metrics import (
     BinnedRate,
     classification_accuracy,
     detection_metrics,
+    ideal_classification_accuracy,
     matched_attributes,
+    point_source_residual_fraction,
     shred_rate,
     source_snr_and_blendedness,
 )
-from ..rendering import STAMP_HALF_SIZES, catalog_to_render_sources, render_galsim_images
+from ..rendering import (
+    STAMP_HALF_SIZES,
+    PointSpreadFunction,
+    catalog_to_render_sources,
+    render_galsim_images,
+)
 from ..simulation import SourcePrior, observe
 from ..validate import catalog_rows
 
@@ -82,6 +92,27 @@ def _major_hlr_arcsec(rows: dict[str, np.ndarray]) -> np.ndarray:
     return np.where(rows["is_galaxy"] > 0.5, np.maximum(disk, bulge), 0.0)
 
 
+def _compact_point_residuals(
+    truth: FullCatalog, psf: PointSpreadFunction, pixel_scale_arcsec: float
+) -> np.ndarray:
+    """`point_source_residual_fraction` of the compact true sources (major half-light radius below
+    `COMPACT_HLR_ARCSEC`), shape (B, N_max) like ``truth.x``; NaN for the other sources and padding."""
+    sources = catalog_to_render_sources(truth, pixel_scale_arcsec)
+    rows = [catalog_rows(truth, index) for index in range(truth.batch_size)]
+    compact = torch.from_numpy(
+        np.concatenate([_major_hlr_arcsec(row) < COMPACT_HLR_ARCSEC for row in rows])
+        if rows
+        else np.zeros(0, bool)
+    )
+    fractions = np.full(tuple(truth.x.shape), np.nan)
+    values = point_source_residual_fraction(sources.select(compact), psf)
+    image = sources.image_index[compact].numpy()
+    first = np.concatenate([[0], np.cumsum(truth.n_sources.numpy())[:-1]])
+    flat = np.flatnonzero(compact.numpy())
+    fractions[image, flat - first[image]] = values
+    return fractions
+
+
 def _at_least(rate: BinnedRate | None, threshold: float, kind: str) -> float:
     """Recall or precision over the bins at or above ``threshold`` (a bin edge) of a binned rate."""
     if rate is None or threshold not in rate.edges:
@@ -99,7 +130,8 @@ def method_figures(per_image: dict[str, list[np.ndarray]], method: str, pixel_sc
     ----------
     per_image
         Per-image arrays: ``true_x``, ``true_y``, ``true_snr``, ``true_is_galaxy``,
-        ``true_hlr_arcsec`` (see `_major_hlr_arcsec`), shape (N_b,) each;
+        ``true_hlr_arcsec`` (see `_major_hlr_arcsec`), ``true_point_residual`` (see
+        `point_source_residual_fraction`; NaN where not computed), shape (N_b,) each;
         ``<method>_x``, ``<method>_y``, ``<method>_snr`` and, for a classifier,
         ``<method>_galaxy_prob``, shape (M_b,) each.
     method
@@ -111,8 +143,9 @@ def method_figures(per_image: dict[str, list[np.ndarray]], method: str, pixel_sc
     -------
     figures
         ``<method>_f1``, ``_recall_snr10``, ``_precision_snr10``,
-        ``_class_acc_snr10``, ``_class_acc_compact_snr10`` (None without a
-        classifier), ``_shred_rate_snr20`` and counts.
+        ``_class_acc_snr10``, ``_class_acc_compact_snr10`` and
+        ``_class_acc_compact_snr10_ideal`` (None without a classifier),
+        ``_shred_rate_snr20`` and counts.
     """
     detection = detection_metrics(
         per_image["true_x"],
@@ -129,9 +162,10 @@ def method_figures(per_image: dict[str, list[np.ndarray]], method: str, pixel_sc
         f"{method}_precision_snr10": _at_least(detection.precision_by_est_snr, 10.0, "precision"),
         f"{method}_class_acc_snr10": None,
         f"{method}_class_acc_compact_snr10": None,
+        f"{method}_class_acc_compact_snr10_ideal": None,
     }
     if f"{method}_galaxy_prob" in per_image:
-        pairs = matched_attributes(per_image, method, ("is_galaxy", "snr", "hlr_arcsec"))
+        pairs = matched_attributes(per_image, method, ("is_galaxy", "snr", "hlr_arcsec", "point_residual"))
         scores = classification_accuracy(
             pairs["true_is_galaxy"], pairs["est_galaxy_prob"], pairs["true_snr"], min_snr=10
         )
@@ -144,6 +178,12 @@ def method_figures(per_image: dict[str, list[np.ndarray]], method: str, pixel_sc
         )
         figures[f"{method}_class_acc_snr10"] = scores.accuracy
         figures[f"{method}_class_acc_compact_snr10"] = compact_scores.accuracy
+        figures[f"{method}_class_acc_compact_snr10_ideal"] = ideal_classification_accuracy(
+            pairs["true_is_galaxy"][compact],
+            pairs["true_snr"][compact],
+            pairs["true_point_residual"][compact],
+            min_snr=10,
+        )
         figures[f"{method}_compact_galaxies_called_galaxies_snr10"] = compact_scores.galaxy_accuracy
         figures[f"{method}_n_compact_pairs_snr10"] = compact_scores.n
     shredding = shred_rate(
@@ -198,6 +238,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         image, variance, mask = observe(noiseless, conditions, generator)
         truth: FullCatalog = tiles.crop(BORDER_TILES).to_full_catalog()
         snr, _ = source_snr_and_blendedness(truth, psf, conditions, noiseless, STAMP_HALF_SIZES[-1])
+        point_residual = _compact_point_residuals(truth, psf, scale)
         start = time.perf_counter()
         estimate = estimate_catalog(model.encoder, image, variance, mask, fwhm_pix, scale)
         seconds["bliss"] += time.perf_counter() - start
@@ -213,6 +254,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "true_is_galaxy": true_rows["is_galaxy"].astype(np.float64),
                 "true_snr": snr[index, : len(true_rows["x"])],
                 "true_hlr_arcsec": _major_hlr_arcsec(true_rows),
+                "true_point_residual": point_residual[index, : len(true_rows["x"])],
                 "bliss_x": est_rows["x"],
                 "bliss_y": est_rows["y"],
                 "bliss_snr": est_rows["flux_njy"] / np.clip(est_rows["flux_err_njy"], 1e-30, None),
@@ -260,7 +302,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"realism: {method} f1 {fmt(r[f'{method}_f1'])}, recall(SNR>=10) "
             f"{fmt(r[f'{method}_recall_snr10'])}, precision(SNR>=10) {fmt(r[f'{method}_precision_snr10'])}, "
             f"class acc {fmt(r[f'{method}_class_acc_snr10'])} (compact "
-            f"{fmt(r[f'{method}_class_acc_compact_snr10'])}), shred rate(SNR>=20) "
+            f"{fmt(r[f'{method}_class_acc_compact_snr10'])}, ideal "
+            f"{fmt(r[f'{method}_class_acc_compact_snr10_ideal'])}), shred rate(SNR>=20) "
             f"{fmt(r[f'{method}_shred_rate_snr20'])}"
         )
     lines.append(

@@ -17,8 +17,11 @@ __all__ = [
     "BinnedRate",
     "ClassificationScores",
     "DetectionMetrics",
+    "IDEAL_CLASSIFICATION_SNR_EDGES",
     "classification_accuracy",
     "detection_metrics",
+    "ideal_classification_accuracy",
+    "point_source_residual_fraction",
     "source_snr_and_blendedness",
 ]
 
@@ -29,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import scipy.spatial
+import scipy.special
 import torch
 
 from ..catalog import FullCatalog
@@ -545,3 +549,114 @@ def classification_accuracy(
         n_galaxy=int(is_galaxy.sum()),
         n_star=int((~is_galaxy).sum()),
     )
+
+
+IDEAL_CLASSIFICATION_SNR_EDGES: tuple[float, ...] = (10.0, 12.5, 15.0, 20.0, 30.0, 50.0, 100.0, math.inf)
+"""SNR bins of `ideal_classification_accuracy`: narrow at low SNR, where the accuracy changes fastest."""
+
+
+def point_source_residual_fraction(
+    sources: RenderSources, psf: PointSpreadFunction, half_size: int = 15
+) -> np.ndarray:
+    """How far each source's image is from every point source: ``||G - a S|| / ||G||``.
+
+    ``G`` is the source's noiseless image, ``S`` a point source at the same position under the same
+    PSF and ``a`` the least-squares flux of that point source. In sky-limited noise of per-pixel
+    standard deviation ``sigma`` the two hypotheses "this galaxy" and "a point source" are
+    ``d = SNR * fraction`` noise units apart (``SNR = ||G|| / sigma``), which sets how well any
+    classifier can tell them apart (see `ideal_classification_accuracy`).
+
+    Parameters
+    ----------
+    sources
+        ``n`` sources (pixel units); stars give zero.
+    psf
+        PSF batch indexed by ``sources.psf_index``.
+    half_size
+        Half-size of the stamps compared, pixels; it must hold the sources' light (the default, 3"
+        at LSST's pixel scale, holds galaxies of half-light radius below about 0.5").
+
+    Returns
+    -------
+    fraction
+        Shape (n,), in [0, 1].
+    """
+    if len(sources) == 0:
+        return np.zeros(0)
+    point_sources = dataclasses.replace(sources, is_galaxy=torch.zeros_like(sources.is_galaxy))
+    images = render_stamps(sources, psf, half_size, dtype=torch.float64).flatten(1)
+    points = render_stamps(point_sources, psf, half_size, dtype=torch.float64).flatten(1)
+    point_flux = (images * points).sum(1) / (points * points).sum(1)
+    residual = images - point_flux[:, None] * points
+    fraction = residual.norm(dim=1) / images.norm(dim=1).clamp(min=1e-300)
+    return torch.where(sources.is_galaxy.bool(), fraction, 0.0).numpy()
+
+
+def ideal_classification_accuracy(
+    true_is_galaxy: ArrayLike,
+    snr: ArrayLike,
+    residual_fraction: ArrayLike,
+    min_snr: float = 10.0,
+    snr_edges: Sequence[float] = IDEAL_CLASSIFICATION_SNR_EDGES,
+) -> float:
+    """Star/galaxy accuracy that an ideal observer could reach on a sample: a ceiling for any classifier.
+
+    Within each SNR bin, each galaxy is taken as a two-hypothesis problem against a point source of
+    the fitted flux, with the bin's fractions of stars and galaxies as prior probabilities. The
+    observer knows the galaxy's exact profile and position; only its class is unknown. With the
+    hypotheses ``d = snr * residual_fraction`` noise units apart (`point_source_residual_fraction`)
+    and ``lambda = ln(p_star / p_galaxy)``, the Bayes decision's accuracy is
+    ``1 - p_galaxy Phi(lambda / d - d / 2) - p_star Phi(-lambda / d - d / 2)``; the bin's accuracy
+    is its mean over the bin's galaxies (every star is correct in a bin without galaxies), and the
+    result the mean over bins weighted by their sources. A classifier that does not know the
+    galaxies' profiles can only do worse, so a target above this figure is unreachable on the
+    sample. It assumes sky-limited noise and isolated sources.
+
+    Parameters
+    ----------
+    true_is_galaxy
+        True class of each source (bool or 0/1), shape (K,).
+    snr
+        True SNR of each source, shape (K,).
+    residual_fraction
+        `point_source_residual_fraction` of each source, shape (K,) (not used for stars).
+    min_snr
+        Sources with a lower SNR are left out.
+    snr_edges
+        Increasing SNR bin edges; sources outside them are left out.
+
+    Returns
+    -------
+    accuracy
+        Ideal accuracy on the selected sources; NaN if there are none.
+
+    Raises
+    ------
+    ValueError
+        On mismatched shapes, or a residual fraction of a galaxy outside [0, 1].
+    """
+    is_galaxy = as_vector(true_is_galaxy, "true_is_galaxy") > 0.5
+    snr = as_vector(snr, "snr")
+    fraction = as_vector(residual_fraction, "residual_fraction")
+    check_same_shape({"true_is_galaxy": is_galaxy, "snr": snr, "residual_fraction": fraction})
+    edges = check_edges(snr_edges, "snr_edges")
+    if np.any(is_galaxy & ~((fraction >= 0) & (fraction <= 1))):
+        raise ValueError("residual_fraction of every galaxy must be in [0, 1].")
+    weighted, total = 0.0, 0
+    for low, high in zip(edges[:-1], edges[1:], strict=True):
+        inside = (snr >= max(low, min_snr)) & (snr < high)
+        n_galaxy, n_inside = int((inside & is_galaxy).sum()), int(inside.sum())
+        if n_inside == 0:
+            continue
+        total += n_inside
+        if n_galaxy in (0, n_inside):
+            weighted += n_inside  # one class only: the prior alone decides every source correctly
+            continue
+        p_galaxy = n_galaxy / n_inside
+        log_odds = math.log((1.0 - p_galaxy) / p_galaxy)
+        distance = np.maximum(snr[inside & is_galaxy] * fraction[inside & is_galaxy], 1e-12)
+        error = p_galaxy * scipy.special.ndtr(log_odds / distance - distance / 2) + (
+            1.0 - p_galaxy
+        ) * scipy.special.ndtr(-log_odds / distance - distance / 2)
+        weighted += n_inside * float(np.mean(1.0 - error))
+    return weighted / total if total else math.nan
