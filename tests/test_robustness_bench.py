@@ -40,6 +40,15 @@ def test_robustness_suite_on_the_packaged_model(tmp_path, capsys) -> None:
         for name, item in bins.items()
     ]
     assert results["max_abs_flux_change_vs_training_variance"] == max(changes)
+    # The split by class covers the same sources, and its extremes are those of each class.
+    for bins in flux.values():
+        for item in bins.values():
+            assert item["n_stars"] + item["n_galaxies"] == item["n"]
+    for kind in ("stars", "galaxies"):
+        values = [abs(item[f"median_ratio_{kind}"] - 1.0) for bins in flux.values() for item in bins.values()]
+        finite = [value for value in values if math.isfinite(value)]
+        if finite:
+            assert results[f"max_abs_flux_bias_variance_{kind}"] == max(finite)
     # The packaged model is trained for the six bands: each is scored.
     assert results["bands_scored"] == results["trained_bands"] == ["u", "g", "r", "i", "z", "y"]
     for band in results["bands_scored"]:
