@@ -95,6 +95,24 @@ def test_isolated_star_and_galaxy_measurements() -> None:
     assert measured["e2"][2] > 0.1 and abs(measured["e1"][2]) < 0.02  # major axis at 45 degrees
 
 
+def test_flux_footprint_keeps_a_too_compact_model_from_biasing_the_flux() -> None:
+    """The flux beyond the footprint comes from the model: a model a fifth too small in both
+    half-light radii (the encoder's error for faint galaxies) misses less light with the 0.3-sigma
+    footprint of the default than with a 1-sigma one."""
+    size, noise = 64, 10.0
+    true = galaxy(32.3, 31.6, 0.7, 0.4, 3e3) | dict(disk_frac=0.7, bulge_hlr_arcsec=0.3, bulge_q=0.8)
+    compact = true | dict(disk_hlr_arcsec=0.8 * true["disk_hlr_arcsec"], bulge_hlr_arcsec=0.8 * 0.3)
+    fwhm = torch.full((1,), FWHM_PIX)
+    image = scene_model(render_source_models(catalog([true]), fwhm, CONDITIONS, size, size), size, size)
+    models = render_source_models(catalog([compact]), fwhm, CONDITIONS, size, size)
+    deblended = deblend_sources(image, torch.full((size, size), noise**2), models)
+    default = measure_deblended(deblended, noise)["flux_njy"][0] / 3e3 - 1
+    one_sigma = measure_deblended(deblended, noise, footprint_nsigma=1.0)["flux_njy"][0] / 3e3 - 1
+    assert -0.06 < default < 0 and one_sigma < -0.08
+    with pytest.raises(ValueError, match="footprint_nsigma=0.0 must be positive"):
+        measure_deblended(deblended, noise, footprint_nsigma=0.0)
+
+
 def test_bad_models_are_flagged_and_empty_catalogs_work() -> None:
     sources = catalog([dict(x=20.0, y=20.0), dict(x=40.0, y=40.0)])
     models = render_source_models(sources, torch.full((2,), FWHM_PIX), CONDITIONS, 64, 64)

@@ -141,6 +141,7 @@ def test_training_conditions_from_exposures_reproduce_the_nominal_noise() -> Non
         ("inference.out_of_range", "warn"),
         ("inference.invalid_mask_planes", ["BAD", "BAD"]),
         ("autoencoder_iterations", 0),
+        ("flux_footprint_nsigma", 0.0),
         ("model_fit.position_sigma_pix", 0.0),
     ],
 )

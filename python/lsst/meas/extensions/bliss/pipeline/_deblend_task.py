@@ -39,6 +39,7 @@ from lsst.pipe.base import (
 from lsst.pipe.base import connectionTypes as cT
 
 from ..deblend import (
+    FLUX_FOOTPRINT_NSIGMA,
     BlendFamilies,
     SourceModels,
     blend_families,
@@ -211,6 +212,13 @@ class BlissDeblendMeasureConfig(PipelineTaskConfig, pipelineConnections=BlissDeb
     model_fit = ConfigField[ModelFitPexConfig](
         doc="The blended sources' joint fit (`ModelFitConfig`), used when fit_blended_models is set."
     )
+    flux_footprint_nsigma = Field[float](
+        doc="Isophote, in units of the image's median noise, of the footprint over which a source's "
+        "deblended flux (bliss_deblend_flux) is summed; the model gives the light beyond it. Below the "
+        "1-sigma footprints of the pixel flags and blend families so that less of the flux rests on the "
+        "model's wings (measure_deblended).",
+        default=FLUX_FOOTPRINT_NSIGMA,
+    )
     model_from_pipeline = Field[bool](
         doc="Read bliss_model as a regular input instead of a prerequisite, so that a BlissTrainTask in "
         "the same pipeline can produce it.",
@@ -226,6 +234,8 @@ class BlissDeblendMeasureConfig(PipelineTaskConfig, pipelineConnections=BlissDeb
             raise FieldValidationError(cls.max_stamp_half_size, self, "must be at least 2")
         if self.autoencoder_iterations < 1:
             raise FieldValidationError(cls.autoencoder_iterations, self, "must be at least 1")
+        if not self.flux_footprint_nsigma > 0:
+            raise FieldValidationError(cls.flux_footprint_nsigma, self, "must be positive")
 
     def frame_config(self, seed: int) -> FrameConfig:
         """The core's inference options for one exposure: ``inference`` with the exposure's seed and
@@ -418,7 +428,7 @@ class BlissDeblendMeasureTask(PipelineTask):
         )
         deblended = deblend_sources(image, variance, models, valid)
         noise = median_noise_njy(variance, valid)
-        measurements = measure_deblended(deblended, noise, latents=latents)
+        measurements = measure_deblended(deblended, noise, self.config.flux_footprint_nsigma, latents=latents)
         shapes = psf_corrected_shapes(deblended, self.psf_images(calexp, models), noise**2)
         measurements.update({f"hsm_{name}": values for name, values in shapes.items()})
         measurements["blendedness_abs"] = blendedness_abs(models, height, width)

@@ -405,8 +405,8 @@ DEBLEND_COLUMNS: tuple[tuple[str, str, u.UnitBase | None, str], ...] = (
         "bliss_deblend_flux",
         "flux_njy",
         u.nJy,
-        "Flux of the deblended image in the source's footprint "
-        "(model isophote at 1 sigma of the noise), scaled by the model's total over its footprint flux.",
+        "Flux of the deblended image within the model's isophote at flux_footprint_nsigma (default 0.3) "
+        "times the noise, scaled by the model's total over its flux there.",
     ),
     ("bliss_deblend_fluxErr", "flux_err_njy", u.nJy, "Standard deviation of bliss_deblend_flux."),
     (
