@@ -1,5 +1,6 @@
 """Deblending from source models: conservation, clipping, measurements, bad models."""
 
+import dataclasses
 import math
 
 import galsim
@@ -111,6 +112,35 @@ def test_flux_footprint_keeps_a_too_compact_model_from_biasing_the_flux() -> Non
     assert -0.06 < default < 0 and one_sigma < -0.08
     with pytest.raises(ValueError, match="footprint_nsigma=0.0 must be positive"):
         measure_deblended(deblended, noise, footprint_nsigma=0.0)
+
+
+def test_flux_footprint_leaves_unmodelled_light_and_dominated_pixels_to_the_model() -> None:
+    """Below the 1-sigma isophote the flux footprint keeps only pixels that the source dominates and
+    that the scene model explains: a bright star that no model accounts for (a saturated star the
+    encoder missed) and a brighter modelled neighbour do not hand their light to the galaxy."""
+    size, noise = 64, 10.0
+    target = galaxy(24.3, 31.6, 0.7, 0.4, 3e3)
+    variance = torch.full((size, size), noise**2)
+    fwhm = torch.full((2,), FWHM_PIX)
+    # The star is in the image but not among the models.
+    unmodelled_star = dict(x=38.0, y=31.0, flux_njy=4e5)
+    truth = render_source_models(catalog([target, unmodelled_star]), fwhm, CONDITIONS, size, size)
+    image = scene_model(truth, size, size)
+    models = render_source_models(catalog([target]), fwhm[:1], CONDITIONS, size, size)
+    deblended = deblend_sources(image, variance, models)
+    guarded = measure_deblended(deblended, noise)["flux_njy"][0] / 3e3 - 1
+    unguarded = measure_deblended(dataclasses.replace(deblended, shares=None), noise)["flux_njy"][0] / 3e3 - 1
+    one_sigma = measure_deblended(deblended, noise, footprint_nsigma=1.0)["flux_njy"][0] / 3e3 - 1
+    # The star's light inside the 1-sigma footprint stays (+46%); beyond it, the star's wings over
+    # the whole 0.3-sigma isophote would have more than tripled the flux.
+    assert abs(guarded - one_sigma) < 0.1 and unguarded > guarded + 1.0
+    # A modelled neighbour five times brighter: the pixels it dominates are left to the galaxy's model.
+    neighbour = galaxy(36.0, 31.0, 0.9, 0.0, 1.5e4)
+    models = render_source_models(catalog([target, neighbour]), fwhm, CONDITIONS, size, size)
+    deblended = deblend_sources(scene_model(models, size, size), variance, models)
+    assert deblended.shares is not None and float(deblended.shares[0].max()) <= 1.0
+    flux = measure_deblended(deblended, noise)["flux_njy"]
+    assert flux == pytest.approx([3e3, 1.5e4], rel=1e-4)
 
 
 def test_bad_models_are_flagged_and_empty_catalogs_work() -> None:
