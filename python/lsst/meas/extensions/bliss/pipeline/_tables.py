@@ -406,7 +406,8 @@ DEBLEND_COLUMNS: tuple[tuple[str, str, u.UnitBase | None, str], ...] = (
         "flux_njy",
         u.nJy,
         "Flux of the deblended image within the model's isophote at flux_footprint_nsigma (default 0.3) "
-        "times the noise, scaled by the model's total over its flux there.",
+        "times the noise (below 1 sigma only where the source dominates and the scene model fits), "
+        "scaled by the model's total over its flux there.",
     ),
     ("bliss_deblend_fluxErr", "flux_err_njy", u.nJy, "Standard deviation of bliss_deblend_flux."),
     (
