@@ -98,18 +98,15 @@ def _compact_point_residuals(
     """`point_source_residual_fraction` of the compact true sources (major half-light radius below
     `COMPACT_HLR_ARCSEC`), shape (B, N_max) like ``truth.x``; NaN for the other sources and padding."""
     sources = catalog_to_render_sources(truth, pixel_scale_arcsec)
-    rows = [catalog_rows(truth, index) for index in range(truth.batch_size)]
-    compact = torch.from_numpy(
-        np.concatenate([_major_hlr_arcsec(row) < COMPACT_HLR_ARCSEC for row in rows])
-        if rows
-        else np.zeros(0, bool)
-    )
+    # The render sources are the catalog's valid entries in the same order.
+    valid = truth.is_valid
+    shape_fields = ("is_galaxy", "disk_frac", "disk_hlr_arcsec", "disk_q", "bulge_hlr_arcsec", "bulge_q")
+    compact = _major_hlr_arcsec({name: truth.fields[name][valid].double().numpy() for name in shape_fields})
+    compact = compact < COMPACT_HLR_ARCSEC
+    values = np.full(compact.size, np.nan)
+    values[compact] = point_source_residual_fraction(sources.select(torch.from_numpy(compact)), psf)
     fractions = np.full(tuple(truth.x.shape), np.nan)
-    values = point_source_residual_fraction(sources.select(compact), psf)
-    image = sources.image_index[compact].numpy()
-    first = np.concatenate([[0], np.cumsum(truth.n_sources.numpy())[:-1]])
-    flat = np.flatnonzero(compact.numpy())
-    fractions[image, flat - first[image]] = values
+    fractions[valid.numpy()] = values
     return fractions
 
 
